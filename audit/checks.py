@@ -1,0 +1,281 @@
+"""Thresholds of the law turned into verdicts, as data.
+
+``evaluate(fit, law)`` compares a :class:`audit.law.LawFit` with the thresholds of a
+:class:`audit.spec.LawSpec` and returns a :class:`Verdict`: one :class:`CheckResult`
+per check that is switched on, at law level (``pearson_r``, ``rho``) and per judged
+layer (``deviation``, ``step``).  Nothing is printed or asserted here; the pytest
+layer and the report renderers read the results.
+
+Rules (METHOD.md, "Definitions every part of the code shares"):
+
+- pearson_r passes iff r <= max_pearson_r; rho passes iff lo <= rho <= hi.
+- deviation (layers first..L): the layer fails iff every threshold that is set is
+  exceeded: (|dev| > max_deviation) AND (|dev| / se > max_deviation_sigma).  An
+  unknown standard error (NaN: no jackknife shards) cannot vouch for the layer, so
+  the sigma condition then counts as exceeded and the message says so.
+- step (layers first+1..L): passes iff step_l >= min_step_fraction * |mean step|.
+  The absolute value keeps the threshold pointing at the layers that lose most even
+  when the mean step is <= 0 (then the law-level checks fail on their own).
+- A NaN value or threshold never passes; the message says why it is NaN.
+- Layers in ``expected_deviations`` are checked like the others; their failures are
+  marked ``expected`` (pytest xfail) instead of being violations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from audit.errors import StatsError
+from audit.law import LawFit
+from audit.spec import LawSpec
+
+CHECKS = ("pearson_r", "rho", "deviation", "step")
+LAW_CHECKS = ("pearson_r", "rho")
+LAYER_CHECKS = ("deviation", "step")
+ITEM_CHECKS = {"law-fit": ("pearson_r",), "law-rho": ("rho",)}
+"""Law-level pytest items and the checks each covers; every ``layer-NN`` item covers
+all per-layer checks of layer NN."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check of one threshold: at law level (``layer`` None) or at one layer."""
+
+    check: str
+    """``pearson_r`` | ``rho`` (law level) | ``deviation`` | ``step`` (per layer)."""
+    layer: int | None
+    """The layer judged, or None for a law-level check."""
+    value: float
+    """The measured quantity: r, rho, the signed deviation, or the step (log10 PR)."""
+    stderr: float
+    """Jackknife standard error of ``value``; NaN when unknown."""
+    threshold: float | tuple[float, float] | None
+    """pearson_r: max_pearson_r; rho: (lo, hi); deviation: max_deviation (None when
+    only the sigma threshold is set); step: min_step_fraction * |mean step|, in log10
+    PR (NaN when the mean step is undefined)."""
+    sigma: float
+    """deviation only: |value| / stderr (0 when value is 0, NaN when unknown); NaN for
+    other checks."""
+    sigma_threshold: float | None
+    """deviation only: max_deviation_sigma, or None."""
+    passed: bool
+    expected: bool
+    """The layer is declared in ``expected_deviations`` (always False at law level)."""
+    message: str
+    """One line: the value, its standard error, the comparison and the threshold."""
+
+    @property
+    def violation(self) -> bool:
+        """Failed, and not declared as an expected deviation."""
+        return not self.passed and not self.expected
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every check result of one law fit, law level first, then layer by layer."""
+
+    results: tuple[CheckResult, ...]
+
+    def law_results(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.layer is None)
+
+    def layer_results(self, layer: int) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.layer == layer)
+
+    @property
+    def violations(self) -> tuple[CheckResult, ...]:
+        """Failed checks that were not declared as expected."""
+        return tuple(r for r in self.results if r.violation)
+
+    @property
+    def expected_failures(self) -> tuple[CheckResult, ...]:
+        """Failed checks of layers declared in ``expected_deviations`` (xfail)."""
+        return tuple(r for r in self.results if not r.passed and r.expected)
+
+    @property
+    def unexpected_passes(self) -> tuple[int, ...]:
+        """Declared layers whose checks all passed (XPASS), in order."""
+        layers = sorted({r.layer for r in self.results if r.expected})
+        return tuple(l for l in layers if all(r.passed for r in self.layer_results(l)))
+
+    @property
+    def passed(self) -> bool:
+        """True when there is no violation (expected failures do not count)."""
+        return not self.violations
+
+    def layer_status(self, layer: int) -> str:
+        """``violation`` when a check of the layer failed and the layer is not
+        declared; ``expected`` when a check failed and the layer is declared;
+        ``ok`` otherwise, including a declared layer whose checks all pass (pytest
+        shows it as XPASS; ``unexpected_passes`` lists them) and a layer with no
+        check switched on.  The status says what was measured, not what was declared.
+        """
+        failed = [r for r in self.layer_results(layer) if not r.passed]
+        if not failed:
+            return "ok"
+        return "expected" if failed[0].expected else "violation"
+
+
+def evaluate(fit: LawFit, law: LawSpec) -> Verdict:
+    """Judge ``fit`` against the thresholds of ``law``; a threshold set to None
+    produces no result.  See the module docstring for the rules."""
+    expected = frozenset(int(l) for l in law.expected_deviations)
+    results: list[CheckResult] = []
+    if law.max_pearson_r is not None:
+        results.append(_check_pearson_r(fit, float(law.max_pearson_r)))
+    if law.rho is not None:
+        lo, hi = law.rho
+        results.append(_check_rho(fit, float(lo), float(hi)))
+    for layer in fit.judged_layers:
+        flagged = layer in expected
+        if law.max_deviation is not None or law.max_deviation_sigma is not None:
+            results.append(_check_deviation(fit, layer, law.max_deviation,
+                                            law.max_deviation_sigma, flagged))
+        if law.min_step_fraction is not None and layer > fit.first_layer:
+            results.append(_check_step(fit, layer, float(law.min_step_fraction), flagged))
+    return Verdict(tuple(results))
+
+
+def layer_item_name(layer: int, num_layers: int | None = None) -> str:
+    """The pytest item name of a layer: ``layer-NN``, zero-padded to at least two
+    digits, or to the width of ``num_layers`` when given (``layer-007`` of 120)."""
+    digits = max(2, len(str(num_layers))) if num_layers is not None else 2
+    return f"layer-{layer:0{digits}d}"
+
+
+def item_names(num_layers: int, first_layer: int = 1) -> tuple[str, ...]:
+    """Every item of a model with hidden states 0..num_layers: ``law-fit``,
+    ``law-rho``, then ``layer-NN`` for each judged layer."""
+    return tuple(ITEM_CHECKS) + tuple(layer_item_name(l, num_layers)
+                                      for l in range(first_layer, num_layers + 1))
+
+
+_LAYER_ITEM = re.compile(r"layer-(\d+)")
+
+
+def item_results(verdict: Verdict | Iterable[CheckResult], item_name: str) -> tuple[CheckResult, ...]:
+    """The results a pytest item covers: ``law-fit`` (pearson_r), ``law-rho`` (rho),
+    or ``layer-NN`` (every check of layer NN, whatever its zero padding).  Accepts a
+    Verdict or its results (e.g. ``Report.checks``).  Empty when those checks are off."""
+    results = verdict.results if isinstance(verdict, Verdict) else tuple(verdict)
+    if item_name in ITEM_CHECKS:
+        checks = ITEM_CHECKS[item_name]
+        return tuple(r for r in results if r.layer is None and r.check in checks)
+    match = _LAYER_ITEM.fullmatch(item_name)
+    if match:
+        layer = int(match.group(1))
+        return tuple(r for r in results if r.layer == layer)
+    raise StatsError(f"unknown audit item {item_name!r}: expected law-fit, law-rho or layer-NN")
+
+
+# --- the checks ---------------------------------------------------------------
+
+def _check_pearson_r(fit: LawFit, threshold: float) -> CheckResult:
+    r, se = fit.pearson_r, fit.pearson_r_se
+    if math.isnan(r):
+        passed = False
+        message = f"pearson_r NaN: {_why_fit_undefined(fit)}; max_pearson_r {threshold!r}"
+    else:
+        passed = r <= threshold
+        message = (f"pearson_r {r:.4f}{_pm(se, '.2g')} {'<=' if passed else '>'} "
+                   f"max_pearson_r {threshold!r}")
+    return CheckResult("pearson_r", None, r, se, threshold, math.nan, None, passed, False, message)
+
+
+def _check_rho(fit: LawFit, lo: float, hi: float) -> CheckResult:
+    rho, se = fit.rho, fit.rho_se
+    bounds = f"[{lo!r}, {hi!r}]"
+    if math.isnan(rho):
+        passed = False
+        message = f"rho NaN: {_why_fit_undefined(fit)}; range {bounds}"
+    else:
+        passed = lo <= rho <= hi
+        message = f"rho {rho:.5f}{_pm(se, '.2g')} {'in' if passed else 'outside'} {bounds}"
+    return CheckResult("rho", None, rho, se, (lo, hi), math.nan, None, passed, False, message)
+
+
+def _check_deviation(fit: LawFit, layer: int, max_deviation: float | None,
+                     max_sigma: float | None, expected: bool) -> CheckResult:
+    dev = float(fit.deviation[layer])
+    se = float(fit.deviation_se[layer])
+    max_deviation = None if max_deviation is None else float(max_deviation)
+    max_sigma = None if max_sigma is None else float(max_sigma)
+    if dev == 0.0:
+        sigma = 0.0  # on the line, whatever the noise
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigma = float(np.abs(dev) / np.float64(se))  # inf when se == 0, NaN when unknown
+    head = f"layer {layer}: deviation"
+    if math.isnan(dev):
+        return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, False,
+                           expected, f"{head} NaN: {_why_fit_undefined(fit)}")
+
+    # Each set threshold gives a clause (exceeded?, text); the layer fails iff every
+    # clause is exceeded.  The message lists the clauses that decided the verdict.
+    clauses: list[tuple[bool, str]] = []
+    if max_deviation is not None:
+        over = abs(dev) > max_deviation
+        clauses.append((over, f"|deviation| {abs(dev):.3g} {'>' if over else '<='} "
+                              f"max_deviation {max_deviation!r}"))
+    if max_sigma is not None:
+        if math.isnan(sigma):
+            clauses.append((True, f"standard error unknown, counted as beyond "
+                                  f"max_deviation_sigma {max_sigma!r}"))
+        else:
+            over = sigma > max_sigma
+            clauses.append((over, f"{sigma:.3g} σ {'>' if over else '<='} "
+                                  f"max_deviation_sigma {max_sigma!r}"))
+    passed = not all(over for over, _ in clauses)
+    deciding = [text for over, text in clauses if over != passed]
+    message = f"{head} {dev:+.3g}{_pm(se, '.2g')}: " + " and ".join(deciding)
+    return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, passed,
+                       expected, message)
+
+
+def _check_step(fit: LawFit, layer: int, fraction: float, expected: bool) -> CheckResult:
+    step = float(fit.step[layer])
+    se = float(fit.step_se[layer])
+    threshold = fraction * abs(fit.mean_step) + 0.0  # + 0.0: no "-0" in messages
+    head = f"layer {layer}: step"
+    rule = f"{fraction!r} × |mean step|"
+    if math.isnan(step):
+        undefined = [l for l in (layer - 1, layer) if math.isnan(fit.log10_pr[l])]
+        message = f"{head} NaN: {_why_pr_undefined(fit, undefined)}"
+        passed = False
+    elif math.isnan(threshold):
+        message = (f"{head} {step:.3g}{_pm(se, '.2g')}, threshold {rule} is NaN: the mean "
+                   f"step is undefined ({_why_pr_undefined(fit, fit.undefined_layers())})")
+        passed = False
+    else:
+        passed = step >= threshold
+        message = (f"{head} {step:.3g}{_pm(se, '.2g')} {'>=' if passed else '<'} "
+                   f"{rule} = {threshold:.3g}")
+    return CheckResult("step", layer, step, se, threshold, math.nan, None, passed, expected, message)
+
+
+# --- messages -----------------------------------------------------------------
+
+def _pm(se: float, spec: str) -> str:
+    """' ± se', or nothing when the standard error is unknown."""
+    return "" if math.isnan(se) else f" ± {se:{spec}}"
+
+
+def _why_fit_undefined(fit: LawFit) -> str:
+    undefined = fit.undefined_layers()
+    if undefined:
+        return _why_pr_undefined(fit, undefined)
+    return "the curve is flat (log10 PR has zero variance over the judged layers)"
+
+
+def _why_pr_undefined(fit: LawFit, layers) -> str:
+    layers = list(layers)
+    if not layers:
+        return "undefined"
+    values = ", ".join(f"{l} (PR {float(fit.pr[l])!r})" for l in layers)
+    noun = "layer" if len(layers) == 1 else "layers"
+    return f"PR is not a positive finite number at {noun} {values}"

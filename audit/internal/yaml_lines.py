@@ -1,0 +1,136 @@
+"""A safe YAML loader that remembers where things are and refuses duplicate keys.
+
+``yaml.safe_load`` forgets line numbers and lets a repeated key silently win, so a
+spec error could name neither the line nor the mistake.  :class:`LineLoader` is a
+``yaml.SafeLoader`` (same tags, nothing executable) that builds
+
+- :class:`LineDict` for mappings: a ``dict`` with ``line`` (where the mapping
+  starts), ``key_lines`` and ``value_lines`` (key -> line of the key, of its value);
+- :class:`LineList` for sequences: a ``list`` with ``line`` and ``item_lines``;
+
+and raises :class:`DuplicateKeyError` (a ``yaml.MarkedYAMLError``, marked at the
+second occurrence) when a mapping repeats a key.  Lines are 1-based.  Scalars are
+plain Python values; their lines are in the enclosing container.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class LineDict(dict):
+    """A mapping read from YAML, with the lines of its keys and values."""
+
+    line: int | None = None
+    """Line where the mapping starts (its first key for a block mapping)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
+        self.value_lines: dict[Any, int] = {}
+
+
+class LineList(list):
+    """A sequence read from YAML, with the line of each item."""
+
+    line: int | None = None
+    """Line where the sequence starts."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines: list[int] = []
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping gives the same key twice.
+
+    ``path`` is the key's position from the document root (mapping keys and
+    sequence indexes), ``line`` the 1-based line of the second occurrence and
+    ``first_line`` that of the first.
+    """
+
+    def __init__(self, path: tuple[Any, ...], line: int, first_line: int, mark: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {path[-1]!r} (first given on line {first_line})",
+                         problem_mark=mark)
+        self.path = path
+        self.line = line
+        self.first_line = first_line
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+class LineLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that records lines and rejects duplicate keys."""
+
+    def construct_document(self, node: Node) -> Any:
+        self._check_duplicates(node, (), set())
+        return super().construct_document(node)
+
+    def _check_duplicates(self, node: Node, path: tuple[Any, ...], seen: set[int]) -> None:
+        # Walk the composed node graph before construction, so that the error knows
+        # the dotted path of the mapping (construction is not depth-first).
+        if id(node) in seen:  # an alias: already checked, and may be recursive
+            return
+        seen.add(id(node))
+        if isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_duplicates(item, path + (index,), seen)
+        elif isinstance(node, MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    self._check_duplicates(value_node, path, seen)
+                    continue
+                key: Any = None
+                if isinstance(key_node, ScalarNode):
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in first:
+                            raise DuplicateKeyError(path + (key,), _line(key_node), first[key],
+                                                    key_node.start_mark)
+                        first[key] = _line(key_node)
+                    except TypeError:  # unhashable: construct_mapping reports it
+                        pass
+                self._check_duplicates(value_node, path + (key,), seen)
+
+    def construct_line_dict(self, node: MappingNode):
+        data = LineDict()
+        data.line = _line(node)
+        yield data
+        data.update(self.construct_mapping(node))  # flattens merge keys into node.value
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node)
+            data.key_lines[key] = _line(key_node)
+            data.value_lines[key] = _line(value_node)
+
+    def construct_line_list(self, node: SequenceNode):
+        data = LineList()
+        data.line = _line(node)
+        yield data
+        data.extend(self.construct_sequence(node))
+        data.item_lines = [_line(item) for item in node.value]
+
+
+LineLoader.add_constructor("tag:yaml.org,2002:map", LineLoader.construct_line_dict)
+LineLoader.add_constructor("tag:yaml.org,2002:seq", LineLoader.construct_line_list)
+
+
+def load(text: str) -> tuple[Any, int | None]:
+    """Parse one YAML document: ``(data, line of its root node)``, or ``(None, None)``
+    for an empty document.  Raises ``yaml.YAMLError`` (``DuplicateKeyError``
+    included) on invalid input."""
+    loader = LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        return loader.construct_document(node), _line(node)
+    finally:
+        loader.dispose()

