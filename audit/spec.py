@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
 from audit.internal import yaml_lines
 
@@ -110,7 +111,7 @@ class Spec:
 # Loading and validation
 # ---------------------------------------------------------------------------
 
-BUILTIN_CORPORA = ("python-docstrings",)
+BUILTIN_CORPORA = tuple(_CORPUS_FILES)
 """Corpus names that ``probe.corpus`` takes as names, not paths."""
 MODEL_SCHEMES = ("pkg", "assemble")
 """URL-like schemes of ``model.path`` (``pkg://MODULE/FILE``, ``assemble://MODULE``)."""

@@ -1,0 +1,36 @@
+"""Backends: per-layer hidden states of a model, behind one protocol.
+
+``open_backend(spec)`` picks the backend the spec names.  Backends are registered
+by dotted name so that importing this package imports no heavy library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from audit.backends.base import Backend, ModelInfo
+from audit.errors import BackendError
+
+if TYPE_CHECKING:
+    from audit.spec import Spec
+
+__all__ = ["BACKENDS", "Backend", "ModelInfo", "open_backend"]
+
+BACKENDS: dict[str, str] = {
+    "torch": "audit.backends.torch_backend:TorchBackend",
+}
+"""Backend name -> ``module:Class``; the class takes ``(model_spec, name, model=None)``."""
+
+
+def open_backend(spec: Spec, model: Any = None) -> Backend:
+    """The backend ``spec.backend`` names, for ``spec.model``; ``model`` is an
+    already loaded model to use instead of the weights at ``spec.model.path``.
+    Nothing is loaded until the backend is asked for hidden states."""
+    target = BACKENDS.get(spec.backend)
+    if target is None:
+        raise BackendError(f"unknown backend {spec.backend!r}; available: "
+                           f"{', '.join(sorted(BACKENDS))}", model=spec.name)
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(spec.model, spec.name, model=model)

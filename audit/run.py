@@ -1,0 +1,189 @@
+"""Run one spec end to end, without pytest: spec → corpus → backend → statistics →
+law fit → checks → :class:`~audit.report.data.Report`.
+
+The pytest plugin, the renderers and later work (mutants, merge gates) all call
+:func:`run`.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import numpy as np
+
+from audit import __version__
+from audit.checks import evaluate
+from audit.corpus import load_corpus, token_windows, tokenize_corpus
+from audit.law import LawFit, fit_law
+from audit.norms import apply_normalization
+from audit.report.data import LawSummary, LayerRow, Report
+from audit.spec import Spec
+from audit.stats import LayerStats
+
+# Where the target sits relative to the position whose features are used.
+TARGET_OFFSETS = {"previous": -1, "current": 0, "next": 1, "next_next": 2}
+
+
+class Progress(Protocol):
+    """What :func:`run` tells about its progress (the plugin draws a bar from it)."""
+
+    def start(self, name: str, total_tokens: int) -> None: ...
+
+    def advance(self, tokens: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def example_positions(length: int, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions j whose features are used and positions j+offset of their targets,
+    for windows of ``length`` tokens: every position whose target lies inside the
+    window (for ``next``: every position but the last)."""
+    offset = TARGET_OFFSETS[target]
+    j = np.arange(max(0, -offset), length - max(0, offset))
+    return j, j + offset
+
+
+def run(spec: Spec, model: Any = None, progress: Progress | None = None,
+        backend: Any = None) -> Report:
+    """Audit ``spec`` and return its report.
+
+    ``model`` may be an already loaded torch model (the tokenizer still comes from
+    ``spec.model.path``); ``backend`` an already opened backend (it wins over
+    ``model``).  Raises :class:`~audit.errors.EquilawError` subclasses on bad input.
+    """
+    if backend is None:
+        from audit.backends import open_backend
+
+        backend = open_backend(spec, model=model)
+    info = backend.info()
+    norm = _norm_info(spec, info)
+
+    corpus = load_corpus(spec.probe.corpus)
+    stream = tokenize_corpus(corpus, backend.encode)
+    windows = token_windows(stream, spec.probe.length, spec.probe.sequences,
+                            spec.probe.seed, bos_id=backend.bos_token_id)
+    feature_pos, target_pos = example_positions(spec.probe.length, spec.target)
+
+    stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
+                       shuffle_seed=spec.probe.seed)
+    t_load = time.perf_counter()
+    backend.load()
+    load_seconds = time.perf_counter() - t_load
+
+    # Whole sequences per jackknife shard, in contiguous blocks of windows: a batch
+    # then meets at most two shards (one large Gram update each, not one per
+    # sequence), and neighbouring windows, which share text, share a shard.
+    shard_of_sequence = np.arange(len(windows)) * spec.probe.shards // len(windows)
+    forward_seconds = stats_seconds = 0.0
+    if progress is not None:
+        progress.start(spec.name, windows.size)
+    try:
+        for start in range(0, len(windows), spec.probe.batch_size):
+            ids = windows[start:start + spec.probe.batch_size]           # [b, t]
+            t0 = time.perf_counter()
+            hidden = backend.hidden_states(ids)                            # [L+1, b, t, d]
+            t1 = time.perf_counter()
+            hidden = apply_normalization(spec.normalization, hidden, norm)
+            feats = hidden[:, :, feature_pos, :]                           # [L+1, b, m, d]
+            targets = ids[:, target_pos]                                   # [b, m]
+            shard_of = shard_of_sequence[start:start + len(ids)]
+            for shard in np.unique(shard_of):
+                rows = shard_of == shard
+                stats.update(feats[:, rows].reshape(feats.shape[0], -1, feats.shape[-1]),
+                             targets[rows].reshape(-1), shard=int(shard))
+            stats_seconds += time.perf_counter() - t1
+            forward_seconds += t1 - t0
+            if progress is not None:
+                progress.advance(ids.size)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    pr = stats.residuals(spec.measure)
+    loo = stats.leave_one_out(spec.measure) if spec.probe.shards > 1 else None
+    fit = fit_law(pr, first_layer=1, leave_one_out=loo)
+    return build_report(
+        spec, fit, ranks=stats.rank(),
+        model={"path": spec.model.path, "resolved_path": str(info.path),
+               "sha256": backend.weights_sha256(), "architecture": info.architecture,
+               "layers": info.num_layers, "width": info.width},
+        corpus={"name": corpus.name, "sha256": corpus.sha256, "tokens": int(windows.size),
+                "stream_tokens": int(stream.size), "examples": int(stats.count),
+                "sequences": spec.probe.sequences, "length": spec.probe.length},
+        versions={"python": platform.python_version(), "numpy": np.__version__,
+                  "equilaw": __version__, **backend.versions()},
+        timing={"load_seconds": load_seconds, "forward_seconds": forward_seconds,
+                "stats_seconds": stats_seconds,
+                "tokens_per_second": windows.size / forward_seconds if forward_seconds else float("nan")},
+    )
+
+
+def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, model: dict[str, Any],
+                 corpus: dict[str, Any], versions: dict[str, str],
+                 timing: dict[str, float]) -> Report:
+    """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
+    are the feature ranks per layer, the dicts are stored as the report's fields of
+    the same names.  :func:`run` ends here; tests build reports from synthetic fits."""
+    verdict = evaluate(fit, spec.law)
+    return Report(
+        name=spec.name,
+        spec=_spec_dict(spec),
+        model=model,
+        corpus=corpus,
+        measure=spec.measure,
+        normalization=spec.normalization,
+        target=spec.target,
+        backend=spec.backend,
+        seeds={"probe": spec.probe.seed, "shuffle": spec.probe.seed},
+        versions=versions,
+        law=_law_summary(fit),
+        layers=_layer_rows(fit, ranks, verdict),
+        checks=verdict.results,
+        verdict="pass" if verdict.passed else "fail",
+        timing=timing,
+        shards=spec.probe.shards,
+    )
+
+
+def _norm_info(spec: Spec, info: Any):
+    from audit.norms import NormInfo
+
+    if spec.model.norm is not None:
+        return NormInfo(kind=spec.model.norm.kind, eps=spec.model.norm.eps)
+    return info.norm
+
+
+def _law_summary(fit: LawFit) -> LawSummary:
+    return LawSummary(
+        slope=fit.slope, slope_se=fit.slope_se, intercept=fit.intercept,
+        intercept_se=fit.intercept_se, pearson_r=fit.pearson_r, pearson_r_se=fit.pearson_r_se,
+        r_squared=fit.r_squared, r_squared_se=fit.r_squared_se, rho=fit.rho, rho_se=fit.rho_se,
+        mean_step=fit.mean_step, mean_step_se=fit.mean_step_se, first_layer=fit.first_layer,
+        pr_first=float(fit.pr[fit.first_layer]), pr_last=float(fit.pr[-1]),
+    )
+
+
+def _layer_rows(fit: LawFit, ranks: np.ndarray, verdict) -> tuple[LayerRow, ...]:
+    rows = []
+    for layer in range(len(fit.pr)):
+        status = "unjudged" if layer < fit.first_layer else verdict.layer_status(layer)
+        rows.append(LayerRow(
+            index=layer, pr=float(fit.pr[layer]), pr_se=float(fit.pr_se[layer]),
+            log10_pr=float(fit.log10_pr[layer]), log10_pr_se=float(fit.log10_pr_se[layer]),
+            fitted=float(fit.fitted[layer]), fitted_se=float(fit.fitted_se[layer]),
+            deviation=float(fit.deviation[layer]), deviation_se=float(fit.deviation_se[layer]),
+            step=float(fit.step[layer]), step_se=float(fit.step_se[layer]),
+            rank=int(ranks[layer]), status=status,
+        ))
+    return tuple(rows)
+
+
+def _spec_dict(spec: Spec) -> dict[str, Any]:
+    data = asdict(spec)
+    if data["law"]["rho"] is not None:
+        data["law"]["rho"] = list(data["law"]["rho"])
+    data["law"]["expected_deviations"] = list(data["law"]["expected_deviations"])
+    return data

@@ -1,0 +1,642 @@
+"""Streaming, mergeable, sharded per-layer statistics for the prediction residual.
+
+:class:`LayerStats` keeps only additive sufficient statistics (float64), in
+``shards`` independent parts, so that
+
+* memory does not grow with the number of tokens: ``token_id`` keeps
+  shards × layers × (d+1)² float64 values (plus vectors of length d); the
+  class-based measures add, per shard and layer, d values per distinct target;
+* two accumulators merge exactly (``a + b``), for extraction split over
+  processes or machines;
+* every measure's jackknife uses leave-one-shard-out values obtained by
+  subtracting one shard's statistics from the total, without refitting.
+
+Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per layer):
+
+``token_id``
+    PR = SS_res / SS_tot of an in-sample OLS fit with intercept from the layer's
+    features to the next-token id (the paper's measure; what lstsq or sklearn's
+    ``LinearRegression`` compute).
+``shuffled_token_id``
+    The same with the distinct ids seen (sorted) permuted by
+    ``numpy.random.default_rng(shuffle_seed).permutation(k)``: sorted id i maps to
+    ``sorted_ids[perm[i]]``.  Applied from per-class statistics when results are
+    asked for, so it does not depend on batch order; leave-one-out values use the
+    mapping of the whole accumulator.
+``one_hot``
+    Multi-output OLS on the one-hot target: total SS_res / total SS_tot.
+``separation``
+    Separation fuzziness D = tr(SS_w · SS_b⁺), class-size-weighted SS_b.
+
+Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean,
+rounded to float32) so that large means cost no precision; merging accumulators
+with different shifts converts the sums exactly (in exact arithmetic).  The
+regression solve scales columns to unit variance, uses a Cholesky factorisation,
+and falls back to the minimum-norm least-squares solution (eigendecomposition,
+relative eigenvalue cutoff ``max(d, 32) × eps``) when the scatter is singular.
+
+Precision.  Float64 features are processed in float64: on data whose centred,
+per-column-scaled features have condition number κ, PR matches ``lstsq`` to
+about κ² × 1e-16 relative (≤ 1e-8 for κ ≤ 1e4; tests/test_stats.py measures it).
+Float32 features are processed in their own precision: each batch's Gram matrix
+is a float32 symmetric rank-k update (d² multiply-adds per token and layer, the
+cost that matters) added into float64 totals; the first and cross moments are
+float64.  On well-conditioned data this gives PR within 1e-6 relative of float64
+``lstsq`` on the same values (tested on data with mean 1e3 and a column 100×
+the others; measured about 3e-9); at worst the error grows like κ² × 1.2e-7
+(float32's eps).  The rank cutoff then uses float32's eps.
+
+Layers are indexed as in ``hidden_states``: 0 is the embedding output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from audit.errors import StatsError
+from audit.internal import linalg
+
+MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
+_CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
+
+# A column is dead (constant) when centring removes all but this many units of
+# its precision from its shifted sum of squares.
+_DEAD_COLUMN_EPS = 1e3
+
+
+@dataclass(frozen=True)
+class StdErr:
+    """Jackknife standard errors over shards, one value per layer (NaN when fewer
+    than two shards hold examples)."""
+
+    pr: np.ndarray
+    """Standard error of the measure's value, float64 [layers]."""
+    log10_pr: np.ndarray
+    """Standard error of log10 of the value, float64 [layers]."""
+
+
+@dataclass
+class _Moments:
+    """Shifted (uncentred) sums over a set of shards, for one layer.
+
+    ``sx`` [d] = Σ(x−a), ``sxx`` [d, d] = Σ(x−a)(x−a)ᵀ; for token_id ``sy``,
+    ``syy``, ``sxy`` [d] with y shifted by an integer; for the class measures
+    ``nc`` [k] counts and ``sc`` [k, d] = Σ_{y=c}(x−a), classes in sorted order.
+    """
+
+    n: int
+    sx: np.ndarray
+    sxx: np.ndarray
+    sy: float = 0.0
+    syy: float = 0.0
+    sxy: np.ndarray | None = None
+    distinct: bool = False
+    nc: np.ndarray | None = None
+    sc: np.ndarray | None = None
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean offset m = Σ(x−a)/n [d], centred scatter S [d, d], and the shifted
+        sum of squares diagonal [d] (for the dead-column test)."""
+        m = self.sx / self.n
+        r = m * np.sqrt(self.n)
+        S = self.sxx - np.outer(r, r)  # r_i·r_j keeps S exactly symmetric
+        return m, S, np.diag(self.sxx)
+
+
+class LayerStats:
+    """Streaming per-layer statistics of (features, next-token target) pairs.
+
+    ``measures``: subset of :data:`MEASURES`; only what they need is kept.
+    ``shards``: number of independent parts kept for the jackknife (1 turns
+    uncertainty off and costs the least memory).  ``shuffle_seed``: seed of the
+    ``shuffled_token_id`` permutation.  Shapes (layers, d) come from the first
+    :meth:`update`.
+    """
+
+    def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0) -> None:
+        if isinstance(measures, str):
+            measures = (measures,)
+        measures = tuple(measures)
+        for name in measures:
+            _check_measure_name(name)
+        if not measures:
+            raise StatsError(f"no measures requested; valid measures: {', '.join(MEASURES)}")
+        if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+            raise StatsError(f"shards must be a positive integer, got {shards!r}")
+        if isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, (int, np.integer)):
+            raise StatsError(f"shuffle_seed must be an integer, got {shuffle_seed!r}")
+        self._measures = tuple(m for m in MEASURES if m in measures)  # canonical order
+        self._shards = int(shards)
+        self._seed = int(shuffle_seed)
+        self._token = "token_id" in self._measures
+        self._classed = bool(_CLASS_MEASURES & set(self._measures))
+        self._eps = 0.0  # coarsest machine epsilon among the batches seen
+        self._n = np.zeros(self._shards, dtype=np.int64)
+        self._layers: int | None = None
+        self._width: int | None = None
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The measures kept, in the canonical order of :data:`MEASURES`."""
+        return self._measures
+
+    @property
+    def shards(self) -> int:
+        return self._shards
+
+    @property
+    def shuffle_seed(self) -> int:
+        return self._seed
+
+    @property
+    def count(self) -> int:
+        """Number of examples (tokens) seen."""
+        return int(self._n.sum())
+
+    @property
+    def layers(self) -> int | None:
+        """Number of layers (hidden states), or None before the first example."""
+        return self._layers
+
+    @property
+    def width(self) -> int | None:
+        """Feature width d, or None before the first example."""
+        return self._width
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Sorted distinct targets seen, int64 [k] (class-based measures only)."""
+        if not self._classed:
+            raise StatsError("classes are kept only for the measures "
+                             + ", ".join(m for m in MEASURES if m in _CLASS_MEASURES))
+        if self._layers is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(self._ids[: self._k])
+
+    # -------------------------------------------------------------------- storage
+    def _allocate(self, layers: int, d: int, shift_x: np.ndarray, shift_y: float) -> None:
+        g = self._shards
+        self._layers, self._width = layers, d
+        self._shift_x = shift_x  # float64 [layers, d], float32-representable
+        self._shift_y = float(shift_y)  # integer-valued
+        self._sx = np.zeros((g, layers, d))
+        self._sxx = np.zeros((g, layers, d, d))
+        if self._token:
+            self._sy = np.zeros(g)
+            self._syy = np.zeros(g)
+            self._sxy = np.zeros((g, layers, d))
+            self._ymin = np.full(g, np.iinfo(np.int64).max, dtype=np.int64)
+            self._ymax = np.full(g, np.iinfo(np.int64).min, dtype=np.int64)
+        if self._classed:
+            # Slots in arrival order (growth is amortised: capacity doubles);
+            # results are always computed in sorted class order.
+            self._k = 0
+            self._ids = np.zeros(0, dtype=np.int64)
+            self._nc = np.zeros((g, 0), dtype=np.int64)
+            self._sc = np.zeros((g, layers, 0, d))
+
+    def _slots(self, ids: np.ndarray) -> np.ndarray:
+        """Storage slots of the sorted distinct ``ids`` [u], creating new ones."""
+        known = self._ids[: self._k]
+        order = np.argsort(known)
+        pos = np.searchsorted(known[order], ids)
+        found = pos < self._k
+        found[found] = known[order][pos[found]] == ids[found]
+        slots = np.full(ids.size, -1, dtype=np.int64)
+        slots[found] = order[pos[found]]
+        new = ids[~found]
+        if new.size:
+            need = self._k + new.size
+            if need > self._ids.size:
+                cap = max(need, 2 * self._ids.size, 16)
+                grow = cap - self._ids.size
+                self._ids = np.concatenate([self._ids, np.zeros(grow, dtype=np.int64)])
+                self._nc = np.concatenate(
+                    [self._nc, np.zeros((self._shards, grow), dtype=np.int64)], axis=1)
+                self._sc = np.concatenate(
+                    [self._sc, np.zeros((self._shards, self._layers, grow, self._width))], axis=2)
+            self._ids[self._k: need] = new
+            slots[~found] = np.arange(self._k, need)
+            self._k = need
+        return slots
+
+    # --------------------------------------------------------------------- update
+    def update(self, features, targets, shard: int = 0) -> None:
+        """Add a batch.
+
+        ``features``: float32 or float64 array [layers, n, d] (hidden states,
+        layer 0 = embedding output); ``targets``: integer array [n]; ``shard``:
+        which part (0 ≤ shard < shards) the batch joins; keep whole sequences in
+        one shard.  Raises :class:`StatsError` on NaN/inf features (naming the
+        first bad layer), shapes that differ from earlier batches or from
+        ``targets``, a shard out of range, or non-integer targets.  The
+        accumulator is unchanged when an error is raised.
+        """
+        x = np.asarray(features)
+        y = np.asarray(targets)
+        if x.ndim != 3:
+            raise StatsError(f"features must be a 3-d array [layers, n, d], got shape {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise StatsError(f"features must be float32 or float64, got dtype {x.dtype}")
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float32 if x.dtype.itemsize <= 4 else np.float64)
+        if y.ndim != 1:
+            raise StatsError(f"targets must be a 1-d integer array [n], got shape {y.shape}")
+        if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+            raise StatsError(f"targets must be integers, got dtype {y.dtype}")
+        layers, n, d = x.shape
+        if self._layers is not None and layers != self._layers:
+            raise StatsError(f"features have {layers} layers, but earlier batches had {self._layers}")
+        if self._width is not None and d != self._width:
+            raise StatsError(f"features have width {d}, but earlier batches had width {self._width}")
+        if y.shape[0] != n:
+            raise StatsError(f"features have {n} examples per layer, but targets has {y.shape[0]}")
+        if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) \
+                or not 0 <= shard < self._shards:
+            raise StatsError(f"shard {shard!r} is out of range: this accumulator has "
+                             f"{self._shards} shards (0..{self._shards - 1})")
+        if n == 0 or layers == 0 or d == 0:
+            return
+        y = y.astype(np.int64, copy=False)
+
+        first = self._layers is None
+        if first:
+            shift64 = x.mean(axis=1, dtype=np.float64).astype(np.float32).astype(np.float64)
+            shift_y = float(np.rint(y.mean()))
+        else:
+            shift64, shift_y = self._shift_x, self._shift_y
+        ys = (y - shift_y).astype(np.float64)  # exact integers
+        if self._classed:
+            ids, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+            order = np.argsort(inv, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        else:
+            order = starts = None
+
+        # Every layer's sums are formed before any is added, and a non-finite
+        # Gram diagonal (NaN/inf features, or a float32 overflow) is caught there:
+        # no separate pass over the features, and a rejected batch leaves no trace.
+        grams, class_sums = self._batch_sums(x, x.dtype, shift64, ys, order, starts)
+        bad = ~np.isfinite(np.einsum("lii->l", grams))
+        if bad.any():
+            nonfinite = [layer for layer in np.flatnonzero(bad) if not np.isfinite(x[layer]).all()]
+            if nonfinite:
+                raise StatsError("features contain NaN or infinite values", layer=int(nonfinite[0]))
+            # Finite values whose float32 squares overflow: redo in float64.
+            grams, class_sums = self._batch_sums(x, np.dtype(np.float64), shift64, ys, order, starts)
+
+        if first:
+            self._allocate(layers, d, shift64, shift_y)
+        self._eps = max(self._eps, float(np.finfo(x.dtype).eps))
+        s = int(shard)
+        self._sxx[s] += grams[:, :d, :d]
+        self._sx[s] += grams[:, :d, d + 1]
+        if self._token:
+            self._sxy[s] += grams[:, :d, d]
+            self._sy[s] += ys.sum()
+            self._syy[s] += ys @ ys
+            self._ymin[s] = min(self._ymin[s], int(y.min()))
+            self._ymax[s] = max(self._ymax[s], int(y.max()))
+        if self._classed:
+            slots = self._slots(ids)
+            self._nc[s, slots] += counts
+            self._sc[s][:, slots] += class_sums
+        self._n[s] += n
+
+    def _batch_sums(self, x: np.ndarray, dtype: np.dtype, shift64: np.ndarray, ys: np.ndarray,
+                    order: np.ndarray | None, starts: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One batch's Grams [layers, d+2, d+2] of ``[x − shift | y − shift_y | 1]``
+        (Σxxᵀ, Σxy and Σx in one symmetric rank-n update, BLAS syrk, in ``dtype``)
+        and, for the class measures, its per-class feature sums [layers, k, d]
+        (float64, classes in sorted order)."""
+        layers, n, d = x.shape
+        shift = shift64.astype(dtype)  # exact: the shift is float32-representable
+        buf = np.empty((n, d + 2), dtype=dtype)
+        buf[:, d] = ys
+        buf[:, d + 1] = 1.0
+        xs = buf[:, :d]
+        grams = np.empty((layers, d + 2, d + 2), dtype=dtype)
+        class_sums = None
+        if order is not None:
+            class_sums = np.empty((layers, len(starts), d), dtype=np.float64)
+        # Non-finite input and float32 overflow are detected by the caller from the
+        # Grams' diagonals: numpy's warnings about them here would only be noise.
+        with np.errstate(invalid="ignore", over="ignore"):
+            for layer in range(layers):
+                np.subtract(x[layer], shift[layer], out=xs)
+                np.matmul(buf.T, buf, out=grams[layer])
+                if class_sums is not None:
+                    class_sums[layer] = np.add.reduceat(xs[order], starts, axis=0,
+                                                        dtype=np.float64)
+        return grams, class_sums
+
+    # ---------------------------------------------------------------------- merge
+    def merge(self, other: "LayerStats") -> "LayerStats":
+        """A new accumulator equal to having seen the inputs of both.
+
+        Both must have the same measures, shards and shuffle_seed, and (when both
+        hold examples) the same layers and width; otherwise :class:`StatsError`
+        says which differs.
+        """
+        if not isinstance(other, LayerStats):
+            raise StatsError(f"cannot merge LayerStats with {type(other).__name__}")
+        for what, a, b in (("measures", self._measures, other._measures),
+                           ("shards", self._shards, other._shards),
+                           ("shuffle_seed", self._seed, other._seed)):
+            if a != b:
+                raise StatsError(f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
+        if self._layers is not None and other._layers is not None:
+            for what, a, b in (("layers", self._layers, other._layers),
+                               ("width", self._width, other._width)):
+                if a != b:
+                    raise StatsError(
+                        f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
+        if other._layers is None:
+            return LayerStats.from_arrays(self.to_arrays())
+        if self._layers is None:
+            return LayerStats.from_arrays(other.to_arrays())
+
+        out = LayerStats.from_arrays(self.to_arrays())
+        out._eps = max(self._eps, other._eps)
+        out._n += other._n
+        # Re-express other's sums around out's shift:
+        # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ, δ = b − a.
+        nb = other._n.astype(np.float64)[:, None, None]
+        delta = (other._shift_x - out._shift_x)[None]  # [1, layers, d]
+        sx_b = other._sx
+        out._sxx += (other._sxx
+                     + sx_b[..., :, None] * delta[..., None, :]
+                     + delta[..., :, None] * sx_b[..., None, :]
+                     + nb[..., None] * delta[..., :, None] * delta[..., None, :])
+        out._sx += sx_b + nb * delta
+        if self._token:
+            eps_y = other._shift_y - out._shift_y  # y − c_a = (y − c_b) + ε
+            ny = other._n.astype(np.float64)
+            out._sxy += (other._sxy + eps_y * sx_b + other._sy[:, None, None] * delta
+                         + nb * delta * eps_y)
+            out._syy += other._syy + 2.0 * eps_y * other._sy + ny * eps_y ** 2
+            out._sy += other._sy + ny * eps_y
+            out._ymin = np.minimum(out._ymin, other._ymin)
+            out._ymax = np.maximum(out._ymax, other._ymax)
+        if self._classed and other._k:
+            ids = other._ids[: other._k]
+            order = np.argsort(ids)
+            slots = out._slots(ids[order])
+            nc_b = other._nc[:, : other._k][:, order]  # [g, u]
+            sc_b = other._sc[:, :, : other._k][:, :, order]  # [g, layers, u, d]
+            out._nc[:, slots] += nc_b
+            out._sc[:, :, slots] += sc_b + nc_b[:, None, :, None] * delta[:, :, None, :]
+        return out
+
+    def __add__(self, other: "LayerStats") -> "LayerStats":
+        if not isinstance(other, LayerStats):
+            return NotImplemented
+        return self.merge(other)
+
+    # -------------------------------------------------------------------- results
+    def _require(self, measure: str) -> None:
+        _check_measure_name(measure)
+        if measure not in self._measures:
+            raise StatsError(f"measure {measure!r} was not requested; this accumulator keeps "
+                             f"{', '.join(self._measures)}")
+        if self.count == 0:
+            raise StatsError("no examples: call update() before asking for results")
+
+    def _rcond(self) -> float:
+        return max(self._width, 32) * self._eps
+
+    def _sorted_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = self._ids[: self._k]
+        order = np.argsort(ids)
+        return ids[order], order
+
+    def _prepare(self, measure: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Check ``measure`` can be computed; return the sorted-class order of the
+        storage slots and, for ``shuffled_token_id``, the mapped id of each sorted
+        class (float64 [k])."""
+        self._require(measure)
+        if not self._classed:
+            return None, None
+        sorted_ids, order = self._sorted_classes()
+        if sorted_ids.size < 2:
+            raise StatsError(_ONE_TARGET)
+        mapping = None
+        if measure == "shuffled_token_id":
+            perm = np.random.default_rng(self._seed).permutation(sorted_ids.size)
+            mapping = sorted_ids[perm].astype(np.float64)
+        return order, mapping
+
+    def residuals(self, measure: str) -> np.ndarray:
+        """The measure per layer, float64 [layers] (PR for the regressions, D for
+        ``separation``).  Raises :class:`StatsError` for a measure not requested,
+        an empty accumulator or a single distinct target."""
+        order, mapping = self._prepare(measure)
+        out = np.empty(self._layers)
+        for layer in range(self._layers):
+            out[layer] = _value(measure, self._moments_total(layer, order), self._rcond(),
+                                self._eps, mapping)
+            if np.isnan(out[layer]):
+                raise StatsError(_ONE_TARGET)
+        return out
+
+    def leave_one_out(self, measure: str) -> np.ndarray:
+        """The measure with each non-empty shard left out, float64 [g, layers]
+        (g = number of shards holding examples; g = 0 when fewer than two do).
+        Each value comes from the total minus one shard's sums, not a refit.  A
+        left-out subset with a single distinct target gives NaN."""
+        order, mapping = self._prepare(measure)
+        parts = np.flatnonzero(self._n)
+        if parts.size < 2:
+            return np.zeros((0, self._layers))
+        out = np.empty((parts.size, self._layers))
+        for layer in range(self._layers):
+            for j, mom in enumerate(self._moments_left_out(layer, order, parts)):
+                out[j, layer] = _value(measure, mom, self._rcond(), self._eps, mapping)
+        return out
+
+    def stderr(self, measure: str) -> StdErr:
+        """Jackknife standard errors over the g non-empty shards:
+        se = sqrt((g−1)/g · Σ_i (θ_(i) − mean θ)²), for the value and its log10.
+        NaN when fewer than two shards hold examples."""
+        loo = self.leave_one_out(measure)
+        if loo.shape[0] < 2:
+            nan = np.full(self._layers, np.nan)
+            return StdErr(pr=nan, log10_pr=nan.copy())
+        return StdErr(pr=_jackknife(loo), log10_pr=_jackknife(_log10(loo)))
+
+    def _moments_total(self, layer: int, order: np.ndarray | None) -> _Moments:
+        m = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0),
+                     sxx=self._sxx[:, layer].sum(axis=0))
+        if self._token:
+            full = self._n > 0
+            m.sy, m.syy = self._sy.sum(), self._syy.sum()
+            m.sxy = self._sxy[:, layer].sum(axis=0)
+            m.distinct = bool(self._ymin[full].min() < self._ymax[full].max())
+        if self._classed:
+            m.nc = self._nc[:, order].sum(axis=0)
+            m.sc = self._sc[:, layer][:, order].sum(axis=0)
+        return m
+
+    def _moments_left_out(self, layer: int, order: np.ndarray | None,
+                          parts: np.ndarray) -> list[_Moments]:
+        """Moments with each shard in ``parts`` left out: total minus that shard."""
+        total = self._moments_total(layer, order)
+        out = []
+        for i in parts:
+            keep = (self._n > 0) & (np.arange(self._shards) != i)
+            m = _Moments(n=total.n - int(self._n[i]), sx=total.sx - self._sx[i, layer],
+                         sxx=total.sxx - self._sxx[i, layer])
+            if self._token:
+                m.sy, m.syy = total.sy - self._sy[i], total.syy - self._syy[i]
+                m.sxy = total.sxy - self._sxy[i, layer]
+                m.distinct = bool(self._ymin[keep].min() < self._ymax[keep].max())
+            if self._classed:
+                m.nc = total.nc - self._nc[i, order]
+                m.sc = total.sc - self._sc[i, layer][order]
+            out.append(m)
+        return out
+
+    def rank(self) -> np.ndarray:
+        """Numerical rank of the centred feature scatter S_xx per layer, int64
+        [layers]: the number of per-column-scaled eigenvalues above
+        ``max(d, 32) × eps × λ_max`` (constant columns count as lost rank)."""
+        if self.count == 0:
+            raise StatsError("no examples: call update() before asking for results")
+        out = np.empty(self._layers, dtype=np.int64)
+        for layer in range(self._layers):
+            mom = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0),
+                           sxx=self._sxx[:, layer].sum(axis=0))
+            _, S, raw = mom.centred()
+            out[layer] = linalg.rank(S, _live(S, raw, self._eps), self._rcond())
+        return out
+
+    # -------------------------------------------------------------- serialisation
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as plain numpy arrays (no object arrays), so
+        ``np.savez`` / ``np.load(allow_pickle=False)`` round-trip it exactly.
+        Classes are written in sorted order."""
+        d = {
+            "measures": np.array(self._measures, dtype="<U32"),
+            "shards": np.array(self._shards, dtype=np.int64),
+            "shuffle_seed": np.array(self._seed, dtype=np.int64),
+            "eps": np.array(self._eps, dtype=np.float64),
+            "n": self._n.copy(),
+        }
+        if self._layers is None:
+            return d
+        d.update(shift_x=self._shift_x.copy(), shift_y=np.array(self._shift_y),
+                 sx=self._sx.copy(), sxx=self._sxx.copy())
+        if self._token:
+            d.update(sy=self._sy.copy(), syy=self._syy.copy(), sxy=self._sxy.copy(),
+                     ymin=self._ymin.copy(), ymax=self._ymax.copy())
+        if self._classed:
+            ids, order = self._sorted_classes()
+            d.update(classes=ids, class_counts=self._nc[:, order],
+                     class_sums=self._sc[:, :, order])
+        return d
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "LayerStats":
+        """Rebuild an accumulator from :meth:`to_arrays` output (a dict or an
+        ``np.load`` result)."""
+        try:
+            a = {k: np.asarray(arrays[k]) for k in arrays}
+            out = cls(measures=tuple(str(m) for m in a["measures"]),
+                      shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]))
+            out._eps = float(a["eps"])
+            out._n = a["n"].astype(np.int64).copy()
+            if "sxx" not in a:
+                return out
+            g, layers, d = a["sx"].shape
+            out._allocate(layers, d, a["shift_x"].astype(np.float64).copy(), float(a["shift_y"]))
+            out._sx[...] = a["sx"]
+            out._sxx[...] = a["sxx"]
+            if out._token:
+                out._sy[...] = a["sy"]
+                out._syy[...] = a["syy"]
+                out._sxy[...] = a["sxy"]
+                out._ymin[...] = a["ymin"]
+                out._ymax[...] = a["ymax"]
+            if out._classed:
+                out._ids = a["classes"].astype(np.int64).copy()
+                out._k = out._ids.size
+                out._nc = a["class_counts"].astype(np.int64).copy()
+                out._sc = a["class_sums"].astype(np.float64).copy()
+        except KeyError as exc:
+            raise StatsError(f"statistics arrays lack the key {exc.args[0]!r}") from None
+        except ValueError as exc:
+            raise StatsError(f"statistics arrays are inconsistent: {exc}") from None
+        return out
+
+    def __repr__(self) -> str:
+        return (f"LayerStats(measures={self._measures!r}, shards={self._shards}, "
+                f"count={self.count}, layers={self._layers}, width={self._width})")
+
+
+_ONE_TARGET = ("only one distinct target value: the target's total sum of squares "
+               "(SS_tot) is zero, so PR is undefined")
+
+
+def _check_measure_name(name) -> None:
+    if name not in MEASURES:
+        raise StatsError(f"unknown measure {name!r}; valid measures: {', '.join(MEASURES)}")
+
+
+def _live(S: np.ndarray, raw_diag: np.ndarray, eps: float) -> np.ndarray:
+    """Columns that are not constant: centring leaves more than rounding noise."""
+    diag = np.diag(S)
+    return diag > _DEAD_COLUMN_EPS * eps * raw_diag
+
+
+def _value(measure: str, mom: _Moments, rcond: float, eps: float,
+           mapping: np.ndarray | None) -> float:
+    """One layer's measure from its moments; NaN when undefined (fewer than two
+    examples or a single distinct target)."""
+    n = mom.n
+    if n < 2:
+        return float("nan")
+    m, S, raw = mom.centred()
+    live = _live(S, raw, eps)
+    if measure == "token_id":
+        if not mom.distinct:
+            return float("nan")
+        ybar = mom.sy / n
+        sst = mom.syy - mom.sy * ybar
+        sxy = mom.sxy - mom.sx * ybar
+        return linalg.residual_fraction(S, sxy[:, None], sst, live, rcond)
+    nc, sc = mom.nc, mom.sc
+    present = nc > 0
+    if np.count_nonzero(present) < 2:
+        return float("nan")
+    nc, sc = nc[present], sc[present]
+    V = sc - nc[:, None] * m[None, :]  # Σ_{y=c}(x − μ) [k, d]
+    if measure == "shuffled_token_id":
+        values = mapping[present]
+        t = values - (nc @ values) / n  # centred mapped targets [k]
+        sst = float(nc @ (t * t))
+        return linalg.residual_fraction(S, (V.T @ t)[:, None], sst, live, rcond)
+    if measure == "one_hot":
+        sst = (n * n - float(nc @ nc)) / n  # integer arithmetic until the division
+        return linalg.residual_fraction(S, V.T, sst, live, rcond)
+    # separation: D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel)
+    Vw = V / np.sqrt(nc)[:, None]
+    B = Vw.T @ Vw  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
+    return linalg.trace_pinv(S - B, B, rcond)
+
+
+def _log10(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
+
+
+def _jackknife(loo: np.ndarray) -> np.ndarray:
+    """Jackknife standard error from leave-one-out values [g, layers]."""
+    g = loo.shape[0]
+    if g < 2:
+        return np.full(loo.shape[1], np.nan)
+    dev = loo - loo.mean(axis=0)
+    return np.sqrt((g - 1) / g * np.sum(dev * dev, axis=0))

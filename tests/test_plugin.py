@@ -1,0 +1,195 @@
+"""The pytest plugin, driven through inner pytest runs (pytester) on a tiny random
+Llama: item ids, selection, outcomes and messages, xfail/XPASS, reports, spec errors,
+missing models under CI, and that the model is loaded once per spec."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import audit.plugin
+from tiny_models import TINY_LAYERS
+
+ITEMS = str(Path(audit.plugin.__file__).with_name("test_models.py"))
+
+# Counts weight loads in the inner run (a load is a TorchBackend.load() that finds
+# no model yet) and writes them to loads.json when the session ends.
+LOAD_COUNTER = '''
+import json
+from audit.backends import torch_backend
+
+LOADS = []
+_load = torch_backend.TorchBackend.load
+
+def load(self):
+    if self._model is None:
+        LOADS.append(self.name)
+    return _load(self)
+
+torch_backend.TorchBackend.load = load
+
+def pytest_sessionfinish(session):
+    with open("loads.json", "w") as f:
+        json.dump(LOADS, f)
+'''
+
+GENEROUS = {"max_pearson_r": 1.0, "rho": [0.0, 10.0], "max_deviation": 10.0,
+            "max_deviation_sigma": 1000.0, "min_step_fraction": -1000.0}
+
+
+def write_spec(folder: Path, name: str, model: Path | str, law: dict) -> Path:
+    lines = [f"name: {name}", "model:", f"  path: {model}", "probe:", "  sequences: 16",
+             "  length: 24", "  batch_size: 8", "  shards: 4", "law:"]
+    # a str is written as is: YAML reads 1e-08 as a string, 0.00000001 as a number
+    lines += [f"  {key}: {value if isinstance(value, str) else json.dumps(value)}"
+              for key, value in law.items()]
+    path = folder / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, tmp_path: Path):
+    """Runs ``pytest`` in a subprocess inside the pytester folder (its own rootdir and
+    ini, so the checkout's conftest and pyproject do not apply), with the load
+    counter, reports going to ``tmp_path/reports``."""
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(loadcount=LOAD_COUNTER)
+    reports = tmp_path / "reports"
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-p", "loadcount", "--audit-reports", str(reports),
+            "-rA", *args)
+
+    run.reports = reports
+    run.loads = lambda: json.loads((pytester.path / "loads.json").read_text())
+    return run
+
+
+_ITEM_ID = re.compile(r"(?:^|::)([a-z0-9._-]+::(?:law-fit|law-rho|layer-\d+))$")
+
+
+def _names(result: pytest.RunResult) -> list[str]:
+    """``<spec>::<item>`` of each collected item in ``--collect-only -q`` output (the
+    file part of the node id depends on where the items module lies)."""
+    return [m.group(1) for line in result.outlines if (m := _ITEM_ID.search(line.strip()))]
+
+
+def test_collect_only_gives_the_item_ids_without_loading(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    spec = write_spec(pytester.path, "tiny-a", tiny_model_dir, GENEROUS)
+    result = inner("--audit-spec", str(spec), "--collect-only", "-q", ITEMS)
+    assert result.ret == 0
+    assert _names(result) == ["tiny-a::law-fit", "tiny-a::law-rho"] + [
+        f"tiny-a::layer-{layer:02d}" for layer in range(1, TINY_LAYERS + 1)]
+    assert inner.loads() == []  # collection reads the config only
+    assert not inner.reports.exists()
+
+    picked = inner("--audit-spec", str(spec), "--collect-only", "-q", "-k", "layer-02", ITEMS)
+    assert _names(picked) == ["tiny-a::layer-02"]
+    picked = inner("--audit-spec", str(spec), "--collect-only", "-q", "-k", "tiny-a and law",
+                   "--pyargs", "audit")
+    assert _names(picked) == ["tiny-a::law-fit", "tiny-a::law-rho"]
+
+
+def test_pass_fail_xfail_xpass_reports_and_one_load_per_spec(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    good = write_spec(pytester.path, "tiny-good", tiny_model_dir,
+                      {**GENEROUS, "expected_deviations": [3]})
+    # r > 0 at random init; a zero deviation tolerance fails every layer
+    bad = write_spec(pytester.path, "tiny-bad", tiny_model_dir,
+                     {"max_pearson_r": -0.99, "max_deviation": "0.00000001", "expected_deviations": [2]})
+    result = inner("--audit-spec", str(good), "--audit-spec", str(bad), ITEMS)
+    layers = TINY_LAYERS
+    # good: law-fit, law-rho and every layer but 3 pass, 3 XPASSes; bad: law-fit and
+    # every layer but 2 fail, 2 xfails, law-rho is skipped (no rho threshold)
+    result.assert_outcomes(passed=2 + layers - 1, xpassed=1, failed=1 + layers - 1, xfailed=1,
+                           skipped=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # each spec's model is loaded once, although each has layers + 2 items
+    assert sorted(inner.loads()) == ["tiny-bad", "tiny-good"]
+
+    # passing spec: every item passes, the declared layer XPASSes (non-strict)
+    result.stdout.fnmatch_lines(["PASSED *tiny-good::law-fit", "PASSED *tiny-good::law-rho",
+                                 "PASSED *tiny-good::layer-01", "XPASS *tiny-good::layer-03*"])
+    good_report = json.loads((inner.reports / "tiny-good.json").read_text())
+    assert good_report["verdict"] == "pass" and good_report["violations"] == []
+    assert good_report["name"] == "tiny-good" and len(good_report["layers"]) == layers + 1
+
+    # failing spec: the message names the check, the value with its stderr, the threshold
+    bad_report = json.loads((inner.reports / "tiny-bad.json").read_text())
+    assert bad_report["verdict"] == "fail"
+    law = bad_report["law"]
+    assert law["pearson_r"] > 0
+    message = f"pearson_r {law['pearson_r']:.4f} ± {law['pearson_r_se']:.2g} > max_pearson_r -0.99"
+    result.stdout.fnmatch_lines(["*tiny-bad::law-fit (*tiny-bad.yaml)", message])
+    result.stdout.fnmatch_lines(["XFAIL *tiny-bad::layer-02*declared in law.expected_deviations*",
+                                 "FAILED *tiny-bad::law-fit*", "FAILED *tiny-bad::layer-01*"])
+    layer1 = next(row for row in bad_report["layers"] if row["index"] == 1)
+    # the summary's layer table is wide enough to show whole cells
+    result.stdout.fnmatch_lines(["*tiny-bad  FAIL*", f"* 1  {layer1['pr']:.5f} *  violation *"])
+    result.stdout.fnmatch_lines([
+        f"layer 1: deviation {layer1['deviation']:+.3g} ± {layer1['deviation_se']:.2g}: "
+        f"|deviation| {abs(layer1['deviation']):.3g} > max_deviation 1e-08"])
+    result.stdout.fnmatch_lines(["SKIPPED *tiny-bad: no threshold in the spec covers law-rho"])
+    assert sorted(p.name for p in inner.reports.iterdir()) == ["tiny-bad.json", "tiny-good.json"]
+
+    # the terminal summary: one rich report per spec, and where the files went
+    result.stdout.fnmatch_lines(["*equilaw reports*", "*tiny-good  PASS*", "*tiny-bad  FAIL*",
+                                 "report written: *tiny-good.json",
+                                 "report written: *tiny-bad.json"])
+
+
+def test_invalid_spec_is_a_collection_error_and_writes_nothing(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    spec = pytester.path / "typo.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        name: typo
+        model:
+          path: {tiny_model_dir}
+        probe:
+          sequences: 16
+          lenght: 24
+        """))
+    result = inner("--audit-spec", str(spec), ITEMS)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([
+        f"*{spec}:6: probe.lenght: unknown key; did you mean 'length'?*"])
+    result.stdout.fnmatch_lines(["*1 error*"])
+    assert not inner.reports.exists()
+    assert inner.loads() == []
+
+
+def test_missing_model_skips_or_fails_under_ci(
+        inner, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = pytester.path / "no-such-model"
+    spec = write_spec(pytester.path, "ghost", missing, GENEROUS)
+    monkeypatch.delenv("CI", raising=False)
+    result = inner("--audit-spec", str(spec), ITEMS)
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["SKIPPED *ghost: *no-such-model*"])
+
+    monkeypatch.setenv("CI", "true")
+    result = inner("--audit-spec", str(spec), ITEMS)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*no-such-model*(CI=true: a missing model fails the run)*",
+                                 "*1 error*"])
+    assert not inner.reports.exists()
+
+
+def test_plain_test_runs_never_collect_audit_items(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    spec = write_spec(pytester.path, "tiny-a", tiny_model_dir, GENEROUS)
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+    result = inner("--audit-spec", str(spec), "test_plain.py")
+    result.assert_outcomes(passed=1)
+    assert "tiny-a" not in result.stdout.str()
+    assert "equilaw reports" not in result.stdout.str()
+    assert inner.loads() == []
+    assert not inner.reports.exists()

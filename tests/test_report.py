@@ -1,0 +1,244 @@
+"""The report object, its JSON form and the terminal renderer, on reports assembled
+from synthetic PR curves (no model is run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.errors import ReportError
+from audit.law import fit_law
+from audit.report.data import SCHEMA_VERSION, Report
+from audit.report.json_report import read_json, report_path, write_json
+from audit.run import build_report
+from audit.spec import spec_from_dict
+
+LAYERS = 6
+BUMP = 4  # the layer pushed off the line
+SHARDS = 5
+
+
+def synthetic_report(name: str = "synth", shards: int = SHARDS, bump: float = 0.1,
+                     expected: tuple[int, ...] = (), tokens_per_second: float = 1234.0,
+                     **law) -> Report:
+    """PR = 0.9 · 0.8**l with layer BUMP multiplied by 10**bump, judged by ``law``
+    (defaults: thresholds that the bump breaks at layer BUMP only)."""
+    layers = np.arange(LAYERS + 1)
+    pr = 0.9 * 0.8 ** layers
+    pr[BUMP] *= 10 ** bump
+    loo = None
+    if shards > 1:
+        noise = np.random.default_rng(0).normal(0.0, 1e-3, size=(shards, LAYERS + 1))
+        loo = pr * (1 + noise)
+    fit = fit_law(pr, first_layer=1, leave_one_out=loo)
+    thresholds = {"max_pearson_r": -0.9, "rho": [0.7, 0.9], "max_deviation": 0.05,
+                  "min_step_fraction": 0.5, "expected_deviations": list(expected), **law}
+    spec = spec_from_dict({"name": name, "model": {"path": "/models/synth"},
+                           "probe": {"sequences": 16, "length": 8, "shards": max(shards, 1)},
+                           "law": thresholds})
+    return build_report(
+        spec, fit, ranks=np.full(LAYERS + 1, 16),
+        model={"path": "/models/synth", "resolved_path": "/models/synth", "sha256": "ab" * 32,
+               "architecture": "llama", "layers": LAYERS, "width": 16},
+        corpus={"name": "python-docstrings", "sha256": "cd" * 32, "tokens": 128,
+                "stream_tokens": 1000, "examples": 112, "sequences": 16, "length": 8},
+        versions={"python": "3.11.0", "numpy": np.__version__, "equilaw": "0.1.0",
+                  "torch": "2.13.0", "transformers": "5.23.0"},
+        timing={"load_seconds": 0.5, "forward_seconds": 0.1, "stats_seconds": 0.01,
+                "tokens_per_second": tokens_per_second},
+    )
+
+
+@pytest.fixture(scope="module")
+def report() -> Report:
+    return synthetic_report()
+
+
+def test_synthetic_report_flags_the_bump(report: Report) -> None:
+    assert report.verdict == "fail"
+    statuses = {row.index: row.status for row in report.layers}
+    assert statuses == {0: "unjudged", 1: "ok", 2: "ok", 3: "ok", 4: "violation", 5: "ok",
+                        6: "ok"}
+    # the bump shows as a deviation above the line and as a step that loses nothing
+    assert [(c.check, c.layer) for c in report.violations] == [("deviation", 4), ("step", 4)]
+    assert report.expected_failures == ()
+
+
+def test_expected_deviation_does_not_fail_the_verdict() -> None:
+    got = synthetic_report(expected=(4,))
+    assert got.verdict == "pass"
+    assert got.violations == ()
+    assert {row.index: row.status for row in got.layers}[4] == "expected"
+    assert [(c.check, c.layer) for c in got.expected_failures] == [("deviation", 4), ("step", 4)]
+
+
+# -- dict and JSON ---------------------------------------------------------------------
+
+def _roundtrip(report: Report) -> Report:
+    return Report.from_dict(json.loads(json.dumps(report.to_dict(), allow_nan=False)))
+
+
+def test_json_roundtrip(report: Report) -> None:
+    back = _roundtrip(report)
+    assert back.to_dict() == report.to_dict()
+    assert back.law == report.law
+    assert back.layers[2:] == report.layers[2:]  # layers 0 and 1 hold NaN steps (NaN != NaN)
+    for got, want in zip(back.checks, report.checks, strict=True):
+        assert (got.check, got.layer, got.value, got.stderr, got.threshold, got.passed,
+                got.expected, got.message) == (want.check, want.layer, want.value, want.stderr,
+                                               want.threshold, want.passed, want.expected,
+                                               want.message)
+    assert isinstance(back.checks[1].threshold, tuple)
+
+
+def test_nan_becomes_null_and_back() -> None:
+    single = synthetic_report(shards=1, tokens_per_second=float("nan"))
+    data = single.to_dict()
+    text = json.dumps(data, allow_nan=False)  # would raise on a NaN left in
+    assert data["law"]["slope_se"] is None and data["layers"][0]["step"] is None
+    assert data["timing"]["tokens_per_second"] is None
+    back = Report.from_dict(json.loads(text))
+    assert math.isnan(back.law.slope_se) and math.isnan(back.layers[0].step)
+    assert math.isnan(back.layers[3].pr_se) and math.isfinite(back.layers[3].pr)
+    assert math.isnan(back.timing["tokens_per_second"])
+    assert back.to_dict() == data
+
+
+def test_from_dict_refuses_another_schema(report: Report) -> None:
+    data = report.to_dict()
+    data["schema_version"] = 99
+    with pytest.raises(ReportError) as err:
+        Report.from_dict(data)
+    assert str(err.value) == (f"report schema_version 99 is not {SCHEMA_VERSION}: "
+                              "re-run the audit to regenerate it")
+
+
+def test_json_has_the_keys_the_issue_lists(report: Report) -> None:
+    data = report.to_dict()
+    assert {"spec", "model", "corpus", "measure", "normalization", "target", "backend", "seeds",
+            "versions", "law", "layers", "violations", "verdict"} <= set(data)
+    assert {"path", "sha256"} <= set(data["model"])
+    assert {"name", "sha256", "tokens"} <= set(data["corpus"])
+    assert {"python", "torch", "transformers", "numpy", "equilaw"} <= set(data["versions"])
+    law_keys = ("slope", "intercept", "pearson_r", "r_squared", "rho", "mean_step")
+    assert set(law_keys) | {k + "_se" for k in law_keys} <= set(data["law"])
+    row_keys = ("pr", "log10_pr", "fitted", "deviation", "step")
+    for row in data["layers"]:
+        assert {"index", "status"} | set(row_keys) | {k + "_se" for k in row_keys} <= set(row)
+        assert row["status"] in ("ok", "violation", "expected", "unjudged")
+    assert [row["index"] for row in data["layers"]] == list(range(LAYERS + 1))
+    assert data["violations"] == [
+        {"layer": c.layer, "check": c.check, "value": c.value, "stderr": c.stderr,
+         "threshold": c.threshold, "message": c.message} for c in report.violations]
+    assert [(v["check"], v["layer"]) for v in data["violations"]] == [("deviation", 4), ("step", 4)]
+    assert data["verdict"] == "fail"
+    assert data["spec"]["law"]["rho"] == [0.7, 0.9]
+    assert data["seeds"] == {"probe": 0, "shuffle": 0}
+
+
+def test_write_json_is_atomic(report: Report, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    path = write_json(report, out)
+    assert path == report_path(out, report) == out / "synth.json"
+    assert os.listdir(out) == ["synth.json"]  # no temporary file left behind
+    assert read_json(path).to_dict() == report.to_dict()
+    passing = synthetic_report(expected=(4,))
+    assert write_json(passing, out) == path  # an existing report is replaced
+    assert os.listdir(out) == ["synth.json"]
+    assert json.loads(path.read_text())["verdict"] == "pass"
+
+
+def test_write_json_failure_leaves_the_old_file(report: Report, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_json(report, tmp_path)
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(ReportError) as err:
+        write_json(synthetic_report(expected=(4,)), tmp_path)
+    assert str(err.value) == f"cannot write report {path}: [Errno 28] No space left on device"
+    assert os.listdir(tmp_path) == ["synth.json"]
+    assert path.read_bytes() == before
+
+
+def test_unwritable_folder_is_a_report_error(report: Report, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ReportError) as err:
+        write_json(report, blocker / "reports")
+    assert str(err.value).startswith(f"cannot write report {blocker / 'reports' / 'synth.json'}: ")
+
+
+def test_read_json_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ReportError, match=r"^cannot read report .*bad\.json: "):
+        read_json(bad)
+    with pytest.raises(ReportError, match=r"^cannot read report .*missing\.json: "):
+        read_json(tmp_path / "missing.json")
+
+
+# -- terminal ------------------------------------------------------------------------
+
+def _render(report: Report, color: bool = False) -> str:
+    from rich.console import Console
+
+    from audit.report.terminal import render
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, force_terminal=color,
+                      color_system="standard" if color else None)
+    render(report, console)
+    return buffer.getvalue()
+
+
+def test_terminal_shows_verdict_fit_and_violations(report: Report) -> None:
+    text = _render(report)
+    assert "synth  FAIL" in text
+    assert f"Pearson r {report.law.pearson_r:+.4f} ± {report.law.pearson_r_se:.4f}" in text
+    assert f"ρ {report.law.rho:.5f} ± {report.law.rho_se:.5f}" in text
+    assert "1234 tokens/s" in text
+    assert f"PR_1 → PR_{LAYERS}: {report.law.pr_first:.4f} → {report.law.pr_last:.4f}" in text
+    lines = text.splitlines()
+    for row in report.layers:
+        line = next(l for l in lines if l.lstrip("│ ").startswith(f"{row.index} ")
+                    and f"{row.pr:.5f}" in l)
+        assert row.status in line
+        assert ("●" in line) == (row.index > 0)
+    for check in report.violations:
+        assert f"VIOLATION: {check.message}" in text
+    assert "VIOLATION: layer 4: deviation +0.0819" in text
+    assert "VIOLATION: layer 4: step -0.00309" in text
+
+
+def test_terminal_highlights_violating_layers(report: Report) -> None:
+    text = _render(report, color=True)
+    lines = text.splitlines()
+    red = "\x1b[1;31"  # bold red: the violation status and picture (on a dark background)
+    for row in report.layers[1:]:
+        line = next(l for l in lines if f"{row.pr:.5f}" in l)
+        assert (red in line) == (row.status == "violation"), row.index
+    assert "\x1b[1;32mPASS" not in text and "FAIL" in text
+
+
+def test_terminal_expected_and_pass() -> None:
+    text = _render(synthetic_report(expected=(4,)))
+    assert "synth  PASS" in text
+    assert "expected: layer 4: deviation" in text
+    assert "VIOLATION" not in text
+
+
+def test_terminal_renders_a_report_read_back_from_json(tmp_path: Path) -> None:
+    single = synthetic_report(shards=1, tokens_per_second=float("nan"))
+    back = read_json(write_json(single, tmp_path))
+    assert _render(back) == _render(single)
+    assert "nan tokens/s" in _render(back)

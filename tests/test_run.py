@@ -1,0 +1,176 @@
+"""audit.run: one spec end to end on a tiny random-weight Llama (nothing downloaded),
+checked against a direct numpy computation on the backend's own hidden states."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.corpus import BUILTIN_CORPORA, load_corpus, token_windows, tokenize_corpus
+from audit.norms import apply_normalization
+from audit.report.data import Report
+from audit.run import example_positions, run
+from audit.spec import Spec, spec_from_dict
+from tiny_models import TINY_LAYERS, TINY_WIDTH
+
+SEQUENCES, LENGTH, SHARDS, BATCH = 24, 32, 4, 8
+LAW = {"max_pearson_r": -0.9, "rho": [0.5, 1.0], "max_deviation": 0.02,
+       "max_deviation_sigma": 6, "min_step_fraction": -3.0}
+
+
+def tiny_spec(folder: Path | str, **overrides) -> Spec:
+    data = {"name": "tiny", "model": {"path": str(folder)},
+            "probe": {"sequences": SEQUENCES, "length": LENGTH, "seed": 0,
+                      "batch_size": BATCH, "shards": SHARDS},
+            "law": LAW, **overrides}
+    return spec_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_model_dir: Path) -> Spec:
+    return tiny_spec(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def report(spec: Spec) -> Report:
+    return run(spec)
+
+
+# -- example positions ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("target", "features", "targets"), [
+    ("previous", [1, 2, 3, 4], [0, 1, 2, 3]),
+    ("current", [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]),
+    ("next", [0, 1, 2, 3], [1, 2, 3, 4]),
+    ("next_next", [0, 1, 2], [2, 3, 4]),
+])
+def test_example_positions(target: str, features: list[int], targets: list[int]) -> None:
+    j, t = example_positions(5, target)
+    np.testing.assert_array_equal(j, features)
+    np.testing.assert_array_equal(t, targets)
+    assert j.dtype.kind == t.dtype.kind == "i"
+
+
+# -- the report of one run ----------------------------------------------------------------
+
+def test_report_shape_and_provenance(report: Report, spec: Spec, tiny_model_dir: Path) -> None:
+    assert isinstance(report, Report)
+    assert report.name == "tiny"
+    assert [row.index for row in report.layers] == list(range(TINY_LAYERS + 1))
+    assert report.layers[0].status == "unjudged"
+    assert all(0 < row.pr <= 1 for row in report.layers)
+    assert all(math.isfinite(row.pr_se) and row.pr_se > 0 for row in report.layers)
+    assert all(row.rank == TINY_WIDTH for row in report.layers)
+    law = report.law
+    for name in ("slope", "intercept", "pearson_r", "r_squared", "rho", "mean_step",
+                 "slope_se", "intercept_se", "pearson_r_se", "rho_se", "mean_step_se"):
+        assert math.isfinite(getattr(law, name)), name
+    assert law.first_layer == 1
+    assert law.pr_first == report.layers[1].pr and law.pr_last == report.layers[-1].pr
+    assert report.corpus == {
+        "name": "python-docstrings", "sha256": BUILTIN_CORPORA["python-docstrings"][1],
+        "tokens": SEQUENCES * LENGTH, "stream_tokens": report.corpus["stream_tokens"],
+        "examples": SEQUENCES * (LENGTH - 1), "sequences": SEQUENCES, "length": LENGTH,
+    }
+    # a byte-level tokenizer: one token per UTF-8 byte of the joined corpus
+    assert report.corpus["stream_tokens"] == len(load_corpus("python-docstrings").text.encode())
+    assert report.model["path"] == str(tiny_model_dir)
+    assert report.model["resolved_path"] == str(tiny_model_dir.resolve())
+    assert (report.model["architecture"], report.model["layers"], report.model["width"]) == \
+        ("llama", TINY_LAYERS, TINY_WIDTH)
+    assert len(report.model["sha256"]) == 64
+    assert (report.measure, report.normalization, report.target, report.backend) == \
+        ("token_id", "init_norm", "next", "torch")
+    assert report.shards == SHARDS
+    assert {"python", "numpy", "equilaw", "torch", "transformers"} <= set(report.versions)
+    assert report.timing["tokens_per_second"] > 0
+
+
+def test_checks_follow_the_thresholds(report: Report) -> None:
+    """One result per switched-on check, each judged by the rule of audit.checks."""
+    keys = [(c.check, c.layer) for c in report.checks]
+    assert keys == [("pearson_r", None), ("rho", None), ("deviation", 1),
+                    ("deviation", 2), ("step", 2), ("deviation", 3), ("step", 3),
+                    ("deviation", 4), ("step", 4)]
+    law = report.law
+    by_key = {(c.check, c.layer): c for c in report.checks}
+    assert by_key["pearson_r", None].passed == (law.pearson_r <= LAW["max_pearson_r"])
+    assert by_key["pearson_r", None].threshold == LAW["max_pearson_r"]
+    assert by_key["rho", None].passed == (0.5 <= law.rho <= 1.0)
+    assert by_key["rho", None].threshold == (0.5, 1.0)
+    for row in report.layers[1:]:
+        dev = by_key["deviation", row.index]
+        assert dev.value == row.deviation and dev.stderr == row.deviation_se
+        assert dev.passed == (not (abs(row.deviation) > 0.02
+                                   and abs(row.deviation) / row.deviation_se > 6))
+        failed = not dev.passed
+        if row.index > 1:
+            step = by_key["step", row.index]
+            assert step.value == row.step
+            assert step.threshold == pytest.approx(-3.0 * abs(law.mean_step))
+            assert step.passed == (row.step >= -3.0 * abs(law.mean_step))
+            failed = failed or not step.passed
+        assert row.status == ("violation" if failed else "ok")
+    assert report.verdict == ("pass" if all(c.passed for c in report.checks) else "fail")
+    # the law is absent at init: PR does not fall with depth, so law-fit fails
+    assert not by_key["pearson_r", None].passed
+    assert report.verdict == "fail"
+
+
+def test_random_init_has_no_law(report: Report) -> None:
+    """At random init PR does not decay with depth: r > 0 for this seed (r ≈ 0.24)."""
+    assert report.law.pearson_r > 0
+    assert report.law.pearson_r == pytest.approx(0.2365, abs=5e-3)
+
+
+def test_streaming_engine_matches_direct_numpy(report: Report, spec: Spec) -> None:
+    """PR per layer from run() equals lstsq with intercept on the very features the
+    backend gives for the same windows (float32 Gram accumulation: 1e-6 relative)."""
+    from audit.backends import open_backend
+
+    backend = open_backend(spec)
+    info = backend.info()
+    stream = tokenize_corpus(load_corpus(spec.probe.corpus), backend.encode)
+    windows = token_windows(stream, LENGTH, SEQUENCES, 0, bos_id=backend.bos_token_id)  # [n, t]
+    assert windows.shape == (SEQUENCES, LENGTH) and (windows[:, 0] == 1).all()
+    hidden = np.concatenate([backend.hidden_states(windows[i:i + BATCH])
+                             for i in range(0, SEQUENCES, BATCH)], axis=1)   # [L+1, n, t, d]
+    hidden = apply_normalization("init_norm", hidden, info.norm)
+    j, t = example_positions(LENGTH, "next")
+    y = windows[:, t].reshape(-1).astype(np.float64)                         # [n·m]
+    expected = []
+    for layer in range(TINY_LAYERS + 1):
+        x = hidden[layer][:, j, :].reshape(-1, TINY_WIDTH).astype(np.float64)  # [n·m, d]
+        design = np.column_stack([np.ones(len(x)), x])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        resid = y - design @ coef
+        expected.append(resid @ resid / ((y - y.mean()) @ (y - y.mean())))
+    np.testing.assert_allclose([row.pr for row in report.layers], expected, rtol=1e-6)
+
+
+def test_loaded_model_gives_the_same_numbers(report: Report, spec: Spec) -> None:
+    from tiny_models import causal_lm, config
+
+    model = causal_lm(config("llama", TINY_LAYERS, TINY_WIDTH), seed=0)
+    given = run(spec, model=model)
+    np.testing.assert_allclose([r.pr for r in given.layers], [r.pr for r in report.layers],
+                               rtol=1e-6)
+    assert given.law.pearson_r == pytest.approx(report.law.pearson_r, rel=1e-6)
+    assert given.model["resolved_path"] == "<in-memory>"
+    assert given.model["sha256"] != report.model["sha256"]  # a state-dict hash, not the file's
+    assert given.corpus == report.corpus
+
+
+def test_other_target_and_single_shard(tiny_model_dir: Path) -> None:
+    """target previous keeps length - 1 positions; one shard has no standard errors."""
+    small = tiny_spec(tiny_model_dir, target="previous",
+                      probe={"sequences": 8, "length": 16, "batch_size": 8, "shards": 1},
+                      law={"max_pearson_r": 1.0})
+    got = run(small)
+    assert got.corpus["examples"] == 8 * 15 and got.corpus["tokens"] == 8 * 16
+    assert all(math.isnan(row.pr_se) for row in got.layers)
+    assert [(c.check, c.layer) for c in got.checks] == [("pearson_r", None)]
+    assert got.verdict == "pass"

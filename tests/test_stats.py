@@ -1,0 +1,463 @@
+"""Tests for audit.stats.LayerStats: streaming results equal direct computations
+on the materialised arrays (numpy.linalg.lstsq with an intercept column, explicit
+scatter matrices), whatever the batching, shard assignment and merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit.errors import StatsError
+from audit.stats import MEASURES, LayerStats, StdErr
+
+ALL = MEASURES
+
+
+# ------------------------------------------------------------------ references
+def lstsq_pr(x: np.ndarray, t: np.ndarray) -> float:
+    """PR of an OLS fit with intercept, x [n, d], t [n] or [n, m], via lstsq."""
+    A = np.column_stack([np.ones(len(x)), x])
+    coef, *_ = np.linalg.lstsq(A, t, rcond=None)
+    r = t - A @ coef
+    tc = t - t.mean(axis=0)
+    return float(np.sum(r * r) / np.sum(tc * tc))
+
+
+def shuffled_targets(y: np.ndarray, seed: int) -> np.ndarray:
+    ids = np.unique(y)
+    perm = np.random.default_rng(seed).permutation(ids.size)
+    return ids[perm][np.searchsorted(ids, y)].astype(np.float64)
+
+
+def one_hot(y: np.ndarray) -> np.ndarray:
+    return (y[:, None] == np.unique(y)[None, :]).astype(np.float64)
+
+
+def separation(x: np.ndarray, y: np.ndarray) -> float:
+    """D = tr(SS_w SS_b⁺) from explicit scatter matrices.  SS_b's pseudo-inverse
+    keeps its top min(k−1, d) eigenvalues: the rank of class-mean differences of
+    generic data, chosen explicitly rather than by a cutoff."""
+    n, d = x.shape
+    mu = x.mean(axis=0)
+    Sb = np.zeros((d, d))
+    Sw = np.zeros((d, d))
+    classes = np.unique(y)
+    for c in classes:
+        xc = x[y == c]
+        mc = xc.mean(axis=0)
+        Sb += len(xc) * np.outer(mc - mu, mc - mu)
+        Sw += (xc - mc).T @ (xc - mc)
+    Sb /= n
+    Sw /= n
+    w, U = np.linalg.eigh(Sb)
+    r = min(classes.size - 1, d)
+    Uk, wk = U[:, d - r:], w[d - r:]
+    return float(np.trace(Sw @ (Uk / wk) @ Uk.T))
+
+
+def reference(measure: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    if measure == "token_id":
+        return lstsq_pr(x, y.astype(np.float64))
+    if measure == "shuffled_token_id":
+        return lstsq_pr(x, shuffled_targets(y, seed))
+    if measure == "one_hot":
+        return lstsq_pr(x, one_hot(y))
+    return separation(x, y)
+
+
+def scaled_condition(x: np.ndarray) -> float:
+    """Condition number of the centred features, each column scaled to unit norm."""
+    xc = x - x.mean(axis=0)
+    return float(np.linalg.cond(xc / np.linalg.norm(xc, axis=0)))
+
+
+def tolerance(kappa: float) -> float:
+    """Relative tolerance against lstsq.  The normal equations lose about
+    κ² × eps (measured: ~1e-9 at κ = 1e4, ~5e-8 at 1e5, ~5e-6 at 1e6 on centred
+    data), so 1e-8 holds up to κ = 1e4 and the tolerance grows as κ² beyond."""
+    return 1e-8 if kappa <= 1e4 else 1e-14 * kappa**2
+
+
+def make_data(rng, layers, n, d, k, mean=0.0, outlier=False):
+    """Features [layers, n, d] that depend on the targets [n] (k classes, ids
+    spread over a large vocabulary), one column optionally 1000× the others."""
+    vocab = np.sort(rng.choice(50_000, size=k, replace=False))
+    y = vocab[rng.integers(0, k, n)]
+    y[:k] = vocab[: min(k, n)]  # every class present
+    x = rng.standard_normal((layers, n, d))
+    x += 0.5 * rng.standard_normal((layers, 1, d)) * (y[None, :, None] / 50_000.0)
+    if outlier:
+        x[:, :, 0] *= 1000.0
+    return x + mean, y
+
+
+def feed(stats, x, y, cuts, shards, order):
+    """Update ``stats`` with the batches between ``cuts``, in ``order``, each to
+    shard ``shards[i]``."""
+    bounds = list(zip([0, *cuts], [*cuts, x.shape[1]]))
+    for i in order:
+        lo, hi = bounds[i]
+        stats.update(x[:, lo:hi], y[lo:hi], shard=shards[i])
+    return stats
+
+
+# --------------------------------------------------------------- equivalence
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), d=st.integers(1, 6),
+       layers=st.integers(1, 2), extra=st.integers(1, 40), k=st.integers(2, 9),
+       mean=st.sampled_from([0.0, 1e3]), outlier=st.booleans(), shards=st.integers(1, 4),
+       n_batches=st.integers(1, 6), split=st.booleans())
+def test_streaming_equals_direct(data, seed, d, layers, extra, k, mean, outlier, shards,
+                                 n_batches, split):
+    rng = np.random.default_rng(seed)
+    n = max(d + 1 + extra, k)
+    x, y = make_data(rng, layers, n, d, k, mean, outlier)
+    cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=n_batches - 1), "cuts"))
+    nb = len(cuts) + 1
+    where = data.draw(st.lists(st.integers(0, shards - 1), min_size=nb, max_size=nb), "shards")
+    order = data.draw(st.permutations(range(nb)), "order")
+    if split:  # two accumulators merged: as if one process saw half the batches
+        half = nb // 2
+        a = feed(LayerStats(ALL, shards=shards, shuffle_seed=seed % 7), x, y, cuts, where,
+                 order[:half])
+        b = feed(LayerStats(ALL, shards=shards, shuffle_seed=seed % 7), x, y, cuts, where,
+                 order[half:])
+        stats = a + b
+    else:
+        stats = feed(LayerStats(ALL, shards=shards, shuffle_seed=seed % 7), x, y, cuts,
+                     where, order)
+    assert stats.count == n
+    for measure in ALL:
+        got = stats.residuals(measure)
+        assert got.shape == (layers,) and got.dtype == np.float64
+        for layer in range(layers):
+            want = reference(measure, x[layer], y, seed % 7)
+            kappa = scaled_condition(x[layer])
+            assert got[layer] == pytest.approx(want, rel=tolerance(kappa)), (measure, kappa)
+
+
+@pytest.mark.parametrize("log_kappa", [5, 6])
+def test_ill_conditioned_within_growing_tolerance(log_kappa):
+    """Beyond κ = 1e4 the normal equations lose κ² × eps: still near lstsq,
+    within a tolerance growing as κ² (features centred; lstsq on data with a large
+    mean is itself off by κ × |mean|/σ × eps, so no mean here)."""
+    rng = np.random.default_rng(log_kappa)
+    for _ in range(10):
+        n, d = int(rng.integers(20, 200)), int(rng.integers(2, 8))
+        U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+        V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        x = (U * np.logspace(0, -log_kappa, d)) @ V.T
+        y = rng.integers(0, 50, n)
+        stats = LayerStats(shards=2)
+        stats.update(x[None, : n // 2], y[: n // 2], shard=0)
+        stats.update(x[None, n // 2:], y[n // 2:], shard=1)
+        kappa = scaled_condition(x)
+        assert stats.residuals("token_id")[0] == pytest.approx(
+            lstsq_pr(x, y.astype(float)), rel=tolerance(kappa))
+
+
+# ---------------------------------------------------------------- rank deficit
+def _deficient(kind, rng):
+    if kind == "duplicate":
+        x = rng.standard_normal((200, 5))
+        x = np.column_stack([x, x[:, 2]])
+    elif kind == "dead":
+        x = rng.standard_normal((200, 5))
+        x = np.column_stack([x, np.full(200, 3.7)])
+    elif kind == "combination":
+        # Quarter-integers around 1e3: the combination is exact in floating point.
+        x = rng.integers(-400, 400, (200, 5)) / 4 + 1e3
+        x = np.column_stack([x, x[:, 0] - 2 * x[:, 1]])
+    else:  # wide: d > n
+        x = rng.standard_normal((12, 20))
+    return x
+
+
+@pytest.mark.parametrize("kind", ["duplicate", "dead", "combination", "wide"])
+@pytest.mark.parametrize("measure", ["token_id", "one_hot", "shuffled_token_id"])
+def test_rank_deficient_gives_min_norm_answer(kind, measure):
+    rng = np.random.default_rng(3)
+    x = _deficient(kind, rng)
+    n = x.shape[0]
+    y = rng.integers(0, 6, n)
+    y[:2] = [0, 1]
+    stats = LayerStats((measure,), shards=3)
+    for lo in range(0, n, 5):
+        stats.update(x[None, lo:lo + 5], y[lo:lo + 5], shard=lo % 3)
+    assert stats.residuals(measure)[0] == pytest.approx(reference(measure, x, y), rel=1e-8)
+    assert stats.rank()[0] == np.linalg.matrix_rank(x - x.mean(axis=0))
+
+
+def test_rank_full():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 50, 4))
+    stats = LayerStats()
+    stats.update(x, rng.integers(0, 5, 50))
+    assert stats.rank().tolist() == [4, 4]
+    assert stats.rank().dtype == np.int64
+
+
+# ------------------------------------------------------------------ jackknife
+def test_stderr_equals_brute_force_jackknife():
+    rng = np.random.default_rng(7)
+    shards, layers, d = 5, 2, 4
+    x, y = make_data(rng, layers, 150, d, 6, mean=10.0)
+    part = np.arange(150) % shards
+    stats = LayerStats(ALL, shards=shards)
+    for s in range(shards):
+        stats.update(x[:, part == s], y[part == s], shard=s)
+    for measure in ALL:
+        loo = stats.leave_one_out(measure)
+        assert loo.shape == (shards, layers)
+        brute = np.array([[reference(measure, x[layer][part != s], y[part != s])
+                           for layer in range(layers)] for s in range(shards)])
+        np.testing.assert_allclose(loo, brute, rtol=1e-8)
+        se = stats.stderr(measure)
+        assert isinstance(se, StdErr)
+        for values, got in ((brute, se.pr), (np.log10(brute), se.log10_pr)):
+            want = np.sqrt((shards - 1) / shards
+                           * np.sum((values - values.mean(axis=0)) ** 2, axis=0))
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_stderr_skips_empty_shards_and_is_nan_with_one_shard():
+    rng = np.random.default_rng(1)
+    x, y = make_data(rng, 1, 90, 3, 4)
+    stats = LayerStats(shards=6)
+    for s in (0, 2, 5):  # shards 1, 3, 4 stay empty
+        stats.update(x[:, s * 15:(s + 1) * 15 + 15], y[s * 15:(s + 1) * 15 + 15], shard=s)
+    assert stats.leave_one_out("token_id").shape == (3, 1)
+    assert np.isfinite(stats.stderr("token_id").pr).all()
+    single = LayerStats(shards=1)
+    single.update(x, y)
+    se = single.stderr("token_id")
+    assert np.isnan(se.pr).all() and np.isnan(se.log10_pr).all()
+    assert single.leave_one_out("token_id").shape == (0, 1)
+    one_used = LayerStats(shards=4)
+    one_used.update(x, y, shard=2)
+    assert np.isnan(one_used.stderr("token_id").pr).all()
+
+
+# ---------------------------------------------------------------------- merge
+def _three(measures=ALL, shards=3):
+    rng = np.random.default_rng(11)
+    x, y = make_data(rng, 2, 120, 3, 5, mean=1e3, outlier=True)
+    parts = []
+    for i, (lo, hi) in enumerate(((0, 30), (30, 70), (70, 120))):
+        s = LayerStats(measures, shards=shards)
+        s.update(x[:, lo:hi] + (i * 0.25), y[lo:hi], shard=i % shards)  # different shifts
+        parts.append(s)
+    return parts
+
+
+@pytest.mark.parametrize("measure", ALL)
+def test_merge_associative_and_commutative(measure):
+    a, b, c = _three()
+    left = ((a + b) + c).residuals(measure)
+    right = a.merge(b.merge(c)).residuals(measure)
+    swapped = (c + (b + a)).residuals(measure)
+    np.testing.assert_allclose(left, right, rtol=1e-11)
+    np.testing.assert_allclose(left, swapped, rtol=1e-11)
+    np.testing.assert_allclose(a.merge(b).residuals(measure), (b + a).residuals(measure),
+                               rtol=1e-11)
+
+
+def test_merge_with_empty_and_does_not_mutate():
+    a, b, _ = _three()
+    before = a.residuals("one_hot")
+    empty = LayerStats(ALL, shards=3)
+    np.testing.assert_array_equal((a + empty).residuals("one_hot"), before)
+    np.testing.assert_array_equal((empty + a).residuals("one_hot"), before)
+    _ = a + b
+    np.testing.assert_array_equal(a.residuals("one_hot"), before)
+    assert (a + b).count == a.count + b.count
+
+
+def test_merge_errors():
+    a, b, _ = _three()
+    with pytest.raises(StatsError) as err:
+        a.merge(LayerStats(("token_id",), shards=3))
+    assert str(err.value) == ("cannot merge accumulators with different measures: "
+                              "('token_id', 'shuffled_token_id', 'one_hot', 'separation') "
+                              "vs ('token_id',)")
+    with pytest.raises(StatsError) as err:
+        a + LayerStats(ALL, shards=4)
+    assert str(err.value) == "cannot merge accumulators with different shards: 3 vs 4"
+    with pytest.raises(StatsError) as err:
+        a + LayerStats(ALL, shards=3, shuffle_seed=1)
+    assert str(err.value) == "cannot merge accumulators with different shuffle_seed: 0 vs 1"
+    wide = LayerStats(ALL, shards=3)
+    wide.update(np.zeros((2, 4, 5)), np.arange(4))
+    with pytest.raises(StatsError) as err:
+        a + wide
+    assert str(err.value) == "cannot merge accumulators with different width: 3 vs 5"
+    deep = LayerStats(ALL, shards=3)
+    deep.update(np.zeros((4, 4, 3)), np.arange(4))
+    with pytest.raises(StatsError) as err:
+        a + deep
+    assert str(err.value) == "cannot merge accumulators with different layers: 2 vs 4"
+
+
+# -------------------------------------------------------------- serialisation
+@pytest.mark.parametrize("measures", [("token_id",), ALL, ("one_hot",)])
+def test_arrays_round_trip_through_npz(tmp_path, measures):
+    a, b, c = _three(measures)
+    stats = a + b + c
+    path = tmp_path / "stats.npz"
+    np.savez(path, **stats.to_arrays())
+    with np.load(path, allow_pickle=False) as loaded:
+        back = LayerStats.from_arrays(loaded)
+    assert all(v.dtype != object for v in stats.to_arrays().values())
+    assert back.measures == stats.measures and back.shards == 3 and back.count == stats.count
+    for key, value in stats.to_arrays().items():
+        np.testing.assert_array_equal(back.to_arrays()[key], value)
+    for measure in measures:
+        np.testing.assert_array_equal(back.residuals(measure), stats.residuals(measure))
+        np.testing.assert_array_equal(back.stderr(measure).pr, stats.stderr(measure).pr)
+    empty = LayerStats.from_arrays(LayerStats(measures, shards=2).to_arrays())
+    assert empty.count == 0 and empty.layers is None
+
+
+# ------------------------------------------------------------------- float32
+def test_float32_precision():
+    """Float32 features (well-conditioned, mean 1e3, an outlier column 100× the
+    others): PR within 1e-6 relative of float64 lstsq on the same values
+    (measured: about 3e-9 for token_id)."""
+    rng = np.random.default_rng(5)
+    n, d, layers = 6000, 64, 3
+    y = rng.zipf(1.3, n) % 5000
+    emb = rng.standard_normal((5000, 16))
+    proj = rng.standard_normal((layers, 16, d))
+    x = np.einsum("nk,lkd->lnd", emb[y], proj) + 2.0 * rng.standard_normal((layers, n, d))
+    x[:, :, 0] *= 100.0
+    x = (x + 1e3).astype(np.float32)
+    stats = LayerStats(("token_id", "one_hot"), shards=4)
+    for lo in range(0, n, 512):
+        stats.update(x[:, lo:lo + 512], y[lo:lo + 512], shard=(lo // 512) % 4)
+    x64 = x.astype(np.float64)
+    got = stats.residuals("token_id")
+    want = [lstsq_pr(x64[layer], y.astype(float)) for layer in range(layers)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    small = slice(0, 1500)  # one-hot lstsq on fewer outputs, to keep the test fast
+    s2 = LayerStats(("one_hot",), shards=1)
+    s2.update(x[:, small], y[small])
+    np.testing.assert_allclose(s2.residuals("one_hot")[0],
+                               lstsq_pr(x64[0, small], one_hot(y[small])), rtol=1e-6)
+
+
+# ----------------------------------------------------------- measure semantics
+def test_shuffled_is_invariant_to_batch_order_and_matches_permuted_lstsq():
+    rng = np.random.default_rng(2)
+    x, y = make_data(rng, 1, 200, 4, 12)
+    fwd = LayerStats(("shuffled_token_id",), shards=2, shuffle_seed=9)
+    rev = LayerStats(("shuffled_token_id",), shards=2, shuffle_seed=9)
+    for lo in range(0, 200, 40):
+        fwd.update(x[:, lo:lo + 40], y[lo:lo + 40], shard=(lo // 40) % 2)
+    for lo in reversed(range(0, 200, 40)):
+        rev.update(x[:, lo:lo + 40], y[lo:lo + 40], shard=(lo // 40) % 2)
+    np.testing.assert_allclose(fwd.residuals("shuffled_token_id"),
+                               rev.residuals("shuffled_token_id"), rtol=1e-12)
+    want = lstsq_pr(x[0], shuffled_targets(y, 9))
+    assert fwd.residuals("shuffled_token_id")[0] == pytest.approx(want, rel=1e-9)
+    assert fwd.residuals("shuffled_token_id")[0] != pytest.approx(
+        lstsq_pr(x[0], y.astype(float)), rel=1e-3)
+
+
+def test_one_hot_and_separation_invariant_to_relabelling():
+    rng = np.random.default_rng(4)
+    x, y = make_data(rng, 2, 150, 3, 7)
+    ids = np.unique(y)
+    relabel = dict(zip(ids, rng.permutation(100_000)[: ids.size]))
+    y2 = np.array([relabel[v] for v in y])
+    a, b = LayerStats(("one_hot", "separation")), LayerStats(("one_hot", "separation"))
+    a.update(x, y)
+    b.update(x, y2)
+    for measure in ("one_hot", "separation"):
+        np.testing.assert_allclose(a.residuals(measure), b.residuals(measure), rtol=1e-10)
+
+
+def test_properties_and_memory_layout():
+    stats = LayerStats(("token_id",), shards=4)
+    assert stats.layers is None and stats.width is None and stats.count == 0
+    stats.update(np.ones((3, 0, 5)), np.zeros(0, dtype=int))  # empty batch: no-op
+    assert stats.count == 0
+    rng = np.random.default_rng(0)
+    stats.update(rng.standard_normal((3, 10, 5)).astype(np.float32), np.arange(10))
+    assert (stats.layers, stats.width, stats.shards, stats.count) == (3, 5, 4, 10)
+    assert stats.measures == ("token_id",) and stats.shuffle_seed == 0
+    arrays = stats.to_arrays()
+    assert arrays["sxx"].shape == (4, 3, 5, 5)  # shards × layers × d² (+ vectors)
+    assert "class_sums" not in arrays
+    with pytest.raises(StatsError):
+        stats.classes
+    c = LayerStats(("one_hot",), shards=1)
+    c.update(rng.standard_normal((1, 6, 2)), np.array([9, 3, 3, 7, 9, 1]))
+    c.update(rng.standard_normal((1, 2, 2)), np.array([2, 9]))
+    assert c.classes.tolist() == [1, 2, 3, 7, 9]
+
+
+# --------------------------------------------------------------------- errors
+def _raises(message, fn, *args, **kwargs):
+    with pytest.raises(StatsError) as err:
+        fn(*args, **kwargs)
+    assert str(err.value) == message
+    return err.value
+
+
+def test_errors():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8, 4))
+    y = np.arange(8)
+    _raises("unknown measure 'onehot'; valid measures: token_id, shuffled_token_id, one_hot, "
+            "separation", LayerStats, ("onehot",))
+    _raises("shards must be a positive integer, got 0", LayerStats, shards=0)
+    stats = LayerStats(("token_id",), shards=2)
+    _raises("no examples: call update() before asking for results", stats.residuals, "token_id")
+    _raises("no examples: call update() before asking for results", stats.stderr, "token_id")
+    bad = x.copy()
+    bad[1, 3, 2] = np.nan
+    err = _raises("layer 1: features contain NaN or infinite values", stats.update, bad, y)
+    assert err.layer == 1
+    bad[1, 3, 2] = 0.0
+    bad[2, 0, 0] = np.inf
+    _raises("layer 2: features contain NaN or infinite values", stats.update, bad, y)
+    assert stats.count == 0  # rejected batches leave no trace
+    stats.update(x, y)
+    _raises("features have 2 layers, but earlier batches had 3", stats.update, x[:2], y)
+    _raises("features have width 3, but earlier batches had width 4", stats.update,
+            x[:, :, :3], y)
+    _raises("features have 8 examples per layer, but targets has 7", stats.update, x, y[:7])
+    _raises("shard 2 is out of range: this accumulator has 2 shards (0..1)", stats.update,
+            x, y, shard=2)
+    _raises("shard -1 is out of range: this accumulator has 2 shards (0..1)", stats.update,
+            x, y, shard=-1)
+    _raises("targets must be integers, got dtype float64", stats.update, x, y.astype(float))
+    _raises("features must be a 3-d array [layers, n, d], got shape (8, 4)", stats.update,
+            x[0], y)
+    _raises("features must be float32 or float64, got dtype int64", stats.update,
+            y.reshape(1, 8, 1), y)
+    _raises("measure 'one_hot' was not requested; this accumulator keeps token_id",
+            stats.residuals, "one_hot")
+    _raises("unknown measure 'tokens'; valid measures: token_id, shuffled_token_id, one_hot, "
+            "separation", stats.residuals, "tokens")
+    assert stats.count == 8
+
+
+@pytest.mark.parametrize("measure", ALL)
+def test_one_distinct_target(measure):
+    stats = LayerStats((measure,), shards=2)
+    stats.update(np.random.default_rng(0).standard_normal((2, 10, 3)), np.full(10, 42))
+    _raises("only one distinct target value: the target's total sum of squares (SS_tot) is "
+            "zero, so PR is undefined", stats.residuals, measure)
+
+
+def test_core_imports_no_heavy_libraries():
+    import subprocess
+    import sys
+    code = ("import sys, audit.stats; "
+            "print(sorted(m for m in ('scipy', 'torch', 'sklearn', 'pytest') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
