@@ -5,3 +5,14 @@ Python and numpy.  Heavy libraries load only when a backend runs a model.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["run", "__version__"]
+
+
+def run(spec, model=None, progress=None, backend=None):
+    """Audit one spec without pytest and return its report: see
+    :func:`audit.pipeline.run` (imported on first call, keeping ``import audit``
+    light)."""
+    from audit.pipeline import run as _run
+
+    return _run(spec, model=model, progress=progress, backend=backend)

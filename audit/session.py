@@ -66,7 +66,7 @@ class AuditSession:
         if spec.name in self._errors:
             raise self._errors[spec.name]
         if spec.name not in self._reports:
-            from audit.run import run
+            from audit.pipeline import run
 
             progress = self.progress_factory() if self.progress_factory else None
             try:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-LAYERS, WIDTH, VOCAB, CHUNK = 31, 576, 5000, 512
+# CHUNK: one forward batch of the default probe (8 windows of 128 tokens).
+LAYERS, WIDTH, VOCAB, CHUNK = 31, 576, 5000, 1024
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -107,10 +108,12 @@ def worker_engine(tokens: int, shards: int) -> dict:
     base = _rss()
     stats = LayerStats(("token_id",), shards=shards)
     seconds = 0.0
-    for index, n in _chunks(tokens):
+    chunks = _chunks(tokens)
+    for index, n in chunks:
         x, y = chunk(model, index, n)
         start = time.perf_counter()
-        stats.update(x, y, shard=index % shards)
+        # Contiguous blocks of batches per shard, as audit.pipeline assigns windows.
+        stats.update(x, y, shard=index * shards // len(chunks))
         seconds += time.perf_counter() - start
         del x, y
     start = time.perf_counter()

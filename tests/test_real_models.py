@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.run import run
+from audit.pipeline import run
 from audit.spec import load_spec
 
 from conftest import model_or_skip

@@ -16,7 +16,7 @@ from audit.errors import ReportError
 from audit.law import fit_law
 from audit.report.data import SCHEMA_VERSION, Report
 from audit.report.json_report import read_json, report_path, write_json
-from audit.run import build_report
+from audit.pipeline import build_report
 from audit.spec import spec_from_dict
 
 LAYERS = 6

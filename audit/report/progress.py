@@ -7,7 +7,7 @@ from typing import Any
 
 
 class RichProgress:
-    """Implements :class:`audit.run.Progress` with a rich progress bar."""
+    """Implements :class:`audit.pipeline.Progress` with a rich progress bar."""
 
     def __init__(self, console: Any = None) -> None:
         self._console = console

@@ -1,4 +1,4 @@
-"""audit.run: one spec end to end on a tiny random-weight Llama (nothing downloaded),
+"""audit.pipeline.run: one spec end to end on a tiny random-weight Llama (nothing downloaded),
 checked against a direct numpy computation on the backend's own hidden states."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from audit.corpus import BUILTIN_CORPORA, load_corpus, token_windows, tokenize_corpus
 from audit.norms import apply_normalization
 from audit.report.data import Report
-from audit.run import example_positions, run
+from audit.pipeline import example_positions, run
 from audit.spec import Spec, spec_from_dict
 from tiny_models import TINY_LAYERS, TINY_WIDTH
 

@@ -102,11 +102,14 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
         if progress is not None:
             progress.stop()
 
+    t_fit = time.perf_counter()
     pr = stats.residuals(spec.measure)
     loo = stats.leave_one_out(spec.measure) if spec.probe.shards > 1 else None
     fit = fit_law(pr, first_layer=1, leave_one_out=loo)
+    ranks = stats.rank()
+    stats_seconds += time.perf_counter() - t_fit
     return build_report(
-        spec, fit, ranks=stats.rank(),
+        spec, fit, ranks=ranks,
         model={"path": spec.model.path, "resolved_path": str(info.path),
                "sha256": backend.weights_sha256(), "architecture": info.architecture,
                "layers": info.num_layers, "width": info.width},
