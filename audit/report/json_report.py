@@ -26,6 +26,8 @@ def write_json(report: Report, directory: str | os.PathLike) -> Path:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
+            # mkstemp creates the file private (0600); a report is an ordinary file.
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, target)
         except BaseException:
             os.unlink(tmp)
@@ -33,6 +35,12 @@ def write_json(report: Report, directory: str | os.PathLike) -> Path:
     except OSError as exc:
         raise ReportError(f"cannot write report {target}: {exc}") from exc
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | os.PathLike) -> Report:
