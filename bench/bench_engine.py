@@ -9,6 +9,8 @@ chunk by chunk from seeded generators, so both sides see identical values.
 
 * reference: keep every feature ([31, n, 576] float32), then sklearn
   ``LinearRegression`` per layer, PR = MSE / var(y) (the authors' code);
+* floor: the float32 Gram products alone (``xᵀx`` per layer and chunk), the
+  engine's lower bound;
 * engine: ``LayerStats(("token_id",), shards=S)`` fed chunk by chunk, then
   ``residuals`` (and, for S > 1, ``stderr``, as the audit uses it).
 
@@ -124,6 +126,21 @@ def worker_engine(tokens: int, shards: int) -> dict:
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": pr.tolist()}
 
 
+def worker_floor(tokens: int) -> dict:
+    """The engine's floor: the float32 Gram products alone, per layer and batch
+    (``xᵀx``, BLAS syrk), on the same chunks."""
+    model = _model()
+    base = _rss()
+    seconds = 0.0
+    for index, n in _chunks(tokens):
+        x, _ = chunk(model, index, n)
+        start = time.perf_counter()
+        for layer in range(LAYERS):
+            x[layer].T @ x[layer]
+        seconds += time.perf_counter() - start
+    return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": []}
+
+
 def _run(*args: str, threads: int | None = None) -> dict:
     env = dict(os.environ)
     if threads:
@@ -144,8 +161,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         kind, tokens, *rest = args.worker
-        result = (worker_reference(int(tokens)) if kind == "reference"
-                  else worker_engine(int(tokens), int(rest[0])))
+        if kind == "reference":
+            result = worker_reference(int(tokens))
+        elif kind == "floor":
+            result = worker_floor(int(tokens))
+        else:
+            result = worker_engine(int(tokens), int(rest[0]))
         print(json.dumps(result))
         return
 
@@ -156,6 +177,7 @@ def main() -> None:
     ours1 = _run("engine", str(tokens), "1", threads=args.threads)
     ours10 = _run("engine", str(tokens), "10", threads=args.threads)
     ref = _run("reference", str(tokens), threads=args.threads)
+    floor = _run("floor", str(tokens), threads=args.threads)
     load_after = os.getloadavg()[0]
     mib = 2.0**20
     rows = [("reference (sklearn, all features)", ref), ("engine, shards=1", ours1),
@@ -177,6 +199,7 @@ def main() -> None:
         "seconds_reference": ref["seconds"],
         "seconds_shards_1": ours1["seconds"],
         "seconds_default_shards": ours10["seconds"],
+        "seconds_gram_floor": floor["seconds"],
         "tokens": tokens,
         "layers": LAYERS,
         "width": WIDTH,
@@ -189,6 +212,7 @@ def main() -> None:
                          "one subprocess per pipeline",
         "time_method": "wall time of the statistics work; feature generation excluded",
     }
+    print(f"{'float32 Gram products alone (floor)':36} {floor['seconds']:9.2f}")
     print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after")
     print(f"speedup {figures['speedup']:.1f}× (shards=10: "
           f"{figures['speedup_default_shards']:.1f}×), memory ratio "

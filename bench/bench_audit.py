@@ -1,0 +1,55 @@
+"""Benchmark: where a real audit spends its time.
+
+Runs ``audit.run`` on each default spec in ``model_specs/`` (real pretrained
+checkpoints; their packages must be installed) and records, per spec, the time to
+load the weights, the forward passes (and tokens per second), the statistics
+(normalisation, Gram updates, residuals, jackknife, ranks) and the whole run,
+which also includes loading the tokenizer and tokenizing the probe corpus.
+
+Writes its figures under ``"audit"`` in bench/results.json (read, modify, write).
+Usage: ``python bench/bench_audit.py [SPEC ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from audit.pipeline import run
+    from audit.spec import load_specs
+
+    paths = [Path(p) for p in sys.argv[1:]] or [ROOT / "model_specs"]
+    figures = {}
+    print(f"{'spec':16} {'total s':>8} {'load s':>7} {'forward s':>10} {'tokens/s':>9} "
+          f"{'stats s':>8} {'Pearson r':>10}")
+    for spec in load_specs(paths):
+        start = time.perf_counter()
+        report = run(spec)
+        total = time.perf_counter() - start
+        t = report.timing
+        figures[spec.name] = {
+            "seconds_total": total, "seconds_load": t["load_seconds"],
+            "seconds_forward": t["forward_seconds"], "seconds_stats": t["stats_seconds"],
+            "tokens_per_second": t["tokens_per_second"], "tokens": report.corpus["tokens"],
+            "pearson_r": report.law.pearson_r, "rho": report.law.rho,
+        }
+        print(f"{spec.name:16} {total:8.1f} {t['load_seconds']:7.1f} "
+              f"{t['forward_seconds']:10.1f} {t['tokens_per_second']:9.0f} "
+              f"{t['stats_seconds']:8.1f} {report.law.pearson_r:10.4f}")
+    figures["cores"] = os.cpu_count()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["audit"] = figures
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
