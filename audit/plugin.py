@@ -136,12 +136,13 @@ class SpecCollector(pytest.Collector):
             pytest.skip(f"{self.spec.name}: {exc}")
         except EquilawError as exc:
             raise self.CollectError(f"{self.spec.source}: {exc}") from None
-        yield SpecItem.from_parent(self, name="law-fit", spec=self.spec)
-        yield SpecItem.from_parent(self, name="law-rho", spec=self.spec)
-        digits = max(2, len(str(layers)))
+        from audit.checks import ITEM_CHECKS, layer_item_name
+
+        for name in ITEM_CHECKS:
+            yield SpecItem.from_parent(self, name=name, spec=self.spec)
         expected = set(self.spec.law.expected_deviations)
         for layer in range(1, layers + 1):
-            item = SpecItem.from_parent(self, name=f"layer-{layer:0{digits}d}", spec=self.spec)
+            item = SpecItem.from_parent(self, name=layer_item_name(layer, layers), spec=self.spec)
             if layer in expected:
                 item.add_marker(pytest.mark.xfail(
                     strict=False, reason=f"layer {layer} is declared in law.expected_deviations"))
