@@ -55,18 +55,21 @@ def pytest_configure(config: pytest.Config) -> None:
         reports = Path(config.invocation_params.dir) / cli_reports
     else:
         reports = config.getini("audit_reports")
+    # Whether the real terminal is a tty: asked now, while output is not captured
+    # (during an item's run, sys.stdout is pytest's capture buffer).
+    interactive = sys.stdout.isatty()
     config.stash[_SESSION_KEY] = AuditSession(
         spec_paths=[Path(p) for p in paths],
         reports_dir=(rootdir / reports) if reports else None,
-        progress_factory=lambda: _progress(config),
+        progress_factory=lambda: _progress(config, interactive),
     )
 
 
-def _progress(config: pytest.Config):
+def _progress(config: pytest.Config, interactive: bool):
     mode = config.getoption("audit_progress") or config.getini("audit_progress")
     from audit.session import strict_environment
 
-    if mode == "off" or (mode == "auto" and (strict_environment() or not sys.stdout.isatty())):
+    if mode == "off" or (mode == "auto" and (strict_environment() or not interactive)):
         return None
     from audit.report.progress import RichProgress
 
