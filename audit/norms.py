@@ -54,14 +54,20 @@ class NormInfo:
             raise StatsError(f"norm eps must be a finite number > 0, got {self.eps!r}")
 
 
-def apply_normalization(name: str, hidden, norm: NormInfo | None = None) -> np.ndarray:
+def apply_normalization(name: str, hidden, norm: NormInfo | None = None, *,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Normalise every layer but the last of ``hidden`` [layers, ..., d].
 
     ``name``: ``init_norm`` (needs ``norm``), ``standardize`` or ``none``.
     Returns an array of the same shape (float32 for float16/float32 input, float64
-    for float64).  ``hidden`` is never modified; for ``none`` the result may be
-    ``hidden`` itself.  Raises StatsError for an unknown name, a missing ``norm``,
-    or input that is not a floating-point array with at least 2 dimensions.
+    for float64).  The result goes to ``out`` when given (it may be ``hidden``
+    itself, of that dtype: the pipeline normalises the backend's fresh array in
+    place and so allocates nothing per batch); otherwise to a new array, and
+    ``hidden`` is not modified.  For ``none`` without ``out`` the result may be
+    ``hidden`` itself.  Layers are processed one at a time, so temporaries stay
+    the size of one layer.  Raises StatsError for an unknown name, a missing
+    ``norm``, or input that is not a floating-point array with at least 2
+    dimensions.
     """
     if name not in NORMALIZATIONS:
         raise StatsError(f"unknown normalization {name!r}: expected one of {', '.join(NORMALIZATIONS)}")
@@ -71,19 +77,33 @@ def apply_normalization(name: str, hidden, norm: NormInfo | None = None) -> np.n
     if hidden.ndim < 2:
         raise StatsError(f"hidden states must have shape [layers, ..., d], got shape {hidden.shape}")
     dtype = np.float64 if hidden.dtype == np.float64 else np.float32
+    if out is not None and (out.shape != hidden.shape or out.dtype != dtype):
+        raise StatsError(f"out must be a {np.dtype(dtype).name} array of shape {hidden.shape}, "
+                         f"got {out.dtype} {out.shape}")
     if name == "none":
-        return hidden.astype(dtype, copy=False)
+        if out is None:
+            return hidden.astype(dtype, copy=False)
+        out[...] = hidden
+        return out
     if name == "init_norm":
         if norm is None:
             raise StatsError("init_norm needs the model's final norm (kind and eps): the backend "
                              "does not know this architecture; set `model.norm: {kind, eps}` in the spec")
-        body = _rms_norm(hidden[:-1], norm.eps, dtype) if norm.kind == "rms" \
-            else _standardize(hidden[:-1], norm.eps, dtype)
+        if norm.kind == "rms":
+            def one_layer(x):
+                return _rms_norm(x, norm.eps, dtype)
+        else:
+            def one_layer(x):
+                return _standardize(x, norm.eps, dtype)
     else:
-        body = _standardize(hidden[:-1], 0.0, dtype)
-    out = np.empty(hidden.shape, dtype=dtype)
-    out[:-1] = body
-    out[-1] = hidden[-1]  # the last layer already carries the model's final norm
+        def one_layer(x):
+            return _standardize(x, 0.0, dtype)
+    if out is None:
+        out = np.empty(hidden.shape, dtype=dtype)
+    for layer in range(hidden.shape[0] - 1):
+        out[layer] = one_layer(hidden[layer])
+    if out is not hidden:
+        out[-1] = hidden[-1]  # the last layer already carries the model's final norm
     return out
 
 

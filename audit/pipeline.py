@@ -66,6 +66,9 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     windows = token_windows(stream, spec.probe.length, spec.probe.sequences,
                             spec.probe.seed, bos_id=backend.bos_token_id)
     feature_pos, target_pos = example_positions(spec.probe.length, spec.target)
+    # Both are contiguous ranges: slices take views where index arrays would copy.
+    features_at = slice(int(feature_pos[0]), int(feature_pos[-1]) + 1)
+    targets_at = slice(int(target_pos[0]), int(target_pos[-1]) + 1)
 
     stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
                        shuffle_seed=spec.probe.seed)
@@ -86,14 +89,15 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
             t0 = time.perf_counter()
             hidden = backend.hidden_states(ids)                            # [L+1, b, t, d]
             t1 = time.perf_counter()
-            hidden = apply_normalization(spec.normalization, hidden, norm)
-            feats = hidden[:, :, feature_pos, :]                           # [L+1, b, m, d]
-            targets = ids[:, target_pos]                                   # [b, m]
+            in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
+            hidden = apply_normalization(spec.normalization, hidden, norm, out=in_place)
+            feats = hidden[:, :, features_at, :]                           # [L+1, b, m, d]
+            targets = ids[:, targets_at]                                   # [b, m]
             shard_of = shard_of_sequence[start:start + len(ids)]
             for shard in np.unique(shard_of):
-                rows = shard_of == shard
-                stats.update(feats[:, rows].reshape(feats.shape[0], -1, feats.shape[-1]),
-                             targets[rows].reshape(-1), shard=int(shard))
+                rows = np.flatnonzero(shard_of == shard)                   # contiguous
+                block = slice(int(rows[0]), int(rows[-1]) + 1)
+                stats.update(feats[:, block], targets[block], shard=int(shard))
             stats_seconds += time.perf_counter() - t1
             forward_seconds += t1 - t0
             if progress is not None:

@@ -231,7 +231,11 @@ class LayerStats:
         """Add a batch.
 
         ``features``: float32 or float64 array [layers, n, d] (hidden states,
-        layer 0 = embedding output); ``targets``: integer array [n]; ``shard``:
+        layer 0 = embedding output); ``targets``: integer array [n].  Several
+        example axes are accepted too, ``features`` [layers, *batch, d] with
+        ``targets`` [*batch] (e.g. [layers, sequences, positions, d]): a strided
+        view of hidden states is then read layer by layer without first copying
+        the whole batch.  ``shard``:
         which part (0 ≤ shard < shards) the batch joins; keep whole sequences in
         one shard.  Raises :class:`StatsError` on NaN/inf features (naming the
         first bad layer), shapes that differ from earlier batches or from
@@ -240,17 +244,24 @@ class LayerStats:
         """
         x = np.asarray(features)
         y = np.asarray(targets)
-        if x.ndim != 3:
+        if x.ndim < 3:
             raise StatsError(f"features must be a 3-d array [layers, n, d], got shape {x.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise StatsError(f"features must be float32 or float64, got dtype {x.dtype}")
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32 if x.dtype.itemsize <= 4 else np.float64)
+        if x.ndim > 3:
+            if y.shape != x.shape[1:-1]:
+                raise StatsError(f"features of shape {x.shape} need targets of shape "
+                                 f"{x.shape[1:-1]}, got {y.shape}")
+            y = y.reshape(-1)
         if y.ndim != 1:
             raise StatsError(f"targets must be a 1-d integer array [n], got shape {y.shape}")
         if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
             raise StatsError(f"targets must be integers, got dtype {y.dtype}")
-        layers, n, d = x.shape
+        layers, d = x.shape[0], x.shape[-1]
+        n = y.shape[0] if x.ndim > 3 else x.shape[1]
+        example_axes = tuple(range(1, x.ndim - 1))
         if self._layers is not None and layers != self._layers:
             raise StatsError(f"features have {layers} layers, but earlier batches had {self._layers}")
         if self._width is not None and d != self._width:
@@ -268,14 +279,14 @@ class LayerStats:
         # max/min propagate NaN and show ±inf: two cheap passes (about 5 ms per
         # batch of 1024 tokens × 31 × 576) check every value before anything is
         # added, so a rejected batch leaves no trace.
-        high = x.max(axis=(1, 2))
-        low = x.min(axis=(1, 2))
+        high = x.max(axis=(*example_axes, -1))
+        low = x.min(axis=(*example_axes, -1))
         bad = ~(np.isfinite(high) & np.isfinite(low))
         if bad.any():
             raise StatsError("features contain NaN or infinite values", layer=int(np.argmax(bad)))
 
         if self._layers is None:
-            shift = x.mean(axis=1, dtype=np.float64).astype(np.float32).astype(np.float64)
+            shift = x.mean(axis=example_axes, dtype=np.float64).astype(np.float32).astype(np.float64)
             self._allocate(layers, d, shift, float(np.rint(y.mean())))
         dtype = x.dtype
         if dtype == np.float32 and max(float(high.max()), -float(low.min())) > _FLOAT32_SAFE:
@@ -299,7 +310,7 @@ class LayerStats:
         xs = buf[:, :d]
         gram = np.empty((d + 2, d + 2), dtype=dtype)
         for layer in range(layers):
-            np.subtract(x[layer], shift[layer], out=xs)
+            np.subtract(x[layer].reshape(n, d), shift[layer], out=xs)  # copies a strided layer
             np.matmul(buf.T, buf, out=gram)
             self._sxx[s, layer] += gram[:d, :d]
             self._sx[s, layer] += gram[:d, d + 1]

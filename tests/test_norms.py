@@ -126,3 +126,20 @@ def test_errors():
     for eps in (0.0, -1e-5, float("nan"), "1e-5"):
         with pytest.raises(StatsError, match=r"^norm eps must be a finite number > 0, got "):
             NormInfo("rms", eps)
+
+
+@pytest.mark.parametrize("name", ["init_norm", "standardize", "none"])
+def test_in_place_equals_a_new_array(name):
+    x = hidden_states(np.float32, seed=2)
+    expected = apply_normalization(name, x, NormInfo("rms", 1e-6))
+    work = x.copy()
+    result = apply_normalization(name, work, NormInfo("rms", 1e-6), out=work)
+    assert result is work
+    np.testing.assert_array_equal(work, expected)
+
+
+def test_out_must_match_shape_and_dtype():
+    x = hidden_states(np.float32)
+    with pytest.raises(StatsError) as info:
+        apply_normalization("init_norm", x, NormInfo("rms", 1e-6), out=np.empty(x.shape))
+    assert str(info.value) == f"out must be a float32 array of shape {x.shape}, got float64 {x.shape}"

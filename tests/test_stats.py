@@ -461,3 +461,20 @@ def test_core_imports_no_heavy_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_several_example_axes_equal_the_flattened_batch():
+    """[layers, sequences, positions, d] with targets [sequences, positions], as a
+    strided view of hidden states, gives exactly the flattened batch's statistics."""
+    rng = np.random.default_rng(5)
+    hidden = rng.normal(size=(3, 4, 9, 6))
+    targets = rng.integers(0, 7, size=(4, 9))
+    view = hidden[:, :, :-1]  # every position but the last: not contiguous
+    flat = LayerStats(MEASURES, shards=2)
+    flat.update(np.ascontiguousarray(view).reshape(3, -1, 6), targets[:, :-1].reshape(-1), shard=1)
+    strided = LayerStats(MEASURES, shards=2)
+    strided.update(view, targets[:, :-1], shard=1)
+    for key, value in flat.to_arrays().items():
+        np.testing.assert_array_equal(strided.to_arrays()[key], value, err_msg=key)
+    _raises("features of shape (3, 4, 8, 6) need targets of shape (4, 8), got (4, 9)",
+            strided.update, view, targets)
