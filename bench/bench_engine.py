@@ -9,7 +9,7 @@ chunk by chunk from seeded generators, so both sides see identical values.
 
 * reference: keep every feature ([31, n, 576] float32), then sklearn
   ``LinearRegression`` per layer, PR = MSE / var(y) (the authors' code);
-* floor: the float32 Gram products alone (``xᵀx`` per layer and chunk), the
+* floor: the float64 Gram products alone (``xᵀx`` per layer and chunk), the
   engine's lower bound;
 * engine: ``LayerStats(("token_id",), shards=S)`` fed chunk by chunk, then
   ``residuals`` (and, for S > 1, ``stderr``, as the audit uses it).
@@ -127,13 +127,14 @@ def worker_engine(tokens: int, shards: int) -> dict:
 
 
 def worker_floor(tokens: int) -> dict:
-    """The engine's floor: the float32 Gram products alone, per layer and batch
-    (``xᵀx``, BLAS syrk), on the same chunks."""
+    """The engine's floor: the Gram products alone, per layer and batch (``xᵀx``,
+    BLAS syrk), in float64 as the engine forms them, on the same chunks."""
     model = _model()
     base = _rss()
     seconds = 0.0
     for index, n in _chunks(tokens):
         x, _ = chunk(model, index, n)
+        x = x.astype(np.float64)
         start = time.perf_counter()
         for layer in range(LAYERS):
             x[layer].T @ x[layer]
@@ -212,7 +213,7 @@ def main() -> None:
                          "one subprocess per pipeline",
         "time_method": "wall time of the statistics work; feature generation excluded",
     }
-    print(f"{'float32 Gram products alone (floor)':36} {floor['seconds']:9.2f}")
+    print(f"{'float64 Gram products alone (floor)':36} {floor['seconds']:9.2f}")
     print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after")
     print(f"speedup {figures['speedup']:.1f}× (shards=10: "
           f"{figures['speedup_default_shards']:.1f}×), memory ratio "
