@@ -18,7 +18,7 @@ from audit import __version__
 from audit.checks import evaluate
 from audit.corpus import load_corpus, token_windows, tokenize_corpus
 from audit.law import LawFit, fit_law
-from audit.norms import apply_normalization
+from audit.norms import NormInfo, apply_normalization
 from audit.report.data import LawSummary, LayerRow, Report
 from audit.spec import Spec
 from audit.stats import LayerStats
@@ -155,9 +155,8 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, model: dict[str,
     )
 
 
-def _norm_info(spec: Spec, info: Any):
-    from audit.norms import NormInfo
-
+def _norm_info(spec: Spec, info: Any) -> NormInfo:
+    """The spec's ``model.norm`` override, else the backend's own description."""
     if spec.model.norm is not None:
         return NormInfo(kind=spec.model.norm.kind, eps=spec.model.norm.eps)
     return info.norm

@@ -28,8 +28,8 @@ Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per lay
 ``separation``
     Separation fuzziness D = tr(SS_w · SS_b⁺), class-size-weighted SS_b.
 
-Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean,
-rounded to float32) so that large means cost no precision; merging accumulators
+Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean)
+so that large means cost no precision; merging accumulators
 with different shifts converts the sums exactly (in exact arithmetic).  The
 regression solve scales columns to unit variance, uses a Cholesky factorisation,
 and falls back to the minimum-norm least-squares solution (eigendecomposition,
@@ -65,6 +65,8 @@ _CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
 # A column is dead (constant) when centring removes all but this many units of
 # its precision from its shifted sum of squares.
 _DEAD_COLUMN_EPS = 1e3
+# Every sum is formed and kept in float64, whatever the features' dtype.
+_EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,6 @@ class LayerStats:
         self._seed = int(shuffle_seed)
         self._token = "token_id" in self._measures
         self._classed = bool(_CLASS_MEASURES & set(self._measures))
-        self._eps = 0.0  # coarsest machine epsilon among the batches seen
         self._n = np.zeros(self._shards, dtype=np.int64)
         self._layers: int | None = None
         self._width: int | None = None
@@ -181,7 +182,7 @@ class LayerStats:
     def _allocate(self, layers: int, d: int, shift_x: np.ndarray, shift_y: float) -> None:
         g = self._shards
         self._layers, self._width = layers, d
-        self._shift_x = shift_x  # float64 [layers, d], float32-representable
+        self._shift_x = shift_x  # float64 [layers, d]
         self._shift_y = float(shift_y)  # integer-valued
         self._sx = np.zeros((g, layers, d))
         self._sxx = np.zeros((g, layers, d, d))
@@ -284,17 +285,12 @@ class LayerStats:
             raise StatsError("features contain NaN or infinite values", layer=int(np.argmax(bad)))
 
         if self._layers is None:
-            shift = x.mean(axis=example_axes, dtype=np.float64).astype(np.float32).astype(np.float64)
-            self._allocate(layers, d, shift, float(np.rint(y.mean())))
-        # Float32 features are exact in float64: forming their Grams in float64
-        # keeps the sums as precise as for float64 input.  A float32 Gram is twice
-        # as fast and accurate to ~1e-7, but its rank cutoff (d × float32 eps ×
-        # λ_max) truncates directions that real hidden states do have (measured on
-        # SmolLM2: PR off by up to 1.4e-3 at layers 0, 1 and 30), and near that
-        # cutoff every solve falls back to an eigendecomposition.
+            self._allocate(layers, d, x.mean(axis=example_axes, dtype=np.float64),
+                           float(np.rint(y.mean())))
+        # Float32 features are exact in float64, and their Grams are formed in
+        # float64 too (see the module docstring): one precision, one rank cutoff.
         dtype = np.dtype(np.float64)
         shift = self._shift_x
-        self._eps = max(self._eps, float(np.finfo(np.float64).eps))
 
         s = int(shard)
         ys = (y - self._shift_y).astype(np.float64)  # exact integers
@@ -355,7 +351,6 @@ class LayerStats:
             return LayerStats.from_arrays(other.to_arrays())
 
         out = LayerStats.from_arrays(self.to_arrays())
-        out._eps = max(self._eps, other._eps)
         out._n += other._n
         # Re-express other's sums around out's shift:
         # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ, δ = b − a.
@@ -401,7 +396,7 @@ class LayerStats:
             raise StatsError("no examples: call update() before asking for results")
 
     def _rcond(self) -> float:
-        return max(self._width, 32) * self._eps
+        return max(self._width, 32) * _EPS
 
     def _sorted_classes(self) -> tuple[np.ndarray, np.ndarray]:
         ids = self._ids[: self._k]
@@ -432,7 +427,7 @@ class LayerStats:
         out = np.empty(self._layers)
         for layer in range(self._layers):
             out[layer] = _value(measure, self._moments_total(layer, order), self._rcond(),
-                                self._eps, mapping)
+                                _EPS, mapping)
             if np.isnan(out[layer]):
                 raise StatsError(_ONE_TARGET)
         return out
@@ -449,7 +444,7 @@ class LayerStats:
         out = np.empty((parts.size, self._layers))
         for layer in range(self._layers):
             for j, mom in enumerate(self._moments_left_out(layer, order, parts)):
-                out[j, layer] = _value(measure, mom, self._rcond(), self._eps, mapping)
+                out[j, layer] = _value(measure, mom, self._rcond(), _EPS, mapping)
         return out
 
     def stderr(self, measure: str) -> StdErr:
@@ -505,7 +500,7 @@ class LayerStats:
             mom = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0),
                            sxx=self._sxx[:, layer].sum(axis=0))
             _, S, raw = mom.centred()
-            out[layer] = linalg.rank(S, _live(S, raw, self._eps), self._rcond())
+            out[layer] = linalg.rank(S, _live(S, raw, _EPS), self._rcond())
         return out
 
     # -------------------------------------------------------------- serialisation
@@ -517,7 +512,6 @@ class LayerStats:
             "measures": np.array(self._measures, dtype="<U32"),
             "shards": np.array(self._shards, dtype=np.int64),
             "shuffle_seed": np.array(self._seed, dtype=np.int64),
-            "eps": np.array(self._eps, dtype=np.float64),
             "n": self._n.copy(),
         }
         if self._layers is None:
@@ -541,7 +535,6 @@ class LayerStats:
             a = {k: np.asarray(arrays[k]) for k in arrays}
             out = cls(measures=tuple(str(m) for m in a["measures"]),
                       shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]))
-            out._eps = float(a["eps"])
             out._n = a["n"].astype(np.int64).copy()
             if "sxx" not in a:
                 return out

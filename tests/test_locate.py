@@ -96,10 +96,13 @@ def test_unsupported_scheme() -> None:
                               "pkg://MODULE/FILE or assemble://MODULE")
 
 
-def _assembler(root: Path, body: str) -> None:
+def _assembler(root: Path, body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An importable package ``fake_assembler`` with ``body`` as its __init__."""
     pkg = root / "fake_assembler"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "fake_assembler", raising=False)
 
 
 def test_assemble_calls_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,18 +116,15 @@ def assemble():
     p = Path({str(out)!r})
     p.write_bytes(b"GGUF")
     return p
-""")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "fake_assembler", raising=False)
+""", monkeypatch)
     assert resolve_model_path("assemble://fake_assembler") == out.resolve()
     assert resolve_model_path("assemble://fake_assembler") == out.resolve()
     assert sys.modules["fake_assembler"].calls == 1
 
 
 def test_assemble_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _assembler(tmp_path / "site", "def assemble():\n    raise FileNotFoundError('chunk 3 missing')\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "fake_assembler", raising=False)
+    _assembler(tmp_path / "site", "def assemble():\n    raise FileNotFoundError('chunk 3 missing')\n",
+               monkeypatch)
     with pytest.raises(BackendError) as err:
         resolve_model_path("assemble://fake_assembler")
     assert str(err.value) == ("'assemble://fake_assembler': fake_assembler.assemble() failed: "
@@ -137,9 +137,7 @@ def test_assemble_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_assemble_without_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _assembler(tmp_path / "site", "x = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "fake_assembler", raising=False)
+    _assembler(tmp_path / "site", "x = 1\n", monkeypatch)
     with pytest.raises(BackendError) as err:
         resolve_model_path("assemble://fake_assembler")
     assert str(err.value) == "'assemble://fake_assembler': module 'fake_assembler' has no assemble() function"
