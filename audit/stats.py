@@ -4,12 +4,14 @@
 ``shards`` independent parts, so that
 
 * memory does not grow with the number of tokens: ``token_id`` keeps
-  shards × layers × (d+1)² float64 values (plus vectors of length d); the
+  shards × layers × (d+1)² float64 values (plus vectors of length d; ``"qr"``:
+  (d+2)²); the
   class-based measures add, per shard and layer, d values per distinct target;
 * two accumulators merge exactly (``a + b``), for extraction split over
   processes or machines;
-* every measure's jackknife uses leave-one-shard-out values obtained by
-  subtracting one shard's statistics from the total, without refitting.
+* every measure's jackknife uses leave-one-shard-out values obtained from the
+  shards' statistics (the total minus one shard's sums, or with ``"qr"`` a
+  combination of the other shards' factors), without refitting.
 
 Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per layer):
 
@@ -29,23 +31,39 @@ Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per lay
     Separation fuzziness D = tr(SS_w · SS_b⁺), class-size-weighted SS_b.
 
 Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean)
-so that large means cost no precision; merging accumulators
-with different shifts converts the sums exactly (in exact arithmetic).  The
-regression solve scales columns to unit variance, uses a Cholesky factorisation,
-and falls back to the minimum-norm least-squares solution (eigendecomposition,
-relative eigenvalue cutoff ``max(d, 32) × eps``) when the scatter is singular.
+so that large means cost no precision; merging accumulators with different
+shifts converts the sums exactly (in exact arithmetic).  Two ways to accumulate
+the feature scatter, chosen with ``method``:
 
-Precision.  Float64 features are processed in float64: on data whose centred,
-per-column-scaled features have condition number κ, PR matches ``lstsq`` to
-about κ² × 1e-16 relative (≤ 1e-8 for κ ≤ 1e4; tests/test_stats.py measures it).
-Float32 features (what models give) are exact in float64, and their Grams are
-formed in float64 too (one symmetric rank-k update per batch and layer, BLAS
-dsyrk: d² multiply-adds per token and layer, the cost that matters), so they get
-the same precision.  A float32 Gram would be twice as fast and is accurate to
-about 1e-7, but a cutoff at float32's noise floor truncates directions that real
-hidden states have: on SmolLM2 it moved PR by up to 1.4e-3 (layers 0, 1, 30)
-away from the reference's least squares, and sent most solves of Gemma-3 to the
-eigendecomposition.
+``"gram"`` (default)
+    Gram matrices Σ(x−a)(x−a)ᵀ, one symmetric rank-k update per batch and layer
+    (BLAS dsyrk: d² multiply-adds per token and layer, the cost that matters).
+    The solve scales columns to unit variance, uses a Cholesky factorisation and
+    falls back to the minimum-norm least-squares solution (eigendecomposition,
+    relative eigenvalue cutoff ``max(d, 32) × eps``) when the scatter is singular.
+    A Gram matrix squares the condition number κ of the centred, column-scaled
+    features: PR matches ``lstsq`` to about κ² × 1e-16 relative (≤ 1e-8 for
+    κ ≤ 1e3 to 1e4 depending on the measure).
+``"qr"``
+    Triangular QR factors of [1 | x−a | y−c], updated per batch by a Householder
+    QR of the factor stacked on the batch (about 3× the flops of the Gram update),
+    combined across shards and accumulators by stacking factors.  Leave-one-out
+    factors come from prefix and suffix combinations (3 small factorisations per
+    shard and layer) since factors cannot be subtracted.  Never forming the
+    scatter, it matches ``lstsq`` to about κ × 1e-16 (≤ 1e-8 for κ ≤ 1e6).  Rank
+    cutoff: singular values at or below ``max(d, 32) × eps × s_max``, as lstsq.
+
+:meth:`LayerStats.condition` measures κ per layer.  Hidden states of real models
+are well conditioned (SmolLM2-135M: κ 21–184 per layer after init-norm;
+Gemma-3-270M: 32–168), where ``"gram"`` is accurate to about 1e-12; ``"qr"`` is
+for features whose κ nears 1e4 or more.
+
+Precision of float32 features.  They are exact in float64, and both methods
+work in float64, so they get the same precision as float64 features.  A float32
+Gram would be twice as fast and is accurate to about 1e-7, but a cutoff at
+float32's noise floor truncates directions that real hidden states have: on
+SmolLM2 it moved PR by up to 1.4e-3 (layers 0, 1, 30) away from the reference's
+least squares, and sent most solves of Gemma-3 to the eigendecomposition.
 
 Layers are indexed as in ``hidden_states``: 0 is the embedding output.
 """
@@ -60,6 +78,7 @@ from audit.errors import StatsError
 from audit.internal import linalg
 
 MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
+METHODS = ("gram", "qr")
 _CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
 
 # A column is dead (constant) when centring removes all but this many units of
@@ -87,11 +106,15 @@ class _Moments:
     ``sx`` [d] = Σ(x−a), ``sxx`` [d, d] = Σ(x−a)(x−a)ᵀ; for token_id ``sy``,
     ``syy``, ``sxy`` [d] with y shifted by an integer; for the class measures
     ``nc`` [k] counts and ``sc`` [k, d] = Σ_{y=c}(x−a), classes in sorted order.
+    With ``method="qr"`` there is no ``sxx``/``sxy``: ``r`` [p, p] is instead the
+    triangular factor of [1 | x−a | (y−c)] (p = d+1, plus 1 with a target column),
+    whose trailing block ``r[1:, 1:]`` is the factor of the centred columns.
     """
 
     n: int
     sx: np.ndarray
-    sxx: np.ndarray
+    sxx: np.ndarray | None = None
+    r: np.ndarray | None = None
     sy: float = 0.0
     syy: float = 0.0
     sxy: np.ndarray | None = None
@@ -107,6 +130,15 @@ class _Moments:
         S = self.sxx - np.outer(r, r)  # r_i·r_j keeps S exactly symmetric
         return m, S, np.diag(self.sxx)
 
+    def centred_factor(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For ``method="qr"``: mean offset m [d], the factor F = r[1:, 1:] of the
+        centred columns (FᵀF = centred scatter of [x | y]), the centred sums of
+        squares of the features [d] and their shifted (raw) ones [d]."""
+        d = self.sx.size
+        m = self.sx / self.n
+        F = self.r[1:, 1:]
+        return m, F, _col_sq(F[:, :d]), _col_sq(self.r[:, 1:d + 1])
+
 
 class LayerStats:
     """Streaming per-layer statistics of (features, next-token target) pairs.
@@ -114,11 +146,15 @@ class LayerStats:
     ``measures``: subset of :data:`MEASURES`; only what they need is kept.
     ``shards``: number of independent parts kept for the jackknife (1 turns
     uncertainty off and costs the least memory).  ``shuffle_seed``: seed of the
-    ``shuffled_token_id`` permutation.  Shapes (layers, d) come from the first
-    :meth:`update`.
+    ``shuffled_token_id`` permutation.  ``method``: how the feature scatter is
+    accumulated, ``"gram"`` (default: Gram matrices, fast, relative error about
+    κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 3× the cost of the
+    updates and more for the jackknife, relative error about κ × 1e-16); see the
+    module docstring.  Shapes (layers, d) come from the first :meth:`update`.
     """
 
-    def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0) -> None:
+    def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0,
+                 method: str = "gram") -> None:
         if isinstance(measures, str):
             measures = (measures,)
         measures = tuple(measures)
@@ -130,9 +166,14 @@ class LayerStats:
             raise StatsError(f"shards must be a positive integer, got {shards!r}")
         if isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, (int, np.integer)):
             raise StatsError(f"shuffle_seed must be an integer, got {shuffle_seed!r}")
+        if method not in METHODS:
+            raise StatsError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         self._measures = tuple(m for m in MEASURES if m in measures)  # canonical order
         self._shards = int(shards)
         self._seed = int(shuffle_seed)
+        self._method = str(method)
+        self._qr = self._method == "qr"
+        self._spectra_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._token = "token_id" in self._measures
         self._classed = bool(_CLASS_MEASURES & set(self._measures))
         self._n = np.zeros(self._shards, dtype=np.int64)
@@ -152,6 +193,11 @@ class LayerStats:
     @property
     def shuffle_seed(self) -> int:
         return self._seed
+
+    @property
+    def method(self) -> str:
+        """How the feature scatter is accumulated: ``"gram"`` or ``"qr"``."""
+        return self._method
 
     @property
     def count(self) -> int:
@@ -185,11 +231,18 @@ class LayerStats:
         self._shift_x = shift_x  # float64 [layers, d]
         self._shift_y = float(shift_y)  # integer-valued
         self._sx = np.zeros((g, layers, d))
-        self._sxx = np.zeros((g, layers, d, d))
+        if self._qr:
+            # Factor of [1 | x − shift | (y − shift_y)]: ones first, so that the
+            # trailing block is the factor of the centred columns.
+            p = d + 1 + int(self._token)
+            self._r = np.zeros((g, layers, p, p))
+        else:
+            self._sxx = np.zeros((g, layers, d, d))
         if self._token:
             self._sy = np.zeros(g)
             self._syy = np.zeros(g)
-            self._sxy = np.zeros((g, layers, d))
+            if not self._qr:
+                self._sxy = np.zeros((g, layers, d))
             self._ymin = np.full(g, np.iinfo(np.int64).max, dtype=np.int64)
             self._ymax = np.full(g, np.iinfo(np.int64).min, dtype=np.int64)
         if self._classed:
@@ -300,20 +353,35 @@ class LayerStats:
             order = np.argsort(inv, kind="stable")
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             self._nc[s, slots] += counts
-        # buf = [x − shift | y − shift_y | 1] [n, d+2]: one symmetric rank-n update
-        # (bufᵀbuf is BLAS syrk) in the features' precision gives Σxxᵀ, Σxy and Σx.
-        buf = np.empty((n, d + 2), dtype=dtype)
-        buf[:, d] = ys
-        buf[:, d + 1] = 1.0
-        xs = buf[:, :d]
-        gram = np.empty((d + 2, d + 2), dtype=dtype)
+        if self._qr:
+            # stack = [R | rows of (1, x − shift, y − shift_y)]: its triangular
+            # factor is the factor of everything this shard has seen.
+            p = self._r.shape[-1]
+            stack = np.empty((p + n, p), dtype=dtype)
+            stack[p:, 0] = 1.0
+            if self._token:
+                stack[p:, d + 1] = ys
+            xs = stack[p:, 1:d + 1]
+        else:
+            # buf = [x − shift | y − shift_y | 1] [n, d+2]: one symmetric rank-n
+            # update (bufᵀbuf is BLAS syrk) gives Σxxᵀ, Σxy and Σx.
+            buf = np.empty((n, d + 2), dtype=dtype)
+            buf[:, d] = ys
+            buf[:, d + 1] = 1.0
+            xs = buf[:, :d]
+            gram = np.empty((d + 2, d + 2), dtype=dtype)
         for layer in range(layers):
             np.subtract(x[layer].reshape(n, d), shift[layer], out=xs)  # copies a strided layer
-            np.matmul(buf.T, buf, out=gram)
-            self._sxx[s, layer] += gram[:d, :d]
-            self._sx[s, layer] += gram[:d, d + 1]
-            if self._token:
-                self._sxy[s, layer] += gram[:d, d]
+            if self._qr:
+                stack[:p] = self._r[s, layer]
+                self._r[s, layer] = np.linalg.qr(stack, mode="r")
+                self._sx[s, layer] += xs.sum(axis=0)
+            else:
+                np.matmul(buf.T, buf, out=gram)
+                self._sxx[s, layer] += gram[:d, :d]
+                self._sx[s, layer] += gram[:d, d + 1]
+                if self._token:
+                    self._sxy[s, layer] += gram[:d, d]
             if self._classed:
                 self._sc[s, layer, slots] += np.add.reduceat(
                     xs[order], starts, axis=0, dtype=np.float64)
@@ -323,6 +391,7 @@ class LayerStats:
             self._ymin[s] = min(self._ymin[s], int(y.min()))
             self._ymax[s] = max(self._ymax[s], int(y.max()))
         self._n[s] += n
+        self._spectra_cache = None
 
     # ---------------------------------------------------------------------- merge
     def merge(self, other: "LayerStats") -> "LayerStats":
@@ -336,7 +405,8 @@ class LayerStats:
             raise StatsError(f"cannot merge LayerStats with {type(other).__name__}")
         for what, a, b in (("measures", self._measures, other._measures),
                            ("shards", self._shards, other._shards),
-                           ("shuffle_seed", self._seed, other._seed)):
+                           ("shuffle_seed", self._seed, other._seed),
+                           ("method", self._method, other._method)):
             if a != b:
                 raise StatsError(f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
         if self._layers is not None and other._layers is not None:
@@ -352,21 +422,33 @@ class LayerStats:
 
         out = LayerStats.from_arrays(self.to_arrays())
         out._n += other._n
-        # Re-express other's sums around out's shift:
-        # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ, δ = b − a.
+        # Re-express other's sums around out's shift (δ = b − a, ε = c_b − c_a):
+        # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ.
         nb = other._n.astype(np.float64)[:, None, None]
         delta = (other._shift_x - out._shift_x)[None]  # [1, layers, d]
+        eps_y = other._shift_y - out._shift_y  # y − c_a = (y − c_b) + ε
         sx_b = other._sx
-        out._sxx += (other._sxx
-                     + sx_b[..., :, None] * delta[..., None, :]
-                     + delta[..., :, None] * sx_b[..., None, :]
-                     + nb[..., None] * delta[..., :, None] * delta[..., None, :])
+        if self._qr:
+            # [1 | x−a | y−c_a] = [1 | x−b | y−c_b] T with T = I + e₀[0, δ, ε]: only
+            # row 0 of the factor changes (its other rows are 0 in column 0).
+            d = self._width
+            rb = other._r.copy()
+            rb[:, :, 0, 1:d + 1] += rb[:, :, 0, :1] * delta
+            if self._token:
+                rb[:, :, 0, d + 1] += rb[:, :, 0, 0] * eps_y
+            for s, layer in np.ndindex(*rb.shape[:2]):
+                out._r[s, layer] = _stack_factor(out._r[s, layer], rb[s, layer])
+        else:
+            out._sxx += (other._sxx
+                         + sx_b[..., :, None] * delta[..., None, :]
+                         + delta[..., :, None] * sx_b[..., None, :]
+                         + nb[..., None] * delta[..., :, None] * delta[..., None, :])
         out._sx += sx_b + nb * delta
         if self._token:
-            eps_y = other._shift_y - out._shift_y  # y − c_a = (y − c_b) + ε
             ny = other._n.astype(np.float64)
-            out._sxy += (other._sxy + eps_y * sx_b + other._sy[:, None, None] * delta
-                         + nb * delta * eps_y)
+            if not self._qr:
+                out._sxy += (other._sxy + eps_y * sx_b + other._sy[:, None, None] * delta
+                             + nb * delta * eps_y)
             out._syy += other._syy + 2.0 * eps_y * other._sy + ny * eps_y ** 2
             out._sy += other._sy + ny * eps_y
             out._ymin = np.minimum(out._ymin, other._ymin)
@@ -457,13 +539,20 @@ class LayerStats:
             return StdErr(pr=nan, log10_pr=nan.copy())
         return StdErr(pr=_jackknife(loo), log10_pr=_jackknife(_log10(loo)))
 
-    def _moments_total(self, layer: int, order: np.ndarray | None) -> _Moments:
-        m = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0),
-                     sxx=self._sxx[:, layer].sum(axis=0))
+    def _moments_total(self, layer: int, order: np.ndarray | None,
+                       factor: bool = True) -> _Moments:
+        """Moments of all shards (``factor=False``: without the QR factor, which
+        costs a factorisation)."""
+        full = self._n > 0
+        m = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0))
+        if not self._qr:
+            m.sxx = self._sxx[:, layer].sum(axis=0)
+        elif factor:
+            m.r = _stack_factor(*self._r[full, layer])
         if self._token:
-            full = self._n > 0
             m.sy, m.syy = self._sy.sum(), self._syy.sum()
-            m.sxy = self._sxy[:, layer].sum(axis=0)
+            if not self._qr:
+                m.sxy = self._sxy[:, layer].sum(axis=0)
             m.distinct = bool(self._ymin[full].min() < self._ymax[full].max())
         if self._classed:
             m.nc = self._nc[:, order].sum(axis=0)
@@ -472,16 +561,24 @@ class LayerStats:
 
     def _moments_left_out(self, layer: int, order: np.ndarray | None,
                           parts: np.ndarray) -> list[_Moments]:
-        """Moments with each shard in ``parts`` left out: total minus that shard."""
-        total = self._moments_total(layer, order)
+        """Moments with each shard in ``parts`` left out: total minus that shard's
+        sums.  Factors cannot be subtracted: with ``method="qr"`` the factor of all
+        shards but one comes from the factors of the shards before and after it
+        (prefix and suffix products, 3 × len(parts) small factorisations)."""
+        total = self._moments_total(layer, order, factor=False)
+        factors = _leave_one_out_factors([self._r[i, layer] for i in parts]) if self._qr else None
         out = []
-        for i in parts:
+        for j, i in enumerate(parts):
             keep = (self._n > 0) & (np.arange(self._shards) != i)
-            m = _Moments(n=total.n - int(self._n[i]), sx=total.sx - self._sx[i, layer],
-                         sxx=total.sxx - self._sxx[i, layer])
+            m = _Moments(n=total.n - int(self._n[i]), sx=total.sx - self._sx[i, layer])
+            if self._qr:
+                m.r = factors[j]
+            else:
+                m.sxx = total.sxx - self._sxx[i, layer]
             if self._token:
                 m.sy, m.syy = total.sy - self._sy[i], total.syy - self._syy[i]
-                m.sxy = total.sxy - self._sxy[i, layer]
+                if not self._qr:
+                    m.sxy = total.sxy - self._sxy[i, layer]
                 m.distinct = bool(self._ymin[keep].min() < self._ymax[keep].max())
             if self._classed:
                 m.nc = total.nc - self._nc[i, order]
@@ -490,18 +587,44 @@ class LayerStats:
         return out
 
     def rank(self) -> np.ndarray:
-        """Numerical rank of the centred feature scatter S_xx per layer, int64
-        [layers]: the number of per-column-scaled eigenvalues above
-        ``max(d, 32) × eps × λ_max`` (constant columns count as lost rank)."""
+        """Numerical rank of the centred features per layer, int64 [layers]:
+        constant columns count as lost rank; of the others, scaled to unit norm,
+        the singular values s above the cutoff count (``"gram"``: s² above
+        ``max(d, 32) × eps × s_max²``, the scatter's own noise floor; ``"qr"``:
+        s above ``max(d, 32) × eps × s_max``, as lstsq)."""
+        return self._spectra()[0]
+
+    def condition(self) -> np.ndarray:
+        """Condition number κ of the centred features per layer, each non-constant
+        column scaled to unit norm, float64 [layers]: s_max / s_min, ``inf`` when
+        the features are rank-deficient (:meth:`rank`).  It bounds the precision:
+        about κ² × 1e-16 relative for ``method="gram"``, κ × 1e-16 for ``"qr"``.
+        With ``"gram"``, κ above about 1e7 cannot be told from rank deficiency."""
+        return self._spectra()[1]
+
+    def _spectra(self) -> tuple[np.ndarray, np.ndarray]:
         if self.count == 0:
             raise StatsError("no examples: call update() before asking for results")
-        out = np.empty(self._layers, dtype=np.int64)
-        for layer in range(self._layers):
-            mom = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0),
-                           sxx=self._sxx[:, layer].sum(axis=0))
-            _, S, raw = mom.centred()
-            out[layer] = linalg.rank(S, _live(S, raw, _EPS), self._rcond())
-        return out
+        if self._spectra_cache is None:
+            ranks = np.empty(self._layers, dtype=np.int64)
+            conds = np.empty(self._layers)
+            for layer in range(self._layers):
+                mom = self._moments_total(layer, None)
+                if self._qr:
+                    _, F, diag, raw = mom.centred_factor()
+                    d = self._width
+                    sv = linalg.factor_singular_values(F[:d, :d], _live(diag, raw, _EPS))
+                    cut = self._rcond()
+                else:
+                    _, S, raw = mom.centred()
+                    sv = linalg.scatter_singular_values(S, _live(np.diag(S), raw, _EPS))
+                    cut = np.sqrt(self._rcond())
+                kept = sv > cut * sv[0] if sv.size else sv.astype(bool)
+                ranks[layer] = np.count_nonzero(kept)
+                full = ranks[layer] == self._width  # no dead column, no lost rank
+                conds[layer] = sv[0] / sv[-1] if full else np.inf
+            self._spectra_cache = (ranks, conds)
+        return self._spectra_cache[0].copy(), self._spectra_cache[1].copy()
 
     # -------------------------------------------------------------- serialisation
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -512,15 +635,22 @@ class LayerStats:
             "measures": np.array(self._measures, dtype="<U32"),
             "shards": np.array(self._shards, dtype=np.int64),
             "shuffle_seed": np.array(self._seed, dtype=np.int64),
+            "method": np.array(self._method, dtype="<U8"),
             "n": self._n.copy(),
         }
         if self._layers is None:
             return d
         d.update(shift_x=self._shift_x.copy(), shift_y=np.array(self._shift_y),
-                 sx=self._sx.copy(), sxx=self._sxx.copy())
+                 sx=self._sx.copy())
+        if self._qr:
+            d.update(r=self._r.copy())
+        else:
+            d.update(sxx=self._sxx.copy())
         if self._token:
-            d.update(sy=self._sy.copy(), syy=self._syy.copy(), sxy=self._sxy.copy(),
+            d.update(sy=self._sy.copy(), syy=self._syy.copy(),
                      ymin=self._ymin.copy(), ymax=self._ymax.copy())
+            if not self._qr:
+                d.update(sxy=self._sxy.copy())
         if self._classed:
             ids, order = self._sorted_classes()
             d.update(classes=ids, class_counts=self._nc[:, order],
@@ -533,19 +663,25 @@ class LayerStats:
         ``np.load`` result)."""
         try:
             a = {k: np.asarray(arrays[k]) for k in arrays}
+            method = str(a["method"]) if "method" in a else "gram"  # older arrays: gram
             out = cls(measures=tuple(str(m) for m in a["measures"]),
-                      shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]))
+                      shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]),
+                      method=method)
             out._n = a["n"].astype(np.int64).copy()
-            if "sxx" not in a:
+            if "sx" not in a:
                 return out
             g, layers, d = a["sx"].shape
             out._allocate(layers, d, a["shift_x"].astype(np.float64).copy(), float(a["shift_y"]))
             out._sx[...] = a["sx"]
-            out._sxx[...] = a["sxx"]
+            if out._qr:
+                out._r[...] = a["r"]
+            else:
+                out._sxx[...] = a["sxx"]
             if out._token:
                 out._sy[...] = a["sy"]
                 out._syy[...] = a["syy"]
-                out._sxy[...] = a["sxy"]
+                if not out._qr:
+                    out._sxy[...] = a["sxy"]
                 out._ymin[...] = a["ymin"]
                 out._ymax[...] = a["ymax"]
             if out._classed:
@@ -561,7 +697,7 @@ class LayerStats:
 
     def __repr__(self) -> str:
         return (f"LayerStats(measures={self._measures!r}, shards={self._shards}, "
-                f"count={self.count}, layers={self._layers}, width={self._width})")
+                f"method={self._method!r}, count={self.count}, layers={self._layers}, width={self._width})")
 
 
 _ONE_TARGET = ("only one distinct target value: the target's total sum of squares "
@@ -573,10 +709,37 @@ def _check_measure_name(name) -> None:
         raise StatsError(f"unknown measure {name!r}; valid measures: {', '.join(MEASURES)}")
 
 
-def _live(S: np.ndarray, raw_diag: np.ndarray, eps: float) -> np.ndarray:
-    """Columns that are not constant: centring leaves more than rounding noise."""
-    diag = np.diag(S)
+def _live(diag: np.ndarray, raw_diag: np.ndarray, eps: float) -> np.ndarray:
+    """Columns that are not constant: centring leaves more than rounding noise of
+    their shifted sums of squares ``raw_diag`` in their centred ones ``diag``."""
     return diag > _DEAD_COLUMN_EPS * eps * raw_diag
+
+
+def _col_sq(A: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norm of each column of ``A``."""
+    return np.einsum("ij,ij->j", A, A)
+
+
+def _stack_factor(*factors: np.ndarray) -> np.ndarray:
+    """Triangular factor R [p, p] of the rows of ``factors`` stacked (RᵀR = Σ FᵢᵀFᵢ):
+    how QR factors of disjoint sets of examples combine."""
+    if len(factors) == 1:
+        return factors[0].copy()
+    return np.linalg.qr(np.concatenate(factors), mode="r")
+
+
+def _leave_one_out_factors(factors: list[np.ndarray]) -> list[np.ndarray]:
+    """For each i, the factor of all ``factors`` but the i-th, from prefix and
+    suffix combinations (no downdating, which would lose precision)."""
+    g = len(factors)
+    prefix: list[np.ndarray | None] = [None] * g  # prefix[i]: factors[:i]
+    suffix: list[np.ndarray | None] = [None] * g  # suffix[i]: factors[i+1:]
+    for i in range(1, g):
+        prefix[i] = factors[0] if i == 1 else _stack_factor(prefix[i - 1], factors[i - 1])
+    for i in range(g - 2, -1, -1):
+        suffix[i] = factors[-1] if i == g - 2 else _stack_factor(factors[i + 1], suffix[i + 1])
+    return [_stack_factor(*(f for f in (prefix[i], suffix[i]) if f is not None))
+            for i in range(g)]
 
 
 def _value(measure: str, mom: _Moments, rcond: float, eps: float,
@@ -586,8 +749,10 @@ def _value(measure: str, mom: _Moments, rcond: float, eps: float,
     n = mom.n
     if n < 2:
         return float("nan")
+    if mom.r is not None:
+        return _value_qr(measure, mom, rcond, eps, mapping)
     m, S, raw = mom.centred()
-    live = _live(S, raw, eps)
+    live = _live(np.diag(S), raw, eps)
     if measure == "token_id":
         if not mom.distinct:
             return float("nan")
@@ -595,24 +760,66 @@ def _value(measure: str, mom: _Moments, rcond: float, eps: float,
         sst = mom.syy - mom.sy * ybar
         sxy = mom.sxy - mom.sx * ybar
         return linalg.residual_fraction(S, sxy[:, None], sst, live, rcond)
+    V, targets = _class_targets(measure, mom, m, mapping)
+    if V is None:
+        return float("nan")
+    if measure == "separation":
+        # D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel)
+        Vw = V / np.sqrt(mom.nc[mom.nc > 0])[:, None]
+        B = Vw.T @ Vw  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
+        return linalg.trace_pinv(S - B, B, live, rcond)
+    B, sst = targets
+    return linalg.residual_fraction(S, B, sst, live, rcond)
+
+
+def _value_qr(measure: str, mom: _Moments, rcond: float, eps: float,
+              mapping: np.ndarray | None) -> float:
+    """:func:`_value` from a QR factor: the same quantities, computed without
+    forming the scatter (whose condition number is κ²)."""
+    m, F, diag, raw = mom.centred_factor()
+    d = m.size
+    live = _live(diag, raw, eps)
+    cols = np.flatnonzero(live)
+    if measure == "token_id":
+        if not mom.distinct:
+            return float("nan")
+        if cols.size < d:  # factor of the live columns and the target only
+            F = np.linalg.qr(F[:, np.append(cols, d)], mode="r")
+        return linalg.residual_fraction_qr(F, rcond)
+    V, targets = _class_targets(measure, mom, m, mapping)
+    if V is None:
+        return float("nan")
+    Fx = F[:d, :d]
+    if measure == "separation":
+        Vw = V / np.sqrt(mom.nc[mom.nc > 0])[:, None]
+        return linalg.trace_pinv_factor(Fx, Vw, live, rcond)
+    if not cols.size:
+        return 1.0
+    if cols.size < d:
+        Fx = np.linalg.qr(Fx[:, cols], mode="r")
+    B, sst = targets
+    return linalg.residual_fraction_factor(Fx, B[cols], sst, rcond)
+
+
+def _class_targets(measure: str, mom: _Moments, m: np.ndarray, mapping: np.ndarray | None):
+    """For the class-based measures: V = Σ_{y=c}(x − μ) [k, d] over the classes
+    present, and (for the regressions) the centred cross-products B [d, outputs]
+    with the targets' total sum of squares.  (None, None) when fewer than two
+    classes are present."""
+    n = mom.n
     nc, sc = mom.nc, mom.sc
     present = nc > 0
     if np.count_nonzero(present) < 2:
-        return float("nan")
+        return None, None
     nc, sc = nc[present], sc[present]
     V = sc - nc[:, None] * m[None, :]  # Σ_{y=c}(x − μ) [k, d]
     if measure == "shuffled_token_id":
         values = mapping[present]
         t = values - (nc @ values) / n  # centred mapped targets [k]
-        sst = float(nc @ (t * t))
-        return linalg.residual_fraction(S, (V.T @ t)[:, None], sst, live, rcond)
+        return V, ((V.T @ t)[:, None], float(nc @ (t * t)))
     if measure == "one_hot":
-        sst = (n * n - float(nc @ nc)) / n  # integer arithmetic until the division
-        return linalg.residual_fraction(S, V.T, sst, live, rcond)
-    # separation: D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel)
-    Vw = V / np.sqrt(nc)[:, None]
-    B = Vw.T @ Vw  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
-    return linalg.trace_pinv(S - B, B, rcond)
+        return V, (V.T, (n * n - float(nc @ nc)) / n)  # integer arithmetic until the division
+    return V, None
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
