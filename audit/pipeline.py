@@ -71,7 +71,7 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     targets_at = slice(int(target_pos[0]), int(target_pos[-1]) + 1)
 
     stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
-                       shuffle_seed=spec.probe.seed)
+                       shuffle_seed=spec.probe.seed, method=spec.probe.statistics)
     t_load = time.perf_counter()
     backend.load()
     load_seconds = time.perf_counter() - t_load
@@ -110,10 +110,10 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     pr = stats.residuals(spec.measure)
     loo = stats.leave_one_out(spec.measure) if spec.probe.shards > 1 else None
     fit = fit_law(pr, first_layer=1, leave_one_out=loo)
-    ranks = stats.rank()
+    ranks, conditions = stats.rank(), stats.condition()
     stats_seconds += time.perf_counter() - t_fit
     return build_report(
-        spec, fit, ranks=ranks,
+        spec, fit, ranks=ranks, conditions=conditions,
         model={"path": spec.model.path, "resolved_path": str(info.path),
                "sha256": backend.weights_sha256(), "architecture": info.architecture,
                "layers": info.num_layers, "width": info.width},
@@ -128,12 +128,19 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     )
 
 
-def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, model: dict[str, Any],
-                 corpus: dict[str, Any], versions: dict[str, str],
+# Relative precision of PR above which a layer's condition number earns a warning.
+PRECISION_WARNING = 1e-8
+# PR's relative precision is about κ^power × eps for each way of accumulating.
+_PRECISION_POWER = {"gram": 2, "qr": 1}
+
+
+def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.ndarray,
+                 model: dict[str, Any], corpus: dict[str, Any], versions: dict[str, str],
                  timing: dict[str, float]) -> Report:
     """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
-    are the feature ranks per layer, the dicts are stored as the report's fields of
-    the same names.  :func:`run` ends here; tests build reports from synthetic fits."""
+    and ``conditions`` float [L+1] are the features' rank and condition number per
+    layer, the dicts are stored as the report's fields of the same names.
+    :func:`run` ends here; tests build reports from synthetic fits."""
     verdict = evaluate(fit, spec.law)
     return Report(
         name=spec.name,
@@ -147,12 +154,36 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, model: dict[str,
         seeds={"probe": spec.probe.seed, "shuffle": spec.probe.seed},
         versions=versions,
         law=_law_summary(fit),
-        layers=_layer_rows(fit, ranks, verdict),
+        layers=_layer_rows(fit, ranks, conditions, verdict),
         checks=verdict.results,
         verdict="pass" if verdict.passed else "fail",
         timing=timing,
         shards=spec.probe.shards,
+        statistics=spec.probe.statistics,
+        warnings=_numeric_warnings(spec, ranks, conditions, model.get("width")),
     )
+
+
+def _numeric_warnings(spec: Spec, ranks: np.ndarray, conditions: np.ndarray,
+                      width: int | None) -> tuple[str, ...]:
+    """Layers whose condition number limits PR's precision beyond
+    :data:`PRECISION_WARNING`, and layers whose features lost rank."""
+    method = spec.probe.statistics
+    eps = float(np.finfo(np.float64).eps)
+    out = []
+    for layer, (rank, kappa) in enumerate(zip(ranks, conditions)):
+        precision = float(kappa) ** _PRECISION_POWER[method] * eps
+        if np.isfinite(kappa) and precision > PRECISION_WARNING:
+            hint = "; probe.statistics: qr would give about {:.0e}".format(float(kappa) * eps) \
+                if method == "gram" else ""
+            exact = (f"PR is exact only to about {precision:.0e} relative" if precision < 0.1
+                     else "PR may carry no correct digit")
+            out.append(f"layer {layer}: condition number {kappa:.1e} of the centred, "
+                       f"column-scaled features: {exact} with statistics: {method}{hint}")
+        if width is not None and rank < width:
+            out.append(f"layer {layer}: features have rank {rank} < width {width} (constant "
+                       f"or dependent dimensions): PR is the minimum-norm least-squares value")
+    return tuple(out)
 
 
 def _norm_info(spec: Spec, info: Any) -> NormInfo:
@@ -172,7 +203,8 @@ def _law_summary(fit: LawFit) -> LawSummary:
     )
 
 
-def _layer_rows(fit: LawFit, ranks: np.ndarray, verdict) -> tuple[LayerRow, ...]:
+def _layer_rows(fit: LawFit, ranks: np.ndarray, conditions: np.ndarray,
+                verdict) -> tuple[LayerRow, ...]:
     rows = []
     for layer in range(len(fit.pr)):
         status = "unjudged" if layer < fit.first_layer else verdict.layer_status(layer)
@@ -182,7 +214,7 @@ def _layer_rows(fit: LawFit, ranks: np.ndarray, verdict) -> tuple[LayerRow, ...]
             fitted=float(fit.fitted[layer]), fitted_se=float(fit.fitted_se[layer]),
             deviation=float(fit.deviation[layer]), deviation_se=float(fit.deviation_se[layer]),
             step=float(fit.step[layer]), step_se=float(fit.step_se[layer]),
-            rank=int(ranks[layer]), status=status,
+            rank=int(ranks[layer]), condition=float(conditions[layer]), status=status,
         ))
     return tuple(rows)
 

@@ -126,9 +126,9 @@ def test_random_init_has_no_law(report: Report) -> None:
     assert report.law.pearson_r == pytest.approx(0.2365, abs=5e-3)
 
 
-def test_streaming_engine_matches_direct_numpy(report: Report, spec: Spec) -> None:
-    """PR per layer from run() equals lstsq with intercept on the very features the
-    backend gives for the same windows (float32 Gram accumulation: 1e-6 relative)."""
+def _direct_pr(spec: Spec) -> list[float]:
+    """PR per layer by lstsq with intercept on the very features the backend gives
+    for the spec's windows."""
     from audit.backends import open_backend
 
     backend = open_backend(spec)
@@ -148,7 +148,35 @@ def test_streaming_engine_matches_direct_numpy(report: Report, spec: Spec) -> No
         coef, *_ = np.linalg.lstsq(design, y, rcond=None)
         resid = y - design @ coef
         expected.append(resid @ resid / ((y - y.mean()) @ (y - y.mean())))
-    np.testing.assert_allclose([row.pr for row in report.layers], expected, rtol=1e-6)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def direct_pr(spec: Spec) -> list[float]:
+    return _direct_pr(spec)
+
+
+def test_streaming_engine_matches_direct_numpy(report: Report, direct_pr: list[float]) -> None:
+    """PR per layer from run() equals lstsq on the same float32 features (exact in
+    float64, Grams formed in float64: about κ² × 1e-16 with κ < 100 here)."""
+    np.testing.assert_allclose([row.pr for row in report.layers], direct_pr, rtol=1e-10)
+    assert report.statistics == "gram" and report.warnings == ()
+    assert all(1.0 < row.condition < 1e3 for row in report.layers)
+
+
+def test_qr_statistics_give_the_same_numbers(tiny_model_dir: Path, report: Report,
+                                             direct_pr: list[float]) -> None:
+    qr = run(tiny_spec(tiny_model_dir, probe={"sequences": SEQUENCES, "length": LENGTH,
+                                              "batch_size": BATCH, "shards": SHARDS,
+                                              "statistics": "qr"}))
+    assert qr.statistics == "qr" and qr.spec["probe"]["statistics"] == "qr"
+    np.testing.assert_allclose([row.pr for row in qr.layers], direct_pr, rtol=1e-10)
+    np.testing.assert_allclose([row.pr_se for row in qr.layers],
+                               [row.pr_se for row in report.layers], rtol=1e-8)
+    np.testing.assert_allclose([row.condition for row in qr.layers],
+                               [row.condition for row in report.layers], rtol=1e-8)
+    assert [row.rank for row in qr.layers] == [row.rank for row in report.layers]
+    assert qr.law.pearson_r == pytest.approx(report.law.pearson_r, rel=1e-10)
 
 
 def test_loaded_model_gives_the_same_numbers(report: Report, spec: Spec) -> None:

@@ -26,7 +26,7 @@ SHARDS = 5
 
 def synthetic_report(name: str = "synth", shards: int = SHARDS, bump: float = 0.1,
                      expected: tuple[int, ...] = (), tokens_per_second: float = 1234.0,
-                     **law) -> Report:
+                     statistics: str = "gram", conditions=None, ranks=None, **law) -> Report:
     """PR = 0.9 · 0.8**l with layer BUMP multiplied by 10**bump, judged by ``law``
     (defaults: thresholds that the bump breaks at layer BUMP only)."""
     layers = np.arange(LAYERS + 1)
@@ -40,10 +40,13 @@ def synthetic_report(name: str = "synth", shards: int = SHARDS, bump: float = 0.
     thresholds = {"max_pearson_r": -0.9, "rho": [0.7, 0.9], "max_deviation": 0.05,
                   "min_step_fraction": 0.5, "expected_deviations": list(expected), **law}
     spec = spec_from_dict({"name": name, "model": {"path": "/models/synth"},
-                           "probe": {"sequences": 16, "length": 8, "shards": max(shards, 1)},
+                           "probe": {"sequences": 16, "length": 8, "shards": max(shards, 1),
+                                     "statistics": statistics},
                            "law": thresholds})
     return build_report(
-        spec, fit, ranks=np.full(LAYERS + 1, 16),
+        spec, fit,
+        ranks=np.full(LAYERS + 1, 16) if ranks is None else np.asarray(ranks),
+        conditions=np.full(LAYERS + 1, 30.0) if conditions is None else np.asarray(conditions),
         model={"path": "/models/synth", "resolved_path": "/models/synth", "sha256": "ab" * 32,
                "architecture": "llama", "layers": LAYERS, "width": 16},
         corpus={"name": "python-docstrings", "sha256": "cd" * 32, "tokens": 128,
@@ -238,6 +241,50 @@ def test_terminal_expected_and_pass() -> None:
     assert "synth  PASS" in text
     assert "expected: layer 4: deviation" in text
     assert "VIOLATION" not in text
+
+
+CONDITIONS = [30.0, 3.0e4, 20.0, 2.0e9, float("inf"), 40.0, 50.0]
+RANKS = [16, 16, 16, 16, 15, 16, 16]
+
+
+def test_warnings_name_layers_whose_condition_limits_precision() -> None:
+    gram = synthetic_report(conditions=CONDITIONS, ranks=RANKS)
+    assert gram.statistics == "gram"
+    assert [row.condition for row in gram.layers] == CONDITIONS
+    assert gram.warnings == (
+        "layer 1: condition number 3.0e+04 of the centred, column-scaled features: PR is exact "
+        "only to about 2e-07 relative with statistics: gram; probe.statistics: qr would give "
+        "about 7e-12",
+        "layer 3: condition number 2.0e+09 of the centred, column-scaled features: PR may carry "
+        "no correct digit with statistics: gram; probe.statistics: qr would give about 4e-07",
+        "layer 4: features have rank 15 < width 16 (constant or dependent dimensions): PR is "
+        "the minimum-norm least-squares value",
+    )
+    qr = synthetic_report(statistics="qr", conditions=CONDITIONS, ranks=RANKS)
+    assert qr.statistics == "qr" and qr.warnings == (
+        "layer 3: condition number 2.0e+09 of the centred, column-scaled features: PR is exact "
+        "only to about 4e-07 relative with statistics: qr",
+        gram.warnings[2],
+    )
+    assert synthetic_report().warnings == ()
+
+
+def test_warnings_and_conditions_round_trip_and_render(tmp_path: Path) -> None:
+    report = synthetic_report(conditions=CONDITIONS, ranks=RANKS)
+    data = report.to_dict()
+    assert data["statistics"] == "gram" and data["warnings"] == list(report.warnings)
+    assert [row["condition"] for row in data["layers"]] == [
+        30.0, 3.0e4, 20.0, 2.0e9, None, 40.0, 50.0]  # inf (rank-deficient) is null
+    back = read_json(write_json(report, tmp_path))
+    assert back.warnings == report.warnings and back.layers[1].condition == 3.0e4
+    text = _render(report)
+    assert "gram statistics, 5 jackknife shards" in text
+    for warning in report.warnings:
+        assert f"warning: {warning[:60]}" in text
+    lines = text.splitlines()
+    for row, shown in zip(report.layers, ["30", "30000", "20", "2.0e+09", "inf", "40", "50"]):
+        line = next(l for l in lines if f"{row.pr:.5f}" in l)
+        assert f" {shown} " in line, (row.index, line)
 
 
 def test_terminal_renders_a_report_read_back_from_json(tmp_path: Path) -> None:

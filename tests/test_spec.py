@@ -174,7 +174,7 @@ def test_top_level_typo_suggests_the_closest_key(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "probe:\n  colour: blue\n")
     assert error_of(path) == (f"{path}:4: probe.colour: unknown key; valid keys: corpus, sequences, "
-                              "length, seed, batch_size, shards")
+                              "length, seed, batch_size, shards, statistics")
 
 
 def test_source_is_not_a_key_of_the_file(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 from audit.checks import CheckResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 LAYER_STATUSES = ("ok", "violation", "expected", "unjudged")
 
@@ -61,6 +61,10 @@ class LayerRow:
     step_se: float
     rank: int
     """Rank of the centred feature scatter (< width means dead or dependent dimensions)."""
+    condition: float
+    """Condition number κ of the centred features, columns scaled to unit norm
+    (``inf`` when rank < width).  PR's relative precision is about κ² × 1e-16
+    with ``statistics: gram``, κ × 1e-16 with ``qr``."""
     status: str
     """``ok``, ``violation`` (a check failed), ``expected`` (a declared deviant layer
     that failed a check) or ``unjudged`` (layer 0)."""
@@ -93,6 +97,11 @@ class Report:
     timing: dict[str, float]
     """``load_seconds``, ``forward_seconds``, ``stats_seconds``, ``tokens_per_second``."""
     shards: int
+    statistics: str
+    """How the statistics were accumulated: ``gram`` or ``qr``."""
+    warnings: tuple[str, ...] = ()
+    """Things the reader should know that are not check failures (for example
+    layers whose condition number limits PR's precision)."""
 
     @property
     def violations(self) -> tuple[CheckResult, ...]:
@@ -112,6 +121,8 @@ class Report:
                 value = [asdict(row) for row in value]
             elif f.name == "checks":
                 value = [_check_to_dict(c) for c in value]
+            elif f.name == "warnings":
+                value = list(value)
             out[f.name] = value
         out["violations"] = [
             {"layer": c.layer, "check": c.check, "value": c.value, "stderr": c.stderr,
@@ -133,6 +144,7 @@ class Report:
         kwargs["law"] = LawSummary(**data["law"])
         kwargs["layers"] = tuple(LayerRow(**row) for row in data["layers"])
         kwargs["checks"] = tuple(_check_from_dict(c) for c in data["checks"])
+        kwargs["warnings"] = tuple(data["warnings"])
         return cls(**kwargs)
 
 

@@ -27,6 +27,11 @@ def _num(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
 
 
+def _kappa(value: float) -> str:
+    return f"{value:.0f}" if math.isfinite(value) and value < 1e5 else (
+        f"{value:.1e}" if math.isfinite(value) else "inf")
+
+
 def _picture(rows: tuple[LayerRow, ...], row: LayerRow) -> str:
     """One line of the log10 PR picture: ``●`` the measured value, ``│`` the fitted
     line, on a common scale over the judged layers."""
@@ -60,9 +65,9 @@ def render(report: Report, console: Any) -> None:
         f"model {report.model['path']} ({report.model['architecture']}, "
         f"{report.model['layers']} layers, width {report.model['width']}, backend {report.backend})\n",
         f"measure {report.measure}, normalization {report.normalization}, target {report.target}; "
+        f"{report.statistics} statistics, {report.shards} jackknife shards\n",
         f"corpus {report.corpus['name']} sha256 {report.corpus['sha256'][:12]}…, "
-        f"{report.corpus['tokens']} tokens, {report.corpus['examples']} examples, "
-        f"{report.shards} jackknife shards\n",
+        f"{report.corpus['tokens']} tokens, {report.corpus['examples']} examples\n",
         f"Pearson r {_pm(law.pearson_r, law.pearson_r_se, 4)}   "
         f"ρ {_num(law.rho, 5)}" + (f" ± {law.rho_se:.5f}" if math.isfinite(law.rho_se) else "") + "   "
         f"PR_{law.first_layer} → PR_{report.model['layers']}: {_num(law.pr_first)} → {_num(law.pr_last)}   "
@@ -72,7 +77,7 @@ def render(report: Report, console: Any) -> None:
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column, justify in (("layer", "right"), ("PR", "right"), ("log10 PR", "right"),
                             ("fitted", "right"), ("deviation", "right"), ("step", "right"),
-                            ("status", "left"), ("log10 PR  ● measured  │ fit", "left")):
+                            ("κ", "right"), ("status", "left"), ("log10 PR  ● measured  │ fit", "left")):
         table.add_column(column, justify=justify, no_wrap=True)
     for row in report.layers:
         style = STATUS_STYLE.get(row.status, "")
@@ -83,6 +88,7 @@ def render(report: Report, console: Any) -> None:
             _num(row.fitted, 5),
             _pm(row.deviation, row.deviation_se),
             _pm(row.step, row.step_se),
+            _kappa(row.condition),
             Text(row.status, style=style),
             Text(_picture(report.layers, row), style=style),
             style="on grey15" if row.status == "violation" else None,
@@ -95,6 +101,8 @@ def render(report: Report, console: Any) -> None:
             tag = "expected" if check.expected else "VIOLATION"
             lines.append(f"{tag}: {check.message}\n", style="yellow" if check.expected else "red")
         parts.append(lines)
+    if report.warnings:
+        parts.append(Text("".join(f"warning: {w}\n" for w in report.warnings), style="magenta"))
     from rich.console import Group
 
     console.print(Panel(Group(*parts), title="equilaw", title_align="left", expand=False))
