@@ -600,8 +600,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "PR is exact to about κ² × 1e-16, where κ is the condition number of the centred, "
          "column-scaled features (reported per layer as `condition`; real models measured "
          "here: κ < 200, so about 1e-12). `qr`: streaming QR factors, exact to about "
-         "κ × 1e-16 (1e-8 up to κ = 1e6) at about 3× the cost of the updates and more for "
-         "the standard errors; for features whose κ nears 1e4 or more.",
+         "κ × 1e-16 (1e-8 up to κ = 1e6) at about 7× the statistics' time; for features "
+         "whose κ nears 1e4 or more.",
          "probe:\n  statistics: qr", _one_of(STATISTICS)),
     _key("measure", "string", _choice(MEASURES),
          "What each layer is scored by: `token_id`, the prediction residual of the next "

@@ -46,7 +46,8 @@ the feature scatter, chosen with ``method``:
     κ ≤ 1e3 to 1e4 depending on the measure).
 ``"qr"``
     Triangular QR factors of [1 | x−a | y−c], updated per batch by a Householder
-    QR of the factor stacked on the batch (about 3× the flops of the Gram update),
+    QR of the factor stacked on the batch (about 2.75× the flops of the Gram
+    update at a third of its speed: about 7× its time, bench/bench_engine.py),
     combined across shards and accumulators by stacking factors.  Leave-one-out
     factors come from prefix and suffix combinations (3 small factorisations per
     shard and layer) since factors cannot be subtracted.  Never forming the
@@ -148,9 +149,8 @@ class LayerStats:
     uncertainty off and costs the least memory).  ``shuffle_seed``: seed of the
     ``shuffled_token_id`` permutation.  ``method``: how the feature scatter is
     accumulated, ``"gram"`` (default: Gram matrices, fast, relative error about
-    κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 3× the cost of the
-    updates and more for the jackknife, relative error about κ × 1e-16); see the
-    module docstring.  Shapes (layers, d) come from the first :meth:`update`.
+    κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 7× the time, relative
+    error about κ × 1e-16); see the module docstring.  Shapes (layers, d) come from the first :meth:`update`.
     """
 
     def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0,

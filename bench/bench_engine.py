@@ -9,10 +9,15 @@ chunk by chunk from seeded generators, so both sides see identical values.
 
 * reference: keep every feature ([31, n, 576] float32), then sklearn
   ``LinearRegression`` per layer, PR = MSE / var(y) (the authors' code);
-* floor: the float64 Gram products alone (``xᵀx`` per layer and chunk), the
-  engine's lower bound;
-* engine: ``LayerStats(("token_id",), shards=S)`` fed chunk by chunk, then
-  ``residuals`` (and, for S > 1, ``stderr``, as the audit uses it).
+* floor: the Gram products alone (``xᵀx`` per layer and chunk, BLAS syrk), in
+  float64 as the engine forms them (its lower bound) and in float32 (the lower
+  bound of any Gram-based engine on float32 features: the reference's time over
+  it is the largest speed-up such an engine can reach on this machine);
+* engine: ``LayerStats(("token_id",), shards=S, method=M)`` fed chunk by chunk,
+  then ``residuals`` (and, for S > 1, ``stderr``, as the audit uses it), for
+  M = ``gram`` (the default) and ``qr``;
+* single layer: sklearn against a centred float64 Gram plus Cholesky on one
+  layer's 50,000 × 576 features, the comparison behind the issue's estimate.
 
 Each side runs in its own subprocess.  Time: wall time of the statistics work
 only (feature generation is excluded on both sides).  Memory: the subprocess's
@@ -102,13 +107,13 @@ def worker_reference(tokens: int) -> dict:
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": pr}
 
 
-def worker_engine(tokens: int, shards: int) -> dict:
+def worker_engine(tokens: int, shards: int, method: str = "gram") -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from audit.stats import LayerStats
 
     model = _model()
     base = _rss()
-    stats = LayerStats(("token_id",), shards=shards)
+    stats = LayerStats(("token_id",), shards=shards, method=method)
     seconds = 0.0
     chunks = _chunks(tokens)
     for index, n in chunks:
@@ -126,20 +131,56 @@ def worker_engine(tokens: int, shards: int) -> dict:
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": pr.tolist()}
 
 
-def worker_floor(tokens: int) -> dict:
-    """The engine's floor: the Gram products alone, per layer and batch (``xᵀx``,
-    BLAS syrk), in float64 as the engine forms them, on the same chunks."""
+def worker_floor(tokens: int, dtype: str = "float64") -> dict:
+    """A floor: the Gram products alone, per layer and batch (``xᵀx``, BLAS syrk),
+    in ``dtype`` (float64 as the engine forms them), on the same chunks."""
     model = _model()
     base = _rss()
     seconds = 0.0
     for index, n in _chunks(tokens):
         x, _ = chunk(model, index, n)
-        x = x.astype(np.float64)
+        x = x.astype(dtype)
         start = time.perf_counter()
         for layer in range(LAYERS):
             x[layer].T @ x[layer]
         seconds += time.perf_counter() - start
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": []}
+
+
+def worker_single_layer(tokens: int) -> dict:
+    """One layer (the last) of the same features: sklearn ``LinearRegression``
+    against a centred float64 Gram plus Cholesky, best of three each."""
+    from sklearn.linear_model import LinearRegression
+
+    model = _model()
+    x = np.empty((tokens, WIDTH), dtype=np.float32)
+    y = np.empty(tokens, dtype=np.int64)
+    for index, n in _chunks(tokens):
+        lo = index * CHUNK
+        xs, y[lo:lo + n] = chunk(model, index, n)
+        x[lo:lo + n] = xs[-1]
+    yf = y.astype(np.float64)
+
+    def sklearn() -> None:
+        LinearRegression().fit(x, yf)
+
+    def gram() -> None:
+        xc = x.astype(np.float64)
+        xc -= xc.mean(axis=0)
+        yc = yf - yf.mean()
+        np.linalg.cholesky(xc.T @ xc)
+        xc.T @ yc
+
+    times = {}
+    for name, fn in (("sklearn", sklearn), ("gram_cholesky", gram)):
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    return {"seconds": times["sklearn"], "seconds_gram": times["gram_cholesky"],
+            "peak_bytes": 0, "pr": []}
 
 
 def _run(*args: str, threads: int | None = None) -> dict:
@@ -165,9 +206,11 @@ def main() -> None:
         if kind == "reference":
             result = worker_reference(int(tokens))
         elif kind == "floor":
-            result = worker_floor(int(tokens))
+            result = worker_floor(int(tokens), *rest)
+        elif kind == "single":
+            result = worker_single_layer(int(tokens))
         else:
-            result = worker_engine(int(tokens), int(rest[0]))
+            result = worker_engine(int(tokens), int(rest[0]), *rest[1:])
         print(json.dumps(result))
         return
 
@@ -177,18 +220,26 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     ours1 = _run("engine", str(tokens), "1", threads=args.threads)
     ours10 = _run("engine", str(tokens), "10", threads=args.threads)
+    qr1 = _run("engine", str(tokens), "1", "qr", threads=args.threads)
+    qr10 = _run("engine", str(tokens), "10", "qr", threads=args.threads)
     ref = _run("reference", str(tokens), threads=args.threads)
     floor = _run("floor", str(tokens), threads=args.threads)
+    floor32 = _run("floor", str(tokens), "float32", threads=args.threads)
+    single = _run("single", str(tokens), threads=args.threads)
     load_after = os.getloadavg()[0]
     mib = 2.0**20
     rows = [("reference (sklearn, all features)", ref), ("engine, shards=1", ours1),
-            ("engine, shards=10 (+ stderr)", ours10)]
+            ("engine, shards=10 (+ stderr)", ours10), ("engine qr, shards=1", qr1),
+            ("engine qr, shards=10 (+ stderr)", qr10)]
     print(f"{'pipeline':36} {'seconds':>9} {'peak MiB':>10}")
     for name, r in rows:
         print(f"{name:36} {r['seconds']:9.2f} {r['peak_bytes'] / mib:10.1f}")
     ref_pr = np.array(ref["pr"])
-    diff = max(float(np.max(np.abs(np.array(o["pr"]) - ref_pr) / ref_pr))
-               for o in (ours1, ours10))
+
+    def rel_diff(*runs: dict) -> float:
+        return max(float(np.max(np.abs(np.array(o["pr"]) - ref_pr) / ref_pr)) for o in runs)
+
+    diff = rel_diff(ours1, ours10)
     figures = {
         "speedup": ref["seconds"] / ours1["seconds"],
         "speedup_default_shards": ref["seconds"] / ours10["seconds"],
@@ -201,6 +252,26 @@ def main() -> None:
         "seconds_shards_1": ours1["seconds"],
         "seconds_default_shards": ours10["seconds"],
         "seconds_gram_floor": floor["seconds"],
+        "seconds_gram_floor_float32": floor32["seconds"],
+        # The largest speed-up a Gram-based engine could reach here: the reference's
+        # time over the Gram products alone (float32 products are not accurate
+        # enough on real hidden states, see audit/stats.py; float64 is what we do).
+        "speedup_ceiling_float64": ref["seconds"] / floor["seconds"],
+        "speedup_ceiling_float32": ref["seconds"] / floor32["seconds"],
+        "qr": {
+            "speedup": ref["seconds"] / qr1["seconds"],
+            "speedup_default_shards": ref["seconds"] / qr10["seconds"],
+            "seconds_shards_1": qr1["seconds"],
+            "seconds_default_shards": qr10["seconds"],
+            "memory_mib_shards_1": qr1["peak_bytes"] / mib,
+            "memory_mib_default_shards": qr10["peak_bytes"] / mib,
+            "max_rel_diff": rel_diff(qr1, qr10),
+        },
+        "single_layer": {
+            "seconds_sklearn": single["seconds"],
+            "seconds_gram_cholesky": single["seconds_gram"],
+            "ratio": single["seconds"] / single["seconds_gram"],
+        },
         "tokens": tokens,
         "layers": LAYERS,
         "width": WIDTH,
@@ -214,6 +285,14 @@ def main() -> None:
         "time_method": "wall time of the statistics work; feature generation excluded",
     }
     print(f"{'float64 Gram products alone (floor)':36} {floor['seconds']:9.2f}")
+    print(f"{'float32 Gram products alone':36} {floor32['seconds']:9.2f}")
+    print(f"speed-up ceilings of a Gram engine: {figures['speedup_ceiling_float64']:.1f}× "
+          f"(float64), {figures['speedup_ceiling_float32']:.1f}× (float32)")
+    print(f"one layer: sklearn {single['seconds']:.2f} s, centred float64 Gram + Cholesky "
+          f"{single['seconds_gram']:.2f} s ({figures['single_layer']['ratio']:.1f}×)")
+    print(f"qr: speedup {figures['qr']['speedup']:.1f}× (shards=10: "
+          f"{figures['qr']['speedup_default_shards']:.1f}×), max relative PR difference "
+          f"{figures['qr']['max_rel_diff']:.2e}")
     print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after")
     print(f"speedup {figures['speedup']:.1f}× (shards=10: "
           f"{figures['speedup_default_shards']:.1f}×), memory ratio "
