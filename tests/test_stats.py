@@ -102,14 +102,19 @@ def exact_reference(measure: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -
     for ``separation`` the between-class scatter must be invertible (k − 1 ≥ d)."""
     import mpmath
 
+    def centred(a: np.ndarray):
+        """``a`` [n, m] as an mpmath matrix with each column's mean subtracted."""
+        A = mpmath.matrix(a.tolist())
+        rows, cols = A.rows, A.cols
+        mean = [mpmath.fsum(A[i, j] for i in range(rows)) / rows for j in range(cols)]
+        for i in range(rows):
+            for j in range(cols):
+                A[i, j] -= mean[j]
+        return A
+
     with mpmath.workdps(50):
         n, d = x.shape
-        X = mpmath.matrix(x.tolist())
-        mu = [mpmath.fsum(X[i, j] for i in range(n)) / n for j in range(d)]
-        Xc = mpmath.matrix(n, d)
-        for i in range(n):
-            for j in range(d):
-                Xc[i, j] = X[i, j] - mu[j]
+        Xc = centred(x)
         S = Xc.T * Xc
         ids = np.unique(y)
         if measure == "separation":
@@ -127,13 +132,8 @@ def exact_reference(measure: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -
             T = shuffled_targets(y, seed)[:, None]
         else:
             T = y.astype(np.float64)[:, None]
-        T = mpmath.matrix(T.tolist())
-        m = T.cols
-        tbar = [mpmath.fsum(T[i, j] for i in range(n)) / n for j in range(m)]
-        Tc = mpmath.matrix(n, m)
-        for i in range(n):
-            for j in range(m):
-                Tc[i, j] = T[i, j] - tbar[j]
+        Tc = centred(T)
+        m = Tc.cols
         B = Xc.T * Tc
         sst = mpmath.fsum(Tc[i, j] ** 2 for i in range(n) for j in range(m))
         W = mpmath.inverse(S) * B
