@@ -174,6 +174,7 @@ class LayerStats:
         self._method = str(method)
         self._qr = self._method == "qr"
         self._spectra_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._factor_cache: dict[int, np.ndarray] = {}  # qr: all shards' factor per layer
         self._token = "token_id" in self._measures
         self._classed = bool(_CLASS_MEASURES & set(self._measures))
         self._n = np.zeros(self._shards, dtype=np.int64)
@@ -392,6 +393,7 @@ class LayerStats:
             self._ymax[s] = max(self._ymax[s], int(y.max()))
         self._n[s] += n
         self._spectra_cache = None
+        self._factor_cache = {}
 
     # ---------------------------------------------------------------------- merge
     def merge(self, other: "LayerStats") -> "LayerStats":
@@ -548,7 +550,9 @@ class LayerStats:
         if not self._qr:
             m.sxx = self._sxx[:, layer].sum(axis=0)
         elif factor:
-            m.r = _stack_factor(*self._r[full, layer])
+            if layer not in self._factor_cache:  # residuals, rank and condition share it
+                self._factor_cache[layer] = _stack_factor(*self._r[full, layer])
+            m.r = self._factor_cache[layer]
         if self._token:
             m.sy, m.syy = self._sy.sum(), self._syy.sum()
             if not self._qr:
@@ -722,9 +726,10 @@ def _col_sq(A: np.ndarray) -> np.ndarray:
 
 def _stack_factor(*factors: np.ndarray) -> np.ndarray:
     """Triangular factor R [p, p] of the rows of ``factors`` stacked (RᵀR = Σ FᵢᵀFᵢ):
-    how QR factors of disjoint sets of examples combine."""
+    how QR factors of disjoint sets of examples combine.  A single factor comes
+    back as it is (not copied: results never write into factors)."""
     if len(factors) == 1:
-        return factors[0].copy()
+        return factors[0]
     return np.linalg.qr(np.concatenate(factors), mode="r")
 
 

@@ -312,6 +312,26 @@ def test_rank_and_condition_of_full_rank_features(method):
     assert want[1] > 1e3
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_results_follow_later_updates(method):
+    """Results asked for between updates (cached per accumulator) follow the data:
+    a first batch narrower than the features (rank 5 of 8), then the rest."""
+    rng = np.random.default_rng(8)
+    x, y = make_data(rng, 2, 60, 8, 4)
+    stats = LayerStats(("token_id",), shards=2, method=method)
+    stats.update(x[:, :6], y[:6], shard=0)
+    assert stats.rank().tolist() == [5, 5] and np.isinf(stats.condition()).all()
+    early = stats.residuals("token_id")
+    stats.update(x[:, 6:], y[6:], shard=1)
+    fresh = LayerStats(("token_id",), shards=2, method=method)
+    fresh.update(x, y)
+    assert stats.rank().tolist() == [8, 8]
+    np.testing.assert_allclose(stats.condition(), fresh.condition(), rtol=1e-9)
+    np.testing.assert_allclose(stats.residuals("token_id"), fresh.residuals("token_id"),
+                               rtol=1e-10)
+    assert not np.allclose(early, stats.residuals("token_id"))
+
+
 # ------------------------------------------------------------------ jackknife
 @pytest.mark.parametrize("method", METHODS)
 def test_stderr_equals_brute_force_jackknife(method):
