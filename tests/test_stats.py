@@ -215,10 +215,11 @@ def ill_conditioned(rng, n, d, k, log_kappa, mean=0.0, outlier=False):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), d=st.integers(2, 5), log_kappa=st.floats(1.0, 6.0),
-       mean=st.sampled_from([0.0, 1e3]), outlier=st.booleans(), shards=st.integers(1, 3),
-       method=st.sampled_from(METHODS))
-def test_ill_conditioned_equals_exact(seed, d, log_kappa, mean, outlier, shards, method):
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1), d=st.integers(2, 5),
+       log_kappa=st.floats(1.0, 6.0), mean=st.sampled_from([0.0, 1e3]), outlier=st.booleans(),
+       shards=st.integers(1, 3), split=st.booleans(), method=st.sampled_from(METHODS))
+def test_ill_conditioned_equals_exact(data, seed, d, log_kappa, mean, outlier, shards, split,
+                                      method):
     """Up to κ = 1e6 (centred, column-scaled), ``"qr"`` is within 1e-8 of the exact
     value for every measure, with large means and an outlier column; ``"gram"``
     within its κ² tolerance.  Separation's κ is the larger of the features' and the
@@ -228,9 +229,14 @@ def test_ill_conditioned_equals_exact(seed, d, log_kappa, mean, outlier, shards,
     rng = np.random.default_rng(seed)
     n, k = int(rng.integers(40, 90)), d + 3  # k − 1 ≥ d: SS_b invertible
     x, y = ill_conditioned(rng, n, d, k, log_kappa, mean, outlier)
-    stats = LayerStats(ALL, shards=shards, shuffle_seed=3, method=method)
-    for i, lo in enumerate(range(0, n, 25)):
-        stats.update(x[None, lo:lo + 25], y[lo:lo + 25], shard=i % shards)
+    cuts = sorted(data.draw(st.lists(st.integers(1, n - 1), max_size=5, unique=True), "cuts"))
+    nb = len(cuts) + 1
+    where = data.draw(st.lists(st.integers(0, shards - 1), min_size=nb, max_size=nb), "shards")
+    order = data.draw(st.permutations(range(nb)), "order")
+    half = nb // 2 if split else nb  # split: two accumulators merged
+    parts = [feed(LayerStats(ALL, shards=shards, shuffle_seed=3, method=method),
+                  x[None], y, cuts, where, part) for part in (order[:half], order[half:])]
+    stats = parts[0] + parts[1]
     kappa = scaled_condition(x)
     for measure in ALL:
         want = exact_reference(measure, x, y, seed=3)
@@ -568,7 +574,8 @@ def _raises(message, fn, *args, **kwargs):
     return err.value
 
 
-def test_errors():
+@pytest.mark.parametrize("method", METHODS)
+def test_errors(method):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 8, 4))
     y = np.arange(8)
@@ -576,7 +583,7 @@ def test_errors():
             "separation", LayerStats, ("onehot",))
     _raises("shards must be a positive integer, got 0", LayerStats, shards=0)
     _raises("unknown method 'svd'; valid methods: gram, qr", LayerStats, method="svd")
-    stats = LayerStats(("token_id",), shards=2)
+    stats = LayerStats(("token_id",), shards=2, method=method)
     _raises("no examples: call update() before asking for results", stats.residuals, "token_id")
     _raises("no examples: call update() before asking for results", stats.stderr, "token_id")
     bad = x.copy()
@@ -588,6 +595,7 @@ def test_errors():
     _raises("layer 2: features contain NaN or infinite values", stats.update, bad, y)
     assert stats.count == 0  # rejected batches leave no trace
     stats.update(x, y)
+    before = stats.to_arrays()
     _raises("features have 2 layers, but earlier batches had 3", stats.update, x[:2], y)
     _raises("features have width 3, but earlier batches had width 4", stats.update,
             x[:, :, :3], y)
@@ -606,6 +614,8 @@ def test_errors():
     _raises("unknown measure 'tokens'; valid measures: token_id, shuffled_token_id, one_hot, "
             "separation", stats.residuals, "tokens")
     assert stats.count == 8
+    for key, value in stats.to_arrays().items():  # rejected batches leave no trace
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 @pytest.mark.parametrize("method", METHODS)
