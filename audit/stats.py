@@ -150,7 +150,8 @@ class LayerStats:
     ``shuffled_token_id`` permutation.  ``method``: how the feature scatter is
     accumulated, ``"gram"`` (default: Gram matrices, fast, relative error about
     κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 7× the time, relative
-    error about κ × 1e-16); see the module docstring.  Shapes (layers, d) come from the first :meth:`update`.
+    error about κ × 1e-16); see the module docstring.  Shapes (layers, d) come
+    from the first :meth:`update`.
     """
 
     def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0,
@@ -439,7 +440,8 @@ class LayerStats:
             if self._token:
                 rb[:, :, 0, d + 1] += rb[:, :, 0, 0] * eps_y
             for s, layer in np.ndindex(*rb.shape[:2]):
-                out._r[s, layer] = _stack_factor(out._r[s, layer], rb[s, layer])
+                if other._n[s]:  # an empty shard's factor is zero
+                    out._r[s, layer] = _stack_factor(out._r[s, layer], rb[s, layer])
         else:
             out._sxx += (other._sxx
                          + sx_b[..., :, None] * delta[..., None, :]
