@@ -43,7 +43,7 @@ the feature scatter, chosen with ``method``:
     relative eigenvalue cutoff ``max(d, 32) × eps``) when the scatter is singular.
     A Gram matrix squares the condition number κ of the centred, column-scaled
     features: PR matches ``lstsq`` to about κ² × 1e-16 relative (≤ 1e-8 for
-    κ ≤ 1e3 to 1e4 depending on the measure).
+    κ ≤ 1e3; tests/test_stats.py asserts it).
 ``"qr"``
     Triangular QR factors of [1 | x−a | y−c], updated per batch by a Householder
     QR of the factor stacked on the batch (about 2.75× the flops of the Gram
@@ -55,8 +55,8 @@ the feature scatter, chosen with ``method``:
     cutoff: singular values at or below ``max(d, 32) × eps × s_max``, as lstsq.
 
 :meth:`LayerStats.condition` measures κ per layer.  Hidden states of real models
-are well conditioned (SmolLM2-135M: κ 21–184 per layer after init-norm;
-Gemma-3-270M: 32–168), where ``"gram"`` is accurate to about 1e-12; ``"qr"`` is
+are well conditioned (after init-norm, κ ≤ 184 on every layer of SmolLM2-135M
+and ≤ 168 on Gemma-3-270M: bench/bench_audit.py), where ``"gram"`` is accurate to about 1e-12; ``"qr"`` is
 for features whose κ nears 1e4 or more.
 
 Precision of float32 features.  They are exact in float64, and both methods
@@ -771,9 +771,8 @@ def _value(measure: str, mom: _Moments, rcond: float, eps: float,
     if V is None:
         return float("nan")
     if measure == "separation":
-        # D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel)
-        Vw = V / np.sqrt(mom.nc[mom.nc > 0])[:, None]
-        B = Vw.T @ Vw  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
+        # D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel); V is weighted here
+        B = V.T @ V  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
         return linalg.trace_pinv(S - B, B, live, rcond)
     B, sst = targets
     return linalg.residual_fraction(S, B, sst, live, rcond)
@@ -798,8 +797,7 @@ def _value_qr(measure: str, mom: _Moments, rcond: float, eps: float,
         return float("nan")
     Fx = F[:d, :d]
     if measure == "separation":
-        Vw = V / np.sqrt(mom.nc[mom.nc > 0])[:, None]
-        return linalg.trace_pinv_factor(Fx, Vw, live, rcond)
+        return linalg.trace_pinv_factor(Fx, V, live, rcond)
     if not cols.size:
         return 1.0
     if cols.size < d:
@@ -811,8 +809,9 @@ def _value_qr(measure: str, mom: _Moments, rcond: float, eps: float,
 def _class_targets(measure: str, mom: _Moments, m: np.ndarray, mapping: np.ndarray | None):
     """For the class-based measures: V = Σ_{y=c}(x − μ) [k, d] over the classes
     present, and (for the regressions) the centred cross-products B [d, outputs]
-    with the targets' total sum of squares.  (None, None) when fewer than two
-    classes are present."""
+    with the targets' total sum of squares.  For ``separation`` V comes
+    class-size weighted, V_c / √n_c = √n_c (μ_c − μ), so that VᵀV = n·SS_b.
+    (None, None) when fewer than two classes are present."""
     n = mom.n
     nc, sc = mom.nc, mom.sc
     present = nc > 0
@@ -826,7 +825,7 @@ def _class_targets(measure: str, mom: _Moments, m: np.ndarray, mapping: np.ndarr
         return V, ((V.T @ t)[:, None], float(nc @ (t * t)))
     if measure == "one_hot":
         return V, (V.T, (n * n - float(nc @ nc)) / n)  # integer arithmetic until the division
-    return V, None
+    return V / np.sqrt(nc)[:, None], None
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
