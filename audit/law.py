@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.errors import StatsError
+from audit.jackknife import jackknife_se
 
 _SCALARS = ("slope", "intercept", "pearson_r", "r_squared", "rho", "mean_step")
 _ARRAYS = ("pr", "log10_pr", "fitted", "deviation", "step")
@@ -149,7 +150,7 @@ def fit_law(values, first_layer: int = 1, leave_one_out=None) -> LawFit:
     shards = 0 if loo is None else loo.shape[0]
     if shards >= 2:
         curves = [_fit_curve(row, first_layer) for row in loo]
-        se = {key: _jackknife_se(np.array([c[key] for c in curves])) for key in point}
+        se = {key: jackknife_se(np.array([c[key] for c in curves])) for key in point}
     else:
         se = {key: np.full_like(np.asarray(val, dtype=np.float64), np.nan) for key, val in point.items()}
 
@@ -200,14 +201,6 @@ def _fit_curve(pr: np.ndarray, first: int) -> dict[str, np.ndarray | float]:
         "pr": pr.copy(), "log10_pr": log10_pr, "fitted": fitted, "deviation": deviation,
         "step": step,
     }
-
-
-def _jackknife_se(estimates: np.ndarray) -> np.ndarray:
-    """Jackknife standard error over axis 0 of g leave-one-out estimates:
-    sqrt((g - 1)/g · Σ (θ_i - θ̄)²).  NaN wherever any estimate is NaN."""
-    g = estimates.shape[0]
-    centred = estimates - estimates.mean(axis=0)
-    return np.sqrt((g - 1) / g * np.sum(centred * centred, axis=0))
 
 
 def _frozen(array) -> np.ndarray:

@@ -77,6 +77,7 @@ import numpy as np
 
 from audit.errors import StatsError
 from audit.internal import linalg
+from audit.jackknife import jackknife_se
 
 MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
 METHODS = ("gram", "qr")
@@ -518,6 +519,13 @@ class LayerStats:
                 raise StatsError(_ONE_TARGET)
         return out
 
+    @property
+    def filled_shards(self) -> tuple[int, ...]:
+        """Ids of the shards holding examples, in order: the rows of
+        :meth:`leave_one_out` (empty when fewer than two shards hold examples)."""
+        parts = np.flatnonzero(self._n)
+        return tuple(int(p) for p in parts) if parts.size >= 2 else ()
+
     def leave_one_out(self, measure: str) -> np.ndarray:
         """The measure with each non-empty shard left out, float64 [g, layers]
         (g = number of shards holding examples; g = 0 when fewer than two do).
@@ -541,7 +549,7 @@ class LayerStats:
         if loo.shape[0] < 2:
             nan = np.full(self._layers, np.nan)
             return StdErr(pr=nan, log10_pr=nan.copy())
-        return StdErr(pr=_jackknife(loo), log10_pr=_jackknife(_log10(loo)))
+        return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(_log10(loo)))
 
     def _moments_total(self, layer: int, order: np.ndarray | None,
                        factor: bool = True) -> _Moments:
@@ -831,12 +839,3 @@ def _class_targets(measure: str, mom: _Moments, m: np.ndarray, mapping: np.ndarr
 def _log10(values: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
-
-
-def _jackknife(loo: np.ndarray) -> np.ndarray:
-    """Jackknife standard error from leave-one-out values [g, layers]."""
-    g = loo.shape[0]
-    if g < 2:
-        return np.full(loo.shape[1], np.nan)
-    dev = loo - loo.mean(axis=0)
-    return np.sqrt((g - 1) / g * np.sum(dev * dev, axis=0))
