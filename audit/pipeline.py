@@ -1,15 +1,20 @@
-"""Run one spec end to end, without pytest: spec → corpus → backend → statistics →
-law fit → checks → :class:`~audit.report.data.Report`.
+"""Run one spec end to end, without pytest, in two halves:
 
-The pytest plugin, the renderers and later work (mutants, merge gates) all call
-:func:`run`.
+- :func:`collect`: spec → corpus → backend → statistics and probe loss, as a
+  :class:`Measurement` (what was measured and on which windows);
+- :func:`judge`: measurement → law fit → checks → :class:`~audit.report.data.Report`.
+
+:func:`run` is both.  Comparisons (baselines, merges) judge two measurements'
+reports against each other and never re-run a model (``audit.compare``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,8 +24,9 @@ from audit.checks import evaluate
 from audit.corpus import load_corpus, token_windows, tokenize_corpus
 from audit.law import LawFit, fit_law
 from audit.norms import NormInfo, apply_normalization
-from audit.report.data import LawSummary, LayerRow, Report
-from audit.spec import Spec
+from audit.report.data import LawSummary, LayerRow, LossSummary, Report
+from audit.jackknife import jackknife_se
+from audit.spec import Spec, check_against_model
 from audit.stats import LayerStats
 
 # Where the target sits relative to the position whose features are used.
@@ -46,19 +52,75 @@ def example_positions(length: int, target: str) -> tuple[np.ndarray, np.ndarray]
     return j, j + offset
 
 
+@dataclass(frozen=True, eq=False)
+class ProbeLoss:
+    """The model's own next-token cross-entropy on the probe windows."""
+
+    mean: float
+    """Mean nats per predicted token (every position but each window's last)."""
+    stderr: float
+    """Jackknife standard error over the shards (NaN with one shard)."""
+    leave_one_out: tuple[float, ...]
+    """The mean with each shard of ``shard_ids`` left out."""
+    tokens: int
+    """Predicted tokens the mean is over."""
+
+
+@dataclass(frozen=True, eq=False)
+class Measurement:
+    """What :func:`collect` measured on one checkpoint: the statistics and a record
+    of the probe, enough to judge the law (:func:`judge`) or compare it with another
+    measurement without running the model again."""
+
+    spec: Spec
+    stats: LayerStats
+    pr: np.ndarray
+    """The measure per hidden state, float64 [L+1]."""
+    leave_one_out: np.ndarray | None
+    """The measure with each shard of ``shard_ids`` left out, [g, L+1]; None with one shard."""
+    shard_ids: tuple[int, ...]
+    ranks: np.ndarray
+    conditions: np.ndarray
+    loss: ProbeLoss | None
+    loss_note: str | None
+    """Why there is no loss (switched off, or no head); None when there is one."""
+    model: dict[str, Any]
+    corpus: dict[str, Any]
+    probe: dict[str, Any]
+    """``windows_sha256`` (the token windows fed to the model) and ``tokenizer``."""
+    versions: dict[str, str]
+    timing: dict[str, float]
+
+
 def run(spec: Spec, model: Any = None, progress: Progress | None = None,
         backend: Any = None) -> Report:
-    """Audit ``spec`` and return its report.
+    """Audit ``spec`` and return its report: :func:`judge` of :func:`collect`.
 
     ``model`` may be an already loaded torch model (the tokenizer still comes from
     ``spec.model.path``); ``backend`` an already opened backend (it wins over
     ``model``).  Raises :class:`~audit.errors.EquilawError` subclasses on bad input.
     """
+    return judge(collect(spec, model=model, progress=progress, backend=backend))
+
+
+def windows_sha256(windows: np.ndarray) -> str:
+    """sha256 of the token windows as little-endian int64, with their shape."""
+    digest = hashlib.sha256(f"{windows.shape}".encode())
+    digest.update(np.ascontiguousarray(windows, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
+            backend: Any = None) -> Measurement:
+    """Run the model over the probe windows and accumulate the statistics (and the
+    probe loss).  Spec rules that need the model's depth are checked before any
+    weight is loaded."""
     if backend is None:
         from audit.backends import open_backend
 
         backend = open_backend(spec, model=model)
     info = backend.info()
+    check_against_model(spec, info.num_layers)
     norm = _norm_info(spec, info)
 
     corpus = load_corpus(spec.probe.corpus)
@@ -75,31 +137,39 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     t_load = time.perf_counter()
     backend.load()
     load_seconds = time.perf_counter() - t_load
+    want_loss = spec.probe.loss and backend.head_note is None
+    loss_sum = np.zeros(spec.probe.shards)      # nats per shard
+    loss_count = np.zeros(spec.probe.shards)    # predicted tokens per shard
 
     # Whole sequences per jackknife shard, in contiguous blocks of windows: a batch
     # then meets at most two shards (one large Gram update each, not one per
     # sequence), and neighbouring windows, which share text, share a shard.
     shard_of_sequence = np.arange(len(windows)) * spec.probe.shards // len(windows)
-    forward_seconds = stats_seconds = 0.0
+    forward_seconds = stats_seconds = loss_seconds = 0.0
     if progress is not None:
         progress.start(spec.name, windows.size)
     try:
         for start in range(0, len(windows), spec.probe.batch_size):
             ids = windows[start:start + spec.probe.batch_size]           # [b, t]
             t0 = time.perf_counter()
-            hidden = backend.hidden_states(ids)                            # [L+1, b, t, d]
+            out = backend.forward(ids, loss=want_loss)
+            hidden = out.hidden                                            # [L+1, b, t, d]
             t1 = time.perf_counter()
             in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
             hidden = apply_normalization(spec.normalization, hidden, norm, out=in_place)
             feats = hidden[:, :, features_at, :]                           # [L+1, b, m, d]
             targets = ids[:, targets_at]                                   # [b, m]
             shard_of = shard_of_sequence[start:start + len(ids)]
+            if out.token_nll is not None:                                  # [b, t-1]
+                np.add.at(loss_sum, shard_of, out.token_nll.sum(axis=1))
+                np.add.at(loss_count, shard_of, out.token_nll.shape[1])
             for shard in np.unique(shard_of):
                 rows = np.flatnonzero(shard_of == shard)                   # contiguous
                 block = slice(int(rows[0]), int(rows[-1]) + 1)
                 stats.update(feats[:, block], targets[block], shard=int(shard))
             stats_seconds += time.perf_counter() - t1
-            forward_seconds += t1 - t0
+            forward_seconds += t1 - t0 - out.loss_seconds
+            loss_seconds += out.loss_seconds
             if progress is not None:
                 progress.advance(ids.size)
     finally:
@@ -108,24 +178,52 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
 
     t_fit = time.perf_counter()
     pr = stats.residuals(spec.measure)
-    loo = stats.leave_one_out(spec.measure) if spec.probe.shards > 1 else None
-    fit = fit_law(pr, first_layer=1, leave_one_out=loo)
+    shard_ids = stats.filled_shards
+    loo = stats.leave_one_out(spec.measure) if shard_ids else None
     ranks, conditions = stats.rank(), stats.condition()
     stats_seconds += time.perf_counter() - t_fit
-    return build_report(
-        spec, fit, ranks=ranks, conditions=conditions,
+    if want_loss:
+        loss, loss_note = _probe_loss(loss_sum, loss_count, shard_ids), None
+    else:
+        loss = None
+        loss_note = "switched off (probe.loss: false)" if not spec.probe.loss else backend.head_note
+    timing = {"load_seconds": load_seconds, "forward_seconds": forward_seconds,
+              "stats_seconds": stats_seconds, "loss_seconds": loss_seconds,
+              "tokens_per_second": windows.size / forward_seconds if forward_seconds else float("nan")}
+    return Measurement(
+        spec=spec, stats=stats, pr=pr, leave_one_out=loo, shard_ids=shard_ids,
+        ranks=ranks, conditions=conditions, loss=loss, loss_note=loss_note,
         model={"path": spec.model.path, "resolved_path": str(info.path),
                "sha256": backend.weights_sha256(), "architecture": info.architecture,
                "layers": info.num_layers, "width": info.width},
         corpus={"name": corpus.name, "sha256": corpus.sha256, "tokens": int(windows.size),
                 "stream_tokens": int(stream.size), "examples": int(stats.count),
                 "sequences": spec.probe.sequences, "length": spec.probe.length},
+        probe={"windows_sha256": windows_sha256(windows), "tokenizer": backend.tokenizer_info()},
         versions={"python": platform.python_version(), "numpy": np.__version__,
                   "equilaw": __version__, **backend.versions()},
-        timing={"load_seconds": load_seconds, "forward_seconds": forward_seconds,
-                "stats_seconds": stats_seconds,
-                "tokens_per_second": windows.size / forward_seconds if forward_seconds else float("nan")},
+        timing=timing,
     )
+
+
+def _probe_loss(total: np.ndarray, count: np.ndarray, shard_ids: tuple[int, ...]) -> ProbeLoss:
+    """Mean nats per token and its jackknife over the filled shards."""
+    n = float(count.sum())
+    loo = tuple(float((total.sum() - total[i]) / (n - count[i])) for i in shard_ids)
+    se = jackknife_se(np.array(loo)) if len(loo) >= 2 else math.nan
+    return ProbeLoss(mean=float(total.sum() / n), stderr=float(se), leave_one_out=loo,
+                     tokens=int(n))
+
+
+def judge(measurement: Measurement) -> Report:
+    """Fit the law to a measurement and judge it against its spec's ``law``
+    thresholds (comparisons with a baseline or parents come on top: ``audit.compare``)."""
+    m = measurement
+    fit = fit_law(m.pr, first_layer=1, leave_one_out=m.leave_one_out)
+    return build_report(
+        m.spec, fit, ranks=m.ranks, conditions=m.conditions, model=m.model, corpus=m.corpus,
+        versions=m.versions, timing=m.timing, probe=m.probe, loss=m.loss, loss_note=m.loss_note,
+        shard_ids=m.shard_ids, leave_one_out=m.leave_one_out)
 
 
 # Relative precision of PR above which a layer's condition number earns a warning.
@@ -136,12 +234,18 @@ _PRECISION_POWER = {"gram": 2, "qr": 1}
 
 def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.ndarray,
                  model: dict[str, Any], corpus: dict[str, Any], versions: dict[str, str],
-                 timing: dict[str, float]) -> Report:
+                 timing: dict[str, float], probe: dict[str, Any] | None = None,
+                 loss: ProbeLoss | None = None, loss_note: str | None = None,
+                 shard_ids: tuple[int, ...] = (),
+                 leave_one_out: np.ndarray | None = None) -> Report:
     """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
     and ``conditions`` float [L+1] are the features' rank and condition number per
-    layer, the dicts are stored as the report's fields of the same names.
-    :func:`run` ends here; tests build reports from synthetic fits."""
+    layer, ``leave_one_out`` [g, L+1] the PR curves with each of ``shard_ids`` left
+    out; the dicts are stored as the report's fields of the same names.
+    :func:`judge` ends here; tests build reports from synthetic fits."""
     verdict = evaluate(fit, spec.law)
+    loo_log10 = (np.full((0, len(fit.pr)), np.nan) if leave_one_out is None
+                 else _log10(np.asarray(leave_one_out, dtype=np.float64)))
     return Report(
         name=spec.name,
         spec=_spec_dict(spec),
@@ -154,14 +258,26 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
         seeds={"probe": spec.probe.seed, "shuffle": spec.probe.seed},
         versions=versions,
         law=_law_summary(fit),
-        layers=_layer_rows(fit, ranks, conditions, verdict),
+        layers=_layer_rows(fit, ranks, conditions, verdict, loo_log10),
         checks=verdict.results,
         verdict="pass" if verdict.passed else "fail",
         timing=timing,
         shards=spec.probe.shards,
         statistics=spec.probe.statistics,
         warnings=_numeric_warnings(spec, ranks, conditions, model.get("width")),
+        probe=dict(probe or {}),
+        loss=None if loss is None else LossSummary(
+            mean=loss.mean, stderr=loss.stderr, leave_one_out=loss.leave_one_out, tokens=loss.tokens),
+        loss_note=loss_note,
+        shard_ids=tuple(int(i) for i in shard_ids),
     )
+
+
+def _log10(values: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(values)
+    out[~np.isfinite(out)] = np.nan
+    return out
 
 
 def _numeric_warnings(spec: Spec, ranks: np.ndarray, conditions: np.ndarray,
@@ -204,7 +320,7 @@ def _law_summary(fit: LawFit) -> LawSummary:
 
 
 def _layer_rows(fit: LawFit, ranks: np.ndarray, conditions: np.ndarray,
-                verdict) -> tuple[LayerRow, ...]:
+                verdict, loo_log10: np.ndarray) -> tuple[LayerRow, ...]:
     rows = []
     for layer in range(len(fit.pr)):
         status = "unjudged" if layer < fit.first_layer else verdict.layer_status(layer)
@@ -215,12 +331,19 @@ def _layer_rows(fit: LawFit, ranks: np.ndarray, conditions: np.ndarray,
             deviation=float(fit.deviation[layer]), deviation_se=float(fit.deviation_se[layer]),
             step=float(fit.step[layer]), step_se=float(fit.step_se[layer]),
             rank=int(ranks[layer]), condition=float(conditions[layer]), status=status,
+            log10_pr_loo=tuple(float(v) for v in loo_log10[:, layer]),
         ))
     return tuple(rows)
 
 
 def _spec_dict(spec: Spec) -> dict[str, Any]:
     data = asdict(spec)
+    data.pop("lines", None)
+    if data.get("merge") is not None:
+        merge = data["merge"]
+        merge["parents"] = {label: path for label, path in merge["parents"]}
+        if merge["layer_map"] is not None:
+            merge["layer_map"] = list(merge["layer_map"])
     if data["law"]["rho"] is not None:
         data["law"]["rho"] = list(data["law"]["rho"])
     data["law"]["expected_deviations"] = list(data["law"]["expected_deviations"])

@@ -54,6 +54,10 @@ class ModelSpec:
     """``float32``, ``bfloat16`` or ``float16``: the dtype the model runs in."""
     trust_remote_code: bool = False
     """Passed to transformers only when true here."""
+    tokenizer: str | None = None
+    """Where the tokenizer comes from when not from ``path`` (same forms as
+    ``path``): lets a quantised GGUF and its safetensors original read the same
+    windows."""
     norm: NormOverride | None = None
     """Overrides the final-norm description for ``init_norm``."""
 
@@ -77,6 +81,8 @@ class ProbeSpec:
     statistics: str = "gram"
     """How the per-layer statistics are accumulated (``LayerStats(method=...)``):
     ``gram`` or ``qr``."""
+    loss: bool = True
+    """Also measure the model's own next-token cross-entropy on the windows."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,42 @@ class LawSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSpec:
+    """Tolerances of a comparison with a baseline, also used against a merge's
+    parents.  ``None`` switches a check off.  The defaults pass healthy siblings
+    (per-layer drift < 0.0005, loss ± 0.002 nats) and fail the damages measured on
+    SmolLM2 (README, "Baselines")."""
+
+    max_pearson_r_increase: float | None = 0.02
+    """Pearson r may rise (weaken) by at most this."""
+    max_rho_increase: float | None = 0.0005
+    """ρ may move towards 1 (rise) by at most this."""
+    max_loss_increase: float | None = 0.05
+    """The probe loss may rise by at most this many nats per token."""
+    max_drift: float | None = 0.0015
+    """Per layer: |drift| of log10 PR beyond this is an effect (and sets
+    ``first_moved_layer``)."""
+    max_drift_sigma: float | None = 4.0
+    """Per layer: |drift| / its paired standard error beyond this is significant;
+    a layer fails when both thresholds that are set are exceeded."""
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """A merged checkpoint's parents and where its layers came from."""
+
+    parents: tuple[tuple[str, str], ...]
+    """(label, checkpoint path) pairs, in file order; labels as the merge config
+    spells the models, or any label."""
+    config: str | None = None
+    """A mergekit configuration (YAML); None reads ``mergekit_config.yml`` from the
+    merged checkpoint's folder when there is one."""
+    layer_map: tuple[Any, ...] | None = None
+    """Instead of ``config``: per merged layer 1..L, ``{parent, layer}`` or a list
+    of them (validated against the parents' depths when they are opened)."""
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     """[a-z0-9._-]+; test ids and report file names derive from it."""
@@ -108,8 +150,17 @@ class Spec:
     normalization: str = "init_norm"
     target: str = "next"
     law: LawSpec = field(default_factory=LawSpec)
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    merge: MergeSpec | None = None
     source: str | None = None
     """The file the spec was loaded from, or None for a spec built in code."""
+    lines: Mapping[str, int | None] = field(default_factory=dict, repr=False, compare=False)
+    """Dotted key -> line in ``source`` where it was given (for errors found later,
+    when the model is known)."""
+
+    def error(self, field: str, message: str) -> SpecError:
+        """A :class:`SpecError` naming this spec's file, the field's line and the field."""
+        return SpecError(message, file=self.source, line=self.lines.get(field), field=field)
 
 
 # ---------------------------------------------------------------------------
@@ -125,10 +176,11 @@ DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
 
 _SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormOverride, "probe": ProbeSpec, "law": LawSpec,
+    "baseline": BaselineSpec, "merge": MergeSpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
 mapping are that dataclass's fields (less ``_INTERNAL_FIELDS``)."""
-_INTERNAL_FIELDS = frozenset({"source"})
+_INTERNAL_FIELDS = frozenset({"source", "lines"})
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -306,6 +358,31 @@ def _layers(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[in
     return tuple(value)
 
 
+def _parents(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ctx.error(field, line, f"expected a mapping of parent label -> checkpoint path, "
+                                     f"got {_describe(value) if value != {} else 'an empty mapping'}")
+    lines = getattr(value, "value_lines", {})
+    out = []
+    for label, path in value.items():
+        if not isinstance(label, str) or not label.strip():
+            raise ctx.error(field, line, f"parent labels must be strings, got {_describe(label)}")
+        out.append((label, _model_path(path, f"{field}.{label}", lines.get(label, line), ctx)))
+    return tuple(out)
+
+
+def _path(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    return _resolve(_string(value, field, line, ctx), ctx)
+
+
+def _layer_map(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[Any, ...]:
+    if not isinstance(value, list) or not value:
+        raise ctx.error(field, line, "expected a list with one entry per merged layer 1..L "
+                                     f"({{parent: LABEL, layer: K}} or a list of them), got "
+                                     f"{_describe(value) if value != [] else 'an empty list'}")
+    return tuple(value)
+
+
 def _item_line(items: Any, index: int, default: int | None) -> int | None:
     lines = getattr(items, "item_lines", None)
     return lines[index] if lines else default
@@ -371,6 +448,14 @@ def _build(prefix: str, data: dict, line: int | None, ctx: _Context) -> Any:
 
 def _check_spec(spec: Spec, ctx: _Context) -> None:
     """Rules that tie keys of different sections together."""
+    if spec.merge is not None and spec.merge.config is not None and spec.merge.layer_map is not None:
+        raise ctx.error("merge.layer_map", ctx.lines.get("merge.layer_map"),
+                        "give either merge.config or merge.layer_map, not both")
+    if "baseline.max_drift_sigma" in ctx.lines and spec.baseline.max_drift_sigma is not None \
+            and spec.probe.shards < 2:
+        raise ctx.error("baseline.max_drift_sigma", ctx.lines.get("baseline.max_drift_sigma"),
+                        f"needs probe.shards >= 2 (paired standard errors come from the "
+                        f"jackknife shards), got probe.shards = {spec.probe.shards}")
     if spec.law.max_deviation_sigma is not None and spec.probe.shards < 2:
         raise ctx.error("law.max_deviation_sigma", ctx.lines.get("law.max_deviation_sigma"),
                         f"needs probe.shards >= 2 (standard errors come from the jackknife "
@@ -383,7 +468,7 @@ def _from_data(data: Any, root_line: int | None, ctx: _Context, source: str | No
                                          f"got {_describe(data)}")
     spec = _build("", data, root_line, ctx)
     _check_spec(spec, ctx)
-    return dataclasses.replace(spec, source=source)
+    return dataclasses.replace(spec, source=source, lines=dict(ctx.lines))
 
 
 def spec_from_dict(data: Mapping[str, Any], source: str | os.PathLike | None = None) -> Spec:
@@ -552,6 +637,13 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Passed to transformers (as `trust_remote_code=True`) only when true: lets a model "
          "folder run its own Python code. Leave false unless you trust the checkpoint.",
          "model:\n  path: ./custom-model\n  trust_remote_code: true"),
+    _key("model.tokenizer", "string or null", _nullable(_model_path),
+         "Where the tokenizer comes from, when not from `model.path` (same forms as "
+         "`model.path`). Point a quantised GGUF and its safetensors original at one "
+         "tokenizer when theirs cut the probe into different windows: a baseline or "
+         "merge comparison needs identical windows.",
+         "model:\n  path: model.Q4_K_M.gguf\n  tokenizer: ../checkpoints/original",
+         "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("model.norm", "mapping or null", _nullable(_section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
          "`normalization: init_norm`. Known architectures (Llama family, Gemma-3, GPT-2) "
@@ -603,6 +695,12 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "κ × 1e-16 (1e-8 up to κ = 1e6) at about 7× the statistics' time; for features "
          "whose κ nears 1e4 or more.",
          "probe:\n  statistics: qr", _one_of(STATISTICS)),
+    _key("probe.loss", "boolean", _boolean,
+         "Also measure the model's own mean next-token cross-entropy on the windows "
+         "(nats per token, with its jackknife standard error), from its language-model "
+         "head, batch by batch. Its time is reported apart (`timing.loss_seconds`). A "
+         "checkpoint without a head carries no loss and the report says why.",
+         "probe:\n  loss: false"),
     _key("measure", "string", _choice(MEASURES),
          "What each layer is scored by: `token_id`, the prediction residual of the next "
          "token's id (the paper's); `shuffled_token_id`, the same with the vocabulary "
@@ -643,6 +741,52 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Layers (hidden-state indexes, 1..L) known to deviate. They stay in the fit; their "
          "failures are reported as expected (xfail), their passes as XPASS.",
          "law:\n  expected_deviations: [29, 30]", "distinct, >= 1"),
+    _key("baseline", "mapping", _section("baseline"),
+         "Tolerances of the comparison with a baseline (`baselines/NAME.json`, written by "
+         "`pytest audit/ --audit-update-baseline`) and with a merge's parents. A "
+         "tolerance that is null is not checked; absent keys take the defaults, which "
+         "pass healthy siblings of a model and fail the damages measured in the README.",
+         "baseline:\n  max_loss_increase: 0.05\n  max_drift: 0.0015"),
+    _key("baseline.max_pearson_r_increase", "number or null", _nullable(_number(lo=0, hi=2)),
+         "Item `NAME::baseline-law`: the Pearson r may rise (the fit weaken) by at most "
+         "this against the baseline.",
+         "baseline:\n  max_pearson_r_increase: 0.02", "in [0, 2]"),
+    _key("baseline.max_rho_increase", "number or null", _nullable(_number(lo=0, hi=1)),
+         "Item `NAME::baseline-law`: ρ may rise (move towards 1) by at most this against "
+         "the baseline.",
+         "baseline:\n  max_rho_increase: 0.0005", "in [0, 1]"),
+    _key("baseline.max_loss_increase", "number or null", _nullable(_number(lo=0, hi=1e6)),
+         "Item `NAME::baseline-loss`: the probe loss may rise by at most this many nats "
+         "per token.",
+         "baseline:\n  max_loss_increase: 0.05", ">= 0"),
+    _key("baseline.max_drift", "number or null", _nullable(_number(gt=0)),
+         "Items `NAME::layer-NN`: the effect threshold on the layer's drift (log10 PR now "
+         "minus then, on the same windows). `first_moved_layer` is the first layer whose "
+         "|drift| exceeds it.",
+         "baseline:\n  max_drift: 0.0015", "> 0"),
+    _key("baseline.max_drift_sigma", "number or null", _nullable(_number(gt=0)),
+         "Items `NAME::layer-NN`: the significance threshold on |drift| / its paired "
+         "standard error (from the per-shard differences). With `max_drift` also set, a "
+         "layer fails only when it exceeds both. Needs `probe.shards` >= 2.",
+         "baseline:\n  max_drift_sigma: 4", "> 0"),
+    _key("merge", "mapping or null", _nullable(_section("merge")),
+         "Describes a merged checkpoint: it is then also judged against its parents, "
+         "measured in the same run on the same windows (items `NAME::merge-law`, "
+         "`NAME::merge-loss`, and the layer items).",
+         "merge:\n  parents:\n    base: ../checkpoints/smollm2\n    noisy: ../checkpoints/smollm2-noisy"),
+    _key("merge.parents", "mapping of label to path", _parents,
+         "Each parent checkpoint (same forms as `model.path`), under the name the merge "
+         "configuration gives it (or any label when there is none).",
+         "merge:\n  parents:\n    HuggingFaceTB/SmolLM2-135M-Instruct: ../checkpoints/smollm2"),
+    _key("merge.config", "string or null", _nullable(_path),
+         "A mergekit configuration (`slices`/`sources`/`layer_range`, or `models`) that "
+         "maps merged layers to parent layers. Default: the merged checkpoint folder's own "
+         "`mergekit_config.yml` when present, else layers are compared index by index.",
+         "merge:\n  parents: {a: ../a, b: ../b}\n  config: mergekit_config.yml"),
+    _key("merge.layer_map", "list or null", _nullable(_layer_map),
+         "Instead of `config`: for each merged layer 1..L, the parent layer it came from "
+         "(`{parent: LABEL, layer: K}`) or the list of those it blends.",
+         "merge:\n  parents: {a: ../a}\n  layer_map: [{parent: a, layer: 1}, {parent: a, layer: 1}]"),
 ])
 """Every key of a spec file, in the order of docs/specs.md."""
 
@@ -678,3 +822,15 @@ def spec_reference_markdown() -> str:
         lines += [f"- default: {_default_text(key)}", "- example:", "",
                   "  ```yaml", *("  " + line for line in key.example.splitlines()), "  ```"]
     return "\n".join(lines) + "\n"
+
+
+def check_against_model(spec: Spec, num_layers: int) -> None:
+    """Rules that need the model's depth L, checked before anything is measured:
+    every layer in ``law.expected_deviations`` lies in 1..L.  Raises
+    :class:`SpecError` naming the spec file, line and field."""
+    outside = [layer for layer in spec.law.expected_deviations if not 1 <= layer <= num_layers]
+    if outside:
+        listed = ", ".join(map(str, outside))
+        raise spec.error("law.expected_deviations",
+                         f"layer{'s' * (len(outside) > 1)} {listed} outside 1..{num_layers}: "
+                         f"the model of {spec.name!r} has {num_layers} layers")

@@ -318,13 +318,13 @@ def test_offline_and_no_remote_code(tiny_models: dict[str, Path], monkeypatch: p
 
     tf = _transformers()
     seen = []
-    real = tf.AutoModel.from_pretrained
+    real = tf.AutoModelForCausalLM.from_pretrained
 
     def spy(*args, **kwargs):
         seen.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tf.AutoModel, "from_pretrained", spy)
+    monkeypatch.setattr(tf.AutoModelForCausalLM, "from_pretrained", spy)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     backend_for(tiny_models["llama"]).hidden_states(IDS)
     assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -202,3 +202,77 @@ def test_other_target_and_single_shard(tiny_model_dir: Path) -> None:
     assert all(math.isnan(row.pr_se) for row in got.layers)
     assert [(c.check, c.layer) for c in got.checks] == [("pearson_r", None)]
     assert got.verdict == "pass"
+
+
+# -- the probe loss and the probe record ---------------------------------------------------
+
+def test_probe_loss_is_the_models_own_cross_entropy(report: Report, spec: Spec) -> None:
+    """The loss equals transformers' own mean next-token loss of the model with its
+    head, over the same windows; its jackknife comes from the per-shard sums."""
+    import torch
+
+    from audit.backends import open_backend
+    from tiny_models import causal_lm, config
+
+    backend = open_backend(spec)
+    windows = token_windows(tokenize_corpus(load_corpus(spec.probe.corpus), backend.encode),
+                            LENGTH, SEQUENCES, 0, bos_id=backend.bos_token_id)
+    model = causal_lm(config("llama", TINY_LAYERS, TINY_WIDTH), seed=0)
+    ids = torch.from_numpy(windows)
+    with torch.no_grad():
+        per_window = [float(model(input_ids=ids[i:i + 1], labels=ids[i:i + 1]).loss)
+                      for i in range(SEQUENCES)]
+    assert report.loss is not None and report.loss_note is None
+    assert report.loss.tokens == SEQUENCES * (LENGTH - 1)
+    assert report.loss.mean == pytest.approx(np.mean(per_window), rel=1e-6)
+    # shard k holds windows 6k..6k+5: leaving it out averages the others
+    blocks = np.array(per_window).reshape(SHARDS, -1).mean(axis=1)
+    expected_loo = [(blocks.sum() - b) / (SHARDS - 1) for b in blocks]
+    np.testing.assert_allclose(report.loss.leave_one_out, expected_loo, rtol=1e-6)
+    assert report.loss.stderr > 0 and report.timing["loss_seconds"] > 0
+    # a random model predicts no better than chance over its 264 rows
+    assert report.loss.mean == pytest.approx(math.log(264), abs=0.3)
+    assert len(report.probe["windows_sha256"]) == 64
+    assert report.probe["tokenizer"]["vocab_size"] == 259
+
+
+def test_loss_switched_off_and_headless_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    off = run(tiny_spec(tiny_model_dir, probe={"sequences": 8, "length": 16, "shards": 2,
+                                               "loss": False}, law={"max_pearson_r": 1.0}))
+    assert off.loss is None and off.loss_note == "switched off (probe.loss: false)"
+    assert off.timing["loss_seconds"] == 0.0
+    # a checkpoint saved without its head: hidden states only
+    import transformers
+
+    headless = tmp_path / "headless"
+    transformers.AutoModel.from_pretrained(str(tiny_model_dir)).save_pretrained(headless)
+    for item in tiny_model_dir.iterdir():
+        if item.name.startswith(("tokenizer", "special_tokens")):
+            (headless / item.name).write_bytes(item.read_bytes())
+    got = run(tiny_spec(headless, probe={"sequences": 8, "length": 16, "shards": 2},
+                        law={"max_pearson_r": 1.0}))
+    assert got.loss is None and got.loss_note == f"{str(headless)!r} holds no language-model head weights"
+    same = run(tiny_spec(tiny_model_dir, probe={"sequences": 8, "length": 16, "shards": 2},
+                         law={"max_pearson_r": 1.0}))
+    np.testing.assert_allclose([r.pr for r in got.layers], [r.pr for r in same.layers], rtol=1e-9)
+    assert got.probe["windows_sha256"] == same.probe["windows_sha256"]
+
+
+def test_expected_deviations_beyond_the_model_fail_before_loading(tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    from audit.backends import open_backend
+    from audit.errors import SpecError
+    from audit.pipeline import collect
+    from audit.spec import load_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"name: tiny\nmodel: {tiny_model_dir}\nlaw:\n  max_pearson_r: -0.9\n"
+                    f"  expected_deviations: [2, {TINY_LAYERS + 1}, 0]\n".replace(", 0]", "]"))
+    spec = load_spec(path)
+    backend = open_backend(spec)
+    with pytest.raises(SpecError) as err:
+        collect(spec, backend=backend)
+    assert str(err.value) == (f"{path}:5: law.expected_deviations: layer {TINY_LAYERS + 1} "
+                              f"outside 1..{TINY_LAYERS}: the model of 'tiny' has "
+                              f"{TINY_LAYERS} layers")
+    assert backend._model is None  # nothing was loaded

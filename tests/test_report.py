@@ -3,6 +3,7 @@ from synthetic PR curves (no model is run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -55,6 +56,8 @@ def synthetic_report(name: str = "synth", shards: int = SHARDS, bump: float = 0.
                   "torch": "2.13.0", "transformers": "5.23.0"},
         timing={"load_seconds": 0.5, "forward_seconds": 0.1, "stats_seconds": 0.01,
                 "tokens_per_second": tokens_per_second},
+        probe={"windows_sha256": "ef" * 32, "tokenizer": {"class": "Byte", "vocab_size": 259}},
+        shard_ids=tuple(range(shards)) if shards > 1 else (), leave_one_out=loo,
     )
 
 
@@ -118,8 +121,8 @@ def test_from_dict_refuses_another_schema(report: Report) -> None:
     data["schema_version"] = 99
     with pytest.raises(ReportError) as err:
         Report.from_dict(data)
-    assert str(err.value) == (f"report schema_version 99 is not {SCHEMA_VERSION}: "
-                              "re-run the audit to regenerate it")
+    assert str(err.value) == (f"report schema_version 99 is not one this equilaw reads "
+                              f"(2..{SCHEMA_VERSION}): re-run the audit to regenerate it")
 
 
 def test_json_has_the_keys_the_issue_lists(report: Report) -> None:
@@ -274,10 +277,12 @@ def test_warnings_and_conditions_round_trip_and_render(tmp_path: Path) -> None:
     data = report.to_dict()
     assert data["statistics"] == "gram" and data["warnings"] == list(report.warnings)
     assert [row["condition"] for row in data["layers"]] == [
-        30.0, 3.0e4, 20.0, 2.0e9, None, 40.0, 50.0]  # inf (rank-deficient) is null
+        30.0, 3.0e4, 20.0, 2.0e9, "inf", 40.0, 50.0]  # rank-deficient: infinite κ
     back = read_json(write_json(report, tmp_path))
     assert back.warnings == report.warnings and back.layers[1].condition == 3.0e4
+    assert back.layers[4].condition == math.inf
     text = _render(report)
+    assert _render(back) == text
     assert "gram statistics, 5 jackknife shards" in text
     for warning in report.warnings:
         assert f"warning: {warning[:60]}" in text
@@ -292,3 +297,46 @@ def test_terminal_renders_a_report_read_back_from_json(tmp_path: Path) -> None:
     back = read_json(write_json(single, tmp_path))
     assert _render(back) == _render(single)
     assert "nan tokens/s" in _render(back)
+
+
+def test_report_keeps_leave_one_out_log10_pr_with_shard_ids(report: Report) -> None:
+    assert report.shard_ids == tuple(range(SHARDS))
+    for row in report.layers:
+        assert len(row.log10_pr_loo) == SHARDS
+        # the jackknife of the kept values is the reported standard error
+        from audit.jackknife import jackknife_se
+        assert jackknife_se(np.array(row.log10_pr_loo)) == pytest.approx(row.log10_pr_se, rel=1e-12)
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["shard_ids"] == list(range(SHARDS))
+    back = Report.from_dict(data)
+    assert back.to_dict() == report.to_dict() and _render(back) == _render(report)
+
+
+def test_a_missing_field_names_it_and_the_file(report: Report, tmp_path: Path) -> None:
+    data = report.to_dict()
+    del data["layers"][2]["log10_pr"]
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError) as err:
+        read_json(path)
+    assert str(err.value) == f"{path}: report field layers[2].log10_pr is missing"
+    data = report.to_dict()
+    del data["probe"]
+    with pytest.raises(ReportError, match=r"^report field probe is missing$"):
+        Report.from_dict(data)
+
+
+def test_schema_2_reports_are_still_read(report: Report) -> None:
+    """A report written before schema 3 (no probe record, loss, shard ids or
+    leave-one-out values) is read, with those fields empty."""
+    data = report.to_dict()
+    data["schema_version"] = 2
+    for key in ("probe", "loss", "loss_note", "shard_ids", "comparisons"):
+        del data[key]
+    for row in data["layers"]:
+        del row["log10_pr_loo"]
+    back = Report.from_dict(data)
+    assert back.probe == {} and back.loss is None and back.shard_ids == ()
+    assert back.layers[3].log10_pr_loo == () and back.layers[3].pr == report.layers[3].pr
+    assert _render(back) == _render(dataclasses.replace(
+        report, layers=tuple(dataclasses.replace(r, log10_pr_loo=()) for r in report.layers)))

@@ -16,6 +16,8 @@ from audit.errors import SpecError
 from audit.internal import yaml_lines
 from audit.spec import (
     SPEC_KEYS,
+    BaselineSpec,
+    MergeSpec,
     LawSpec,
     ModelSpec,
     NormOverride,
@@ -124,7 +126,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nx-shared: &probe {sequences: 4, length: 8}\n"
             "probe:\n  <<: *probe\n  length: 16\nlaw:\n  expected_deviations: [3, 4]\n")
     path = write(tmp_path, text)
-    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law"
+    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, baseline, merge"
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nprobe: &probe\n  sequences: 4\n  length: 8\n"
             "law:\n  expected_deviations: [3, 4]\n")
     spec = load_spec(write(tmp_path, text))
@@ -174,7 +176,7 @@ def test_top_level_typo_suggests_the_closest_key(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "probe:\n  colour: blue\n")
     assert error_of(path) == (f"{path}:4: probe.colour: unknown key; valid keys: corpus, sequences, "
-                              "length, seed, batch_size, shards, statistics")
+                              "length, seed, batch_size, shards, statistics, loss")
 
 
 def test_source_is_not_a_key_of_the_file(tmp_path):
@@ -536,9 +538,10 @@ def test_loader_finds_duplicates_inside_lists():
 # -- the schema and its documentation --------------------------------------------------
 
 def _dataclass_paths(cls, prefix=""):
-    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "norm": NormOverride}
+    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "norm": NormOverride,
+             "baseline": BaselineSpec, "merge": MergeSpec}
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if f.name in ("source", "lines"):
             continue
         path = f"{prefix}{f.name}"
         yield path
@@ -550,7 +553,7 @@ def test_spec_keys_describe_exactly_the_dataclass_fields():
     assert sorted(SPEC_KEYS) == sorted(_dataclass_paths(Spec))
     assert SPEC_KEYS["probe.shards"].default == 10
     assert [key for key, spec_key in SPEC_KEYS.items() if spec_key.required] == [
-        "name", "model", "model.path", "model.norm.kind", "model.norm.eps"]
+        "name", "model", "model.path", "model.norm.kind", "model.norm.eps", "merge.parents"]
 
 
 def _merge(base: dict, extra: dict) -> dict:

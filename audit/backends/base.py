@@ -35,12 +35,27 @@ class ModelInfo:
     for a model handed over already loaded."""
 
 
+@dataclass(frozen=True)
+class Forward:
+    """What one forward pass over a batch of windows gives the pipeline."""
+
+    hidden: np.ndarray
+    """float32 [L + 1, b, t, d]: index 0 the embedding output, L the last block's
+    output after the final norm."""
+    token_nll: np.ndarray | None
+    """float64 [b, t - 1]: -log p(token j+1 | tokens ..j) under the model's own
+    language-model head, in nats; None when not asked for or without a head."""
+    loss_seconds: float
+    """Time spent in the head and the cross-entropy (0 when not computed)."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Per-layer hidden states of one model.
 
-    ``info``, ``encode``, ``bos_token_id``, ``weights_sha256`` and ``versions``
-    never load weights; ``hidden_states`` loads them on its first call, once.
+    ``info``, ``encode``, ``bos_token_id``, ``tokenizer_info``, ``weights_sha256``
+    and ``versions`` never load weights; ``hidden_states`` and ``forward`` load
+    them on their first call, once.
     """
 
     def info(self) -> ModelInfo:
@@ -64,6 +79,21 @@ class Backend(Protocol):
     def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
         """``input_ids`` int64 [b, t] -> float32 [L + 1, b, t, d]; index 0 is the
         embedding output, L the last block's output after the final norm."""
+        ...
+
+    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
+        """Hidden states of ``input_ids`` and, when ``loss`` is true and the model
+        has a language-model head, the next-token cross-entropy per position."""
+        ...
+
+    @property
+    def head_note(self) -> str | None:
+        """After loading: why the model has no language-model head, or None."""
+        ...
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """What identifies the tokenizer (source, class, vocabulary size and sha256,
+        BOS id), for the report's probe record."""
         ...
 
     def weights_sha256(self) -> str:

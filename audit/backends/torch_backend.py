@@ -7,9 +7,12 @@ Safety and reproducibility rules, enforced here:
 - never the hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported and
   every load passes ``local_files_only=True``;
 - ``trust_remote_code`` is passed only when the spec sets it;
-- the base model runs without its language-model head (``AutoModel``), under
-  ``torch.inference_mode()``: Gemma-3's 262k-word head would cost more than its
-  18 blocks.
+- the model is loaded with its language-model head (``AutoModelForCausalLM``);
+  the base model gives the hidden states and the head runs only when the probe
+  loss is asked for, window by window, so that no batch's logits outlive it
+  (Gemma-3's 262k-word head costs more than its 18 blocks).  A checkpoint whose
+  head weights are absent runs without one and says so (``head_note``);
+- everything runs under ``torch.inference_mode()``.
 
 torch and transformers are imported lazily, inside methods: importing this module
 costs nothing.
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import final_norm, final_norm_info
-from audit.backends.base import ModelInfo
+from audit.backends.base import Forward, ModelInfo
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
     from audit.spec import ModelSpec
 
+_HEAD_PREFIXES = ("lm_head.", "embed_out.", "output.")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
@@ -137,6 +141,10 @@ class TorchBackend:
         self._info: ModelInfo | None = None
         self._tokenizer: Any = None
         self._model: Any = None
+        self._head: Any = None
+        self._softcap: float | None = None
+        self.head_note: str | None = None
+        """Why the model has no language-model head (None when it has one)."""
         self._device: Any = None
         self._sha256: str | None = None
         self.load_seconds: float | None = None
@@ -230,22 +238,39 @@ class TorchBackend:
 
     # -- tokenizer -------------------------------------------------------------
     @property
+    def tokenizer_path(self) -> Path:
+        """Where the tokenizer comes from: ``model_spec.tokenizer`` when set (a
+        folder or .gguf file), else the model's own path."""
+        if self.spec.tokenizer is None:
+            return self.path
+        return resolve_model_path(self.spec.tokenizer, model=self.name)
+
+    @property
     def tokenizer(self) -> Any:
-        """The transformers tokenizer, loaded once from ``model_spec.path``."""
+        """The transformers tokenizer, loaded once from :attr:`tokenizer_path`."""
         if self._tokenizer is None:
             tf = _transformers()
             kw = {"local_files_only": True, **self._remote_code()}
+            source = self.tokenizer_path
             try:
                 with _quiet_loading(tf):
-                    if self._is_gguf():
+                    if source.is_file() and source.suffix.lower() == ".gguf":
                         self._tokenizer = tf.AutoTokenizer.from_pretrained(
-                            str(self.path.parent), gguf_file=self.path.name, **kw)
+                            str(source.parent), gguf_file=source.name, **kw)
                     else:
-                        self._tokenizer = tf.AutoTokenizer.from_pretrained(str(self.path), **kw)
+                        self._tokenizer = tf.AutoTokenizer.from_pretrained(str(source), **kw)
             except (OSError, ValueError, KeyError, ImportError) as exc:
-                raise BackendError(f"cannot load the tokenizer from {str(self.path)!r}: "
+                raise BackendError(f"cannot load the tokenizer from {str(source)!r}: "
                                    f"{type(exc).__name__}: {exc}", model=self.name) from exc
         return self._tokenizer
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """Source, class, vocabulary size, sha256 of the sorted vocabulary, BOS id."""
+        tok = self.tokenizer
+        vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+        return {"source": str(self.tokenizer_path), "class": type(tok).__name__,
+                "vocab_size": len(vocab), "vocab_sha256": digest, "bos_token_id": self.bos_token_id}
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
@@ -299,6 +324,8 @@ class TorchBackend:
             param = next(model.parameters(), None)
             self._device = param.device if param is not None else torch.device("cpu")
             self._model = model
+            self._set_head(self._given if self._given is not model else None,
+                           "the model handed over has no language-model head")
             return model
         device = self._resolve_device(torch)
         kw: dict[str, Any] = {"local_files_only": True, "dtype": getattr(torch, self.spec.dtype),
@@ -314,30 +341,63 @@ class TorchBackend:
                                f"{type(exc).__name__}: {exc}", model=self.name) from exc
         missing = sorted(set(loading.get("missing_keys", ()))
                          | {k[0] for k in loading.get("mismatched_keys", ())})
+        head = model
+        if missing and all(key.startswith(_HEAD_PREFIXES) for key in missing):
+            head = None  # a headless checkpoint: hidden states only, no probe loss
+            missing = []
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise BackendError(f"{len(missing)} weights were not found in {str(self.path)!r} "
                                f"and would be random: {', '.join(missing[:5])}{more}",
                                model=self.name)
-        model = _headless(model).to(device).eval()
+        full = model.to(device).eval()
+        model = _headless(full)
         self.load_seconds = time.perf_counter() - start
         self._device = device
         self._model = model
+        self._set_head(head if head is not model else None,
+                       f"{str(self.path)!r} holds no language-model head weights")
         return model
+
+    def _set_head(self, full: Any, missing_note: str) -> None:
+        """Keep the output projection (and Gemma's logit soft-capping) of ``full``,
+        a model with its head, or note why there is none."""
+        get = getattr(full, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if head is None:
+            self.head_note = missing_note
+            return
+        self._head = head
+        cap = getattr(_text_config(full.config), "final_logit_softcapping", None)
+        self._softcap = float(cap) if cap else None
 
     def _from_pretrained(self, tf: Any, kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if self._is_gguf():
             if importlib.util.find_spec("gguf") is None:
                 raise BackendError("reading a GGUF file needs the gguf package: "
                                    "pip install gguf==0.19.0", model=self.name)
-            return tf.AutoModel.from_pretrained(
+            return self._auto_class(tf).from_pretrained(
                 str(self.path.parent), gguf_file=self.path.name, **kw)
         self._safetensors_files(self.path)
-        return tf.AutoModel.from_pretrained(str(self.path), use_safetensors=True, **kw)
+        return self._auto_class(tf).from_pretrained(str(self.path), use_safetensors=True, **kw)
+
+    def _auto_class(self, tf: Any) -> Any:
+        """``AutoModelForCausalLM`` when it knows the architecture, else ``AutoModel``
+        (then there is no head and no probe loss)."""
+        arch = self.info().architecture
+        mapping = tf.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if arch in mapping or (arch == "gemma3" and "gemma3_text" in mapping):
+            return tf.AutoModelForCausalLM
+        return tf.AutoModel
 
     def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
         """``input_ids`` int64 [b, t] -> float32 [L + 1, b, t, d] (index 0: the
         embedding output; L: the last block after the final norm)."""
+        return self.forward(input_ids, loss=False).hidden
+
+    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
+        """Hidden states of ``input_ids`` int64 [b, t] and, with ``loss`` and a
+        head, each position's next-token cross-entropy (see :class:`Forward`)."""
         import numpy as np
 
         ids = np.asarray(input_ids)
@@ -359,10 +419,28 @@ class TorchBackend:
                                    f"promises {info.num_layers} layers, so "
                                    f"{info.num_layers + 1} were expected", model=self.name)
             stacked = torch.stack(states).to(torch.float32).cpu().numpy()  # [L+1, b, t, d]
-        if stacked.shape[-1] != info.width:
-            raise BackendError(f"hidden states have width {stacked.shape[-1]}, the config "
-                               f"says {info.width}", model=self.name)
-        return stacked
+            if stacked.shape[-1] != info.width:
+                raise BackendError(f"hidden states have width {stacked.shape[-1]}, the config "
+                                   f"says {info.width}", model=self.name)
+            if not loss or self._head is None:
+                return Forward(stacked, None, 0.0)
+            start = time.perf_counter()
+            nll = self._token_nll(states[-1], tensor)
+            return Forward(stacked, nll, time.perf_counter() - start)
+
+    def _token_nll(self, last: Any, ids: Any) -> np.ndarray:
+        """Next-token cross-entropy, float64 [b, t-1], from the final hidden state
+        [b, t, d]; one window's logits [t, V] at a time."""
+        import torch
+
+        out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64)
+        for row in range(ids.shape[0]):
+            logits = self._head(last[row, :-1]).to(torch.float32)          # [t-1, V]
+            if self._softcap is not None:
+                logits = torch.tanh(logits / self._softcap) * self._softcap
+            out[row] = torch.nn.functional.cross_entropy(
+                logits, ids[row, 1:], reduction="none").to(torch.float64).cpu()
+        return out.numpy()
 
     def weights_sha256(self) -> str:
         """sha256 of the weights: the GGUF file; the folder's ``*.safetensors``

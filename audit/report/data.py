@@ -3,18 +3,22 @@
 A :class:`Report` is plain data.  ``to_dict()`` is the JSON schema (see
 docs/report-schema.md); ``Report.from_dict`` reads it back, so renderers work the
 same on a fresh run and on a report file.  Renderers never compute: every number
-they draw is a field here.  Non-finite floats become ``null`` in the dict form.
+they draw is a field here.  In the dict form NaN becomes ``null`` and ±infinity the
+strings ``"inf"`` / ``"-inf"`` (JSON has neither).  Reports of every earlier
+schema version are read and upgraded: a baseline stays readable after a bump.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from audit.checks import CheckResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+OLDEST_READABLE = 2
 
 LAYER_STATUSES = ("ok", "violation", "expected", "unjudged")
 
@@ -45,6 +49,74 @@ class LawSummary:
 
 
 @dataclass(frozen=True)
+class LossSummary:
+    """The model's own next-token cross-entropy on the probe windows."""
+
+    mean: float
+    """Mean nats per predicted token."""
+    stderr: float
+    """Jackknife standard error (NaN with one shard)."""
+    leave_one_out: tuple[float, ...]
+    """The mean with each of the report's ``shard_ids`` left out."""
+    tokens: int
+    """Predicted tokens."""
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One layer of a comparison with a reference measured on the same windows."""
+
+    layer: int
+    now: float
+    """log10 PR of this checkpoint."""
+    then_low: float
+    """The reference's log10 PR: the baseline's, or the lowest of the parent layers
+    this layer came from."""
+    then_high: float
+    """Equal to ``then_low`` for a baseline; the highest parent layer for a merge."""
+    drift: float
+    """Baseline: now − then.  Merge: how far ``now`` lies outside [then_low,
+    then_high] (signed, 0 inside)."""
+    drift_se: float
+    """Paired jackknife standard error of ``drift`` (from the per-shard differences)."""
+    sigma: float
+    """|drift| / drift_se (0 when drift is 0)."""
+    status: str
+    """``ok``; ``moved`` (|drift| beyond the effect tolerance, not significant);
+    ``violation`` (beyond every tolerance that is set)."""
+    sources: str
+    """Merge: the parent layers it came from (``label:layer, …``); '' for a baseline."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """This checkpoint against a reference (a baseline, or a merge's parents)."""
+
+    kind: str
+    """``baseline`` or ``merge``."""
+    reference: str
+    """The baseline file, or the parents' labels."""
+    pearson_r_then: float
+    """The reference's r (merge: the worst parent's, the highest)."""
+    pearson_r_now: float
+    rho_then: float
+    """The reference's ρ (merge: the highest parent's; NaN when depth changed)."""
+    rho_now: float
+    loss_then: float
+    """The reference's probe loss (merge: the worst parent's); NaN when unknown."""
+    loss_now: float
+    first_moved_layer: int | None
+    """The first layer (1..L) whose |drift| exceeds the effect tolerance alone,
+    whichever the sign; None when none does (or no effect tolerance is set)."""
+    largest_drift: float
+    """The drift of largest magnitude (signed); NaN when there are no rows."""
+    largest_drift_layer: int | None
+    rows: tuple[DriftRow, ...]
+    notes: tuple[str, ...] = ()
+    """What the reader should know (for example, library versions that differ)."""
+
+
+@dataclass(frozen=True)
 class LayerRow:
     """One hidden state's numbers.  ``index`` 0 is the embedding output."""
 
@@ -68,6 +140,9 @@ class LayerRow:
     status: str
     """``ok``, ``violation`` (a check failed), ``expected`` (a declared deviant layer
     that failed a check) or ``unjudged`` (layer 0)."""
+    log10_pr_loo: tuple[float, ...] = ()
+    """log10 PR with each of the report's ``shard_ids`` left out: paired standard
+    errors of the drift between two reports come from these."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +177,17 @@ class Report:
     warnings: tuple[str, ...] = ()
     """Things the reader should know that are not check failures (for example
     layers whose condition number limits PR's precision)."""
+    probe: dict[str, Any] = field(default_factory=dict)
+    """``windows_sha256``: sha256 of the token windows; ``tokenizer``: its source,
+    class, vocabulary size and sha256, BOS id."""
+    loss: LossSummary | None = None
+    """The probe loss; None when switched off or the model has no head."""
+    loss_note: str | None = None
+    """Why there is no loss."""
+    shard_ids: tuple[int, ...] = ()
+    """The jackknife shards of every ``log10_pr_loo`` and ``loss.leave_one_out``."""
+    comparisons: tuple[Comparison, ...] = ()
+    """Against a baseline and/or a merge's parents; their checks are in ``checks``."""
 
     @property
     def violations(self) -> tuple[CheckResult, ...]:
@@ -115,37 +201,111 @@ class Report:
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "law":
-                value = asdict(value)
-            elif f.name == "layers":
-                value = [asdict(row) for row in value]
-            elif f.name == "checks":
+            if f.name == "checks":
                 value = [_check_to_dict(c) for c in value]
-            elif f.name == "warnings":
-                value = list(value)
+            elif f.name == "probe":
+                value = dict(value)
+            else:
+                value = _plain(value)
             out[f.name] = value
         out["violations"] = [
             {"layer": c.layer, "check": c.check, "value": c.value, "stderr": c.stderr,
              "threshold": c.threshold, "message": c.message}
             for c in self.violations
         ]
-        return _finite_or_none(out)
+        return _json_floats(out)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Report:
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Report:
+        """Read a report dict of any schema version from ``OLDEST_READABLE`` on;
+        a missing or malformed field is a :class:`ReportError` naming it (and
+        ``source``, the file, when given)."""
         from audit.errors import ReportError
 
+        where = f"{source}: " if source else ""
+        if not isinstance(data, dict):
+            raise ReportError(f"{where}a report is a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ReportError(f"report schema_version {version!r} is not {SCHEMA_VERSION}: "
+        if not isinstance(version, int) or not OLDEST_READABLE <= version <= SCHEMA_VERSION:
+            raise ReportError(f"{where}report schema_version {version!r} is not one this "
+                              f"equilaw reads ({OLDEST_READABLE}..{SCHEMA_VERSION}): "
                               "re-run the audit to regenerate it")
-        data = _none_to_nan(data)
-        kwargs = {f.name: data[f.name] for f in fields(cls)}
-        kwargs["law"] = LawSummary(**data["law"])
-        kwargs["layers"] = tuple(LayerRow(**row) for row in data["layers"])
-        kwargs["checks"] = tuple(_check_from_dict(c) for c in data["checks"])
-        kwargs["warnings"] = tuple(data["warnings"])
+        data = _from_json_floats(data)
+        try:
+            kwargs = {f.name: _required(data, f.name) for f in fields(cls)
+                      if f.name in _SINCE_V2}
+            kwargs["law"] = LawSummary(**_fields(LawSummary, data["law"], "law"))
+            kwargs["layers"] = tuple(
+                LayerRow(**_fields(LayerRow, row, f"layers[{i}]", list_fields=("log10_pr_loo",)))
+                for i, row in enumerate(data["layers"]))
+            kwargs["checks"] = tuple(_check_from_dict(_fields(CheckResult, c, f"checks[{i}]"))
+                                     for i, c in enumerate(data["checks"]))
+            kwargs["warnings"] = tuple(data["warnings"])
+            if version >= 3:
+                kwargs["probe"] = dict(_required(data, "probe"))
+                loss = _required(data, "loss")
+                kwargs["loss"] = None if loss is None else LossSummary(
+                    **_fields(LossSummary, loss, "loss", list_fields=("leave_one_out",)))
+                kwargs["loss_note"] = _required(data, "loss_note")
+                kwargs["shard_ids"] = tuple(_required(data, "shard_ids"))
+                kwargs["comparisons"] = tuple(
+                    _comparison_from_dict(c, f"comparisons[{i}]")
+                    for i, c in enumerate(_required(data, "comparisons")))
+        except _MissingField as exc:
+            raise ReportError(f"{where}report field {exc.args[0]} is missing") from None
+        except (TypeError, AttributeError) as exc:
+            raise ReportError(f"{where}malformed report: {exc}") from None
         return cls(**kwargs)
+
+
+_SINCE_V2 = ("name", "spec", "model", "corpus", "measure", "normalization", "target", "backend",
+             "seeds", "versions", "law", "layers", "checks", "verdict", "timing", "shards",
+             "statistics", "warnings")
+"""Report fields every readable schema has (the others came with schema 3)."""
+
+
+class _MissingField(KeyError):
+    pass
+
+
+def _required(data: dict[str, Any], key: str, where: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'report'} is not an object")
+    if key not in data:
+        raise _MissingField(f"{where}.{key}" if where else key)
+    return data[key]
+
+
+def _fields(cls: type, data: dict[str, Any], where: str,
+            list_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields from ``data``; a field with a default may be
+    absent (it came with a later schema); lists named in ``list_fields`` become tuples."""
+    out = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            out[f.name] = tuple(value) if f.name in list_fields and value is not None else value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _MissingField(f"{where}.{f.name}")
+    return out
+
+
+def _comparison_from_dict(data: dict[str, Any], where: str) -> Comparison:
+    kwargs = _fields(Comparison, data, where, list_fields=("notes",))
+    kwargs["rows"] = tuple(DriftRow(**_fields(DriftRow, row, f"{where}.rows[{i}]"))
+                           for i, row in enumerate(_required(data, "rows", where)))
+    return Comparison(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and lists as JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _check_to_dict(check: CheckResult) -> dict[str, Any]:
@@ -162,13 +322,18 @@ def _check_from_dict(d: dict[str, Any]) -> CheckResult:
     return CheckResult(**d)
 
 
-def _finite_or_none(value: Any) -> Any:
+def _json_floats(value: Any) -> Any:
+    """NaN -> None, ±inf -> "inf" / "-inf", recursively."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: _json_floats(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [_json_floats(v) for v in value]
     return value
 
 
@@ -179,14 +344,22 @@ _FLOAT_KEYS = {
     "pr_first", "pr_last", "pr", "pr_se", "log10_pr", "log10_pr_se", "fitted",
     "fitted_se", "deviation", "deviation_se", "step", "step_se", "value", "stderr",
     "sigma", "load_seconds", "forward_seconds", "stats_seconds", "tokens_per_second",
+    "condition", "log10_pr_loo", "mean", "leave_one_out", "loss_seconds", "now", "then_low",
+    "then_high", "drift", "drift_se", "pearson_r_then", "pearson_r_now", "rho_then", "rho_now",
+    "loss_then", "loss_now", "largest_drift",
 }
+_INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 
 
-def _none_to_nan(value: Any, key: str | None = None) -> Any:
-    if value is None and key in _FLOAT_KEYS:
-        return math.nan
+def _from_json_floats(value: Any, key: str | None = None) -> Any:
+    """The inverse of :func:`_json_floats` in the fields that hold floats."""
+    if key in _FLOAT_KEYS:
+        if value is None:
+            return math.nan
+        if isinstance(value, str) and value in _INFINITIES:
+            return _INFINITIES[value]
     if isinstance(value, dict):
-        return {k: _none_to_nan(v, k) for k, v in value.items()}
+        return {k: _from_json_floats(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_none_to_nan(v, key) for v in value]
+        return [_from_json_floats(v, key) for v in value]
     return value

@@ -18,7 +18,12 @@ def report_path(directory: str | os.PathLike, report: Report) -> Path:
 def write_json(report: Report, directory: str | os.PathLike) -> Path:
     """Write the report as ``DIRECTORY/<name>.json``; a reader never sees a partial
     file (temporary file in the same folder, then an atomic rename)."""
-    target = report_path(directory, report)
+    return write_json_file(report, report_path(directory, report))
+
+
+def write_json_file(report: Report, target: str | os.PathLike) -> Path:
+    """Write the report to the file ``target`` atomically (see :func:`write_json`)."""
+    target = Path(target)
     text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,4 +53,4 @@ def read_json(path: str | os.PathLike) -> Report:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ReportError(f"cannot read report {path}: {exc}") from exc
-    return Report.from_dict(data)
+    return Report.from_dict(data, source=str(path))

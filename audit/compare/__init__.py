@@ -1,0 +1,1 @@
+"""Comparisons of one checkpoint against another: drift, baselines, merges."""
