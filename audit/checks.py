@@ -39,7 +39,16 @@ LAW_CHECKS = ("pearson_r", "rho")
 LAYER_CHECKS = ("deviation", "step")
 ITEM_CHECKS = {"law-fit": ("pearson_r",), "law-rho": ("rho",)}
 """Law-level pytest items and the checks each covers; every ``layer-NN`` item covers
-all per-layer checks of layer NN."""
+all per-layer checks of layer NN (the law's, and the drift of every comparison)."""
+COMPARISON_ITEM_CHECKS = {
+    "baseline-law": ("baseline_pearson_r", "baseline_rho"),
+    "baseline-loss": ("baseline_loss",),
+    "merge-law": ("merge_pearson_r", "merge_rho"),
+    "merge-loss": ("merge_loss",),
+}
+"""Items of the comparisons with a baseline and with a merge's parents; their
+per-layer checks are ``drift`` (baseline) and ``merge_drift``, in the layer items."""
+COMPARISON_LAYER_CHECKS = ("drift", "merge_drift")
 
 
 @dataclass(frozen=True)
@@ -163,8 +172,9 @@ def item_results(verdict: Verdict | Iterable[CheckResult], item_name: str) -> tu
     or ``layer-NN`` (every check of layer NN, whatever its zero padding).  Accepts a
     Verdict or its results (e.g. ``Report.checks``).  Empty when those checks are off."""
     results = verdict.results if isinstance(verdict, Verdict) else tuple(verdict)
-    if item_name in ITEM_CHECKS:
-        checks = ITEM_CHECKS[item_name]
+    named = {**ITEM_CHECKS, **COMPARISON_ITEM_CHECKS}
+    if item_name in named:
+        checks = named[item_name]
         return tuple(r for r in results if r.layer is None and r.check in checks)
     match = _LAYER_ITEM.fullmatch(item_name)
     if match:
@@ -205,36 +215,47 @@ def _check_deviation(fit: LawFit, layer: int, max_deviation: float | None,
     se = float(fit.deviation_se[layer])
     max_deviation = None if max_deviation is None else float(max_deviation)
     max_sigma = None if max_sigma is None else float(max_sigma)
-    if dev == 0.0:
-        sigma = 0.0  # on the line, whatever the noise
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sigma = float(np.abs(dev) / np.float64(se))  # inf when se == 0, NaN when unknown
     head = f"layer {layer}: deviation"
     if math.isnan(dev):
-        return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, False,
-                           expected, f"{head} NaN: {_why_fit_undefined(fit)}")
+        return CheckResult("deviation", layer, dev, se, max_deviation, sigma_of(dev, se), max_sigma,
+                           False, expected, f"{head} NaN: {_why_fit_undefined(fit)}")
+    passed, sigma, deciding = effect_and_sigma(dev, se, max_deviation, max_sigma,
+                                               "deviation", "max_deviation", "max_deviation_sigma")
+    message = f"{head} {dev:+.3g}{_pm(se, '.2g')}: {deciding}"
+    return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, passed,
+                       expected, message)
 
-    # Each set threshold gives a clause (exceeded?, text); the layer fails iff every
-    # clause is exceeded.  The message lists the clauses that decided the verdict.
+
+def sigma_of(value: float, se: float) -> float:
+    """|value| / se: 0 when value is 0 (whatever the noise), inf when se is 0, NaN
+    when either is unknown."""
+    if value == 0.0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.abs(np.float64(value)) / np.float64(se))
+
+
+def effect_and_sigma(value: float, se: float, max_effect: float | None, max_sigma: float | None,
+                     name: str, effect_key: str, sigma_key: str) -> tuple[bool, float, str]:
+    """The rule shared by every check with an effect and a significance threshold
+    (METHOD: combined with AND): fails iff each threshold that is set is exceeded,
+    |value| > max_effect and |value| / se > max_sigma; an unknown se counts as
+    beyond max_sigma.  Returns (passed, sigma, the clauses that decided, joined)."""
+    sigma = sigma_of(value, se)
     clauses: list[tuple[bool, str]] = []
-    if max_deviation is not None:
-        over = abs(dev) > max_deviation
-        clauses.append((over, f"|deviation| {abs(dev):.3g} {'>' if over else '<='} "
-                              f"max_deviation {max_deviation!r}"))
+    if max_effect is not None:
+        over = abs(value) > max_effect
+        clauses.append((over, f"|{name}| {abs(value):.3g} {'>' if over else '<='} "
+                              f"{effect_key} {max_effect!r}"))
     if max_sigma is not None:
         if math.isnan(sigma):
             clauses.append((True, f"standard error unknown, counted as beyond "
-                                  f"max_deviation_sigma {max_sigma!r}"))
+                                  f"{sigma_key} {max_sigma!r}"))
         else:
             over = sigma > max_sigma
-            clauses.append((over, f"{sigma:.3g} σ {'>' if over else '<='} "
-                                  f"max_deviation_sigma {max_sigma!r}"))
+            clauses.append((over, f"{sigma:.3g} σ {'>' if over else '<='} {sigma_key} {max_sigma!r}"))
     passed = not all(over for over, _ in clauses)
-    deciding = [text for over, text in clauses if over != passed]
-    message = f"{head} {dev:+.3g}{_pm(se, '.2g')}: " + " and ".join(deciding)
-    return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, passed,
-                       expected, message)
+    return passed, sigma, " and ".join(text for over, text in clauses if over != passed)
 
 
 def _check_step(fit: LawFit, layer: int, fraction: float, expected: bool) -> CheckResult:

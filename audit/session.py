@@ -3,13 +3,18 @@
 The pytest plugin keeps one :class:`AuditSession` on its config and hands every
 hook to it, so the logic is testable without pytest.  A model is opened once per
 spec, its weights loaded only when the first item of that spec runs, and released
-once its report exists.
+once its report exists.  A merge's parents are opened (their paths resolved, their
+depths read, the layer map checked) before anything is measured, and measured on
+the same windows when the merged spec's first item runs.  The baseline of a spec
+is read, compared or written (``update_baselines``) right after its report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,16 +37,44 @@ def strict_environment() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def parent_spec_name(spec: Spec, label: str) -> str:
+    """The report name of a merge parent: ``<spec>.parent-<label as a file name>``
+    (lowercase, every run of other characters one '-'), so its report stays in the
+    reports folder whatever the label holds."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.") or "parent"
+    return f"{spec.name}.parent-{slug}"
+
+
+@dataclass
+class BaselineState:
+    """What happened to a spec's baseline in this session."""
+
+    state: str
+    """``missing`` | ``written`` | ``compared`` | ``error``."""
+    path: Path | None
+    error: EquilawError | None = None
+
+
 @dataclass
 class AuditSession:
     spec_paths: list[Path]
     reports_dir: Path | None
     """Where ``<name>.json`` goes; None writes no report files."""
     progress_factory: Callable[[], Any] | None = None
+    skip_missing_models: bool = True
+    """Skip a spec whose model is not installed (the default specs outside CI);
+    False fails it (specs named on the command line, or CI=true)."""
+    baselines_dir: Path | None = None
+    """Where baselines are; None: ``baselines/`` beside each spec file."""
+    update_baselines: bool = False
+    """Write each audited spec's report as its baseline instead of comparing."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
     _errors: dict[str, EquilawError] = field(default_factory=dict)
+    _parents: dict[str, dict[str, Spec]] = field(default_factory=dict)
+    _layer_maps: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, BaselineState] = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
 
     def specs(self) -> list[Spec]:
@@ -57,32 +90,101 @@ class AuditSession:
         return self._backends[spec.name]
 
     def num_layers(self, spec: Spec) -> int:
-        """L, from the model's config or GGUF metadata: no weights are loaded."""
-        return self.backend(spec).info().num_layers
+        """L, from the model's config or GGUF metadata: no weights are loaded.
+        Also checks, before anything is measured, the spec rules that need L and,
+        for a merge, that every parent resolves and the layer map fits."""
+        from audit.spec import check_against_model
+
+        layers = self.backend(spec).info().num_layers
+        check_against_model(spec, layers)
+        if spec.merge is not None and spec.name not in self._layer_maps:
+            self._prepare_merge(spec, layers)
+        return layers
+
+    def _prepare_merge(self, spec: Spec, layers: int) -> None:
+        from audit.compare.merge import resolve_layer_map
+        from audit.errors import ModelUnavailableError
+
+        parents: dict[str, Spec] = {}
+        depths: dict[str, int] = {}
+        for label, path in spec.merge.parents:
+            parent = dataclasses.replace(spec, name=parent_spec_name(spec, label), merge=None,
+                                         model=dataclasses.replace(spec.model, path=path))
+            try:
+                depths[label] = self.backend(parent).info().num_layers
+            except ModelUnavailableError as exc:
+                raise spec.error(f"merge.parents.{label}", f"parent {label!r} at {path}: "
+                                 f"{exc.reason}") from None
+            parents[label] = parent
+        info = self.backend(spec).info()
+        folder = Path(info.path) if Path(info.path).is_dir() else None
+        self._layer_maps[spec.name] = resolve_layer_map(spec, layers, depths, folder)
+        self._parents[spec.name] = parents
 
     def report(self, spec: Spec) -> Report:
-        """The spec's report, computed on first use; a failure is remembered and
-        raised again for every item of that spec."""
+        """The spec's report, computed on first use, with its comparisons (merge
+        parents, baseline); a failure is remembered and raised again for every
+        item of that spec."""
         if spec.name in self._errors:
             raise self._errors[spec.name]
         if spec.name not in self._reports:
-            from audit.pipeline import run
-
-            progress = self.progress_factory() if self.progress_factory else None
             try:
-                report = run(spec, backend=self.backend(spec), progress=progress)
+                report = self._measure(spec)
+                if spec.merge is not None:
+                    report = self._compare_to_parents(spec, report)
             except EquilawError as exc:
                 self._errors[spec.name] = exc
                 raise
-            finally:
-                # The report holds every number the items need: free the model.
-                self._backends.pop(spec.name, None)
+            report = self._baseline(spec, report)
             self._reports[spec.name] = report
-            if self.reports_dir is not None:
-                from audit.report.json_report import write_json
-
-                self.written.append(write_json(report, self.reports_dir))
+            self._write(report)
         return self._reports[spec.name]
+
+    def _measure(self, spec: Spec) -> Report:
+        from audit.pipeline import collect, judge
+
+        progress = self.progress_factory() if self.progress_factory else None
+        try:
+            return judge(collect(spec, backend=self.backend(spec), progress=progress))
+        finally:
+            # The report holds every number the items need: free the model.
+            self._backends.pop(spec.name, None)
+
+    def _compare_to_parents(self, spec: Spec, report: Report) -> Report:
+        from audit.compare.merge import compare_to_parents
+
+        if spec.name not in self._layer_maps:
+            self.num_layers(spec)
+        parents = {label: self._measure(parent)
+                   for label, parent in self._parents[spec.name].items()}
+        for parent in parents.values():
+            self._write(parent)
+        return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
+
+    def _baseline(self, spec: Spec, report: Report) -> Report:
+        from audit.compare.baseline import (baseline_path, compare_to_baseline, read_baseline,
+                                            write_baseline)
+
+        try:
+            path = baseline_path(spec, self.baselines_dir)
+            if self.update_baselines:
+                write_baseline(report, path)
+                self.baselines[spec.name] = BaselineState("written", path)
+            elif path.is_file():
+                shown = os.path.relpath(path) if not os.path.isabs(str(path)) else str(path)
+                report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
+                self.baselines[spec.name] = BaselineState("compared", path)
+            else:
+                self.baselines[spec.name] = BaselineState("missing", path)
+        except EquilawError as exc:
+            self.baselines[spec.name] = BaselineState("error", None, exc)
+        return report
+
+    def _write(self, report: Report) -> None:
+        if self.reports_dir is not None:
+            from audit.report.json_report import write_json
+
+            self.written.append(write_json(report, self.reports_dir))
 
     @property
     def reports(self) -> list[Report]:

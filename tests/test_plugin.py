@@ -71,7 +71,8 @@ def inner(pytester: pytest.Pytester, tmp_path: Path):
     return run
 
 
-_ITEM_ID = re.compile(r"(?:^|::)([a-z0-9._-]+::(?:law-fit|law-rho|layer-\d+))$")
+_ITEM_ID = re.compile(r"(?:^|::)([a-z0-9._-]+::(?:law-fit|law-rho|baseline-law|baseline-loss|"
+                      r"merge-law|merge-loss|layer-\d+))$")
 
 
 def _names(result: pytest.RunResult) -> list[str]:
@@ -85,7 +86,8 @@ def test_collect_only_gives_the_item_ids_without_loading(
     spec = write_spec(pytester.path, "tiny-a", tiny_model_dir, GENEROUS)
     result = inner("--audit-spec", str(spec), "--collect-only", "-q", ITEMS)
     assert result.ret == 0
-    assert _names(result) == ["tiny-a::law-fit", "tiny-a::law-rho"] + [
+    assert _names(result) == ["tiny-a::law-fit", "tiny-a::law-rho", "tiny-a::baseline-law",
+                              "tiny-a::baseline-loss"] + [
         f"tiny-a::layer-{layer:02d}" for layer in range(1, TINY_LAYERS + 1)]
     assert inner.loads() == []  # collection reads the config only
     assert not inner.reports.exists()
@@ -94,7 +96,7 @@ def test_collect_only_gives_the_item_ids_without_loading(
     assert _names(picked) == ["tiny-a::layer-02"]
     picked = inner("--audit-spec", str(spec), "--collect-only", "-q", "-k", "tiny-a and law",
                    "--pyargs", "audit")
-    assert _names(picked) == ["tiny-a::law-fit", "tiny-a::law-rho"]
+    assert _names(picked) == ["tiny-a::law-fit", "tiny-a::law-rho", "tiny-a::baseline-law"]
 
 
 def test_pass_fail_xfail_xpass_reports_and_one_load_per_spec(
@@ -107,9 +109,12 @@ def test_pass_fail_xfail_xpass_reports_and_one_load_per_spec(
     result = inner("--audit-spec", str(good), "--audit-spec", str(bad), ITEMS)
     layers = TINY_LAYERS
     # good: law-fit, law-rho and every layer but 3 pass, 3 XPASSes; bad: law-fit and
-    # every layer but 2 fail, 2 xfails, law-rho is skipped (no rho threshold)
+    # every layer but 2 fail, 2 xfails, law-rho is skipped (no rho threshold); neither
+    # has a baseline yet: baseline-law and baseline-loss skip, saying how to write one
     result.assert_outcomes(passed=2 + layers - 1, xpassed=1, failed=1 + layers - 1, xfailed=1,
-                           skipped=1)
+                           skipped=1 + 4)
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *tiny-good: no baseline at *baselines/tiny-good.json; "
+                                 "create it with: pytest audit/ --audit-update-baseline -k tiny-good"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     # each spec's model is loaded once, although each has layers + 2 items
     assert sorted(inner.loads()) == ["tiny-bad", "tiny-good"]
@@ -167,16 +172,27 @@ def test_invalid_spec_is_a_collection_error_and_writes_nothing(
 
 def test_missing_model_skips_or_fails_under_ci(
         inner, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default spec (model_specs/ under the rootdir) whose model is absent skips,
+    except under CI; a spec named with --audit-spec fails the run everywhere (a
+    typo must not turn a release gate green)."""
     missing = pytester.path / "no-such-model"
-    spec = write_spec(pytester.path, "ghost", missing, GENEROUS)
+    (pytester.path / "model_specs").mkdir()
+    spec = write_spec(pytester.path / "model_specs", "ghost", missing, GENEROUS)
     monkeypatch.delenv("CI", raising=False)
-    result = inner("--audit-spec", str(spec), ITEMS)
+    ini = next(pytester.path.glob("*.ini"))
+    as_default = ("-c", str(ini), "--rootdir", str(pytester.path))
+    result = inner(*as_default, ITEMS)
     result.assert_outcomes(skipped=1)
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.stdout.fnmatch_lines(["SKIPPED *ghost: *no-such-model*"])
 
-    monkeypatch.setenv("CI", "true")
     result = inner("--audit-spec", str(spec), ITEMS)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*no-such-model*(a spec named with --audit-spec or audit_specs: "
+                                 "a missing model fails the run)*", "*1 error*"])
+
+    monkeypatch.setenv("CI", "true")
+    result = inner(*as_default, ITEMS)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*no-such-model*(CI=true: a missing model fails the run)*",
                                  "*1 error*"])

@@ -1,0 +1,136 @@
+"""Baselines: one report per spec, kept beside the spec file, that later runs are
+compared with.
+
+State machine (``pytest audit/``): no baseline → the baseline items skip, naming
+the command that writes one; ``--audit-update-baseline`` → the report is written
+to ``baselines/<name>.json`` (atomically) and the items pass; a baseline → this
+run is compared with it.  A baseline records what it was measured on; comparing
+across a different probe, measure, normalisation, target or token windows is
+refused naming the fields that differ; different weights are what a release check
+expects; different library versions are noted, not refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
+                                 largest, loss_check, require_paired)
+from audit.errors import ComparisonError
+from audit.jackknife import jackknife_se
+from audit.report.data import Comparison, Report
+from audit.report.json_report import read_json, write_json_file
+from audit.spec import BaselineSpec, Spec
+
+UPDATE_COMMAND = "pytest audit/ --audit-update-baseline -k {name}"
+"""How a user writes a missing baseline (in skip messages and docs)."""
+
+
+def baseline_path(spec: Spec, folder: str | os.PathLike | None = None) -> Path:
+    """``FOLDER/<name>.json``; without a folder, ``baselines/`` beside the spec file."""
+    if folder is None:
+        if spec.source is None:
+            raise ComparisonError(f"spec {spec.name!r} was built in code: name a baselines "
+                                  "folder (--audit-baselines DIR)")
+        folder = Path(spec.source).resolve().parent / "baselines"
+    return Path(folder) / f"{spec.name}.json"
+
+
+def write_baseline(report: Report, path: str | os.PathLike) -> Path:
+    """Write ``report`` (without its own comparisons) as a baseline, atomically."""
+    plain = dataclasses.replace(report, comparisons=(), checks=tuple(
+        c for c in report.checks if not c.check.startswith(("baseline_", "drift", "merge_"))))
+    return write_json_file(plain, path)
+
+
+def read_baseline(path: str | os.PathLike) -> Report:
+    return read_json(path)
+
+
+def fingerprint(report: Report) -> dict[str, Any]:
+    """What must be equal for two reports to be compared, by field name."""
+    probe = report.spec.get("probe", {})
+    return {
+        "corpus": report.corpus.get("name"),
+        "corpus sha256": report.corpus.get("sha256"),
+        "probe.sequences": probe.get("sequences"),
+        "probe.length": probe.get("length"),
+        "probe.seed": probe.get("seed"),
+        "probe.shards": probe.get("shards"),
+        "measure": report.measure,
+        "normalization": report.normalization,
+        "target": report.target,
+        "windows sha256": report.probe.get("windows_sha256"),
+    }
+
+
+def check_comparable(now: Report, then: Report, what: str) -> None:
+    """Raise :class:`ComparisonError` naming every fingerprint field that differs."""
+    a, b = fingerprint(then), fingerprint(now)
+    differ = [key for key in a if a[key] != b[key]]
+    if not differ:
+        return
+    detail = "; ".join(f"{key}: {a[key]!r} there, {b[key]!r} here" for key in differ)
+    message = f"{what} was measured on another setup ({detail})"
+    if differ == ["windows sha256"]:
+        tok_then = then.probe.get("tokenizer", {}).get("source")
+        tok_now = now.probe.get("tokenizer", {}).get("source")
+        message += (f": the same probe settings gave different token windows, so the "
+                    f"tokenizers differ ({tok_then} there, {tok_now} here); point "
+                    f"model.tokenizer of the spec at the tokenizer the other was measured with")
+    else:
+        message += ": measure both on the same probe, or regenerate the baseline"
+    raise ComparisonError(message, fields=tuple(differ))
+
+
+def version_notes(now: Report, then: Report) -> tuple[str, ...]:
+    notes = []
+    for name in sorted(set(now.versions) | set(then.versions)):
+        if now.versions.get(name) != then.versions.get(name):
+            notes.append(f"{name} {then.versions.get(name)} in the baseline, "
+                         f"{now.versions.get(name)} now")
+    return (f"library versions differ: {'; '.join(notes)}",) if notes else ()
+
+
+def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
+                        reference: str) -> Report:
+    """``now`` with its comparison against the baseline ``then`` attached."""
+    check_comparable(now, then, f"the baseline {reference}")
+    require_paired(now, then, f"the baseline {reference}")
+    log10, loo = curve(then)
+    ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
+    layer_checks, rows, moved = judge_layers(now, ref, "drift", tolerances.max_drift,
+                                             tolerances.max_drift_sigma)
+    loss_now, loss_then, loss_se = _losses(now, then)
+    law = [
+        increase_check("baseline_pearson_r", now.law.pearson_r, then.law.pearson_r,
+                       tolerances.max_pearson_r_increase, "pearson_r", "max_pearson_r_increase"),
+        increase_check("baseline_rho", now.law.rho, then.law.rho, tolerances.max_rho_increase,
+                       "rho", "max_rho_increase"),
+        loss_check("baseline_loss", now, loss_now, loss_then, loss_se,
+                    tolerances.max_loss_increase, "the baseline"),
+    ]
+    top, top_layer = largest(rows)
+    comparison = Comparison(
+        kind="baseline", reference=reference,
+        pearson_r_then=then.law.pearson_r, pearson_r_now=now.law.pearson_r,
+        rho_then=then.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
+        first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows,
+        notes=version_notes(now, then))
+    return attach(now, comparison, tuple(c for c in law if c is not None) + layer_checks)
+
+
+def _losses(now: Report, then: Report) -> tuple[float, float, float]:
+    """Loss now, then, and the paired standard error of the increase (NaN unknown)."""
+    nan = float("nan")
+    a = now.loss.mean if now.loss else nan
+    b = then.loss.mean if then.loss else nan
+    se = nan
+    if now.loss and then.loss and len(now.loss.leave_one_out) == len(then.loss.leave_one_out) >= 2:
+        import numpy as np
+
+        se = jackknife_se(np.subtract(now.loss.leave_one_out, then.loss.leave_one_out))
+    return a, b, float(se)

@@ -1,0 +1,125 @@
+"""Merge gates: a merged checkpoint judged against its parents, all measured on
+the same windows.
+
+The merged model fails when its Pearson r or probe loss is worse than its worst
+parent's beyond the ``baseline`` tolerances (ρ too, only when the merge keeps the
+depth), and when a merged layer's log10 PR lies outside the range spanned by the
+parent layers it came from beyond the drift tolerances, in either direction
+(:mod:`audit.compare.drift`).  Where each merged layer came from is a
+:class:`~audit.compare.layer_map.LayerMap`: the spec's ``merge.layer_map``, a
+mergekit configuration (``merge.config``, or the merged folder's own
+``mergekit_config.yml``), or index by index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from audit.compare.baseline import check_comparable
+from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
+                                 largest, loss_check, require_paired)
+from audit.compare.layer_map import (LayerMap, index_layer_map, layer_map_from_entries,
+                                     read_mergekit_config)
+from audit.errors import ComparisonError
+from audit.report.data import Comparison, Report
+from audit.spec import BaselineSpec, Spec
+
+MERGEKIT_CONFIG = "mergekit_config.yml"
+
+
+def resolve_layer_map(spec: Spec, num_layers: int, parent_layers: Mapping[str, int],
+                      merged_folder: Path | None) -> LayerMap:
+    """The merged spec's layer map, checked against the merged depth ``num_layers``
+    and the parents' depths (raises SpecError or ComparisonError naming the file)."""
+    merge = spec.merge
+    assert merge is not None
+    labels = [label for label, _ in merge.parents]
+    if merge.layer_map is not None:
+        layer_map = layer_map_from_entries(list(merge.layer_map), labels, parent_layers,
+                                           file=spec.source, line=spec.lines.get("merge.layer_map"))
+    elif merge.config is not None:
+        layer_map = read_mergekit_config(merge.config, labels, parent_layers)
+    elif merged_folder is not None and (merged_folder / MERGEKIT_CONFIG).is_file():
+        layer_map = read_mergekit_config(merged_folder / MERGEKIT_CONFIG, labels, parent_layers)
+    else:
+        other = {label: depth for label, depth in parent_layers.items() if depth != num_layers}
+        if other:
+            listed = ", ".join(f"{label} has {depth}" for label, depth in other.items())
+            raise spec.error("merge", f"no merge config or layer map, so layers are compared "
+                                      f"index by index, but the merged model has {num_layers} "
+                                      f"layers and {listed}: give merge.config or merge.layer_map")
+        layer_map = index_layer_map(labels, num_layers)
+    if layer_map.num_layers != num_layers:
+        where = layer_map.origin or "merge.layer_map"
+        raise ComparisonError(f"{where} describes {layer_map.num_layers} merged layers, but the "
+                              f"merged model of {spec.name!r} has {num_layers}")
+    return layer_map
+
+
+def compare_to_parents(now: Report, parents: Mapping[str, Report], layer_map: LayerMap,
+                       tolerances: BaselineSpec) -> Report:
+    """``now`` with its comparison against its parents attached."""
+    for label, parent in parents.items():
+        check_comparable(now, parent, f"parent {label!r}")
+        require_paired(now, parent, f"the report of parent {label!r}")
+    curves = {label: curve(report) for label, report in parents.items()}
+    size = now.model["layers"] + 1
+    g = len(now.shard_ids)
+    low, high = np.full(size, np.nan), np.full(size, np.nan)
+    low_loo, high_loo = np.full((g, size), np.nan), np.full((g, size), np.nan)
+    sources = [""]
+    for layer in range(1, size):
+        came_from = layer_map.for_layer(layer)
+        values = np.array([curves[s.parent][0][s.layer] for s in came_from])
+        per_shard = np.stack([curves[s.parent][1][:, s.layer] for s in came_from])   # [k, g]
+        low[layer], high[layer] = values.min(), values.max()
+        low_loo[:, layer], high_loo[:, layer] = per_shard.min(axis=0), per_shard.max(axis=0)
+        sources.append(", ".join(f"{s.parent}:{s.layer}" for s in came_from))
+    ref = Reference(low=low, high=high, low_loo=low_loo, high_loo=high_loo, sources=tuple(sources))
+    layer_checks, rows, moved = judge_layers(now, ref, "merge_drift", tolerances.max_drift,
+                                             tolerances.max_drift_sigma)
+
+    worst_r = max(parents, key=lambda label: _nan_high(parents[label].law.pearson_r))
+    law = [increase_check("merge_pearson_r", now.law.pearson_r, parents[worst_r].law.pearson_r,
+                          tolerances.max_pearson_r_increase,
+                          f"pearson_r (worst parent {worst_r!r})", "max_pearson_r_increase")]
+    rho_then = math.nan
+    if layer_map.keeps_depth:
+        worst_rho = max(parents, key=lambda label: _nan_high(parents[label].law.rho))
+        rho_then = parents[worst_rho].law.rho
+        law.append(increase_check("merge_rho", now.law.rho, rho_then, tolerances.max_rho_increase,
+                                  f"rho (worst parent {worst_rho!r})", "max_rho_increase"))
+    loss_then = math.nan
+    if tolerances.max_loss_increase is not None:
+        losses = {label: p.loss.mean for label, p in parents.items() if p.loss is not None}
+        if len(losses) == len(parents) and now.loss is not None:
+            worst_loss = max(losses, key=losses.get)
+            loss_then = losses[worst_loss]
+            law.append(increase_check("merge_loss", now.loss.mean, loss_then,
+                                      tolerances.max_loss_increase,
+                                      f"probe loss (nats; worst parent {worst_loss!r})",
+                                      "max_loss_increase"))
+        else:
+            law.append(loss_check("merge_loss", now, math.nan, math.nan, math.nan,
+                                   tolerances.max_loss_increase, "a parent"))
+    top, top_layer = largest(rows)
+    notes = (f"layers mapped by {layer_map.method}"
+             + (f" from {layer_map.origin}" if layer_map.origin else "")
+             + (f"; blocks repeat from merged layer {layer_map.repeat_start}"
+                if layer_map.repeat_start else ""),)
+    comparison = Comparison(
+        kind="merge", reference=", ".join(parents),
+        pearson_r_then=parents[worst_r].law.pearson_r, pearson_r_now=now.law.pearson_r,
+        rho_then=rho_then, rho_now=now.law.rho, loss_then=loss_then,
+        loss_now=now.loss.mean if now.loss else math.nan, first_moved_layer=moved,
+        largest_drift=top, largest_drift_layer=top_layer, rows=rows, notes=notes)
+    return attach(now, comparison, tuple(c for c in law if c is not None) + layer_checks)
+
+
+def _nan_high(value: float) -> float:
+    """Sort key that takes an undefined value as the worst."""
+    return math.inf if math.isnan(value) else value
