@@ -253,23 +253,23 @@ class SpecItem(pytest.Item):
 
     def _record_properties(self, report) -> None:
         """Numbers CI reads from JUnit XML, as test properties."""
-        def value(x):
-            return None if x is None or x != x else x
+        def value(x):  # JUnit properties are text: unknown is empty
+            return "" if x is None or x != x else x
 
         if self.name == "law-fit":
             layers = sorted({c.layer for c in report.violations if c.layer is not None})
             self.user_properties += [
                 ("equilaw.pearson_r", report.law.pearson_r), ("equilaw.rho", report.law.rho),
-                ("equilaw.probe_loss", report.loss.mean if report.loss else None),
+                ("equilaw.probe_loss", report.loss.mean if report.loss else ""),
                 ("equilaw.violating_layers", ",".join(map(str, layers))),
             ]
         kind = self.name.partition("-")[0]
         for cmp in report.comparisons:
             if cmp.kind == kind:
                 self.user_properties += [
-                    ("equilaw.first_moved_layer", cmp.first_moved_layer),
+                    ("equilaw.first_moved_layer", value(cmp.first_moved_layer)),
                     ("equilaw.largest_drift", value(cmp.largest_drift)),
-                    ("equilaw.largest_drift_layer", cmp.largest_drift_layer),
+                    ("equilaw.largest_drift_layer", value(cmp.largest_drift_layer)),
                 ]
 
     def repr_failure(self, excinfo, style=None):

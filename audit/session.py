@@ -171,7 +171,7 @@ class AuditSession:
                 write_baseline(report, path)
                 self.baselines[spec.name] = BaselineState("written", path)
             elif path.is_file():
-                shown = os.path.relpath(path) if not os.path.isabs(str(path)) else str(path)
+                shown = os.path.relpath(path)
                 report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
                 self.baselines[spec.name] = BaselineState("compared", path)
             else:

@@ -367,6 +367,7 @@ def _parents(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[t
     for label, path in value.items():
         if not isinstance(label, str) or not label.strip():
             raise ctx.error(field, line, f"parent labels must be strings, got {_describe(label)}")
+        ctx.lines[f"{field}.{label}"] = lines.get(label, line)
         out.append((label, _model_path(path, f"{field}.{label}", lines.get(label, line), ctx)))
     return tuple(out)
 

@@ -40,3 +40,46 @@ def model_or_skip(path: str) -> Path:
         if strict_environment():
             pytest.fail(f"CI=true and a real model is missing: {exc}")
         pytest.skip(str(exc))
+
+
+SPECS_DIR = Path(__file__).resolve().parents[1] / "model_specs"
+
+
+@pytest.fixture(scope="session")
+def smollm2_family(tmp_path_factory: pytest.TempPathFactory):
+    """The SmolLM2 checkpoint family (tests/smollm2_family.py), built lazily once per
+    test session and shared by every real-weight test; about 4.5 GB when complete,
+    removed at the end of the session."""
+    import shutil
+
+    from audit.spec import load_spec
+    from smollm2_family import SmolLM2Family
+
+    gguf = model_or_skip(load_spec(SPECS_DIR / "smollm2-135m.yaml").model.path)
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("smollm2-family")
+    yield SmolLM2Family(root, gguf)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_report(smollm2_family):
+    """``smollm2_report(variant)``: the report of a family member on the default
+    SmolLM2 spec's probe (name = the variant), measured once per session."""
+    import dataclasses
+
+    from audit.pipeline import run
+    from audit.spec import load_spec
+
+    base = load_spec(SPECS_DIR / "smollm2-135m.yaml")
+    cache = {}
+
+    def report(variant: str):
+        if variant not in cache:
+            folder = smollm2_family.folder(variant)
+            spec = dataclasses.replace(base, name=variant,
+                                       model=dataclasses.replace(base.model, path=str(folder)))
+            cache[variant] = run(spec)
+        return cache[variant]
+
+    return report

@@ -216,3 +216,17 @@ def test_failure_text_is_a_small_capped_report() -> None:
     assert lines[5] == "  accept: pytest audit/ --audit-update-baseline -k m"
     assert lines[7].split()[0] == "3" and lines[7].endswith("violation ← first moved")
     assert lines[-1] == "  … and 16 more layers" and len(lines) == 7 + 12 + 1
+
+
+def test_terminal_shows_the_comparison_and_renders_it_alike_after_json(tmp_path) -> None:
+    from audit.report.json_report import read_json, write_json
+    from test_report import _render
+
+    got = compare_to_baseline(make_report("d", bump_at=3, bump=0.01, noise_seed=2), make_report(),
+                              TOL, "baselines/m.json")
+    text = _render(got)
+    assert "against baseline baselines/m.json: first moved layer 3" in text
+    row = next(line for line in text.splitlines() if "← first moved" in line)
+    assert row.split()[:4] == ["│", "3", "-0.08544", "-0.07544"]
+    assert "probe loss 3.0000 → 3.0000 nats" in text
+    assert _render(read_json(write_json(got, tmp_path))) == text

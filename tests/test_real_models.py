@@ -9,7 +9,6 @@ These tests load real models (tens of seconds each): marked slow, run in CI.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -29,8 +28,6 @@ SPECS = Path(__file__).resolve().parents[1] / "model_specs"
 # Python docstrings: r may differ by sampling noise (jackknife se about 0.009).
 METHOD_PEARSON_R = {"smollm2-135m": -0.975, "gemma3-270m": -0.944}
 PEARSON_R_TOLERANCE = 0.02
-# The block that produces hidden state 15 (transformers' layers[14]).
-DAMAGED_BLOCK = 14
 
 
 @pytest.fixture(scope="module", params=sorted(METHOD_PEARSON_R))
@@ -54,49 +51,12 @@ def test_default_spec_passes_and_matches_method(default_report) -> None:
     assert all(math.isfinite(row.deviation_se) for row in report.layers[1:])
 
 
-@pytest.fixture(scope="module")
-def smollm2_folders(tmp_path_factory) -> tuple[Path, Path]:
-    """SmolLM2 re-saved as a safetensors folder, and a copy whose block 14 (producing
-    hidden state 15) has its MLP output projection multiplied by 8, as a faulty
-    conversion would."""
-    gguf = model_or_skip(load_spec(SPECS / "smollm2-135m.yaml").model.path)
-    import transformers
-    from safetensors.numpy import load_file, save_file
-
-    healthy = tmp_path_factory.mktemp("smollm2-safetensors")
-    model = transformers.AutoModel.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    # transformers refuses save_pretrained on a GGUF-dequantised model: write the
-    # (already float32) weights and the config ourselves.
-    model.config.save_pretrained(healthy)
-    weights = {key: value.detach().numpy() for key, value in model.state_dict().items()}
-    save_file(weights, str(healthy / "model.safetensors"), metadata={"format": "pt"})
-    transformers.AutoTokenizer.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, local_files_only=True).save_pretrained(healthy)
-    del model, weights
-
-    damaged = tmp_path_factory.mktemp("smollm2-damaged")
-    for item in healthy.iterdir():
-        if item.suffix != ".safetensors":
-            (damaged / item.name).write_bytes(item.read_bytes())
-    (weights_file,) = healthy.glob("*.safetensors")
-    tensors = load_file(str(weights_file))
-    key = f"layers.{DAMAGED_BLOCK}.mlp.down_proj.weight"
-    tensors[key] = tensors[key] * np.float32(8)
-    save_file(tensors, str(damaged / weights_file.name), metadata={"format": "pt"})
-    return healthy, damaged
-
-
-def _spec_for(folder: Path, name: str):
-    spec = load_spec(SPECS / "smollm2-135m.yaml")
-    return dataclasses.replace(spec, name=name,
-                               model=dataclasses.replace(spec.model, path=str(folder)))
-
-
-def test_conversion_bug_breaks_the_law_and_points_at_the_block(smollm2_folders) -> None:
-    healthy_dir, damaged_dir = smollm2_folders
-    healthy = run(_spec_for(healthy_dir, "smollm2-healthy"))
-    damaged = run(_spec_for(damaged_dir, "smollm2-damaged"))
+def test_conversion_bug_breaks_the_law_and_points_at_the_block(smollm2_report) -> None:
+    """SmolLM2 re-saved as safetensors, and a copy whose block 14 (producing hidden
+    state 15) has its MLP output projection multiplied by 8, as a faulty conversion
+    would (tests/smollm2_family.py: ``healthy`` and ``mlp-x8``)."""
+    healthy = smollm2_report("healthy")
+    damaged = smollm2_report("mlp-x8")
 
     assert healthy.verdict == "pass", [c.message for c in healthy.violations]
     assert damaged.verdict == "fail"

@@ -32,12 +32,9 @@ UNTOUCHED = "layers.3.mlp.up_proj.weight"
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory: pytest.TempPathFactory):
-    gguf = model_or_skip(load_spec(SPECS / "smollm2-135m.yaml").model.path)
-    pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("smollm2-family")
-    yield SmolLM2Family(root, gguf)
-    shutil.rmtree(root, ignore_errors=True)  # 4.5 GB: pytest would keep three runs
+def family(smollm2_family):
+    """The session's shared family (tests/conftest.py)."""
+    return smollm2_family
 
 
 def tensors(folder: Path, keys=None) -> dict[str, np.ndarray]:

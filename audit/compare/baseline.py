@@ -3,8 +3,8 @@ compared with.
 
 State machine (``pytest audit/``): no baseline → the baseline items skip, naming
 the command that writes one; ``--audit-update-baseline`` → the report is written
-to ``baselines/<name>.json`` (atomically) and the items pass; a baseline → this
-run is compared with it.  A baseline records what it was measured on; comparing
+to ``baselines/<name>.json`` (atomically), whatever its verdict, and the items skip
+saying so; a baseline → this run is compared with it.  A baseline records what it was measured on; comparing
 across a different probe, measure, normalisation, target or token windows is
 refused naming the fields that differ; different weights are what a release check
 expects; different library versions are noted, not refused.
@@ -98,8 +98,9 @@ def version_notes(now: Report, then: Report) -> tuple[str, ...]:
 def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
                         reference: str) -> Report:
     """``now`` with its comparison against the baseline ``then`` attached."""
-    check_comparable(now, then, f"the baseline {reference}")
+    # A baseline from before schema 3 lacks the window hash too: say what to do first.
     require_paired(now, then, f"the baseline {reference}")
+    check_comparable(now, then, f"the baseline {reference}")
     log10, loo = curve(then)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
     layer_checks, rows, moved = judge_layers(now, ref, "drift", tolerances.max_drift,

@@ -39,12 +39,15 @@ def resolve_layer_map(spec: Spec, num_layers: int, parent_layers: Mapping[str, i
     assert merge is not None
     labels = [label for label, _ in merge.parents]
     if merge.layer_map is not None:
+        where = f"merge.layer_map of {spec.source}" if spec.source else "merge.layer_map"
         layer_map = layer_map_from_entries(list(merge.layer_map), labels, parent_layers,
                                            file=spec.source, line=spec.lines.get("merge.layer_map"))
     elif merge.config is not None:
+        where = merge.config
         layer_map = read_mergekit_config(merge.config, labels, parent_layers)
     elif merged_folder is not None and (merged_folder / MERGEKIT_CONFIG).is_file():
-        layer_map = read_mergekit_config(merged_folder / MERGEKIT_CONFIG, labels, parent_layers)
+        where = str(merged_folder / MERGEKIT_CONFIG)
+        layer_map = read_mergekit_config(where, labels, parent_layers)
     else:
         other = {label: depth for label, depth in parent_layers.items() if depth != num_layers}
         if other:
@@ -53,8 +56,8 @@ def resolve_layer_map(spec: Spec, num_layers: int, parent_layers: Mapping[str, i
                                       f"index by index, but the merged model has {num_layers} "
                                       f"layers and {listed}: give merge.config or merge.layer_map")
         layer_map = index_layer_map(labels, num_layers)
+        where = "index by index"
     if layer_map.num_layers != num_layers:
-        where = layer_map.origin or "merge.layer_map"
         raise ComparisonError(f"{where} describes {layer_map.num_layers} merged layers, but the "
                               f"merged model of {spec.name!r} has {num_layers}")
     return layer_map
@@ -64,8 +67,8 @@ def compare_to_parents(now: Report, parents: Mapping[str, Report], layer_map: La
                        tolerances: BaselineSpec) -> Report:
     """``now`` with its comparison against its parents attached."""
     for label, parent in parents.items():
-        check_comparable(now, parent, f"parent {label!r}")
         require_paired(now, parent, f"the report of parent {label!r}")
+        check_comparable(now, parent, f"parent {label!r}")
     curves = {label: curve(report) for label, report in parents.items()}
     size = now.model["layers"] + 1
     g = len(now.shard_ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from audit.report.data import LayerRow, Report
+from audit.report.data import Comparison, LayerRow, Report
 
 STATUS_STYLE = {"ok": "green", "violation": "bold red", "expected": "yellow", "unjudged": "dim"}
 PLOT_WIDTH = 28
@@ -50,6 +50,42 @@ def _picture(rows: tuple[LayerRow, ...], row: LayerRow) -> str:
         cells[col(row.fitted)] = "│"
     cells[col(row.log10_pr)] = "●"
     return "".join(cells)
+
+
+DRIFT_STYLE = {"ok": "green", "moved": "yellow", "violation": "bold red"}
+
+
+def _comparison(c: Comparison) -> Any:
+    """Then and now per layer against a baseline or a merge's parents; the first
+    moved layer highlighted."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    then = "baseline" if c.kind == "baseline" else "parents"
+    moved = (f"first moved layer {c.first_moved_layer}" if c.first_moved_layer is not None
+             else "no layer moved")
+    head = Text.assemble(
+        (f"against {c.kind} {c.reference}: ", "bold"), (moved, "bold yellow" if
+                                                        c.first_moved_layer is not None else "green"),
+        f"\nPearson r {_num(c.pearson_r_then)} → {_num(c.pearson_r_now)}   "
+        f"ρ {_num(c.rho_then, 5)} → {_num(c.rho_now, 5)}   "
+        f"probe loss {_num(c.loss_then)} → {_num(c.loss_now)} nats"
+        + "".join(f"\nnote: {note}" for note in c.notes))
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for column in ("layer", f"log10 PR {then}", "now", "drift", "σ", "status", "from"):
+        table.add_column(column, justify="left" if column in ("status", "from") else "right",
+                         no_wrap=True)
+    for row in c.rows:
+        then_text = (_num(row.then_low, 5) if row.then_low == row.then_high
+                     else f"{_num(row.then_low, 5)}..{_num(row.then_high, 5)}")
+        first = row.layer == c.first_moved_layer
+        table.add_row(str(row.layer), then_text, _num(row.now, 5), _pm(row.drift, row.drift_se),
+                      _num(row.sigma, 1),
+                      Text(row.status + (" ← first moved" if first else ""),
+                           style=DRIFT_STYLE.get(row.status, "")),
+                      row.sources, style="on grey15" if first else None)
+    return Group(head, table)
 
 
 def render(report: Report, console: Any) -> None:
@@ -101,6 +137,13 @@ def render(report: Report, console: Any) -> None:
             tag = "expected" if check.expected else "VIOLATION"
             lines.append(f"{tag}: {check.message}\n", style="yellow" if check.expected else "red")
         parts.append(lines)
+    if report.loss is not None:
+        parts.append(Text(f"probe loss {_num(report.loss.mean)} ± {_num(report.loss.stderr)} nats "
+                          f"per token over {report.loss.tokens} tokens"))
+    elif report.loss_note:
+        parts.append(Text(f"probe loss: none ({report.loss_note})", style="dim"))
+    for comparison in report.comparisons:
+        parts.append(_comparison(comparison))
     if report.warnings:
         parts.append(Text("".join(f"warning: {w}\n" for w in report.warnings), style="magenta"))
     from rich.console import Group

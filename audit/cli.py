@@ -1,0 +1,158 @@
+"""The ``equilaw`` command (also ``python -m audit``): argument parsing, each verb
+calling the core.
+
+``equilaw calibrate CHECKPOINT -o model_specs/NAME.yaml`` measures the law once on
+CHECKPOINT and writes a commented spec whose thresholds the checkpoint passes by a
+stated margin (``audit.calibrate``), and its baseline as
+``<spec folder>/baselines/NAME.json``.  Errors of equilaw print
+``equilaw: error: MESSAGE`` on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from audit.errors import EquilawError
+
+PROG = "equilaw"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Audit language-model checkpoints against the law of "
+                               "equi-learning (pytest runs the audit; this command prepares it).")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    cal = verbs.add_parser(
+        "calibrate", help="measure a checkpoint once and write a spec it passes, and its baseline",
+        description="Measure the law once on CHECKPOINT and write a commented spec whose "
+                    "thresholds sit a stated margin outside what it shows (in standard errors "
+                    "and in absolute terms), with its deviant layers declared, and its baseline "
+                    "as <spec folder>/baselines/NAME.json.")
+    cal.add_argument("checkpoint", metavar="CHECKPOINT",
+                     help="a folder (config.json, tokenizer, *.safetensors), a .gguf file, "
+                          "pkg://MODULE/FILE or assemble://MODULE")
+    cal.add_argument("-o", "--output", required=True, metavar="OUT",
+                     help="the spec file to write, e.g. model_specs/NAME.yaml")
+    cal.add_argument("--name", help="the spec's name (default: OUT's file name without suffix)")
+    cal.add_argument("--sequences", type=int, help="probe windows (default 96)")
+    cal.add_argument("--length", type=int, help="tokens per window (default 128)")
+    cal.add_argument("--shards", type=int, help="jackknife shards for standard errors (default 10)")
+    cal.add_argument("--corpus", help="built-in corpus name or a .txt/.jsonl path "
+                                      "(default python-docstrings)")
+    cal.add_argument("--measure", help="token_id | shuffled_token_id | one_hot | separation "
+                                       "(default token_id)")
+    cal.add_argument("--margin-sigma", type=float, default=None, metavar="K",
+                     help="standard errors between each measured value and its threshold "
+                          "(default 3)")
+    cal.add_argument("--force", action="store_true",
+                     help="overwrite an existing spec or baseline")
+    cal.set_defaults(func=calibrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own errors (2) and --help (0)
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.verb is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except EquilawError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """The ``calibrate`` verb: measure, choose thresholds, check them, write."""
+    import yaml
+
+    from audit.calibrate import calibrate_thresholds, relative_corpus, relative_path, spec_text
+    from audit.compare.baseline import baseline_path, write_baseline
+    from audit.pipeline import collect, judge
+    from audit.spec import NAME_PATTERN, spec_from_dict
+
+    out = Path(args.output)
+    name = args.name if args.name is not None else out.stem
+    if args.name is None and not re.fullmatch(NAME_PATTERN, name):
+        raise EquilawError(f"spec name {name!r}, from the output file name, must match "
+                           f"{NAME_PATTERN}: rename {out.name} or pass --name")
+    probe = {key: value for key, value in (("sequences", args.sequences), ("length", args.length),
+                                           ("shards", args.shards), ("corpus", args.corpus))
+             if value is not None}
+    data: dict[str, Any] = {"name": name, "model": {"path": args.checkpoint}, "probe": probe}
+    if args.measure is not None:
+        data["measure"] = args.measure
+    spec = spec_from_dict(data)  # checks the name and the options before anything runs
+    baseline = baseline_path(dataclasses.replace(spec, source=str(out)))
+    if not args.force:
+        for path in (out, baseline):
+            if os.path.lexists(path):
+                raise EquilawError(f"{path} already exists; pass --force to overwrite it")
+
+    measurement = collect(spec, progress=_progress())
+    margin = {} if args.margin_sigma is None else {"margin_sigma": args.margin_sigma}
+    measured = judge(measurement)  # no thresholds: the numbers only
+    calibration = calibrate_thresholds(measured, **margin)
+    text = spec_text(name, relative_path(spec.model.path, out), calibration, measured,
+                     spec.probe, corpus=relative_corpus(spec.probe.corpus, out),
+                     baseline=os.path.relpath(baseline, out.parent))
+    # Judge the measurement by the spec as it will be read back: it must pass.
+    calibrated = spec_from_dict(yaml.safe_load(text), source=out)
+    report = judge(dataclasses.replace(measurement, spec=calibrated))
+    if report.verdict != "pass":
+        raise EquilawError("calibrated thresholds fail their own measurement (a bug in "
+                           "audit.calibrate): " + "; ".join(c.message for c in report.violations))
+
+    _write_atomic(out, text)
+    written = write_baseline(report, baseline)
+    law = report.law
+    declared = ", ".join(map(str, calibration.expected_deviations)) or "none"
+    print(f"spec written: {out}")
+    print(f"baseline written: {written}")
+    print(f"{name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, rho {law.rho:.5f} ± "
+          f"{law.rho_se:.2g}; declared layers: {declared}")
+    return 0
+
+
+def _progress() -> Any:
+    """A progress bar on stderr when it is a terminal, else nothing."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    from audit.report.progress import RichProgress
+
+    return RichProgress(Console(stderr=True))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a
+    rename: a reader never sees a partial spec."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 is for secrets, not specs
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise EquilawError(f"cannot write spec {path}: {exc}") from exc
