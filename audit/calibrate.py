@@ -42,6 +42,7 @@ for a lower bound, so the rounding only widens the margin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -56,7 +57,7 @@ import yaml
 
 from audit.errors import StatsError
 from audit.report.data import LayerRow, Report
-from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, ProbeSpec
+from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
 
 MARGIN_SIGMA = 3.0
 """k: standard errors between a measured value and its threshold."""
@@ -364,6 +365,12 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
               f"measure: {report.measure}", f"normalization: {report.normalization}",
               f"target: {report.target}", "law:"]
     lines += _law_lines(calibration)
+    lines += ["baseline:  # tolerances against the baseline (defaults; docs/specs.md#baseline)"]
+    for f in dataclasses.fields(BaselineSpec):
+        value = getattr(BaselineSpec(), f.name)
+        if f.name == "max_drift_sigma" and probe.shards < 2:
+            value = None  # one shard gives no paired standard errors
+        lines.append(f"  {f.name}: {'null' if value is None else _number(value)}")
     return "\n".join(lines) + "\n"
 
 

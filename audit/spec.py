@@ -116,7 +116,7 @@ class BaselineSpec:
     """ρ may move towards 1 (rise) by at most this."""
     max_loss_increase: float | None = 0.05
     """The probe loss may rise by at most this many nats per token."""
-    max_drift: float | None = 0.0015
+    max_drift: float | None = 0.0008
     """Per layer: |drift| of log10 PR beyond this is an effect (and sets
     ``first_moved_layer``)."""
     max_drift_sigma: float | None = 4.0
@@ -747,7 +747,7 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "`pytest audit/ --audit-update-baseline`) and with a merge's parents. A "
          "tolerance that is null is not checked; absent keys take the defaults, which "
          "pass healthy siblings of a model and fail the damages measured in the README.",
-         "baseline:\n  max_loss_increase: 0.05\n  max_drift: 0.0015"),
+         "baseline:\n  max_loss_increase: 0.05\n  max_drift: 0.0008"),
     _key("baseline.max_pearson_r_increase", "number or null", _nullable(_number(lo=0, hi=2)),
          "Item `NAME::baseline-law`: the Pearson r may rise (the fit weaken) by at most "
          "this against the baseline.",
@@ -764,7 +764,7 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Items `NAME::layer-NN`: the effect threshold on the layer's drift (log10 PR now "
          "minus then, on the same windows). `first_moved_layer` is the first layer whose "
          "|drift| exceeds it.",
-         "baseline:\n  max_drift: 0.0015", "> 0"),
+         "baseline:\n  max_drift: 0.0008", "> 0"),
     _key("baseline.max_drift_sigma", "number or null", _nullable(_number(gt=0)),
          "Items `NAME::layer-NN`: the significance threshold on |drift| / its paired "
          "standard error (from the per-shard differences). With `max_drift` also set, a "

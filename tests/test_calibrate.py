@@ -328,7 +328,8 @@ def test_spec_text_header_states_what_when_and_how(stepped) -> None:
 
 def test_each_law_key_carries_the_value_it_came_from(stepped) -> None:
     report, _, c, text = stepped
-    law_lines = text.split("\nlaw:\n")[1].splitlines()
+    law_part, baseline_part = text.split("\nlaw:\n")[1].split("\nbaseline:")
+    law_lines = law_part.splitlines()
     keyed = {l.split(":")[0].strip(): l for l in law_lines}
     assert list(keyed) == ["max_pearson_r", "rho", "max_deviation", "max_deviation_sigma",
                            "min_step_fraction", "expected_deviations"]
@@ -342,7 +343,11 @@ def test_each_law_key_carries_the_value_it_came_from(stepped) -> None:
     assert f"# lowest undeclared step / |mean step| {step.measured:.2f}" in keyed["min_step_fraction"]
     assert keyed["expected_deviations"].startswith(f"  expected_deviations: [{L}]")
     # every number is written in fixed-point notation (YAML 1.1 reads 1e-05 as a string)
-    assert "e-0" not in text.split("\nlaw:\n")[1].split("#")[0]
+    assert "e-0" not in law_part.split("#")[0]
+    # the baseline tolerances are written out, at their defaults, for the user to tune
+    assert baseline_part.splitlines()[1:] == [
+        "  max_pearson_r_increase: 0.02", "  max_rho_increase: 0.0005",
+        "  max_loss_increase: 0.05", "  max_drift: 0.0008", "  max_drift_sigma: 4.0"]
 
 
 def test_paths_in_the_spec_are_relative_to_its_folder(tmp_path: Path) -> None:

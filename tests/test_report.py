@@ -340,3 +340,17 @@ def test_schema_2_reports_are_still_read(report: Report) -> None:
     assert back.layers[3].log10_pr_loo == () and back.layers[3].pr == report.layers[3].pr
     assert _render(back) == _render(dataclasses.replace(
         report, layers=tuple(dataclasses.replace(r, log10_pr_loo=()) for r in report.layers)))
+
+
+def test_a_report_written_with_schema_3_stays_readable() -> None:
+    """tests/data/report-schema3.json was written by schema 3 and is never
+    regenerated: a later schema must still read it (a committed baseline stays
+    usable after a bump)."""
+    path = Path(__file__).with_name("data") / "report-schema3.json"
+    back = read_json(path)
+    assert back.name == "d" and back.shard_ids == (0, 1, 2, 3, 4)
+    assert back.loss is not None and back.loss.mean == 3.0 and len(back.loss.leave_one_out) == 5
+    (comparison,) = back.comparisons
+    assert comparison.first_moved_layer == 3 and len(comparison.rows) == 8
+    assert all(len(row.log10_pr_loo) == 5 for row in back.layers)
+    assert "first moved layer 3" in _render(back)
