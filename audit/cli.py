@@ -15,7 +15,6 @@ import dataclasses
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,20 +138,10 @@ def _progress() -> Any:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a
-    rename: a reader never sees a partial spec."""
+    """Write the spec atomically: a reader never sees a partial one."""
+    from audit.internal.files import write_text_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 is for secrets, not specs
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text_atomic(path, text)
     except OSError as exc:
         raise EquilawError(f"cannot write spec {path}: {exc}") from exc

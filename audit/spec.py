@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
@@ -488,31 +487,9 @@ def spec_from_dict(data: Mapping[str, Any], source: str | os.PathLike | None = N
 def _read_spec(path: str | os.PathLike) -> tuple[Spec, _Context]:
     file = os.fspath(path)
     ctx = _Context(file, os.path.dirname(os.path.abspath(file)))
-    try:
-        with open(file, "rb") as stream:
-            raw = stream.read()
-    except FileNotFoundError:
-        raise ctx.error(None, None, "spec file not found") from None
-    except IsADirectoryError:
-        raise ctx.error(None, None, "is a folder, not a spec file (load_specs reads folders)") from None
-    except OSError as exc:
-        raise ctx.error(None, None, f"cannot read spec file: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ctx.error(None, None, f"not UTF-8 text (byte {exc.start})") from None
-    try:
-        data, root_line = yaml_lines.load(text)
-    except yaml_lines.DuplicateKeyError as exc:
-        field = "".join(f"[{part}]" if isinstance(part, int) and not isinstance(part, bool)
-                        else f".{part}" for part in exc.path).lstrip(".")
-        raise ctx.error(field, exc.line, f"duplicate key (first given on line {exc.first_line})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "cannot parse"
-        raise ctx.error(None, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ctx.error(None, None, f"invalid YAML: {exc}") from None
+    if os.path.isdir(file):
+        raise ctx.error(None, None, "is a folder, not a spec file (load_specs reads folders)")
+    data, root_line = yaml_lines.load_file(file, "spec file", ctx.error)
     if data is None:
         raise ctx.error(None, None, "empty spec file; a spec needs at least 'name' and 'model'")
     return _from_data(data, root_line, ctx, file), ctx

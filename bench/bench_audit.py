@@ -3,7 +3,8 @@
 Runs ``audit.run`` on each default spec in ``model_specs/`` (real pretrained
 checkpoints; their packages must be installed) and records, per spec, the time to
 load the weights, the forward passes (and tokens per second), the statistics
-(normalisation, Gram updates, residuals, jackknife, ranks) and the whole run,
+(normalisation, Gram updates, residuals, jackknife, ranks), the probe loss (the
+language-model head and the cross-entropy, timed apart) and the whole run,
 which also includes loading the tokenizer and tokenizing the probe corpus.  Each
 spec then runs again with ``probe.statistics: qr``, which records what the precise
 statistics cost on real hidden states and how far their PR is from the Gram's
@@ -38,7 +39,7 @@ def main() -> None:
     paths = [Path(p) for p in args if p != "--no-qr"] or [ROOT / "model_specs"]
     figures = {}
     print(f"{'spec':16} {'total s':>8} {'load s':>7} {'forward s':>10} {'tokens/s':>9} "
-          f"{'stats s':>8} {'Pearson r':>10}")
+          f"{'stats s':>8} {'loss s':>7} {'Pearson r':>10}")
     for spec in load_specs(paths):
         start = time.perf_counter()
         report = run(spec)
@@ -47,6 +48,8 @@ def main() -> None:
         figures[spec.name] = {
             "seconds_total": total, "seconds_load": t["load_seconds"],
             "seconds_forward": t["forward_seconds"], "seconds_stats": t["stats_seconds"],
+            "seconds_loss": t["loss_seconds"],
+            "probe_loss": report.loss.mean if report.loss else None,
             "tokens_per_second": t["tokens_per_second"], "tokens": report.corpus["tokens"],
             "pearson_r": report.law.pearson_r, "rho": report.law.rho,
             "max_condition": max(row.condition for row in report.layers),
@@ -54,7 +57,7 @@ def main() -> None:
         }
         print(f"{spec.name:16} {total:8.1f} {t['load_seconds']:7.1f} "
               f"{t['forward_seconds']:10.1f} {t['tokens_per_second']:9.0f} "
-              f"{t['stats_seconds']:8.1f} {report.law.pearson_r:10.4f}")
+              f"{t['stats_seconds']:8.1f} {t['loss_seconds']:7.1f} {report.law.pearson_r:10.4f}")
         if with_qr and spec.probe.statistics != "qr":
             qr = run(dataclasses.replace(
                 spec, probe=dataclasses.replace(spec.probe, statistics="qr")))
@@ -71,6 +74,10 @@ def main() -> None:
                   f"max κ = {figures[spec.name]['max_condition']:.0f}")
     figures["cores"] = os.cpu_count()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if not with_qr:  # keep the last qr figures rather than drop them
+        for name, old in results.get("audit", {}).items():
+            if isinstance(old, dict) and "qr" in old and name in figures:
+                figures[name]["qr"] = old["qr"]
     results["audit"] = figures
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 

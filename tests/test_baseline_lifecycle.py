@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_plugin import GENEROUS, ITEMS, inner, write_spec  # noqa: F401  (fixture)
+from test_plugin import GENEROUS, ITEMS, inner, write_spec  # noqa: F401 (inner: a fixture)
 from tiny_models import TINY_LAYERS
 
 DAMAGED_BLOCK = 1

@@ -79,3 +79,22 @@ def test_conversion_bug_breaks_the_law_and_points_at_the_block(smollm2_report) -
     assert step_violations & {15, 16}
     steps = np.array([row.step for row in damaged.layers])
     assert int(np.nanargmin(steps)) in (15, 16)
+
+
+def test_gguf_checkpoint_gates_against_its_safetensors_copy(default_report, smollm2_report) -> None:
+    """The common release case: a GGUF file and a safetensors folder of the same
+    model.  Their tokenizers cut the same windows, so the comparison just works;
+    the safetensors copy holds the GGUF's dequantised weights, so nothing moves."""
+    if default_report.name != "smollm2-135m":
+        pytest.skip("SmolLM2's safetensors copy is the one the tests build")
+    from audit.compare.baseline import compare_to_baseline
+    from audit.spec import BaselineSpec
+
+    copy = smollm2_report("healthy")
+    assert copy.probe["windows_sha256"] == default_report.probe["windows_sha256"]
+    assert copy.model["sha256"] != default_report.model["sha256"]
+    got = compare_to_baseline(copy, default_report, BaselineSpec(), "smollm2-135m.json")
+    (cmp,) = got.comparisons
+    assert cmp.first_moved_layer is None and got.verdict == "pass"
+    assert max(abs(row.drift) for row in cmp.rows) < 1e-9
+    assert abs(cmp.loss_now - cmp.loss_then) < 1e-6

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from audit.spec import load_spec
-
-from conftest import model_or_skip
 from smollm2_family import (
     ATTN_X8_KEY, HEALTHY_LABEL, MLP_X8_KEY, NOISY_LABEL, NORM_X8_KEY, VARIANTS,
     SmolLM2Family, _restack_config,

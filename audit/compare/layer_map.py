@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 
 from audit.errors import SpecError
 from audit.internal import yaml_lines
@@ -208,28 +207,7 @@ def _model_rows(data: dict, labels: list[str], where: _Where, root_line: int | N
 
 
 def _load(file: str, where: _Where) -> tuple[Any, int | None]:
-    try:
-        with open(file, "rb") as stream:
-            text = stream.read().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise where.error(None, None, "mergekit config not found") from None
-    except UnicodeDecodeError as exc:
-        raise where.error(None, None, f"not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise where.error(None, None, f"cannot read mergekit config: {exc.strerror or exc}") from None
-    try:
-        return yaml_lines.load(text)
-    except yaml_lines.DuplicateKeyError as exc:
-        field = "".join(f"[{part}]" if isinstance(part, int) and not isinstance(part, bool)
-                        else f".{part}" for part in exc.path).lstrip(".")
-        message = f"duplicate key (first given on line {exc.first_line})"
-        raise where.error(field, exc.line, message) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "cannot parse"
-        raise where.error(None, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise where.error(None, None, f"invalid YAML: {exc}") from None
+    return yaml_lines.load_file(file, "mergekit config", where.error)
 
 
 def read_mergekit_config(path: str | os.PathLike, parents: Parents,

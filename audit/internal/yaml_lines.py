@@ -15,6 +15,7 @@ plain Python values; their lines are in the enclosing container.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -134,3 +135,36 @@ def load(text: str) -> tuple[Any, int | None]:
         return loader.construct_document(node), _line(node)
     finally:
         loader.dispose()
+
+
+def load_file(path: str, what: str, error: Callable[[str | None, int | None, str], Exception]
+              ) -> tuple[Any, int | None]:
+    """Read and :func:`load` the YAML file ``path`` (UTF-8, a BOM allowed).  Every
+    problem becomes ``error(field, line, message)``: a missing or unreadable file,
+    a folder, bad UTF-8, a duplicate key (its dotted field and line), invalid YAML
+    (its line).  ``what`` names the file in messages ("spec file")."""
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read()
+    except FileNotFoundError:
+        raise error(None, None, f"{what} not found") from None
+    except IsADirectoryError:
+        raise error(None, None, f"is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(None, None, f"cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(None, None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return load(text)
+    except DuplicateKeyError as exc:
+        field = "".join(f"[{part}]" if isinstance(part, int) and not isinstance(part, bool)
+                        else f".{part}" for part in exc.path).lstrip(".")
+        raise error(field, exc.line, f"duplicate key (first given on line {exc.first_line})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "cannot parse"
+        raise error(None, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise error(None, None, f"invalid YAML: {exc}") from None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from audit.errors import ReportError
+from audit.internal.files import write_text_atomic
 from audit.report.data import Report
 
 
@@ -26,26 +26,9 @@ def write_json_file(report: Report, target: str | os.PathLike) -> Path:
     target = Path(target)
     text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            # mkstemp creates the file private (0600); a report is an ordinary file.
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        return write_text_atomic(target, text)
     except OSError as exc:
         raise ReportError(f"cannot write report {target}: {exc}") from exc
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_json(path: str | os.PathLike) -> Report:
