@@ -152,6 +152,7 @@ def test_another_setup_is_refused_naming_the_fields() -> None:
                               then, TOL, "b.json")
     assert got.comparisons[0].notes == (
         "library versions differ: torch 2.13.0 in the baseline, 2.14.0 now",)
+    assert got.warnings[-1] == got.comparisons[0].notes[0] and got.verdict == "pass"
 
 
 def test_a_baseline_without_per_shard_values_is_refused() -> None:

@@ -89,7 +89,8 @@ def test_averaging_with_the_wrong_block_fails_at_the_first_such_layer(smollm2_re
     (cmp,) = report.comparisons
     assert report.verdict == "fail"
     assert {"merge_drift", "merge_loss", "merge_pearson_r"} <= comparison_violations(report)
-    assert all(row.drift == 0.0 for row in cmp.rows[:10])
+    # layers 1-10 are a correct average: within (or a hair outside) their parents' range
+    assert max(abs(row.drift) for row in cmp.rows[:10]) < 0.0002
     assert cmp.first_moved_layer == 11
 
 

@@ -98,3 +98,19 @@ def test_gguf_checkpoint_gates_against_its_safetensors_copy(default_report, smol
     assert cmp.first_moved_layer is None and got.verdict == "pass"
     assert max(abs(row.drift) for row in cmp.rows) < 1e-9
     assert abs(cmp.loss_now - cmp.loss_then) < 1e-6
+
+
+def test_default_spec_matches_its_shipped_baseline(default_report) -> None:
+    """model_specs/baselines/<name>.json ships with the default specs, so that
+    ``pytest audit/`` exercises the comparison; this run reproduces it."""
+    from audit.compare.baseline import baseline_path, compare_to_baseline, read_baseline
+
+    spec = load_spec(SPECS / f"{default_report.name}.yaml")
+    path = baseline_path(spec)
+    assert path == SPECS / "baselines" / f"{spec.name}.json" and path.is_file()
+    got = compare_to_baseline(default_report, read_baseline(path), spec.baseline, str(path))
+    (cmp,) = got.comparisons
+    assert got.verdict == "pass", [c.message for c in got.violations]
+    assert cmp.first_moved_layer is None
+    assert max(abs(row.drift) for row in cmp.rows) < 1e-6
+    assert abs(cmp.loss_now - cmp.loss_then) < 1e-6

@@ -121,7 +121,9 @@ def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
         rho_then=then.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
         first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows,
         notes=version_notes(now, then))
-    return attach(now, comparison, tuple(c for c in law if c is not None) + layer_checks)
+    # different library versions are allowed, and said where every reader looks
+    warned = dataclasses.replace(now, warnings=now.warnings + comparison.notes)
+    return attach(warned, comparison, tuple(c for c in law if c is not None) + layer_checks)
 
 
 def _losses(now: Report, then: Report) -> tuple[float, float, float]:
