@@ -90,6 +90,8 @@ class Measurement:
     """``windows_sha256`` (the token windows fed to the model) and ``tokenizer``."""
     versions: dict[str, str]
     timing: dict[str, float]
+    backend: str = "torch"
+    """The name of the backend that ran (``backend_name`` of its class)."""
 
 
 def run(spec: Spec, model: Any = None, progress: Progress | None = None,
@@ -203,6 +205,7 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
         versions={"python": platform.python_version(), "numpy": np.__version__,
                   "equilaw": __version__, **backend.versions()},
         timing=timing,
+        backend=getattr(backend, "backend_name", spec.backend),
     )
 
 
@@ -223,7 +226,7 @@ def judge(measurement: Measurement) -> Report:
     return build_report(
         m.spec, fit, ranks=m.ranks, conditions=m.conditions, model=m.model, corpus=m.corpus,
         versions=m.versions, timing=m.timing, probe=m.probe, loss=m.loss, loss_note=m.loss_note,
-        shard_ids=m.shard_ids, leave_one_out=m.leave_one_out)
+        shard_ids=m.shard_ids, leave_one_out=m.leave_one_out, backend=m.backend)
 
 
 # Relative precision of PR above which a layer's condition number earns a warning.
@@ -237,7 +240,7 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
                  timing: dict[str, float], probe: dict[str, Any] | None = None,
                  loss: ProbeLoss | None = None, loss_note: str | None = None,
                  shard_ids: tuple[int, ...] = (),
-                 leave_one_out: np.ndarray | None = None) -> Report:
+                 leave_one_out: np.ndarray | None = None, backend: str | None = None) -> Report:
     """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
     and ``conditions`` float [L+1] are the features' rank and condition number per
     layer, ``leave_one_out`` [g, L+1] the PR curves with each of ``shard_ids`` left
@@ -254,7 +257,7 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
         measure=spec.measure,
         normalization=spec.normalization,
         target=spec.target,
-        backend=spec.backend,
+        backend=backend or spec.backend,
         seeds={"probe": spec.probe.seed, "shuffle": spec.probe.seed},
         versions=versions,
         law=_law_summary(fit),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from audit.backends import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
 from audit.internal import yaml_lines
@@ -25,7 +26,6 @@ MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
 STATISTICS = ("gram", "qr")
 NORMALIZATIONS = ("init_norm", "standardize", "none")
 TARGETS = ("previous", "current", "next", "next_next")
-BACKENDS = ("torch",)
 DEVICES_HELP = "cpu | cuda | cuda:N | auto"
 DTYPES = ("float32", "bfloat16", "float16")
 NORM_KINDS = ("rms", "layer")
@@ -166,6 +166,8 @@ class Spec:
 # Loading and validation
 # ---------------------------------------------------------------------------
 
+BACKENDS = tuple(_BACKEND_REGISTRY)
+"""Backend names ``backend`` takes: the keys of the one registry, ``audit.backends.BACKENDS``."""
 BUILTIN_CORPORA = tuple(_CORPUS_FILES)
 """Corpus names that ``probe.corpus`` takes as names, not paths."""
 MODEL_SCHEMES = ("pkg", "assemble")

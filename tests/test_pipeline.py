@@ -276,3 +276,23 @@ def test_expected_deviations_beyond_the_model_fail_before_loading(tiny_model_dir
                               f"outside 1..{TINY_LAYERS}: the model of 'tiny' has "
                               f"{TINY_LAYERS} layers")
     assert backend._model is None  # nothing was loaded
+
+
+def test_the_report_names_the_backend_that_ran(tiny_model_dir: Path) -> None:
+    from audit.backends.torch_backend import TorchBackend
+
+    class Renamed(TorchBackend):
+        backend_name = "renamed"
+
+    spec = tiny_spec(tiny_model_dir, probe={"sequences": 8, "length": 16, "shards": 2},
+                     law={"max_pearson_r": 1.0})
+    got = run(spec, backend=Renamed(spec.model, spec.name))
+    assert got.backend == "renamed" and got.spec["backend"] == "torch"
+
+
+def test_one_registry_of_backends() -> None:
+    from audit.backends import BACKENDS as registry
+    from audit.spec import BACKENDS, SPEC_KEYS
+
+    assert BACKENDS == tuple(registry)
+    assert SPEC_KEYS["backend"].allowed == " \\| ".join(f"`{name}`" for name in registry)

@@ -41,7 +41,8 @@ class Forward:
 
     hidden: np.ndarray
     """float32 [L + 1, b, t, d]: index 0 the embedding output, L the last block's
-    output after the final norm."""
+    output after the final norm.  A fresh, writable array that the caller owns:
+    the pipeline normalises it in place."""
     token_nll: np.ndarray | None
     """float64 [b, t - 1]: -log p(token j+1 | tokens ..j) under the model's own
     language-model head, in nats; None when not asked for or without a head."""
@@ -53,10 +54,13 @@ class Forward:
 class Backend(Protocol):
     """Per-layer hidden states of one model.
 
+    ``backend_name`` (a class attribute) is the name the registry and reports use.
     ``info``, ``encode``, ``bos_token_id``, ``tokenizer_info``, ``weights_sha256``
     and ``versions`` never load weights; ``hidden_states`` and ``forward`` load
     them on their first call, once.
     """
+
+    backend_name: str
 
     def info(self) -> ModelInfo:
         """Architecture, L, d and final norm, from the config or GGUF metadata."""
