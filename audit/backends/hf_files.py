@@ -1,0 +1,284 @@
+"""The files of a Hugging Face checkpoint, shared by every backend that runs one:
+the model's description from ``config.json`` or GGUF metadata (:class:`ModelInfo`),
+the tokenizer, the no-pickle policy and the weights hashes.
+
+Safety rules, enforced here:
+
+- never pickle: only ``*.safetensors`` or GGUF weights are read; a folder holding
+  only ``*.bin``/``*.pt``/``*.pth`` is refused;
+- never the hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported and
+  every load passes ``local_files_only=True``;
+- ``trust_remote_code`` is passed only when the spec sets it.
+
+transformers is imported lazily, inside methods: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.backends.architectures import final_norm, final_norm_info
+from audit.backends.base import ModelInfo
+from audit.backends.gguf_meta import gguf_model_info
+from audit.backends.locate import resolve_model_path
+from audit.errors import BackendError
+
+if TYPE_CHECKING:
+    from audit.spec import ModelSpec
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
+_VERSIONED = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
+_CHUNK = 1 << 20
+IN_MEMORY = "<in-memory>"
+
+
+def import_transformers() -> Any:
+    """Import transformers offline; a clear error when the extra is missing."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import torch  # noqa: F401
+        import transformers
+    except ImportError as exc:
+        raise BackendError("the torch backend needs torch and transformers: "
+                           "pip install 'equilaw[torch]'") from exc
+    return transformers
+
+
+@contextmanager
+def quiet_loading(tf: Any):
+    """Silence transformers' load report and progress bars while loading: the
+    audit draws its own progress, and CI logs stay readable.  The GGUF dequantiser
+    writes its tqdm bar straight to stderr, so stderr is held for the duration
+    (failures still arrive as exceptions)."""
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()
+    tf.logging.disable_progress_bar()
+    try:
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        tf.logging.set_verbosity(verbosity)
+        tf.logging.enable_progress_bar()
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """sha256 of the files' bytes, concatenated in the given order (for one file:
+    what ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while block := f.read(_CHUNK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_state_dict(module: Any) -> str:
+    """sha256 over a module's state dict: every tensor's name, dtype, shape and
+    bytes, in sorted name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+class HuggingFaceFiles:
+    """A checkpoint's files: ``model_spec.path`` locates the weights and the
+    tokenizer (``model_spec.tokenizer`` overrides the latter); ``name`` (the spec
+    name) labels errors; ``model``, an already loaded model, replaces the weights
+    (its config describes it and its state dict is hashed).  Nothing here loads
+    weights; a backend subclasses this and adds ``load`` and ``forward``."""
+
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None) -> None:
+        self.spec = model_spec
+        self.name = name
+        self._given = model
+        self._path: Path | None = None
+        self._info: ModelInfo | None = None
+        self._tokenizer: Any = None
+        self._sha256: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The resolved folder or .gguf file of ``model_spec.path``."""
+        if self._path is None:
+            self._path = resolve_model_path(self.spec.path, model=self.name)
+        return self._path
+
+    def _is_gguf(self) -> bool:
+        p = self.path
+        if p.is_dir():
+            return False
+        if p.suffix.lower() == ".gguf":
+            return True
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            raise BackendError(f"{str(p)!r} is a pickle file; equilaw never loads pickle "
+                               "weights: convert them to safetensors", model=self.name)
+        raise BackendError(f"{str(p)!r} is neither a folder (config.json, tokenizer, "
+                           "*.safetensors) nor a .gguf file", model=self.name)
+
+    def info(self) -> ModelInfo:
+        """Architecture, L, d and final norm; never loads weights."""
+        if self._info is None:
+            if self._given is not None:
+                self._info = self._info_from_config(text_config(self._given.config), IN_MEMORY)
+            elif self._is_gguf():
+                self._info = gguf_model_info(self.path, norm=self.spec.norm, model=self.name)
+            else:
+                self._info = self._info_from_folder(self.path)
+        return self._info
+
+    def _norm(self, architecture: str, lookup: Any) -> Any:
+        if self.spec.norm is not None:
+            return final_norm_info(architecture, None, self.spec.norm, model=self.name)
+        entry = final_norm(architecture, model=self.name)
+        return final_norm_info(architecture, lookup(entry.eps_key), model=self.name)
+
+    def _info_from_config(self, config: Any, where: str) -> ModelInfo:
+        arch = getattr(config, "model_type", None) or "unknown"
+        layers = next((getattr(config, k) for k in _LAYER_KEYS
+                       if getattr(config, k, None) is not None), None)
+        width = next((getattr(config, k) for k in _WIDTH_KEYS
+                      if getattr(config, k, None) is not None), None)
+        if layers is None or width is None:
+            raise BackendError(f"the {arch!r} config names no layer count or width",
+                               model=self.name)
+        norm = self._norm(arch, lambda key: getattr(config, key, None))
+        return ModelInfo(arch, int(layers), int(width), norm, where)
+
+    def _info_from_folder(self, folder: Path) -> ModelInfo:
+        cfg_file = folder / "config.json"
+        if not cfg_file.is_file():
+            raise BackendError(f"folder {str(folder)!r} has no config.json", model=self.name)
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read {str(cfg_file)!r}: {exc}", model=self.name) from exc
+        if isinstance(cfg.get("text_config"), dict) and "model_type" in cfg["text_config"]:
+            cfg = cfg["text_config"]  # a multimodal wrapper: the text model has the layers
+        arch = cfg.get("model_type")
+        layers = next((cfg[k] for k in _LAYER_KEYS if cfg.get(k) is not None), None)
+        width = next((cfg[k] for k in _WIDTH_KEYS if cfg.get(k) is not None), None)
+        if arch is not None and self.spec.norm is None:
+            final_norm(arch, model=self.name)  # an unknown architecture fails here, clearly
+        eps_known = self.spec.norm is not None or (
+            arch is not None and cfg.get(final_norm(arch).eps_key) is not None)
+        if arch is None or layers is None or width is None or not eps_known:
+            # config.json left some value at its class default: ask transformers.
+            return self._info_from_config(self._auto_config(folder), str(folder))
+        norm = self._norm(arch, cfg.get)
+        return ModelInfo(arch, int(layers), int(width), norm, str(folder))
+
+    def _auto_config(self, folder: Path) -> Any:
+        tf = import_transformers()
+        try:
+            config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True,
+                                                   **self._remote_code())
+        except Exception as exc:  # transformers and huggingface_hub raise many kinds
+            raise BackendError(f"transformers cannot read the config in {str(folder)!r}: "
+                               f"{type(exc).__name__}: {exc}", model=self.name) from exc
+        return text_config(config)
+
+    def _remote_code(self) -> dict[str, bool]:
+        return {"trust_remote_code": True} if self.spec.trust_remote_code else {}
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """Where the tokenizer comes from: ``model_spec.tokenizer`` when set (a
+        folder or .gguf file), else the model's own path."""
+        if self.spec.tokenizer is None:
+            return self.path
+        return resolve_model_path(self.spec.tokenizer, model=self.name)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer, loaded once from :attr:`tokenizer_path`."""
+        if self._tokenizer is None:
+            tf = import_transformers()
+            kw = {"local_files_only": True, **self._remote_code()}
+            source = self.tokenizer_path
+            try:
+                with quiet_loading(tf):
+                    if source.is_file() and source.suffix.lower() == ".gguf":
+                        self._tokenizer = tf.AutoTokenizer.from_pretrained(
+                            str(source.parent), gguf_file=source.name, **kw)
+                    else:
+                        self._tokenizer = tf.AutoTokenizer.from_pretrained(str(source), **kw)
+            except (OSError, ValueError, KeyError, ImportError) as exc:
+                raise BackendError(f"cannot load the tokenizer from {str(source)!r}: "
+                                   f"{type(exc).__name__}: {exc}", model=self.name) from exc
+        return self._tokenizer
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """Source, class, vocabulary size, sha256 of the sorted vocabulary, BOS id."""
+        tok = self.tokenizer
+        vocab = sorted(tok.get_vocab().items(), key=lambda item: item[1])
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+        return {"source": str(self.tokenizer_path), "class": type(tok).__name__,
+                "vocab_size": len(vocab), "vocab_sha256": digest, "bos_token_id": self.bos_token_id}
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        tok = self.tokenizer
+        return [int(i) for i in tok(text, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The tokenizer's BOS id, or None."""
+        bos = self.tokenizer.bos_token_id
+        return None if bos is None else int(bos)
+
+    def _safetensors_files(self, folder: Path) -> list[Path]:
+        files = sorted(folder.glob("*.safetensors"))
+        if files:
+            return files
+        pickles = sorted(f.name for f in folder.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise BackendError(
+                f"folder {str(folder)!r} holds only pickle weights ({', '.join(pickles)}); "
+                "equilaw never loads pickle files because unpickling can run arbitrary code: "
+                "load it once in a trusted environment and re-save it with save_pretrained(folder), "
+                "which writes safetensors",
+                model=self.name)
+        raise BackendError(f"folder {str(folder)!r} holds no *.safetensors weights",
+                           model=self.name)
+
+    def weights_sha256(self) -> str:
+        """sha256 of the weights: the GGUF file; the folder's ``*.safetensors``
+        concatenated in sorted name order (one file: its ``sha256sum``); or, for a
+        model handed over in memory, its state dict (names, dtypes, shapes, bytes)."""
+        if self._sha256 is None:
+            if self._given is not None:
+                self._sha256 = sha256_state_dict(self._given)
+            elif self._is_gguf():
+                self._sha256 = sha256_files([self.path])
+            else:
+                self._sha256 = sha256_files(self._safetensors_files(self.path))
+        return self._sha256
+
+    def versions(self) -> dict[str, str]:
+        """Installed versions of the libraries behind the numbers (not imported)."""
+        out = {}
+        for dist in _VERSIONED:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return out
