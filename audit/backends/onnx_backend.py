@@ -1,0 +1,187 @@
+"""The ONNX Runtime backend: audits the ONNX file that ships.
+
+The file has one output per hidden state, named ``hidden_states.0`` …
+``hidden_states.L`` in equilaw's indexing (0 = embedding output, L = after the
+final norm), and optionally ``logits`` for the probe loss; ``python -m audit
+export-onnx`` writes such a file, and any other tool's file that follows the
+naming works.  The inputs fed are those the graph declares: ``input_ids`` and,
+when declared, an all-ones ``attention_mask``.  The checkpoint folder
+(``model.path``) gives the config (L, width, final norm) and the tokenizer
+(:class:`~audit.backends.hf_files.HuggingFaceFiles`, shared with the torch
+backend).  onnxruntime is imported lazily: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from audit.backends.base import Forward
+from audit.backends.hf_files import HuggingFaceFiles
+from audit.backends.locate import resolve_model_path
+from audit.errors import BackendError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from audit.spec import ModelSpec, OnnxSpec, Spec
+
+HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
+LOGITS = "logits"
+_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+           "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_VERSIONED = ("onnxruntime", "onnx", "transformers", "tokenizers")
+_CHUNK = 1 << 20
+
+
+class OnnxBackend(HuggingFaceFiles):
+    """Hidden states (and logits) of an ONNX file run by onnxruntime."""
+
+    backend_name = "onnx"
+
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
+                 options: OnnxSpec | None = None) -> None:
+        if model is not None:
+            raise BackendError("the onnx backend runs an ONNX file (model.onnx), not a model "
+                               "object", model=name)
+        if model_spec.onnx is None:
+            raise BackendError("backend onnx needs model.onnx, the ONNX file to run", model=name)
+        super().__init__(model_spec, name)
+        from audit.spec import OnnxSpec
+
+        self.options = options or OnnxSpec()
+        self._session: Any = None
+        self._hidden_names: list[str] = []
+        self._inputs: list[str] = []
+        self._onnx_sha256: str | None = None
+        self.head_note: str | None = None
+        """After loading: why there is no probe loss (the file has no logits output)."""
+
+    @classmethod
+    def from_spec(cls, spec: Spec, model: Any = None) -> OnnxBackend:
+        return cls(spec.model, spec.name, model=model, options=spec.onnx)
+
+    @property
+    def onnx_path(self) -> Path:
+        return resolve_model_path(self.spec.onnx, model=self.name)
+
+    def _data_files(self) -> list[Path]:
+        """The ONNX file and its external-data files (``<file>.data``, if any)."""
+        path = self.onnx_path
+        return [path] + sorted(p for p in path.parent.glob(path.name + "*.data") if p.is_file())
+
+    def load(self) -> Any:
+        """Open the inference session once and check the outputs against the config."""
+        if self._session is not None:
+            return self._session
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError("the onnx backend needs onnxruntime: pip install 'equilaw[onnx]'",
+                               model=self.name) from exc
+        path = self.onnx_path
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.options.intra_op_threads
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                _LEVELS[self.options.graph_optimization])
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts,
+                                           providers=list(self.options.providers))
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            raise BackendError(f"onnxruntime cannot load {str(path)!r} (corrupt, truncated or "
+                               f"not an ONNX file?): {type(exc).__name__}: {exc}",
+                               model=self.name) from None
+        outputs = [o.name for o in session.get_outputs()]
+        hidden = sorted((int(m.group(1)), name) for name in outputs if (m := HIDDEN.match(name)))
+        expected = self.info().num_layers + 1
+        if not hidden:
+            raise BackendError(f"{str(path)!r} has no hidden-state outputs (hidden_states.0 … "
+                               f"hidden_states.L); its outputs are: {', '.join(outputs)}; "
+                               f"export with python -m audit export-onnx", model=self.name)
+        if [i for i, _ in hidden] != list(range(expected)):
+            raise BackendError(f"{str(path)!r} has hidden-state outputs "
+                               f"{[i for i, _ in hidden][:3]}…{hidden[-1][0]} ({len(hidden)} in all), "
+                               f"but the checkpoint's config promises {expected - 1} layers "
+                               f"(hidden_states.0 … hidden_states.{expected - 1})", model=self.name)
+        self._inputs = [i.name for i in session.get_inputs()]
+        if "input_ids" not in self._inputs:
+            raise BackendError(f"{str(path)!r} has no input_ids input; its inputs are: "
+                               f"{', '.join(self._inputs)}", model=self.name)
+        unknown = [i for i in self._inputs if i not in ("input_ids", "attention_mask")]
+        if unknown:
+            raise BackendError(f"{str(path)!r} needs inputs equilaw cannot feed: "
+                               f"{', '.join(unknown)} (only input_ids and attention_mask)",
+                               model=self.name)
+        self._hidden_names = [name for _, name in hidden]
+        self.head_note = None if LOGITS in outputs else f"{str(path)!r} has no logits output"
+        self._session = session
+        return session
+
+    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.forward(input_ids, loss=False).hidden
+
+    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
+        """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``
+        and a logits output, the next-token cross-entropy float64 [b, t-1]."""
+        import numpy as np
+
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
+                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        session = self.load()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feed = {"input_ids": ids}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = np.ones_like(ids)
+        with_logits = loss and self.head_note is None
+        names = self._hidden_names + ([LOGITS] if with_logits else [])
+        outs = session.run(names, feed)
+        hidden = np.stack(outs[:len(self._hidden_names)]).astype(np.float32, copy=False)
+        width = self.info().width
+        if hidden.shape[-1] != width:
+            raise BackendError(f"hidden states have width {hidden.shape[-1]}, the config says "
+                               f"{width}", model=self.name)
+        if not with_logits:
+            return Forward(hidden, None, 0.0)
+        start = time.perf_counter()
+        nll = _token_nll(outs[-1], ids)
+        return Forward(hidden, nll, time.perf_counter() - start)
+
+    def weights_sha256(self) -> str:
+        """sha256 of the ONNX file and its external data, concatenated in order."""
+        if self._onnx_sha256 is None:
+            digest = hashlib.sha256()
+            for path in self._data_files():
+                with open(path, "rb") as handle:
+                    while block := handle.read(_CHUNK):
+                        digest.update(block)
+            self._onnx_sha256 = digest.hexdigest()
+        return self._onnx_sha256
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for dist in _VERSIONED:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return out
+
+
+def _token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[next token], float64 [b, t-1], one window at a time."""
+    import numpy as np
+
+    out = np.empty((ids.shape[0], ids.shape[1] - 1))
+    for row in range(ids.shape[0]):
+        x = logits[row, :-1].astype(np.float64)                       # [t-1, V]
+        top = x.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(x - top).sum(axis=1)) + top[:, 0]
+        out[row] = lse - x[np.arange(x.shape[0]), ids[row, 1:]]
+    return out

@@ -1,0 +1,98 @@
+"""The ONNX Runtime backend on tiny exported models: the same audit as PyTorch on
+the same windows (parity), the probe loss from the file's logits, and a clear
+error for every file it cannot use."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.errors import BackendError
+from audit.pipeline import run
+from audit.spec import ModelSpec, Spec, spec_from_dict
+from tiny_models import TINY_LAYERS
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+PROBE = {"sequences": 24, "length": 32, "shards": 4}
+
+
+def _spec(model: Path, onnx_file: Path | None, **extra) -> Spec:
+    data = {"name": "tiny", "model": {"path": str(model)}, "probe": PROBE,
+            "law": {"max_pearson_r": 1.0}, **extra}
+    if onnx_file is not None:
+        data["backend"] = "onnx"
+        data["model"]["onnx"] = str(onnx_file)
+    return spec_from_dict(data)
+
+
+def test_onnx_audit_equals_the_torch_audit(tiny_model_dir: Path, tiny_onnx: Path) -> None:
+    torch_report = run(_spec(tiny_model_dir, None))
+    onnx_report = run(_spec(tiny_model_dir, tiny_onnx, onnx={"intra_op_threads": 1}))
+    assert onnx_report.backend == "onnx" and torch_report.backend == "torch"
+    assert onnx_report.probe["windows_sha256"] == torch_report.probe["windows_sha256"]
+    pr_torch = np.array([row.pr for row in torch_report.layers])
+    pr_onnx = np.array([row.pr for row in onnx_report.layers])
+    np.testing.assert_allclose(pr_onnx, pr_torch, rtol=1e-6)  # measured: 2.6e-9
+    assert onnx_report.loss.mean == pytest.approx(torch_report.loss.mean, rel=1e-6)
+    digest = hashlib.sha256(tiny_onnx.read_bytes())
+    for data in sorted(tiny_onnx.parent.glob(tiny_onnx.name + "*.data")):
+        digest.update(data.read_bytes())
+    assert onnx_report.model["sha256"] == digest.hexdigest()
+    assert "onnxruntime" in onnx_report.versions
+
+
+def _backend(model: Path, onnx: Path):
+    from audit.backends import open_backend
+
+    return open_backend(_spec(model, onnx))
+
+
+def test_a_file_without_hidden_state_outputs_lists_its_outputs(tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input_ids"], ["last_hidden_state"])], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.INT64, ["b", "t"])])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(BackendError) as err:
+        _backend(tiny_model_dir, path).load()
+    assert str(err.value) == (f"model tiny: {str(path)!r} has no hidden-state outputs "
+                              f"(hidden_states.0 … hidden_states.L); its outputs are: "
+                              f"last_hidden_state; export with python -m audit export-onnx")
+
+
+def test_a_truncated_file_is_named(tiny_model_dir: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(tiny_onnx.read_bytes()[:200])
+    with pytest.raises(BackendError, match=rf"^model tiny: onnxruntime cannot load "
+                                           rf"{str(path)!r} \(corrupt, truncated or not an ONNX "
+                                           rf"file\?\): "):
+        _backend(tiny_model_dir, path).load()
+
+
+def test_a_layer_count_that_disagrees_with_the_config(tiny_onnx: Path, tmp_path: Path) -> None:
+    from tiny_models import save_tiny_model
+
+    shallow = save_tiny_model(tmp_path / "shallow", layers=2)
+    with pytest.raises(BackendError, match=rf"has hidden-state outputs .* \({TINY_LAYERS + 1} in "
+                                           rf"all\), but the checkpoint's config promises 2 layers"):
+        _backend(shallow, tiny_onnx).load()
+
+
+def test_a_file_without_logits_is_audited_without_the_loss(tiny_model_dir: Path,
+                                                           tmp_path: Path) -> None:
+    from audit.backends.onnx_export import export_onnx
+
+    path = export_onnx(ModelSpec(path=str(tiny_model_dir)), "tiny", tmp_path / "nologits.onnx",
+                       logits=False).path
+    report = run(_spec(tiny_model_dir, path))
+    assert report.loss is None and report.loss_note == f"{str(path)!r} has no logits output"
