@@ -134,9 +134,9 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
     backend = TorchBackend(dataclasses.replace(model_spec, device="cpu", dtype="float32"), name)
     base = backend.load()
     num_layers = backend.info().num_layers
-    with_logits = logits and backend._head is not None
+    with_logits = logits and backend.head is not None
     names = hidden_state_names(num_layers) + (["logits"] if with_logits else [])
-    graph = _graph_module(base, backend._head if with_logits else None, backend._softcap)
+    graph = _graph_module(base, backend.head if with_logits else None, backend.logit_softcap)
     ids = _validation_ids(backend)                                        # [2, 16]
     reference = _torch_outputs(graph, ids, names, name)
     if external_data is None:

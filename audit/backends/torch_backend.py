@@ -129,6 +129,18 @@ class TorchBackend(HuggingFaceFiles):
                        f"{str(self.path)!r} holds no language-model head weights")
         return model
 
+    @property
+    def head(self) -> Any:
+        """After :meth:`load`: the output projection (the language-model head), or
+        None when the checkpoint has none (``head_note`` says why)."""
+        return self._head
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """After :meth:`load`: Gemma's final logit soft-capping c (logits become
+        c·tanh(logits / c)), or None."""
+        return self._softcap
+
     def _set_head(self, full: Any, missing_note: str) -> None:
         """Keep the output projection (and Gemma's logit soft-capping) of ``full``,
         a model with its head, or note why there is none."""
