@@ -273,10 +273,13 @@ class HuggingFaceFiles:
                 self._sha256 = sha256_files(self._safetensors_files(self.path))
         return self._sha256
 
+    versioned: tuple[str, ...] = _VERSIONED
+    """The distributions whose versions a report records (a backend sets its own)."""
+
     def versions(self) -> dict[str, str]:
         """Installed versions of the libraries behind the numbers (not imported)."""
         out = {}
-        for dist in _VERSIONED:
+        for dist in self.versioned:
             try:
                 out[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:

@@ -13,15 +13,13 @@ backend).  onnxruntime is imported lazily: importing this module costs nothing.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.base import Forward
-from audit.backends.hf_files import HuggingFaceFiles
+from audit.backends.hf_files import HuggingFaceFiles, sha256_files
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
 
@@ -34,14 +32,13 @@ HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
 LOGITS = "logits"
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
            "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-_VERSIONED = ("onnxruntime", "onnx", "transformers", "tokenizers")
-_CHUNK = 1 << 20
 
 
 class OnnxBackend(HuggingFaceFiles):
     """Hidden states (and logits) of an ONNX file run by onnxruntime."""
 
     backend_name = "onnx"
+    versioned = ("onnxruntime", "onnx", "transformers", "tokenizers")
 
     def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
                  options: OnnxSpec | None = None) -> None:
@@ -156,22 +153,8 @@ class OnnxBackend(HuggingFaceFiles):
     def weights_sha256(self) -> str:
         """sha256 of the ONNX file and its external data, concatenated in order."""
         if self._onnx_sha256 is None:
-            digest = hashlib.sha256()
-            for path in self._data_files():
-                with open(path, "rb") as handle:
-                    while block := handle.read(_CHUNK):
-                        digest.update(block)
-            self._onnx_sha256 = digest.hexdigest()
+            self._onnx_sha256 = sha256_files(self._data_files())
         return self._onnx_sha256
-
-    def versions(self) -> dict[str, str]:
-        out = {}
-        for dist in _VERSIONED:
-            try:
-                out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return out
 
 
 def _token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
