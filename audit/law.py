@@ -164,14 +164,21 @@ def fit_law(values, first_layer: int = 1, leave_one_out=None) -> LawFit:
     return LawFit(first_layer=first_layer, shards=shards, **fields)
 
 
+def log10_or_nan(values) -> np.ndarray:
+    """log10 of PR values (any shape), NaN where PR is 0, negative, infinite or NaN:
+    such a PR has no meaningful log, and NaN (not -inf) makes everything downstream
+    say "undefined" the same way.  The law fit and the reports' per-shard values
+    both use it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.asarray(values, dtype=np.float64))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def _fit_curve(pr: np.ndarray, first: int) -> dict[str, np.ndarray | float]:
     """The fit of one PR curve [L+1] (already validated): scalars and [L+1] arrays."""
     size = len(pr)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log10_pr = np.log10(pr)
-    # A PR that is 0, negative or infinite has no meaningful log: NaN (not -inf),
-    # so that everything downstream says "undefined" the same way.
-    log10_pr[~np.isfinite(log10_pr)] = np.nan
+    log10_pr = log10_or_nan(pr)
 
     x = np.arange(first, size, dtype=np.float64)
     y = log10_pr[first:]

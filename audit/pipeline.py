@@ -22,7 +22,7 @@ import numpy as np
 from audit import __version__
 from audit.checks import evaluate
 from audit.corpus import load_corpus, token_windows, tokenize_corpus
-from audit.law import LawFit, fit_law
+from audit.law import LawFit, fit_law, log10_or_nan
 from audit.norms import NormInfo, apply_normalization
 from audit.report.data import LawSummary, LayerRow, LossSummary, Report
 from audit.jackknife import jackknife_se
@@ -248,7 +248,7 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
     :func:`judge` ends here; tests build reports from synthetic fits."""
     verdict = evaluate(fit, spec.law)
     loo_log10 = (np.full((0, len(fit.pr)), np.nan) if leave_one_out is None
-                 else _log10(np.asarray(leave_one_out, dtype=np.float64)))
+                 else log10_or_nan(leave_one_out))
     return Report(
         name=spec.name,
         spec=_spec_dict(spec),
@@ -275,12 +275,6 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
         shard_ids=tuple(int(i) for i in shard_ids),
     )
 
-
-def _log10(values: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log10(values)
-    out[~np.isfinite(out)] = np.nan
-    return out
 
 
 def _numeric_warnings(spec: Spec, ranks: np.ndarray, conditions: np.ndarray,
