@@ -88,6 +88,9 @@ _CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
 _DEAD_COLUMN_EPS = 1e3
 # Every sum is formed and kept in float64, whatever the features' dtype.
 _EPS = float(np.finfo(np.float64).eps)
+_ROUNDING_MARGIN = 10.0
+"""How far above the features' own rounding noise the rank cutoff sits (see
+``LayerStats._rcond``)."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class LayerStats:
         self._n = np.zeros(self._shards, dtype=np.int64)
         self._layers: int | None = None
         self._width: int | None = None
+        self._input_eps = _EPS
+        """Machine epsilon of the coarsest features seen (float32's once any were)."""
 
     # ----------------------------------------------------------------- properties
     @property
@@ -343,9 +348,10 @@ class LayerStats:
         if self._layers is None:
             self._allocate(layers, d, x.mean(axis=example_axes, dtype=np.float64),
                            float(np.rint(y.mean())))
-        # Float32 features are exact in float64, and their Grams are formed in
-        # float64 too (see the module docstring): one precision, one rank cutoff.
+        # Float32 features are exact in float64 and their Grams are formed in
+        # float64 too; only the rank cutoff remembers that they were rounded.
         dtype = np.dtype(np.float64)
+        self._input_eps = max(self._input_eps, float(np.finfo(x.dtype).eps))
         shift = self._shift_x
 
         s = int(shard)
@@ -426,6 +432,7 @@ class LayerStats:
 
         out = LayerStats.from_arrays(self.to_arrays())
         out._n += other._n
+        out._input_eps = max(self._input_eps, other._input_eps)
         # Re-express other's sums around out's shift (δ = b − a, ε = c_b − c_a):
         # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ.
         nb = other._n.astype(np.float64)[:, None, None]
@@ -483,7 +490,26 @@ class LayerStats:
             raise StatsError("no examples: call update() before asking for results")
 
     def _rcond(self) -> float:
-        return max(self._width, 32) * _EPS
+        """The relative rank cutoff: on eigenvalues of the scaled scatter (``gram``),
+        on singular values of the scaled factor (``qr``).
+
+        For float64 features it is float64's own floor, max(d, 32) × eps, which is
+        lstsq's answer.  Float32 features carry rounding noise of relative size
+        about eps32 = 1.2e-7 in every direction, and a direction that is exactly
+        empty in exact arithmetic (the mean direction after a LayerNorm, which
+        centres every token) keeps that noise: its eigenvalue, about 5e-15 of the
+        largest on a tiny GPT-2 (d = 32), sits right at float64's cutoff 7e-15, so
+        whether it counts as rank flips with the rounding of the framework that ran
+        the norm, and PR moves by 1e-4 relative (measured: PyTorch against
+        onnxruntime on the same model).  For float32 features the cutoff is
+        therefore ``_ROUNDING_MARGIN`` × max(d, 32) × eps32² on eigenvalues (4.5e-12
+        at d = 32; the square root on singular values), far above that noise and
+        far below any real layer's spread (κ about 200 on SmolLM2 and Gemma-3:
+        eigenvalue ratios about 3e-5)."""
+        d = max(self._width, 32)
+        if self._qr:
+            return max(d * _EPS, np.sqrt(_ROUNDING_MARGIN * d) * self._input_eps)
+        return max(d * _EPS, _ROUNDING_MARGIN * d * self._input_eps ** 2)
 
     def _sorted_classes(self) -> tuple[np.ndarray, np.ndarray]:
         ids = self._ids[: self._k]
@@ -605,7 +631,8 @@ class LayerStats:
         constant columns count as lost rank; of the others, scaled to unit norm,
         the singular values s above the cutoff count (``"gram"``: s² above
         ``max(d, 32) × eps × s_max²``, the scatter's own noise floor; ``"qr"``:
-        s above ``max(d, 32) × eps × s_max``, as lstsq)."""
+        s above ``max(d, 32) × eps × s_max``, as lstsq; for float32 features both
+        cutoffs sit above float32's rounding noise instead, see ``_rcond``)."""
         return self._spectra()[0]
 
     def condition(self) -> np.ndarray:
@@ -650,6 +677,7 @@ class LayerStats:
             "shards": np.array(self._shards, dtype=np.int64),
             "shuffle_seed": np.array(self._seed, dtype=np.int64),
             "method": np.array(self._method, dtype="<U8"),
+            "input_eps": np.array(self._input_eps),
             "n": self._n.copy(),
         }
         if self._layers is None:
@@ -682,6 +710,8 @@ class LayerStats:
                       shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]),
                       method=method)
             out._n = a["n"].astype(np.int64).copy()
+            if "input_eps" in a:  # older arrays: float64's
+                out._input_eps = float(a["input_eps"])
             if "sx" not in a:
                 return out
             g, layers, d = a["sx"].shape

@@ -653,3 +653,53 @@ def test_several_example_axes_equal_the_flattened_batch(method):
         np.testing.assert_array_equal(strided.to_arrays()[key], value, err_msg=key)
     _raises("features of shape (3, 4, 8, 6) need targets of shape (4, 8), got (4, 9)",
             strided.update, view, targets)
+
+
+def _float32_layer_norm(offset: float, n: int = 2000, d: int = 32):
+    """Features that a LayerNorm computed in float32 produced: exactly centred in
+    exact arithmetic (the all-ones direction is empty), with float32's rounding
+    noise left in that direction, larger the larger the inputs' common offset."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)) + offset
+    y = rng.integers(0, 50, size=n)
+    x[:, 0] += 0.05 * y
+    x32 = x.astype(np.float32)
+    c = x32 - x32.mean(axis=1, keepdims=True, dtype=np.float32)
+    h = (c / np.sqrt((c * c).mean(axis=1, keepdims=True) + np.float32(1e-5))).astype(np.float32)
+    return h, y
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("offset", [1.0, 3.0])
+def test_float32_rounding_noise_in_an_empty_direction_is_not_rank(offset, method):
+    h, y = _float32_layer_norm(offset)
+    h64 = h.astype(np.float64)
+    d = h.shape[1]
+    centred = h64 - h64.mean(axis=0)
+    scatter = centred.T @ centred
+    scale = 1 / np.sqrt(np.diag(scatter))
+    w = np.linalg.eigvalsh(scatter * scale[:, None] * scale[None, :])
+    # the premise: the noise eigenvalue lies above float64's cutoff (32 eps) and
+    # below the float32 one (10 × 32 × eps32²)
+    assert 32 * 2.2e-16 < w[0] / w[-1] < 10 * 32 * np.finfo(np.float32).eps ** 2
+    # the exact answer: least squares on the features with that direction removed
+    z = h64 @ (np.eye(d) - np.ones((d, d)) / d)
+    design = np.c_[np.ones(len(y)), z]
+    coef, *_ = np.linalg.lstsq(design, y.astype(np.float64), rcond=None)
+    res = y - design @ coef
+    exact = (res @ res) / ((y - y.mean()) @ (y - y.mean()))
+    stats = LayerStats(shards=1, method=method)
+    stats.update(h[None], y)
+    assert stats.rank()[0] == d - 1
+    assert stats.residuals("token_id")[0] == pytest.approx(exact, rel=1e-8)
+    # the same numbers given as float64 are taken at their word: the noise is rank
+    as64 = LayerStats(shards=1, method=method)
+    as64.update(h64[None], y)
+    assert as64.rank()[0] == d
+    assert abs(as64.residuals("token_id")[0] / exact - 1) > 1e-7
+    # the precision travels with the arrays and through a merge
+    again = LayerStats.from_arrays(stats.to_arrays())
+    assert again.residuals("token_id")[0] == stats.residuals("token_id")[0]
+    empty32 = LayerStats(shards=1, method=method)
+    empty32.update(h[None, :10], y[:10])
+    assert (as64 + empty32).rank()[0] == d - 1
