@@ -45,10 +45,24 @@ COMPARISON_ITEM_CHECKS = {
     "baseline-loss": ("baseline_loss",),
     "merge-law": ("merge_pearson_r", "merge_rho"),
     "merge-loss": ("merge_loss",),
+    "parity": ("parity_loss", "parity_log10_pr"),
 }
-"""Items of the comparisons with a baseline and with a merge's parents; their
-per-layer checks are ``drift`` (baseline) and ``merge_drift``, in the layer items."""
+"""Items of the comparisons with a baseline, with a merge's parents and between
+backends.  The per-layer checks of the first two are ``drift`` (baseline) and
+``merge_drift``, in the layer items; the parity item covers its per-layer checks
+itself (one item per backend, not one per layer)."""
 COMPARISON_LAYER_CHECKS = ("drift", "merge_drift")
+COMPARISON_KINDS = {"baseline_": "baseline", "drift": "baseline", "merge_": "merge",
+                    "parity_": "parity"}
+"""The comparison (``Comparison.kind``) each check belongs to, by prefix of its name."""
+
+
+def comparison_kind(check: str) -> str | None:
+    """``baseline``, ``merge`` or ``parity`` for a comparison's check; None for the law's."""
+    for prefix, kind in COMPARISON_KINDS.items():
+        if check.startswith(prefix):
+            return kind
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,12 +189,14 @@ def item_results(verdict: Verdict | Iterable[CheckResult], item_name: str) -> tu
     named = {**ITEM_CHECKS, **COMPARISON_ITEM_CHECKS}
     if item_name in named:
         checks = named[item_name]
-        return tuple(r for r in results if r.layer is None and r.check in checks)
+        return tuple(r for r in results if r.check in checks)
     match = _LAYER_ITEM.fullmatch(item_name)
     if match:
         layer = int(match.group(1))
-        return tuple(r for r in results if r.layer == layer)
-    raise StatsError(f"unknown audit item {item_name!r}: expected law-fit, law-rho or layer-NN")
+        claimed = {check for checks in named.values() for check in checks}
+        return tuple(r for r in results if r.layer == layer and r.check not in claimed)
+    raise StatsError(f"unknown audit item {item_name!r}: expected one of "
+                     f"{', '.join(named)} or layer-NN")
 
 
 # --- the checks ---------------------------------------------------------------

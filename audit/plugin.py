@@ -177,6 +177,8 @@ class SpecCollector(pytest.Collector):
         names = list(ITEM_CHECKS) + ["baseline-law", "baseline-loss"]
         if self.spec.merge is not None:
             names += ["merge-law", "merge-loss"]
+        if session.parity_reference(self.spec) is not None:
+            names.append("parity")
         assert set(names) <= set(ITEM_CHECKS) | set(COMPARISON_ITEM_CHECKS)
         for name in names:
             yield SpecItem.from_parent(self, name=name, spec=self.spec)
@@ -207,13 +209,18 @@ class SpecItem(pytest.Item):
         self.spec = spec
 
     def runtest(self) -> None:
-        from audit.checks import COMPARISON_ITEM_CHECKS, COMPARISON_LAYER_CHECKS, item_results
+        from audit.checks import (COMPARISON_ITEM_CHECKS, COMPARISON_LAYER_CHECKS,
+                                  comparison_kind, item_results)
 
         session = self.config.stash[_SESSION_KEY]
         report = session.report(self.spec)
         self._record_properties(report)
         if self.name.startswith("baseline-"):
             self._baseline_state(session)
+        if self.name == "parity" and self.spec.name in session.parity_errors:
+            error = session.parity_errors[self.spec.name]
+            raise ComparisonCheckFailed(f"parity with {self.spec.backends[0]} not judged: the "
+                                        f"{self.spec.backends[0]} audit failed: {error}")
         results = item_results(report.checks, self.name)
         if not results:
             pytest.skip(f"{self.spec.name}: no threshold in the spec covers {self.name}")
@@ -221,8 +228,7 @@ class SpecItem(pytest.Item):
         compared = [c for c in failed if c.check in COMPARISON_LAYER_CHECKS
                     or self.name in COMPARISON_ITEM_CHECKS]
         if compared:
-            kinds = {"baseline" if c.check.startswith(("baseline_", "drift")) else "merge"
-                     for c in compared}
+            kinds = {comparison_kind(c.check) for c in compared}
             raise ComparisonCheckFailed("\n".join(
                 [c.message for c in failed]
                 + [comparison_text(cmp, self._fix(cmp.kind)) for cmp in report.comparisons

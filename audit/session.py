@@ -75,12 +75,37 @@ class AuditSession:
     _parents: dict[str, dict[str, Spec]] = field(default_factory=dict)
     _layer_maps: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, BaselineState] = field(default_factory=dict)
+    parity_errors: dict[str, EquilawError] = field(default_factory=dict)
+    """Spec name -> why its parity could not be judged (the first backend failed)."""
     written: list[Path] = field(default_factory=list)
 
     def specs(self) -> list[Spec]:
+        """The specs that run: one per spec file, or one per backend of a spec that
+        names several (``<name>.<backend>``)."""
         if self._specs is None:
-            self._specs = load_specs(self.spec_paths)
+            from audit.errors import SpecError
+            from audit.spec import per_backend
+
+            specs: list[Spec] = []
+            seen: dict[str, Spec] = {}
+            for spec in load_specs(self.spec_paths):
+                for one in per_backend(spec):
+                    if one.name in seen:
+                        raise SpecError(f"spec name {one.name!r} is also used by "
+                                        f"{seen[one.name].source}", file=spec.source,
+                                        line=spec.lines.get("name"), field="name")
+                    seen[one.name] = one
+                    specs.append(one)
+            self._specs = specs
         return self._specs
+
+    def parity_reference(self, spec: Spec) -> Spec | None:
+        """For a backend after the first of a spec that names several, the spec of
+        the first backend (which its parity item compares with); else None."""
+        if spec.group is None or spec.backend == spec.backends[0]:
+            return None
+        return next(s for s in self.specs()
+                    if s.group == spec.group and s.backend == spec.backends[0])
 
     def backend(self, spec: Spec) -> Any:
         if spec.name not in self._backends:
@@ -129,9 +154,14 @@ class AuditSession:
             raise self._errors[spec.name]
         if spec.name not in self._reports:
             try:
+                reference = self._parity_reference_report(spec)
                 report = self._measure(spec)
                 if spec.merge is not None:
                     report = self._compare_to_parents(spec, report)
+                if reference is not None:
+                    from audit.compare.parity import compare_backends
+
+                    report = compare_backends(report, reference, spec.parity)
             except EquilawError as exc:
                 self._errors[spec.name] = exc
                 raise
@@ -139,6 +169,19 @@ class AuditSession:
             self._reports[spec.name] = report
             self._write(report)
         return self._reports[spec.name]
+
+    def _parity_reference_report(self, spec: Spec) -> Report | None:
+        """The first backend's report, measured before this backend's so that one
+        model at a time is held; when it failed, the error is kept for the parity
+        item and this backend is audited on its own."""
+        reference = self.parity_reference(spec)
+        if reference is None:
+            return None
+        try:
+            return self.report(reference)
+        except EquilawError as exc:
+            self.parity_errors[spec.name] = exc
+            return None
 
     def _measure(self, spec: Spec) -> Report:
         from audit.pipeline import collect, judge

@@ -142,6 +142,21 @@ class BaselineSpec:
 
 
 @dataclass(frozen=True)
+class ParitySpec:
+    """How closely the backends of a spec that names several (``backend: [torch,
+    onnx]``) must agree; each backend after the first is compared with the first.
+    ``None`` switches a check off.  The defaults are about 50 and 20 times the
+    differences measured between PyTorch and its ONNX export of SmolLM2 on the
+    default probe (1.9e-8 in log10 PR, 8.7e-6 nats; bench/results.json ``onnx``),
+    and far below what the gates call a change (``baseline.max_drift`` 0.0008)."""
+
+    max_log10_pr_difference: float | None = 1e-6
+    """Per layer: |log10 PR of this backend − the first backend's| at most this."""
+    max_loss_difference: float | None = 2e-4
+    """|probe loss difference| in nats per token at most this."""
+
+
+@dataclass(frozen=True)
 class MergeSpec:
     """A merged checkpoint's parents and where its layers came from."""
 
@@ -170,6 +185,13 @@ class Spec:
     onnx: OnnxSpec = field(default_factory=OnnxSpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     merge: MergeSpec | None = None
+    parity: ParitySpec = field(default_factory=ParitySpec)
+    backends: tuple[str, ...] = ()
+    """Every backend the spec file names, in order, when it names several (``backend:
+    [torch, onnx]``); empty when it names one.  Set by the loader."""
+    group: str | None = None
+    """For one backend of a spec that names several: the name in the file (this
+    spec's name is ``<group>.<backend>``).  Set by :func:`per_backend`."""
     source: str | None = None
     """The file the spec was loaded from, or None for a spec built in code."""
     lines: Mapping[str, int | None] = field(default_factory=dict, repr=False, compare=False)
@@ -196,11 +218,11 @@ DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
 
 _SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormOverride, "probe": ProbeSpec, "law": LawSpec,
-    "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
+    "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
 mapping are that dataclass's fields (less ``_INTERNAL_FIELDS``)."""
-_INTERNAL_FIELDS = frozenset({"source", "lines"})
+_INTERNAL_FIELDS = frozenset({"source", "lines", "backends", "group"})
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -396,6 +418,22 @@ def _path(value: Any, field: str, line: int | None, ctx: _Context) -> str:
     return _resolve(_string(value, field, line, ctx), ctx)
 
 
+def _backend(value: Any, field: str, line: int | None, ctx: _Context) -> str | tuple[str, ...]:
+    """A backend name, or a non-empty list of distinct ones."""
+    one = _choice(BACKENDS)
+    if not isinstance(value, list):
+        return one(value, field, line, ctx)
+    if not value:
+        raise ctx.error(field, line, f"expected a backend or a non-empty list of backends "
+                                     f"({', '.join(BACKENDS)}), got an empty list")
+    names = tuple(one(item, f"{field}[{i}]", _item_line(value, i, line), ctx)
+                  for i, item in enumerate(value))
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ctx.error(field, line, f"names {', '.join(twice)} more than once")
+    return names
+
+
 def _providers(value: Any, field: str, line: int | None, ctx: _Context) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error(field, line, f"expected a non-empty list of execution provider names, "
@@ -460,7 +498,7 @@ def _build(prefix: str, data: dict, line: int | None, ctx: _Context) -> Any:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
             if not prefix and key in _INTERNAL_FIELDS:
-                hint = f"{key!r} is set by the loader (the spec file's path), not in the file"
+                hint = f"{key!r} is set by the loader, not in the file"
             raise ctx.error(_join(prefix, key), key_lines.get(key, line), f"unknown key; {hint}")
     kwargs = {}
     for key in valid:
@@ -477,7 +515,7 @@ def _build(prefix: str, data: dict, line: int | None, ctx: _Context) -> Any:
 
 def _check_spec(spec: Spec, ctx: _Context) -> None:
     """Rules that tie keys of different sections together."""
-    if spec.backend == "onnx" and spec.model.onnx is None:
+    if "onnx" in (spec.backends or (spec.backend,)) and spec.model.onnx is None:
         raise ctx.error("model.onnx", ctx.lines.get("backend"),
                         "backend: onnx needs model.onnx, the ONNX file to run (export one with "
                         "python -m audit export-onnx)")
@@ -500,6 +538,10 @@ def _from_data(data: Any, root_line: int | None, ctx: _Context, source: str | No
         raise ctx.error(None, root_line, f"expected a mapping of spec keys at the top level, "
                                          f"got {_describe(data)}")
     spec = _build("", data, root_line, ctx)
+    if isinstance(spec.backend, tuple):
+        backends = spec.backend
+        spec = dataclasses.replace(spec, backend=backends[0],
+                                   backends=backends if len(backends) > 1 else ())
     _check_spec(spec, ctx)
     return dataclasses.replace(spec, source=source, lines=dict(ctx.lines))
 
@@ -571,6 +613,16 @@ def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[S
         first_file[spec.name] = file
         specs.append(spec)
     return specs
+
+
+def per_backend(spec: Spec) -> list[Spec]:
+    """The specs that run: ``spec`` itself, or for a spec that names several
+    backends one spec per backend, named ``<name>.<backend>``, in the file's order
+    (the first is the reference of the others' parity)."""
+    if len(spec.backends) < 2:
+        return [spec]
+    return [dataclasses.replace(spec, name=f"{spec.name}.{backend}", backend=backend,
+                                group=spec.name) for backend in spec.backends]
 
 
 # ---------------------------------------------------------------------------
@@ -673,9 +725,15 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("model.norm.eps", "number", _number(gt=0),
          "The norm's epsilon.",
          "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-6}", "> 0"),
-    _key("backend", "string", _choice(BACKENDS),
-         "What runs the model. Only `torch` (transformers) for now.",
-         "backend: torch", _one_of(BACKENDS)),
+    _key("backend", "string, or a list of strings", _backend,
+         "What runs the model: `torch` (transformers) or `onnx` (onnxruntime on "
+         "`model.onnx`). A list audits the model with each backend: every backend gets "
+         "its own items (`NAME.BACKEND::law-fit`), report (`reports/NAME.BACKEND.json`) "
+         "and baseline (`baselines/NAME.BACKEND.json`), and each backend after the first "
+         "gets a `NAME.BACKEND::parity` item that compares it with the first (tolerances "
+         "under `parity`).",
+         "backend: [torch, onnx]\nmodel:\n  path: ../checkpoints/smollm2\n"
+         "  onnx: ../checkpoints/smollm2.onnx", _one_of(BACKENDS) + ", or a list of distinct ones"),
     _key("probe", "mapping", _section("probe"),
          "The text the model reads and how it is cut into windows.",
          "probe:\n  corpus: python-docstrings\n  sequences: 128"),
@@ -799,6 +857,21 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "standard error (from the per-shard differences). With `max_drift` also set, a "
          "layer fails only when it exceeds both. Needs `probe.shards` >= 2.",
          "baseline:\n  max_drift_sigma: 4", "> 0"),
+    _key("parity", "mapping", _section("parity"),
+         "Tolerances of `NAME.BACKEND::parity`, the agreement of each backend after the "
+         "first with the first when `backend` is a list. A tolerance that is null is not "
+         "checked. The defaults are about 50 and 20 times what PyTorch and its ONNX "
+         "export of SmolLM2 differ by on the default probe (1.9e-8 in log10 PR, 8.7e-6 "
+         "nats; README, \"ONNX\"), far below what a baseline calls a change.",
+         "parity:\n  max_log10_pr_difference: 1.0e-6\n  max_loss_difference: 2.0e-4"),
+    _key("parity.max_log10_pr_difference", "number or null", _nullable(_number(gt=0)),
+         "Per layer 1..L: the largest |log10 PR| difference from the first backend.",
+         "parity:\n  max_log10_pr_difference: 1.0e-6", "> 0"),
+    _key("parity.max_loss_difference", "number or null", _nullable(_number(gt=0)),
+         "The largest |probe loss| difference from the first backend, in nats per token "
+         "(when both have a probe loss; a backend without one fails the check unless it "
+         "is null).",
+         "parity:\n  max_loss_difference: 2.0e-4", "> 0"),
     _key("merge", "mapping or null", _nullable(_section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "

@@ -277,6 +277,18 @@ def test_layer_count_mismatch_is_an_error(tiny_models: dict[str, Path]) -> None:
                               "promises 5 layers, so 6 were expected")
 
 
+def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
+    from tiny_models import config
+
+    folder = save_tiny_model(tmp_path / "small-vocab", cfg=config("llama", 2, 32, vocab_size=200))
+    with pytest.raises(BackendError) as err:
+        backend_for(folder).load()
+    assert str(err.value) == (
+        f"model tiny: {str(folder)!r}: the embedding table has 200 rows but the tokenizer from "
+        f"{str(folder)!r} has 259 tokens (ids up to 258): the model and the tokenizer do not "
+        f"belong together (model.tokenizer of the spec names another tokenizer)")
+
+
 # -- tokenizer -----------------------------------------------------------------------
 
 def test_encode_without_special_tokens(tiny_models: dict[str, Path]) -> None:

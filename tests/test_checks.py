@@ -299,7 +299,9 @@ def test_item_names_and_results():
     assert item_results(evaluate(kinked_fit(), LawSpec()), "law-fit") == ()
     with pytest.raises(StatsError) as info:
         item_results(verdict, "layer-x")
-    assert str(info.value) == "unknown audit item 'layer-x': expected law-fit, law-rho or layer-NN"
+    assert str(info.value) == ("unknown audit item 'layer-x': expected one of law-fit, law-rho, "
+                               "baseline-law, baseline-loss, merge-law, merge-loss, parity or "
+                               "layer-NN")
 
 
 def test_results_are_frozen():

@@ -96,3 +96,27 @@ def test_a_file_without_logits_is_audited_without_the_loss(tiny_model_dir: Path,
                        logits=False).path
     report = run(_spec(tiny_model_dir, path))
     assert report.loss is None and report.loss_note == f"{str(path)!r} has no logits output"
+
+
+def test_an_embedding_smaller_than_the_tokenizer_is_refused(tiny_model_dir: Path,
+                                                            tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from audit.backends.onnx_backend import embedding_rows
+
+    model = onnx.load(str(tiny_onnx))
+    rows = embedding_rows(tiny_onnx)
+    assert rows == 264  # padded: the byte-level tokenizer has 259 tokens
+    for init in model.graph.initializer:
+        if list(init.dims) == [rows, 32]:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:200], init.name))
+    path = tmp_path / "small-vocab.onnx"
+    onnx.save(model, str(path))
+    assert embedding_rows(path) == 200
+    with pytest.raises(BackendError) as err:
+        _backend(tiny_model_dir, path).load()
+    assert str(err.value) == (
+        f"model tiny: {str(path)!r}: the embedding table has 200 rows but the tokenizer from "
+        f"{str(tiny_model_dir)!r} has 259 tokens (ids up to 258): the model and the tokenizer "
+        f"do not belong together (model.tokenizer of the spec names another tokenizer)")

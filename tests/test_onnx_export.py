@@ -120,6 +120,29 @@ def test_logits_match_the_torch_model(exports: dict[str, ExportResult],
     assert np.max(np.abs(got - want)) < 1e-5
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_both_backends_audit_alike_within_the_default_parity(
+        arch: str, model_dirs: dict[str, Path], exports: dict[str, ExportResult]) -> None:
+    from audit.compare.parity import compare_backends
+    from audit.pipeline import run
+    from audit.spec import ParitySpec, per_backend, spec_from_dict
+
+    spec = spec_from_dict({"name": f"tiny-{arch}", "backend": ["torch", "onnx"],
+                           "model": {"path": str(model_dirs[arch]),
+                                     "onnx": str(exports[arch].path)},
+                           "probe": {"sequences": 24, "length": 32, "shards": 4},
+                           "law": {"max_pearson_r": 1.0}})
+    torch_spec, onnx_spec = per_backend(spec)
+    torch_report, onnx_report = run(torch_spec), run(onnx_spec)
+    assert (torch_report.backend, onnx_report.backend) == ("torch", "onnx")
+    got = compare_backends(onnx_report, torch_report, ParitySpec())
+    (parity,) = got.comparisons
+    assert [c for c in got.checks if c.check.startswith("parity") and not c.passed] == []
+    # measured here: |log10 PR difference| below 1e-8, loss difference below 1e-6 nats
+    assert max(abs(row.drift) for row in parity.rows) < 1e-7
+    assert abs(parity.loss_now - parity.loss_then) < 1e-5
+
+
 def test_an_existing_output_is_refused_and_left_alone(exports: dict[str, ExportResult],
                                                       model_dirs: dict[str, Path]) -> None:
     path = exports["llama"].path

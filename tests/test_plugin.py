@@ -72,7 +72,7 @@ def inner(pytester: pytest.Pytester, tmp_path: Path):
 
 
 _ITEM_ID = re.compile(r"(?:^|::)([a-z0-9._-]+::(?:law-fit|law-rho|baseline-law|baseline-loss|"
-                      r"merge-law|merge-loss|layer-\d+))$")
+                      r"merge-law|merge-loss|parity|layer-\d+))$")
 
 
 def _names(result: pytest.RunResult) -> list[str]:
@@ -209,3 +209,42 @@ def test_plain_test_runs_never_collect_audit_items(
     assert "equilaw reports" not in result.stdout.str()
     assert inner.loads() == []
     assert not inner.reports.exists()
+
+
+def test_two_backends_give_items_reports_and_a_parity_item_each(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path, tiny_onnx: Path) -> None:
+    law = "law:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in GENEROUS.items())
+    for name, parity in (("tiny-p", ""), ("tiny-q", "parity:\n  max_log10_pr_difference: 1.0e-15\n")):
+        (pytester.path / f"{name}.yaml").write_text(
+            f"name: {name}\nmodel:\n  path: {tiny_model_dir}\n  onnx: {tiny_onnx}\n"
+            "backend: [torch, onnx]\nprobe:\n  sequences: 16\n  length: 24\n  shards: 4\n"
+            + law + parity)
+    collected = inner("--audit-spec", str(pytester.path / "tiny-p.yaml"), "--collect-only", "-q",
+                      ITEMS)
+    layers = [f"layer-{layer:02d}" for layer in range(1, TINY_LAYERS + 1)]
+    per_backend = ["law-fit", "law-rho", "baseline-law", "baseline-loss"]
+    assert _names(collected) == (
+        [f"tiny-p.torch::{n}" for n in per_backend + layers]
+        + [f"tiny-p.onnx::{n}" for n in per_backend + ["parity"] + layers])
+
+    result = inner("--audit-spec", str(pytester.path / "tiny-p.yaml"),
+                   "--audit-spec", str(pytester.path / "tiny-q.yaml"), ITEMS)
+    out = result.stdout.str()
+    assert re.search(r"PASSED .*tiny-p\.onnx::parity", out)
+    assert re.search(r"FAILED .*tiny-q\.onnx::parity", out)
+    assert "parity with torch: first moved layer 1" in out
+    assert "> parity.max_log10_pr_difference 1e-15" in out
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1 and outcomes["passed"] == 4 * (2 + TINY_LAYERS) + 1
+    assert sorted(p.name for p in inner.reports.iterdir()) == [
+        "tiny-p.onnx.json", "tiny-p.torch.json", "tiny-q.onnx.json", "tiny-q.torch.json"]
+    onnx_report = json.loads((inner.reports / "tiny-p.onnx.json").read_text())
+    (parity,) = onnx_report["comparisons"]
+    assert onnx_report["backend"] == "onnx" and parity["kind"] == "parity"
+    assert parity["reference"] == "torch"
+    assert max(abs(row["drift"]) for row in parity["rows"]) < 1e-7  # measured: about 1e-9
+    torch_report = json.loads((inner.reports / "tiny-p.torch.json").read_text())
+    assert torch_report["backend"] == "torch" and torch_report["comparisons"] == []
+    # the terminal shows both reports
+    assert out.count("tiny-p.torch") >= 2 and "report written: " in out
+    assert inner.loads() == ["tiny-p.torch", "tiny-q.torch"]  # one torch load per spec

@@ -19,6 +19,7 @@ from audit.spec import (
     BaselineSpec,
     MergeSpec,
     OnnxSpec,
+    ParitySpec,
     LawSpec,
     ModelSpec,
     NormOverride,
@@ -127,7 +128,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nx-shared: &probe {sequences: 4, length: 8}\n"
             "probe:\n  <<: *probe\n  length: 16\nlaw:\n  expected_deviations: [3, 4]\n")
     path = write(tmp_path, text)
-    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge"
+    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge, parity"
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nprobe: &probe\n  sequences: 4\n  length: 8\n"
             "law:\n  expected_deviations: [3, 4]\n")
     spec = load_spec(write(tmp_path, text))
@@ -182,8 +183,32 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
 
 def test_source_is_not_a_key_of_the_file(tmp_path):
     path = write(tmp_path, MINIMAL + "source: elsewhere.yaml\n")
-    assert error_of(path) == (f"{path}:3: source: unknown key; 'source' is set by the loader "
-                              "(the spec file's path), not in the file")
+    assert error_of(path) == (f"{path}:3: source: unknown key; 'source' is set by the loader, "
+                              "not in the file")
+
+
+def test_a_list_of_backends_runs_one_spec_per_backend(tmp_path):
+    from audit.spec import per_backend
+
+    path = write(tmp_path, "name: tiny\nmodel:\n  path: m\n  onnx: m.onnx\n"
+                           "backend: [torch, onnx]\nparity:\n  max_loss_difference: null\n")
+    spec = load_spec(path)
+    assert (spec.backend, spec.backends, spec.group) == ("torch", ("torch", "onnx"), None)
+    assert spec.parity == ParitySpec(max_log10_pr_difference=1e-6, max_loss_difference=None)
+    runs = per_backend(spec)
+    assert [(s.name, s.backend, s.group) for s in runs] == [("tiny.torch", "torch", "tiny"),
+                                                             ("tiny.onnx", "onnx", "tiny")]
+    # one backend in a list is that backend, run under the spec's own name
+    path.write_text("name: tiny\nmodel: m\nbackend: [torch]\n")
+    one = load_spec(path)
+    assert (one.backend, one.backends) == ("torch", ()) and per_backend(one) == [one]
+
+
+@pytest.mark.parametrize("key", ["backends", "group", "lines"])
+def test_loader_fields_are_not_keys_of_the_file(tmp_path, key):
+    path = write(tmp_path, MINIMAL + f"{key}: x\n")
+    assert error_of(path) == (f"{path}:3: {key}: unknown key; '{key}' is set by the loader, "
+                              "not in the file")
 
 
 def test_duplicate_key_names_the_second_occurrence(tmp_path):
@@ -284,6 +309,10 @@ def test_out_of_range(tmp_path, line, replacement, message):
      "15: target: 'Next' is not one of previous, current, next, next_next; did you mean 'next'?"),
     ("backend: torch", "backend: tensorrt", "6: backend: 'tensorrt' is not one of torch, onnx"),
     ("backend: torch", "backend: onnx", "6: model.onnx: backend: onnx needs model.onnx, the ONNX file to run (export one with python -m audit export-onnx)"),
+    ("backend: torch", "backend: [torch, onnx]", "6: model.onnx: backend: onnx needs model.onnx, the ONNX file to run (export one with python -m audit export-onnx)"),
+    ("backend: torch", "backend: []", "6: backend: expected a backend or a non-empty list of backends (torch, onnx), got an empty list"),
+    ("backend: torch", "backend: [torch, tensorrt]", "6: backend[1]: 'tensorrt' is not one of torch, onnx"),
+    ("backend: torch", "backend: [torch, torch]", "6: backend: names torch more than once"),
     ("  dtype: float32", "  dtype: fp16", "5: model.dtype: 'fp16' is not one of float32, bfloat16, float16"),
     ("  dtype: float32", "  norm: {kind: batch, eps: 1.0e-5}",
      "5: model.norm.kind: 'batch' is not one of rms, layer"),
@@ -541,9 +570,10 @@ def test_loader_finds_duplicates_inside_lists():
 
 def _dataclass_paths(cls, prefix=""):
     types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormOverride,
-             "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec}
+             "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
+             "parity": ParitySpec}
     for f in dataclasses.fields(cls):
-        if f.name in ("source", "lines"):
+        if f.name in ("source", "lines", "backends", "group"):
             continue
         path = f"{prefix}{f.name}"
         yield path

@@ -234,6 +234,19 @@ class HuggingFaceFiles:
         return {"source": str(self.tokenizer_path), "class": type(tok).__name__,
                 "vocab_size": len(vocab), "vocab_sha256": digest, "bos_token_id": self.bos_token_id}
 
+    def check_embedding_rows(self, rows: int, where: str) -> None:
+        """Raise :class:`BackendError` when the model's embedding table (``rows``
+        rows, read from ``where``) is smaller than the tokenizer's vocabulary: the
+        tokenizer would give ids the model has no embedding for.  A larger table is
+        normal (tables are padded to a multiple of 64 or 128)."""
+        vocab = max(self.tokenizer.get_vocab().values(), default=-1) + 1
+        if rows < vocab:
+            raise BackendError(
+                f"{where}: the embedding table has {rows} rows but the tokenizer from "
+                f"{str(self.tokenizer_path)!r} has {vocab} tokens (ids up to {vocab - 1}): the "
+                f"model and the tokenizer do not belong together (model.tokenizer of the spec "
+                f"names another tokenizer)", model=self.name)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
         tok = self.tokenizer

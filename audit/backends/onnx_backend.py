@@ -114,6 +114,9 @@ class OnnxBackend(HuggingFaceFiles):
             raise BackendError(f"{str(path)!r} needs inputs equilaw cannot feed: "
                                f"{', '.join(unknown)} (only input_ids and attention_mask)",
                                model=self.name)
+        rows = embedding_rows(path)
+        if rows is not None:
+            self.check_embedding_rows(rows, repr(str(path)))
         self._hidden_names = [name for _, name in hidden]
         self.head_note = None if LOGITS in outputs else f"{str(path)!r} has no logits output"
         self._session = session
@@ -155,6 +158,28 @@ class OnnxBackend(HuggingFaceFiles):
         if self._onnx_sha256 is None:
             self._onnx_sha256 = sha256_files(self._data_files())
         return self._onnx_sha256
+
+
+def embedding_rows(path: Path) -> int | None:
+    """Rows of the embedding table: the first dimension of the initializer that a
+    ``Gather`` indexes with ``input_ids`` (through any ``Cast``); None when the graph
+    has no such node (the check is then left to onnxruntime's own bounds check).
+    Reads the graph, not the external weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    ids = {"input_ids"}
+    for node in graph.node:  # a Cast of the ids is the ids too
+        if node.op_type == "Cast" and node.input and node.input[0] in ids:
+            ids.update(node.output)
+    shapes = {init.name: list(init.dims) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in ids:
+            dims = shapes.get(node.input[0])
+            if dims and len(dims) == 2:
+                return int(dims[0])
+    return None
 
 
 def _token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:

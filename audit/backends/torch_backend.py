@@ -122,6 +122,9 @@ class TorchBackend(HuggingFaceFiles):
                                model=self.name)
         full = model.to(device).eval()
         model = _headless(full)
+        embedding = model.get_input_embeddings()
+        if embedding is not None and getattr(embedding, "weight", None) is not None:
+            self.check_embedding_rows(int(embedding.weight.shape[0]), repr(str(self.path)))
         self.load_seconds = time.perf_counter() - start
         self._device = device
         self._model = model

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from audit.checks import comparison_kind
 from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
                                  largest, loss_check, require_paired)
 from audit.errors import ComparisonError
@@ -42,7 +43,7 @@ def baseline_path(spec: Spec, folder: str | os.PathLike | None = None) -> Path:
 def write_baseline(report: Report, path: str | os.PathLike) -> Path:
     """Write ``report`` (without its own comparisons) as a baseline, atomically."""
     plain = dataclasses.replace(report, comparisons=(), checks=tuple(
-        c for c in report.checks if not c.check.startswith(("baseline_", "drift", "merge_"))))
+        c for c in report.checks if comparison_kind(c.check) is None))
     return write_json_file(plain, path)
 
 

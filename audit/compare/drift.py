@@ -81,27 +81,34 @@ def first_moved_layer(values: np.ndarray, max_drift: float | None) -> int | None
     return moved[0] if moved else None
 
 
+DRIFT_WORDS = {"drift": ("drift", "drift"),
+               "merge_drift": ("distance outside the parents' range", "drift"),
+               "parity_log10_pr": ("log10 PR difference", "difference")}
+"""How a per-layer comparison check names its quantity in messages (long, short)."""
+
+
 def judge_layers(now: Report, ref: Reference, check: str, max_drift: float | None,
-                 max_sigma: float | None) -> tuple[tuple[CheckResult, ...], tuple[DriftRow, ...],
-                                                   int | None]:
-    """One ``check`` result per layer 1..L, the table rows, and the first moved layer."""
+                 max_sigma: float | None, keys: tuple[str, str] = ("max_drift", "max_drift_sigma"),
+                 ) -> tuple[tuple[CheckResult, ...], tuple[DriftRow, ...], int | None]:
+    """One ``check`` result per layer 1..L, the table rows, and the first moved layer.
+    ``keys`` name the two tolerances in messages."""
     values, se = drift(now, ref)
     log10, _ = curve(now)
     results, rows = [], []
     for layer in range(1, len(values)):
         value, err = float(values[layer]), float(se[layer])
         source = ref.sources[layer] if ref.sources else ""
-        what = "drift" if check == "drift" else "distance outside the parents' range"
+        what, short = DRIFT_WORDS[check]
         if math.isnan(value):
             passed, sigma, why = False, math.nan, "log10 PR is undefined here or in the reference"
         elif max_drift is None and max_sigma is None:
             continue
         else:
-            passed, sigma, why = effect_and_sigma(value, err, max_drift, max_sigma, "drift",
-                                                  "max_drift", "max_drift_sigma")
+            passed, sigma, why = effect_and_sigma(value, err, max_drift, max_sigma, short, *keys)
         then = (f"{ref.low[layer]:.5f}" if ref.low[layer] == ref.high[layer]
                 else f"[{ref.low[layer]:.5f}, {ref.high[layer]:.5f}]")
-        message = (f"layer {layer}: {what} {value:+.4f}" + ("" if math.isnan(err) else f" ± {err:.2g}")
+        shown = f"{value:+.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:+.2e}"
+        message = (f"layer {layer}: {what} {shown}" + ("" if math.isnan(err) else f" ± {err:.2g}")
                    + f" (log10 PR {then} → {log10[layer]:.5f}"
                    + (f" from {source}" if source else "") + f"): {why}")
         results.append(CheckResult(check, layer, value, err, max_drift, sigma, max_sigma, passed,

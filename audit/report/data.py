@@ -93,9 +93,9 @@ class Comparison:
     """This checkpoint against a reference (a baseline, or a merge's parents)."""
 
     kind: str
-    """``baseline`` or ``merge``."""
+    """``baseline``, ``merge`` or ``parity`` (another backend on the same checkpoint)."""
     reference: str
-    """The baseline file, or the parents' labels."""
+    """The baseline file, the parents' labels, or the reference backend's name."""
     pearson_r_then: float
     """The reference's r (merge: the worst parent's, the highest)."""
     pearson_r_now: float
@@ -114,6 +114,17 @@ class Comparison:
     rows: tuple[DriftRow, ...]
     notes: tuple[str, ...] = ()
     """What the reader should know (for example, library versions that differ)."""
+
+    @property
+    def then_label(self) -> str:
+        """What the renderers call the reference's column."""
+        return {"baseline": "baseline", "merge": "parents"}.get(self.kind, self.reference)
+
+    @property
+    def title(self) -> str:
+        """What was compared, in words (``against baseline FILE``, ``parity with torch``)."""
+        return (f"parity with {self.reference}" if self.kind == "parity"
+                else f"against {self.kind} {self.reference}")
 
 
 @dataclass(frozen=True)

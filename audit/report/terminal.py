@@ -16,11 +16,15 @@ PLOT_WIDTH = 28
 
 
 def _pm(value: float, se: float, digits: int = 4) -> str:
+    """``+0.0123 ± 0.0010``; values too small for ``digits`` decimals (a parity
+    difference) in scientific notation."""
     if not math.isfinite(value):
         return "nan"
+    small = value != 0 and abs(value) < 10 ** -(digits - 1)
+    shown = f"{value:+.2e}" if small else f"{value:+.{digits}f}"
     if math.isfinite(se):
-        return f"{value:+.{digits}f} ± {se:.{digits}f}"
-    return f"{value:+.{digits}f}"
+        return f"{shown} ± {se:.1e}" if small else f"{shown} ± {se:.{digits}f}"
+    return shown
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -62,11 +66,11 @@ def _comparison(c: Comparison) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    then = "baseline" if c.kind == "baseline" else "parents"
+    then = c.then_label
     moved = (f"first moved layer {c.first_moved_layer}" if c.first_moved_layer is not None
              else "no layer moved")
     head = Text.assemble(
-        (f"against {c.kind} {c.reference}: ", "bold"), (moved, "bold yellow" if
+        (f"{c.title}: ", "bold"), (moved, "bold yellow" if
                                                         c.first_moved_layer is not None else "green"),
         f"\nPearson r {_num(c.pearson_r_then)} → {_num(c.pearson_r_now)}   "
         f"ρ {_num(c.rho_then, 5)} → {_num(c.rho_now, 5)}   "

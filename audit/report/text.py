@@ -22,9 +22,9 @@ def comparison_text(comparison: Comparison, fix: str | None = None) -> str:
     layer and the largest drift, ``fix`` (how to accept an intended change), then
     the layers that moved or failed, at most :data:`MAX_ROWS`."""
     c = comparison
-    then = "baseline" if c.kind == "baseline" else "parents (worst)"
+    then = "parents (worst)" if c.kind == "merge" else c.then_label
     lines = [
-        f"against {c.kind} {c.reference}: first moved layer "
+        f"{c.title}: first moved layer "
         f"{c.first_moved_layer if c.first_moved_layer is not None else 'none'}, largest drift "
         + (f"{c.largest_drift:+.4f} at layer {c.largest_drift_layer}"
            if c.largest_drift_layer is not None else "n/a"),
@@ -43,7 +43,9 @@ def comparison_text(comparison: Comparison, fix: str | None = None) -> str:
             then_text = (_f(row.then_low) if row.then_low == row.then_high
                          else f"[{_f(row.then_low)}, {_f(row.then_high)}]")
             mark = " ← first moved" if row.layer == c.first_moved_layer else ""
-            lines.append(f"  {row.layer:>5} {then_text:>20} {_f(row.now):>9} {row.drift:>+9.4f} "
+            shown = (f"{row.drift:>+9.4f}" if abs(row.drift) >= 1e-3 or row.drift == 0
+                     else f"{row.drift:>+9.1e}")
+            lines.append(f"  {row.layer:>5} {then_text:>20} {_f(row.now):>9} {shown} "
                          f"{_f(row.drift_se, 4):>8} {_f(row.sigma, 1):>6}  {row.status}{mark}")
         if len(listed) > MAX_ROWS:
             lines.append(f"  … and {len(listed) - MAX_ROWS} more layers")

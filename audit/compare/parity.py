@@ -1,0 +1,67 @@
+"""Parity: one checkpoint audited by two backends (``backend: [torch, onnx]``),
+both measured on the same windows, must tell the same story.
+
+Each backend after the first is compared with the first, layer by layer: the
+difference of log10 PR (this backend's minus the reference's, with the paired
+jackknife standard error of :mod:`audit.compare.drift`) must stay within
+``parity.max_log10_pr_difference`` at every layer 1..L, and the probe losses within
+``parity.max_loss_difference``.  Only the effect is judged, not its significance:
+two backends of one checkpoint differ by rounding, which is not sampling noise.
+Pure numpy on report data.
+"""
+
+from __future__ import annotations
+
+import math
+
+from audit.checks import CheckResult
+from audit.compare.baseline import check_comparable
+from audit.compare.drift import Reference, attach, curve, judge_layers, largest, require_paired
+from audit.report.data import Comparison, Report
+from audit.spec import ParitySpec
+
+
+def compare_backends(now: Report, reference: Report, tolerances: ParitySpec) -> Report:
+    """``now`` (one backend's report) with its parity against ``reference`` (the
+    first backend's report of the same spec) attached as a ``parity`` comparison."""
+    what = f"the {reference.backend} report {reference.name!r}"
+    require_paired(now, reference, what)
+    check_comparable(now, reference, what)
+    log10, loo = curve(reference)
+    ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
+    layer_checks, rows, moved = judge_layers(
+        now, ref, "parity_log10_pr", tolerances.max_log10_pr_difference, None,
+        keys=("parity.max_log10_pr_difference", ""))
+    loss_now = now.loss.mean if now.loss else math.nan
+    loss_then = reference.loss.mean if reference.loss else math.nan
+    checks = layer_checks
+    loss = _loss_check(now, reference, loss_now, loss_then, tolerances.max_loss_difference)
+    if loss is not None:
+        checks = (loss,) + checks
+    top, top_layer = largest(rows)
+    comparison = Comparison(
+        kind="parity", reference=reference.backend,
+        pearson_r_then=reference.law.pearson_r, pearson_r_now=now.law.pearson_r,
+        rho_then=reference.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
+        first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows)
+    return attach(now, comparison, checks)
+
+
+def _loss_check(now: Report, reference: Report, loss_now: float, loss_then: float,
+                tolerance: float | None) -> CheckResult | None:
+    if tolerance is None:
+        return None
+    key = "parity.max_loss_difference"
+    if math.isnan(loss_now) or math.isnan(loss_then):
+        missing = [f"{r.backend} ({r.loss_note or 'no probe loss'})"
+                   for r, v in ((reference, loss_then), (now, loss_now)) if math.isnan(v)]
+        return CheckResult("parity_loss", None, math.nan, math.nan, tolerance, math.nan, None,
+                           False, False, f"probe loss: missing in {', '.join(missing)}; set "
+                                         f"{key}: null to compare without it")
+    difference = loss_now - loss_then
+    passed = abs(difference) <= tolerance
+    message = (f"probe loss (nats) {reference.backend} {loss_then:.6f}, {now.backend} "
+               f"{loss_now:.6f}: |difference| {abs(difference):.3g} "
+               f"{'<=' if passed else '>'} {key} {tolerance!r}")
+    return CheckResult("parity_loss", None, difference, math.nan, tolerance, math.nan, None,
+                       passed, False, message)

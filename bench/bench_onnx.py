@@ -1,0 +1,120 @@
+"""Benchmark: onnxruntime against PyTorch on the same audit, and how closely they agree.
+
+Exports SmolLM2 (the default spec ``model_specs/smollm2-135m.yaml``) twice with
+``audit.backends.onnx_export.export_onnx`` into a temporary folder: once with the
+``logits`` output (for the probe loss) and once without it.  Then, in one
+process, over the same probe windows:
+
+* throughput: the hidden-state extraction (``timing.forward_seconds``: the forward
+  pass up to float32 hidden states in numpy, no head) of PyTorch and of the
+  logits-free ONNX file, probe loss off, each run twice in alternation (torch,
+  onnx, torch, onnx) and the faster of the two kept;
+  ``onnx.throughput_ratio`` = ONNX tokens/s over PyTorch tokens/s.  The head is
+  left out on both sides because onnxruntime computes every output of a graph
+  whichever are fetched, so a file with logits always pays for the head;
+* parity: the full default audit (probe loss on) with PyTorch and with the
+  logits file: the largest |log10 PR| difference over layers 0..L, the largest
+  relative PR difference, the probe-loss and Pearson-r differences, and the
+  exporter's own largest hidden-state difference on its validation windows.
+
+onnxruntime runs with ``intra_op_threads: 0`` (one thread per core, as torch uses)
+and ``graph_optimization: all``; the figures say which.
+
+Writes its figures under ``"onnx"`` in bench/results.json (read, modify, write).
+Usage: ``python bench/bench_onnx.py [SPEC]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from audit.backends import open_backend
+    from audit.backends.onnx_export import export_onnx
+    from audit.pipeline import collect, judge
+    from audit.spec import OnnxSpec, load_spec
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "model_specs" / "smollm2-135m.yaml"
+    spec = load_spec(path)
+    options = OnnxSpec(intra_op_threads=0, graph_optimization="all")
+    figures: dict = {"spec": spec.name, "cores": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(),
+                     "onnx_intra_op_threads": options.intra_op_threads,
+                     "onnx_graph_optimization": options.graph_optimization}
+    with tempfile.TemporaryDirectory(prefix="equilaw-bench-onnx-") as tmp:
+        exports = {}
+        for logits in (True, False):
+            start = time.perf_counter()
+            result = export_onnx(spec.model, spec.name, Path(tmp) / f"logits-{logits}.onnx",
+                                 logits=logits)
+            exports[logits] = result
+            print(f"exported (logits={logits}) in {time.perf_counter() - start:.0f} s: largest "
+                  f"difference {max(result.max_abs_diff.values()):.3g}")
+        hidden = [n for n in exports[True].max_abs_diff if n.startswith("hidden_states.")]
+        figures["export_seconds"] = exports[True].seconds_export
+        figures["export_hidden_max_abs_diff"] = max(exports[True].max_abs_diff[n] for n in hidden)
+        figures["export_hidden_max_rel_diff"] = max(exports[True].max_rel_diff[n] for n in hidden)
+        figures["export_logits_max_abs_diff"] = exports[True].max_abs_diff.get("logits")
+
+        def variant(backend: str, logits: bool, loss: bool):
+            model = dataclasses.replace(spec.model, onnx=str(exports[logits].path))
+            return dataclasses.replace(spec, name=f"{spec.name}.{backend}", backend=backend,
+                                       model=model, onnx=options,
+                                       probe=dataclasses.replace(spec.probe, loss=loss))
+
+        # Throughput: extraction only, no head on either side.
+        speed = {"torch": [], "onnx": []}
+        for _ in range(2):
+            for backend in ("torch", "onnx"):
+                s = variant(backend, logits=False, loss=False)
+                m = collect(s, backend=open_backend(s))
+                speed[backend].append(m.timing["tokens_per_second"])
+                print(f"{backend:6} extraction {m.timing['tokens_per_second']:7.0f} tokens/s "
+                      f"(load {m.timing['load_seconds']:.1f} s)")
+        torch_tps, onnx_tps = max(speed["torch"]), max(speed["onnx"])
+        figures["torch_tokens_per_second"] = torch_tps
+        figures["onnx_tokens_per_second"] = onnx_tps
+        figures["throughput_ratio"] = onnx_tps / torch_tps
+        figures["tokens"] = int(m.corpus["tokens"])
+
+        # Parity: the default audit, probe loss on, on both backends.
+        reports = {}
+        for backend in ("torch", "onnx"):
+            s = variant(backend, logits=True, loss=True)
+            reports[backend] = judge(collect(s, backend=open_backend(s)))
+        a, b = reports["torch"], reports["onnx"]
+        la = np.array([row.log10_pr for row in a.layers])
+        lb = np.array([row.log10_pr for row in b.layers])
+        pa = np.array([row.pr for row in a.layers])
+        pb = np.array([row.pr for row in b.layers])
+        figures["parity"] = {
+            "max_abs_log10_pr_difference": float(np.max(np.abs(lb - la))),
+            "max_rel_pr_difference": float(np.max(np.abs(pb - pa) / pa)),
+            "loss_difference": (b.loss.mean - a.loss.mean) if a.loss and b.loss else None,
+            "pearson_r_difference": b.law.pearson_r - a.law.pearson_r,
+            "rho_difference": b.law.rho - a.law.rho,
+            "torch_pearson_r": a.law.pearson_r, "onnx_pearson_r": b.law.pearson_r,
+        }
+    print(json.dumps(figures, indent=2))
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["onnx"] = figures
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

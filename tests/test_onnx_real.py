@@ -1,0 +1,53 @@
+"""ONNX on real weights: SmolLM2 (the session's re-saved healthy checkpoint,
+tests/smollm2_family.py) exported with every hidden state and its logits, then
+audited by onnxruntime on the default probe and compared with the PyTorch audit
+of the same checkpoint (measured once per session, ``smollm2_report``) within
+the default parity tolerances.  Marked slow: the export takes about 90 s."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+pytestmark = pytest.mark.slow
+
+SPECS_DIR = Path(__file__).resolve().parents[1] / "model_specs"
+
+
+def test_smollm2_exported_to_onnx_tells_the_same_story(smollm2_family, smollm2_report,
+                                                        tmp_path: Path) -> None:
+    from audit.backends.onnx_export import export_onnx
+    from audit.compare.parity import compare_backends
+    from audit.pipeline import run
+    from audit.spec import ParitySpec, load_spec
+
+    folder = smollm2_family.folder("healthy")
+    base = load_spec(SPECS_DIR / "smollm2-135m.yaml")
+    model = dataclasses.replace(base.model, path=str(folder))
+    exported = export_onnx(model, "smollm2", tmp_path / "smollm2.onnx")
+    assert exported.num_layers == 30 and exported.has_logits
+    hidden = [v for k, v in exported.max_rel_diff.items() if k.startswith("hidden_states.")]
+    assert max(hidden) < 1e-4  # measured: 2e-6 of the layer's largest |value|
+
+    spec = dataclasses.replace(base, name="healthy", backend="onnx",
+                               model=dataclasses.replace(model, onnx=str(exported.path)))
+    onnx_report = run(spec)
+    torch_report = smollm2_report("healthy")
+    assert onnx_report.probe["windows_sha256"] == torch_report.probe["windows_sha256"]
+    got = compare_backends(onnx_report, torch_report, ParitySpec())
+    (parity,) = got.comparisons
+    failed = [c.message for c in got.checks if c.check.startswith("parity") and not c.passed]
+    assert failed == []
+    assert parity.first_moved_layer is None
+    # the law's verdict is the same on both backends
+    assert onnx_report.verdict == torch_report.verdict
+    assert onnx_report.law.pearson_r == pytest.approx(torch_report.law.pearson_r, abs=1e-5)
+    pr_t = np.array([row.pr for row in torch_report.layers])
+    pr_o = np.array([row.pr for row in onnx_report.layers])
+    np.testing.assert_allclose(pr_o, pr_t, rtol=1e-4)
