@@ -10,7 +10,26 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
+import os
+
+from hypothesis import settings
+
+# Hypothesis profiles.  Tests that set max_examples themselves keep it; the others
+# follow the profile: "ci" when CI is 1/true/yes, else HYPOTHESIS_PROFILE, else "dev".
+# `pytest --hypothesis-profile=thorough` picks one on the command line (it wins).
+# "ci" extends Hypothesis's own (derandomized, no example database); the others
+# extend its defaults, whatever Hypothesis guessed about the environment.
+settings.register_profile("ci", settings.get_profile("ci"), max_examples=10, deadline=None,
+                          print_blob=True)
+settings.register_profile("dev", settings.get_profile("default"), max_examples=20,
+                          deadline=None)
+settings.register_profile("thorough", settings.get_profile("default"), max_examples=300,
+                          deadline=None)
+settings.load_profile(
+    "ci" if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+    else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+pytest_plugins = ["pytester", "trained_fixtures"]
 
 from tiny_models import TINY_LAYERS, TINY_WIDTH
 
@@ -86,12 +105,19 @@ def smollm2_report(smollm2_family):
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's tiny Llama exported to ONNX (hidden states and logits)."""
+def tiny_onnx_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's tiny Llama exported to ONNX (hidden states and logits): the
+    :class:`~audit.backends.onnx_export.ExportResult`, alone in its folder."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from audit.backends.onnx_export import export_onnx
     from audit.spec import ModelSpec
 
     out = tmp_path_factory.mktemp("tiny-onnx") / "tiny.onnx"
-    return export_onnx(ModelSpec(path=str(tiny_model_dir)), "tiny", out).path
+    return export_onnx(ModelSpec(path=str(tiny_model_dir)), "tiny", out)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_onnx_export) -> Path:
+    """The session's tiny Llama exported to ONNX: the file."""
+    return tiny_onnx_export.path

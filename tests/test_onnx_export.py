@@ -1,8 +1,9 @@
 """``audit.backends.onnx_export`` and ``equilaw export-onnx`` on tiny random Llama and
 GPT-2 models: output names, dynamic axes, logits, validation, files on disk, errors.
 
-Each model is exported once per module (about 10 s each on two cores); the CLI,
-external-data and failure tests add one export each."""
+Each model is exported once (the Llama once per session, tests/conftest.py; about
+10 s each on two cores); the CLI, external-data and failure tests add one export
+each, and two of them are marked slow to keep the quick suite quick."""
 
 from __future__ import annotations
 
@@ -34,19 +35,21 @@ HIDDEN = [f"hidden_states.{i}" for i in range(TINY_LAYERS + 1)]
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def model_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's tiny Llama (tests/conftest.py) and a tiny GPT-2 of the same shape."""
     from tiny_models import save_tiny_model
 
-    return {arch: save_tiny_model(tmp_path_factory.mktemp(f"tiny-{arch}"), arch=arch)
-            for arch in ARCHS}
+    return {"llama": tiny_model_dir,
+            "gpt2": save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2")}
 
 
 @pytest.fixture(scope="module")
-def exports(model_dirs: dict[str, Path],
+def exports(model_dirs: dict[str, Path], tiny_onnx_export: ExportResult,
             tmp_path_factory: pytest.TempPathFactory) -> dict[str, ExportResult]:
-    out = tmp_path_factory.mktemp("onnx")
-    return {arch: export_onnx(ModelSpec(path=str(folder)), f"tiny-{arch}", out / f"{arch}.onnx")
-            for arch, folder in model_dirs.items()}
+    """Each tiny model exported once, alone in its folder (the Llama's is the session's)."""
+    out = tmp_path_factory.mktemp("onnx-gpt2") / "gpt2.onnx"
+    return {"llama": tiny_onnx_export,
+            "gpt2": export_onnx(ModelSpec(path=str(model_dirs["gpt2"])), "tiny-gpt2", out)}
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -91,8 +94,8 @@ def test_outputs_are_every_hidden_state_then_logits(exports: dict[str, ExportRes
 
 def test_nothing_but_the_onnx_files_is_left_in_the_folder(
         exports: dict[str, ExportResult]) -> None:
-    folder = exports["llama"].path.parent
-    assert sorted(os.listdir(folder)) == ["gpt2.onnx", "llama.onnx"]
+    for result in exports.values():
+        assert os.listdir(result.path.parent) == [result.path.name]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -154,6 +157,7 @@ def test_an_existing_output_is_refused_and_left_alone(exports: dict[str, ExportR
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow  # one more export (about 10 s)
 def test_overwrite_with_external_data(exports: dict[str, ExportResult],
                                       model_dirs: dict[str, Path], tmp_path: Path) -> None:
     target = tmp_path / "llama.onnx"
@@ -188,6 +192,7 @@ def test_cli_on_a_spec_file_without_logits(model_dirs: dict[str, Path], tmp_path
     assert [o.name for o in session(out).get_outputs()] == HIDDEN
 
 
+@pytest.mark.slow  # one more export (about 10 s)
 def test_cli_on_a_folder_then_refuses_to_overwrite(model_dirs: dict[str, Path], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "llama.onnx"
