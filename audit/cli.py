@@ -4,7 +4,9 @@ calling the core.
 ``equilaw calibrate CHECKPOINT -o model_specs/NAME.yaml`` measures the law once on
 CHECKPOINT and writes a commented spec whose thresholds the checkpoint passes by a
 stated margin (``audit.calibrate``), and its baseline as
-``<spec folder>/baselines/NAME.json``.  Errors of equilaw print
+``<spec folder>/baselines/NAME.json``.  ``equilaw export-onnx`` writes an ONNX file
+with every hidden state (``audit.backends.onnx_export``); ``equilaw mutate SPEC``
+audits damaged in-memory copies of the spec's checkpoint (``audit.mutate``).  Errors of equilaw print
 ``equilaw: error: MESSAGE`` on stderr and exit 2.
 """
 
@@ -72,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hidden states only, no logits output")
     onnx.add_argument("--force", action="store_true", help="overwrite an existing FILE.onnx")
     onnx.set_defaults(func=export_onnx)
+    mut = verbs.add_parser(
+        "mutate", help="damage the spec's checkpoint in memory and see whether the audit "
+                       "catches it and names the layer",
+        description="Load the spec's checkpoint once, measure it, then apply damage "
+                    "operators (re-initialised, zeroed, swapped, scaled or repeated blocks, "
+                    "and a 1%% weight-noise control) in memory at a spread of blocks; audit "
+                    "each mutant with the spec's thresholds and against the unmutated model "
+                    "as its baseline, and print which were caught, by which check, and "
+                    "whether the first moved layer is the damaged block's output. Writes "
+                    "REPORTS/<name>.mutations.json. Nothing is written next to the weights.")
+    mut.add_argument("spec", metavar="SPEC", help="the spec file (backend torch)")
+    mut.add_argument("--blocks", metavar="K,K,...", default=None,
+                     help="blocks to damage, 0-based as transformers counts them (default: "
+                          "about 1/4, 1/2 and 3/4 of the depth)")
+    mut.add_argument("--operators", metavar="OP,OP,...", default=None,
+                     help="damage operators to apply at each block (default: reinit, zero, "
+                          "swap, scale_mlp, scale_attention, scale_norm, repeat)")
+    mut.add_argument("--factor", type=float, default=8.0,
+                     help="the scale factor of scale_mlp, scale_attention, scale_norm (default 8)")
+    mut.add_argument("--no-control", action="store_true",
+                     help="leave out the healthy control (1%% weight noise)")
+    mut.add_argument("--reports", metavar="DIR", default="reports",
+                     help="where <name>.mutations.json goes (default: reports)")
+    mut.set_defaults(func=mutate)
     return parser
 
 
@@ -173,6 +199,42 @@ def export_onnx(args: argparse.Namespace) -> int:
     print(line)
     print(f"seconds: export {result.seconds_export:.1f}, validation {result.seconds_validate:.1f}")
     return 0
+
+
+def mutate(args: argparse.Namespace) -> int:
+    """The ``mutate`` verb: mutants, the table, the JSON report."""
+    from rich.console import Console
+
+    from audit.internal.files import write_text_atomic
+    from audit.mutate import mutate as run_mutations
+    from audit.report.mutations import render
+    from audit.spec import load_spec
+
+    spec = load_spec(args.spec)
+    blocks = None if args.blocks is None else _integers(args.blocks, "--blocks")
+    operators = None if args.operators is None else tuple(
+        op.strip() for op in args.operators.split(",") if op.strip())
+    try:
+        report = run_mutations(spec, blocks=blocks, operators=operators, factor=args.factor,
+                               noise=None if args.no_control else 0.01,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as exc:  # a block or operator the model does not have
+        raise EquilawError(f"{args.spec}: {exc}") from None
+    render(report, Console(width=max(150, Console().width)))
+    out = Path(args.reports) / f"{spec.name}.mutations.json"
+    try:
+        write_text_atomic(out, report.to_json())
+    except OSError as exc:
+        raise EquilawError(f"cannot write {out}: {exc}") from exc
+    print(f"report written: {out}")
+    return 0
+
+
+def _integers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EquilawError(f"{option} takes comma-separated integers, got {text!r}") from None
 
 
 def _progress() -> Any:

@@ -61,6 +61,7 @@ class TorchBackend(HuggingFaceFiles):
                                model=name)
         super().__init__(model_spec, name, model)
         self._model: Any = None
+        self._full: Any = None
         self._head: Any = None
         self._softcap: float | None = None
         self.head_note: str | None = None
@@ -94,6 +95,7 @@ class TorchBackend(HuggingFaceFiles):
             param = next(model.parameters(), None)
             self._device = param.device if param is not None else torch.device("cpu")
             self._model = model
+            self._full = self._given
             self._set_head(self._given if self._given is not model else None,
                            "the model handed over has no language-model head")
             return model
@@ -128,9 +130,25 @@ class TorchBackend(HuggingFaceFiles):
         self.load_seconds = time.perf_counter() - start
         self._device = device
         self._model = model
+        self._full = full
         self._set_head(head if head is not model else None,
                        f"{str(self.path)!r} holds no language-model head weights")
         return model
+
+    @property
+    def causal_lm(self) -> Any:
+        """After :meth:`load`: the whole model as loaded (with its language-model
+        head when the checkpoint has one), for tools that change it in memory."""
+        return self._full
+
+    def with_model(self, model: Any) -> TorchBackend:
+        """A backend for ``model`` (an in-memory transformers model, e.g. a damaged
+        copy of :attr:`causal_lm`) that reuses this one's files: same spec, name and
+        already loaded tokenizer, so a series of models is measured without loading
+        the tokenizer again.  The depth is read from ``model``'s own config."""
+        other = TorchBackend(self.spec, self.name, model)
+        other._path, other._tokenizer = self._path, self._tokenizer
+        return other
 
     @property
     def head(self) -> Any:

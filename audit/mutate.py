@@ -1,0 +1,124 @@
+"""Mutation testing of a spec on its own checkpoint: would the gates catch known
+damage, and name where it is?
+
+The checkpoint is loaded once and measured as it is, on the spec's probe; that
+report is every mutant's baseline.  Each damage of :mod:`audit.synthetic.damage`
+is then applied to an in-memory copy (nothing is written next to the weights),
+measured on the same windows with the same tokenizer, judged with the spec's own
+thresholds, and compared with the unmutated report: index by index against it as
+a baseline (``baseline:`` tolerances), or, when the damage changes the depth (a
+repeated range of blocks), against it as the parent of a passthrough merge
+through the damage's block order.  A mutant is *caught* when some check fails that
+the unmutated checkpoint passes, and the row says which kinds did
+(:data:`audit.report.mutations.CHECK_KINDS`): the law (its checks on the mutant,
+or r and ρ worse than the unmutated model's), the per-layer drift, the probe
+loss.  Its first moved layer is set against the damaged block's output layer.
+The healthy control (1% weight noise) should come out not flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from audit.errors import BackendError
+from audit.report.data import Report
+from audit.report.mutations import CHECK_KINDS, MutantRow, MutationReport
+from audit.spec import Spec
+
+KIND_OF_CHECK = {
+    "pearson_r": "law", "rho": "law", "deviation": "law", "step": "law",
+    "baseline_pearson_r": "law", "baseline_rho": "law",
+    "merge_pearson_r": "law", "merge_rho": "law",
+    "drift": "drift", "merge_drift": "drift",
+    "baseline_loss": "loss", "merge_loss": "loss",
+}
+"""Each check's kind for the table (every check a mutant can fail)."""
+UNMUTATED = "unmutated"
+MAX_FAILURES = 3
+
+
+def mutate(spec: Spec, damages: Sequence[Any] | None = None, *,
+           blocks: Sequence[int] | None = None, operators: Sequence[str] | None = None,
+           factor: float = 8.0, noise: float | None = 0.01, seed: int = 0,
+           log: Callable[[str], None] | None = None) -> MutationReport:
+    """Audit the spec's checkpoint and each mutant of it (see the module docstring).
+
+    ``damages``: the damages to apply (default :func:`audit.synthetic.damage.default_spread`
+    with ``blocks``, ``operators``, ``factor``, ``noise`` and ``seed``).  ``log``
+    gets one line per model measured.  Raises :class:`BackendError` when the spec's
+    backend is not ``torch`` (mutants are made in memory from the loaded model).
+    """
+    from audit.backends import open_backend
+    from audit.pipeline import collect, judge
+    from audit.synthetic import damage as dmg
+
+    if spec.backend != "torch":
+        raise BackendError(f"mutation testing changes the model in memory and needs backend "
+                           f"torch, not {spec.backend!r}", model=spec.name)
+    say = log or (lambda line: None)
+    start = time.perf_counter()
+    backend = open_backend(spec)
+    base = judge(collect(spec, backend=backend))
+    say(f"{UNMUTATED}: Pearson r {base.law.pearson_r:.4f}, loss "
+        f"{base.loss.mean if base.loss else float('nan'):.3f}")
+    model = backend.causal_lm
+    num_blocks = backend.info().num_layers
+    if damages is None:
+        damages = dmg.default_spread(num_blocks, blocks,
+                                     operators=operators or dmg.BLOCK_OPERATORS, factor=factor,
+                                     noise=noise, seed=seed)
+    rows = []
+    for damage in damages:
+        mutant = damage.apply(model)
+        name = f"{spec.name}.{damage.operator}" + ("" if damage.block is None
+                                                   else f"-{damage.block}")
+        report = judge(collect(dataclasses.replace(spec, name=name),
+                               backend=backend.with_model(mutant)))
+        del mutant
+        compared = _compare(report, base, damage, num_blocks, spec)
+        rows.append(_row(compared, base, damage))
+        row = rows[-1]
+        say(f"{damage.operator:16} {'' if row.block is None else row.block:>4}  "
+            f"{'caught' if row.caught else 'not flagged' if row.control else 'MISSED':11} "
+            f"{','.join(row.checks) or '-':15} first moved {row.first_moved_layer} "
+            f"(expected {row.expected_layer})")
+    info = backend.info()
+    return MutationReport(
+        name=spec.name, spec=spec.source, model=str(info.path),
+        unmutated={"pearson_r": base.law.pearson_r, "rho": base.law.rho,
+                   "loss": base.loss.mean if base.loss else float("nan")},
+        mutants=tuple(rows), seconds=time.perf_counter() - start)
+
+
+def _compare(report: Report, base: Report, damage: Any, num_blocks: int, spec: Spec) -> Report:
+    from audit.compare.baseline import compare_to_baseline
+    from audit.compare.layer_map import LayerMap, LayerSource
+    from audit.compare.merge import compare_to_parents
+
+    order = damage.block_order(num_blocks)
+    if len(order) == num_blocks:
+        return compare_to_baseline(report, base, spec.baseline, UNMUTATED)
+    layer_map = LayerMap(tuple((LayerSource(UNMUTATED, block + 1),) for block in order),
+                         "passthrough", None, ((UNMUTATED, num_blocks),))
+    return compare_to_parents(report, {UNMUTATED: base}, layer_map, spec.baseline)
+
+
+def _row(report: Report, base: Report, damage: Any) -> MutantRow:
+    before = {(c.check, c.layer) for c in base.violations}
+    new = [c for c in report.violations if (c.check, c.layer) not in before]
+    kinds = {KIND_OF_CHECK.get(c.check, "law") for c in new}
+    comparison = report.comparisons[-1]
+    expected = damage.expected_layer
+    return MutantRow(
+        operator=damage.operator, label=damage.label, block=damage.block,
+        params={k: v for k, v in damage.params.items()}, control=damage.expected_layer is None
+        and damage.block is None, caught=bool(new),
+        checks=tuple(kind for kind in CHECK_KINDS if kind in kinds),
+        first_moved_layer=comparison.first_moved_layer, expected_layer=expected,
+        localised=expected is not None and comparison.first_moved_layer == expected,
+        loss=report.loss.mean if report.loss else float("nan"),
+        pearson_r=report.law.pearson_r, rho=report.law.rho,
+        failures=tuple(c.message for c in new[:MAX_FAILURES]))
