@@ -6,7 +6,9 @@ CHECKPOINT and writes a commented spec whose thresholds the checkpoint passes by
 stated margin (``audit.calibrate``), and its baseline as
 ``<spec folder>/baselines/NAME.json``.  ``equilaw export-onnx`` writes an ONNX file
 with every hidden state (``audit.backends.onnx_export``); ``equilaw mutate SPEC``
-audits damaged in-memory copies of the spec's checkpoint (``audit.mutate``).  Errors of equilaw print
+audits damaged in-memory copies of the spec's checkpoint (``audit.mutate``);
+``equilaw trajectory SPEC RUN_DIR`` audits a training run's checkpoints
+(``audit.trajectory``).  Errors of equilaw print
 ``equilaw: error: MESSAGE`` on stderr and exit 2.
 """
 
@@ -98,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     mut.add_argument("--reports", metavar="DIR", default="reports",
                      help="where <name>.mutations.json goes (default: reports)")
     mut.set_defaults(func=mutate)
+    traj = verbs.add_parser(
+        "trajectory", help="audit every checkpoint-N of a training run on the same windows",
+        description="Audit each checkpoint-N subfolder of RUN_DIR (as transformers' Trainer "
+                    "writes them) with SPEC's probe and thresholds, in step order, print r and "
+                    "rho per step, and write REPORTS/<name>.trajectory.json (the file "
+                    "audit.monitor.EquilawCallback appends to while training).")
+    traj.add_argument("spec", metavar="SPEC", help="the spec file (its model.path is replaced "
+                                                   "by each checkpoint)")
+    traj.add_argument("run_dir", metavar="RUN_DIR", help="the training run's output folder")
+    traj.add_argument("--reports", metavar="DIR", default="reports",
+                      help="where <name>.trajectory.json goes (default: reports)")
+    traj.set_defaults(func=trajectory)
     return parser
 
 
@@ -227,6 +241,24 @@ def mutate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise EquilawError(f"cannot write {out}: {exc}") from exc
     print(f"report written: {out}")
+    return 0
+
+
+def trajectory(args: argparse.Namespace) -> int:
+    """The ``trajectory`` verb: audit each checkpoint, render, write."""
+    from rich.console import Console
+
+    from audit.report.trajectory import render, write_trajectory
+    from audit.spec import load_spec
+    from audit.trajectory import audit_run, trajectory_path
+
+    spec = load_spec(args.spec)
+    result = audit_run(spec, args.run_dir,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    render(result, Console(width=max(100, Console().width)))
+    out = trajectory_path(spec, args.reports)
+    write_trajectory(result, out)
+    print(f"trajectory written: {out}")
     return 0
 
 
