@@ -7,9 +7,10 @@ process, over the same probe windows:
 
 * throughput: the hidden-state extraction (``timing.forward_seconds``: the forward
   pass up to float32 hidden states in numpy, no head) of PyTorch and of the
-  logits-free ONNX file, probe loss off, each run twice in alternation (torch,
-  onnx, torch, onnx) and the faster of the two kept;
-  ``onnx.throughput_ratio`` = ONNX tokens/s over PyTorch tokens/s.  The head is
+  logits-free ONNX file, probe loss off, in ``ROUNDS`` rounds of (torch, onnx);
+  ``onnx.throughput_ratio`` is the median over rounds of ONNX tokens/s over
+  PyTorch tokens/s in the same round, which cancels most of the drift of a shared
+  machine (every round's figures are kept, with the load average).  The head is
   left out on both sides because onnxruntime computes every output of a graph
   whichever are fetched, so a file with logits always pays for the head;
 * parity: the full default audit (probe loss on) with PyTorch and with the
@@ -38,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
+ROUNDS = 5
 
 
 def main() -> None:
@@ -79,17 +81,22 @@ def main() -> None:
 
         # Throughput: extraction only, no head on either side.
         speed = {"torch": [], "onnx": []}
-        for _ in range(2):
+        loads = []
+        for _ in range(ROUNDS):
             for backend in ("torch", "onnx"):
                 s = variant(backend, logits=False, loss=False)
                 m = collect(s, backend=open_backend(s))
                 speed[backend].append(m.timing["tokens_per_second"])
                 print(f"{backend:6} extraction {m.timing['tokens_per_second']:7.0f} tokens/s "
                       f"(load {m.timing['load_seconds']:.1f} s)")
-        torch_tps, onnx_tps = max(speed["torch"]), max(speed["onnx"])
-        figures["torch_tokens_per_second"] = torch_tps
-        figures["onnx_tokens_per_second"] = onnx_tps
-        figures["throughput_ratio"] = onnx_tps / torch_tps
+            loads.append(os.getloadavg()[0])
+        ratios = [o / t for o, t in zip(speed["onnx"], speed["torch"])]
+        figures["torch_tokens_per_second"] = float(np.median(speed["torch"]))
+        figures["onnx_tokens_per_second"] = float(np.median(speed["onnx"]))
+        figures["throughput_ratio"] = float(np.median(ratios))
+        figures["rounds"] = {"torch_tokens_per_second": speed["torch"],
+                             "onnx_tokens_per_second": speed["onnx"], "ratio": ratios,
+                             "load_average_1min": loads}
         figures["tokens"] = int(m.corpus["tokens"])
 
         # Parity: the default audit, probe loss on, on both backends.

@@ -224,7 +224,7 @@ class Report:
              "threshold": c.threshold, "message": c.message}
             for c in self.violations
         ]
-        return _json_floats(out)
+        return json_floats(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Report:
@@ -333,7 +333,7 @@ def _check_from_dict(d: dict[str, Any]) -> CheckResult:
     return CheckResult(**d)
 
 
-def _json_floats(value: Any) -> Any:
+def json_floats(value: Any) -> Any:
     """NaN -> None, ±inf -> "inf" / "-inf", recursively."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -342,9 +342,9 @@ def _json_floats(value: Any) -> Any:
             return "inf" if value > 0 else "-inf"
         return value
     if isinstance(value, dict):
-        return {k: _json_floats(v) for k, v in value.items()}
+        return {k: json_floats(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_floats(v) for v in value]
+        return [json_floats(v) for v in value]
     return value
 
 
@@ -363,7 +363,7 @@ _INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 
 
 def _from_json_floats(value: Any, key: str | None = None) -> Any:
-    """The inverse of :func:`_json_floats` in the fields that hold floats."""
+    """The inverse of :func:`json_floats` in the fields that hold floats."""
     if key in _FLOAT_KEYS:
         if value is None:
             return math.nan

@@ -8,7 +8,7 @@ JSON (``reports/<name>.mutations.json``): ``name``, ``spec``, ``model``,
 objects with ``operator``, ``block``, ``caught``, ``checks``, ``first_moved_layer``,
 ``expected_layer``, ``loss`` and also ``label``, ``params``, ``control``,
 ``localised``, ``pearson_r``, ``rho``, ``failures`` (the first failed checks'
-messages).  NaN is written as null.
+messages).  NaN is written as null (as in every report).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from audit.report.data import json_floats
 
 CHECK_KINDS = ("law", "drift", "loss")
 """What can catch a mutant, in table order: the law's own checks on the mutant or
@@ -93,20 +95,10 @@ class MutationReport:
                "localisation_score": self.localisation_score,
                "control_flagged": self.control_flagged, "seconds": self.seconds,
                "mutants": [asdict(row) for row in self.mutants]}
-        return _clean(out)
+        return json_floats(out)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _num(value: float, digits: int = 3) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from audit.errors import ReportError
+from audit.report.data import json_floats
 
 SCHEMA = "equilaw-trajectory/1"
 
@@ -48,14 +49,11 @@ class Trajectory:
         return replace(self, steps=tuple(sorted(kept + [entry], key=lambda s: s.step)))
 
     def to_dict(self) -> dict[str, Any]:
-        def num(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        return {"schema": SCHEMA, "name": self.name, "spec": self.spec, "run_dir": self.run_dir,
-                "windows_sha256": self.windows_sha256,
-                "steps": [{"step": s.step, "pearson_r": num(s.pearson_r), "rho": num(s.rho),
-                           "loss": num(s.loss), "pr": [num(v) for v in s.pr],
-                           "verdict": s.verdict} for s in self.steps]}
+        return json_floats({
+            "schema": SCHEMA, "name": self.name, "spec": self.spec, "run_dir": self.run_dir,
+            "windows_sha256": self.windows_sha256,
+            "steps": [{"step": s.step, "pearson_r": s.pearson_r, "rho": s.rho, "loss": s.loss,
+                       "pr": list(s.pr), "verdict": s.verdict} for s in self.steps]})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
