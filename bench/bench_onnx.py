@@ -22,7 +22,9 @@ onnxruntime runs with ``intra_op_threads: 0`` (one thread per core, as torch use
 and ``graph_optimization: all``; the figures say which.
 
 Writes its figures under ``"onnx"`` in bench/results.json (read, modify, write).
-Usage: ``python bench/bench_onnx.py [SPEC]``.
+Usage: ``python bench/bench_onnx.py [SPEC] [--onnx-dir DIR]``: with ``--onnx-dir``
+the two exports are kept in DIR and reused by later runs (their export figures are
+then those of the run that wrote them, kept in DIR/export.json).
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ def main() -> None:
     from audit.pipeline import collect, judge
     from audit.spec import OnnxSpec, load_spec
 
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "model_specs" / "smollm2-135m.yaml"
+    args = sys.argv[1:]
+    keep = None
+    if "--onnx-dir" in args:
+        at = args.index("--onnx-dir")
+        keep = Path(args[at + 1])
+        del args[at:at + 2]
+    path = Path(args[0]) if args else ROOT / "model_specs" / "smollm2-135m.yaml"
     spec = load_spec(path)
     options = OnnxSpec(intra_op_threads=0, graph_optimization="all")
     figures: dict = {"spec": spec.name, "cores": os.cpu_count(),
@@ -59,22 +67,31 @@ def main() -> None:
                      "onnx_intra_op_threads": options.intra_op_threads,
                      "onnx_graph_optimization": options.graph_optimization}
     with tempfile.TemporaryDirectory(prefix="equilaw-bench-onnx-") as tmp:
-        exports = {}
-        for logits in (True, False):
-            start = time.perf_counter()
-            result = export_onnx(spec.model, spec.name, Path(tmp) / f"logits-{logits}.onnx",
-                                 logits=logits)
-            exports[logits] = result
-            print(f"exported (logits={logits}) in {time.perf_counter() - start:.0f} s: largest "
-                  f"difference {max(result.max_abs_diff.values()):.3g}")
-        hidden = [n for n in exports[True].max_abs_diff if n.startswith("hidden_states.")]
-        figures["export_seconds"] = exports[True].seconds_export
-        figures["export_hidden_max_abs_diff"] = max(exports[True].max_abs_diff[n] for n in hidden)
-        figures["export_hidden_max_rel_diff"] = max(exports[True].max_rel_diff[n] for n in hidden)
-        figures["export_logits_max_abs_diff"] = exports[True].max_abs_diff.get("logits")
+        folder = keep or Path(tmp)
+        record = folder / "export.json"
+        paths = {logits: folder / f"logits-{logits}.onnx" for logits in (True, False)}
+        if keep is not None and record.is_file() and all(p.is_file() for p in paths.values()):
+            figures.update(json.loads(record.read_text()))
+            print(f"reusing the exports in {folder}")
+        else:
+            exports = {}
+            for logits in (True, False):
+                start = time.perf_counter()
+                exports[logits] = export_onnx(spec.model, spec.name, paths[logits],
+                                              logits=logits, overwrite=True)
+                print(f"exported (logits={logits}) in {time.perf_counter() - start:.0f} s")
+            first = exports[True]
+            hidden = [n for n in first.max_abs_diff if n.startswith("hidden_states.")]
+            made = {"export_seconds": first.seconds_export,
+                    "export_hidden_max_abs_diff": max(first.max_abs_diff[n] for n in hidden),
+                    "export_hidden_max_rel_diff": max(first.max_rel_diff[n] for n in hidden),
+                    "export_logits_max_abs_diff": first.max_abs_diff.get("logits")}
+            figures.update(made)
+            if keep is not None:
+                record.write_text(json.dumps(made, indent=2) + "\n")
 
         def variant(backend: str, logits: bool, loss: bool):
-            model = dataclasses.replace(spec.model, onnx=str(exports[logits].path))
+            model = dataclasses.replace(spec.model, onnx=str(paths[logits]))
             return dataclasses.replace(spec, name=f"{spec.name}.{backend}", backend=backend,
                                        model=model, onnx=options,
                                        probe=dataclasses.replace(spec.probe, loss=loss))
