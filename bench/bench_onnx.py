@@ -98,12 +98,14 @@ def main() -> None:
 
         # Throughput: extraction only, no head on either side.
         speed = {"torch": [], "onnx": []}
+        load_seconds = {"torch": [], "onnx": []}
         loads = []
         for _ in range(ROUNDS):
             for backend in ("torch", "onnx"):
                 s = variant(backend, logits=False, loss=False)
                 m = collect(s, backend=open_backend(s))
                 speed[backend].append(m.timing["tokens_per_second"])
+                load_seconds[backend].append(m.timing["load_seconds"])
                 print(f"{backend:6} extraction {m.timing['tokens_per_second']:7.0f} tokens/s "
                       f"(load {m.timing['load_seconds']:.1f} s)")
             loads.append(os.getloadavg()[0])
@@ -113,6 +115,8 @@ def main() -> None:
         figures["throughput_ratio"] = float(np.median(ratios))
         figures["rounds"] = {"torch_tokens_per_second": speed["torch"],
                              "onnx_tokens_per_second": speed["onnx"], "ratio": ratios,
+                             "torch_load_seconds": load_seconds["torch"],
+                             "onnx_load_seconds": load_seconds["onnx"],
                              "load_average_1min": loads}
         figures["tokens"] = int(m.corpus["tokens"])
 
