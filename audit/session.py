@@ -133,8 +133,12 @@ class AuditSession:
         parents: dict[str, Spec] = {}
         depths: dict[str, int] = {}
         for label, path in spec.merge.parents:
+            # A parent is a checkpoint folder: it runs on torch, whatever runs the merged
+            # model (the merged model's ONNX file is not the parent's).
             parent = dataclasses.replace(spec, name=parent_spec_name(spec, label), merge=None,
-                                         model=dataclasses.replace(spec.model, path=path))
+                                         backend="torch", backends=(), group=None,
+                                         model=dataclasses.replace(spec.model, path=path,
+                                                                   onnx=None))
             try:
                 depths[label] = self.backend(parent).info().num_layers
             except ModelUnavailableError as exc:

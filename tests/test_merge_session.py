@@ -131,3 +131,21 @@ def test_layer_map_of_the_wrong_length_is_refused(family: dict[str, Path], tmp_p
                                               rf"layers, but the "
                                               rf"merged model of 'tiny-merge' has {TINY_LAYERS}$"):
         AuditSession([path], None).num_layers(spec)
+
+
+def test_parents_run_on_torch_whatever_runs_the_merged_model(
+        family: dict[str, Path], tmp_path: Path, tiny_onnx: Path) -> None:
+    """A merged model audited from its ONNX file (alone or beside torch) is compared
+    with its parents' checkpoints, measured by torch: the merged file is not theirs."""
+    path = _spec(tmp_path, family["base"], {f'"{BASE}"': family["base"], NOISY: family["noisy"]},
+                 extra="backend: [torch, onnx]\n")
+    text = path.read_text().replace(f"model: {family['base']}",
+                                    f"model:\n  path: {family['base']}\n  onnx: {tiny_onnx}")
+    path.write_text(text)
+    session = AuditSession([path], None)
+    torch_spec, onnx_spec = session.specs()
+    assert session.num_layers(onnx_spec) == TINY_LAYERS
+    parents = session._parents[onnx_spec.name]
+    assert {p.backend for p in parents.values()} == {"torch"}
+    assert {p.model.onnx for p in parents.values()} == {None}
+    assert all(p.group is None and p.backends == () for p in parents.values())
