@@ -21,6 +21,10 @@ Sources accepted by :func:`load_corpus`:
 - a folder: its ``.txt`` and ``.jsonl`` files (not sub-folders, other suffixes
   ignored), read in sorted file-name order and concatenated.
 
+The authors' reference code reads a corpus differently: it samples whole
+documents (:func:`sample_documents`), each tokenized on its own from its start
+(:mod:`audit.probe`, ``probe.mode: documents``).
+
 This module is plain Python and numpy; the tokenizer comes from a backend as an
 ``encode`` callable.
 """
@@ -45,6 +49,7 @@ __all__ = [
     "count_windows",
     "folder_sha256",
     "load_corpus",
+    "sample_documents",
     "token_windows",
     "tokenize_corpus",
 ]
@@ -307,3 +312,31 @@ def token_windows(stream: np.ndarray | Iterable[int], length: int, sequences: in
     windows[:, 0] = bos_id
     windows[:, 1:] = chunks
     return windows  # [sequences, length]
+
+
+def sample_documents(documents: int, sequences: int, seed: int, *,
+                     corpus_name: str | None = None) -> np.ndarray:
+    """The indexes of the documents the authors' reference code samples -> int64
+    [sequences], in their sampling order (not sorted).
+
+    The reference sets ``numpy.random.seed(seed)``, shuffles
+    ``numpy.arange(documents)`` with ``numpy.random.shuffle`` and takes the first
+    ``sequences``; ``numpy.random.RandomState(seed).shuffle`` is the same generator,
+    without touching numpy's global state.  Raises :class:`CorpusError` when the
+    corpus holds fewer than ``sequences`` documents, or for a bad argument.
+    """
+    where = f"corpus {corpus_name!r}: " if corpus_name else ""
+    for name, value, low in (("number of documents", documents, 0),
+                             ("number of sampled documents", sequences, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise CorpusError(f"{where}{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < 2**32:  # RandomState's seeds
+        raise CorpusError(f"{where}seed must be an integer in [0, 2**32), got {seed!r}")
+    if sequences > documents:
+        raise CorpusError(
+            f"{where}too small: it holds {documents} documents, but {sequences} were asked "
+            f"for; lower probe.sequences, or use a larger corpus")
+    order = np.arange(documents)  # the reference's sent_id_list
+    np.random.RandomState(seed).shuffle(order)
+    return order[:sequences].astype(np.int64)

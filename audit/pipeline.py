@@ -1,7 +1,8 @@
 """Run one spec end to end, without pytest, in two halves:
 
-- :func:`collect`: spec → corpus → backend → statistics and probe loss, as a
-  :class:`Measurement` (what was measured and on which windows);
+- :func:`collect`: spec → corpus → probe sequences (:mod:`audit.probe`) → backend →
+  statistics and probe loss, as a :class:`Measurement` (what was measured and on
+  which tokens);
 - :func:`judge`: measurement → law fit → checks → :class:`~audit.report.data.Report`.
 
 :func:`run` is both.  Comparisons (baselines, merges) judge two measurements'
@@ -10,7 +11,6 @@ reports against each other and never re-run a model (``audit.compare``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import platform
 import time
@@ -21,17 +21,16 @@ import numpy as np
 
 from audit import __version__
 from audit.checks import evaluate
-from audit.corpus import load_corpus, token_windows, tokenize_corpus
+from audit.corpus import load_corpus
 from audit.law import LawFit, fit_law, log10_or_nan
 from audit.norms import NormInfo, apply_normalization
+from audit.probe import example_slices, probe_input
+# Re-exported: they lived here before audit.probe, and callers import them from here.
+from audit.probe import TARGET_OFFSETS, example_positions, windows_sha256  # noqa: F401
 from audit.report.data import LawSummary, LayerRow, LossSummary, Report
 from audit.jackknife import jackknife_se
 from audit.spec import Spec, check_against_model
 from audit.stats import LayerStats
-
-# Where the target sits relative to the position whose features are used.
-TARGET_OFFSETS = {"previous": -1, "current": 0, "next": 1, "next_next": 2}
-
 
 class Progress(Protocol):
     """What :func:`run` tells about its progress (the plugin draws a bar from it)."""
@@ -41,15 +40,6 @@ class Progress(Protocol):
     def advance(self, tokens: int) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def example_positions(length: int, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Positions j whose features are used and positions j+offset of their targets,
-    for windows of ``length`` tokens: every position whose target lies inside the
-    window (for ``next``: every position but the last)."""
-    offset = TARGET_OFFSETS[target]
-    j = np.arange(max(0, -offset), length - max(0, offset))
-    return j, j + offset
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +77,9 @@ class Measurement:
     model: dict[str, Any]
     corpus: dict[str, Any]
     probe: dict[str, Any]
-    """``windows_sha256`` (the token windows fed to the model) and ``tokenizer``."""
+    """``mode`` (``probe.mode``), ``windows_sha256`` (the digest of the token
+    sequences fed to the model, windows or documents: :mod:`audit.probe`) and
+    ``tokenizer``."""
     versions: dict[str, str]
     timing: dict[str, float]
     backend: str = "torch"
@@ -105,18 +97,11 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
     return judge(collect(spec, model=model, progress=progress, backend=backend))
 
 
-def windows_sha256(windows: np.ndarray) -> str:
-    """sha256 of the token windows as little-endian int64, with their shape."""
-    digest = hashlib.sha256(f"{windows.shape}".encode())
-    digest.update(np.ascontiguousarray(windows, dtype="<i8").tobytes())
-    return digest.hexdigest()
-
-
 def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
             backend: Any = None) -> Measurement:
-    """Run the model over the probe windows and accumulate the statistics (and the
-    probe loss).  Spec rules that need the model's depth are checked before any
-    weight is loaded."""
+    """Run the model over the probe's sequences (windows or documents,
+    :mod:`audit.probe`) and accumulate the statistics (and the probe loss).  Spec
+    rules that need the model's depth are checked before any weight is loaded."""
     if backend is None:
         from audit.backends import open_backend
 
@@ -126,16 +111,11 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
     norm = _norm_info(spec, info)
 
     corpus = load_corpus(spec.probe.corpus)
-    stream = tokenize_corpus(corpus, backend.encode)
-    windows = token_windows(stream, spec.probe.length, spec.probe.sequences,
-                            spec.probe.seed, bos_id=backend.bos_token_id)
-    feature_pos, target_pos = example_positions(spec.probe.length, spec.target)
-    # Both are contiguous ranges: slices take views where index arrays would copy.
-    features_at = slice(int(feature_pos[0]), int(feature_pos[-1]) + 1)
-    targets_at = slice(int(target_pos[0]), int(target_pos[-1]) + 1)
+    probe = probe_input(spec, corpus, backend)
 
     stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
-                       shuffle_seed=spec.probe.seed, method=spec.probe.statistics)
+                       shuffle_seed=spec.probe.seed, method=spec.probe.statistics,
+                       permutation=spec.probe.permutation)
     t_load = time.perf_counter()
     backend.load()
     load_seconds = time.perf_counter() - t_load
@@ -143,25 +123,22 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
     loss_sum = np.zeros(spec.probe.shards)      # nats per shard
     loss_count = np.zeros(spec.probe.shards)    # predicted tokens per shard
 
-    # Whole sequences per jackknife shard, in contiguous blocks of windows: a batch
-    # then meets at most two shards (one large Gram update each, not one per
-    # sequence), and neighbouring windows, which share text, share a shard.
-    shard_of_sequence = np.arange(len(windows)) * spec.probe.shards // len(windows)
     forward_seconds = stats_seconds = loss_seconds = 0.0
     if progress is not None:
-        progress.start(spec.name, windows.size)
+        progress.start(spec.name, probe.tokens)
     try:
-        for start in range(0, len(windows), spec.probe.batch_size):
-            ids = windows[start:start + spec.probe.batch_size]           # [b, t]
+        for batch in probe.batches(spec.probe.batch_size):
+            ids = batch.ids                                                # [b, t]
             t0 = time.perf_counter()
             out = backend.forward(ids, loss=want_loss)
             hidden = out.hidden                                            # [L+1, b, t, d]
             t1 = time.perf_counter()
             in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
             hidden = apply_normalization(spec.normalization, hidden, norm, out=in_place)
+            features_at, targets_at = example_slices(ids.shape[1], spec.target)
             feats = hidden[:, :, features_at, :]                           # [L+1, b, m, d]
             targets = ids[:, targets_at]                                   # [b, m]
-            shard_of = shard_of_sequence[start:start + len(ids)]
+            shard_of = batch.shards                                        # non-decreasing
             if out.token_nll is not None:                                  # [b, t-1]
                 np.add.at(loss_sum, shard_of, out.token_nll.sum(axis=1))
                 np.add.at(loss_count, shard_of, out.token_nll.shape[1])
@@ -191,17 +168,18 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
         loss_note = "switched off (probe.loss: false)" if not spec.probe.loss else backend.head_note
     timing = {"load_seconds": load_seconds, "forward_seconds": forward_seconds,
               "stats_seconds": stats_seconds, "loss_seconds": loss_seconds,
-              "tokens_per_second": windows.size / forward_seconds if forward_seconds else float("nan")}
+              "tokens_per_second": probe.tokens / forward_seconds if forward_seconds else float("nan")}
     return Measurement(
         spec=spec, stats=stats, pr=pr, leave_one_out=loo, shard_ids=shard_ids,
         ranks=ranks, conditions=conditions, loss=loss, loss_note=loss_note,
         model={"path": spec.model.path, "resolved_path": str(info.path),
                "sha256": backend.weights_sha256(), "architecture": info.architecture,
                "layers": info.num_layers, "width": info.width},
-        corpus={"name": corpus.name, "sha256": corpus.sha256, "tokens": int(windows.size),
-                "stream_tokens": int(stream.size), "examples": int(stats.count),
+        corpus={"name": corpus.name, "sha256": corpus.sha256, "tokens": probe.tokens,
+                **probe.counts, "examples": int(stats.count),
                 "sequences": spec.probe.sequences, "length": spec.probe.length},
-        probe={"windows_sha256": windows_sha256(windows), "tokenizer": backend.tokenizer_info()},
+        probe={"mode": probe.mode, "windows_sha256": probe.sha256,
+               "tokenizer": backend.tokenizer_info()},
         versions={"python": platform.python_version(), "numpy": np.__version__,
                   "equilaw": __version__, **backend.versions()},
         timing=timing,

@@ -20,10 +20,11 @@ from typing import Any
 from audit.backends import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
+from audit.accumulators import METHODS as STATISTICS
 from audit.internal import yaml_lines
+from audit.measures import MEASURES, PERMUTATIONS
 
-MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
-STATISTICS = ("gram", "qr")
+PROBE_MODES = ("windows", "documents")
 NORMALIZATIONS = ("init_norm", "standardize", "none")
 TARGETS = ("previous", "current", "next", "next_next")
 DEVICES_HELP = "cpu | cuda | cuda:N | auto"
@@ -39,6 +40,20 @@ class NormOverride:
     """``rms`` (RMSNorm) or ``layer`` (LayerNorm)."""
     eps: float
     """The norm's epsilon, > 0."""
+
+
+@dataclass(frozen=True)
+class ModuleOverride:
+    """Where the modules of a model whose architecture equilaw does not know are:
+    dotted attribute paths from the model as transformers loads it (with its head)."""
+
+    blocks: str
+    """The ``ModuleList`` of blocks, e.g. ``model.layers``."""
+    final_norm: str
+    """The final norm, e.g. ``model.norm``; its output is layer L."""
+    embedding: str | None = None
+    """The module whose output is layer 0; by default layer 0 is the first block's
+    input."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class ModelSpec:
     still gives the config, tokenizer and final norm."""
     norm: NormOverride | None = None
     """Overrides the final-norm description for ``init_norm``."""
+    modules: ModuleOverride | None = None
+    """Overrides where the blocks, the final norm and layer 0 are."""
 
 
 @dataclass(frozen=True)
@@ -70,21 +87,31 @@ class ProbeSpec:
     """A built-in corpus name, or a path to a .txt/.jsonl file or a folder of them
     (already resolved against the spec's folder)."""
     sequences: int = 96
-    """Number of windows, >= 2."""
+    """Number of windows (``mode: documents``: of documents sampled), >= 2."""
     length: int = 128
-    """Tokens per window, BOS included, >= 4."""
+    """Tokens per window, BOS included (``mode: documents``: the truncation
+    length, special tokens included), >= 4."""
     seed: int = 0
-    """Chooses the windows and the shuffled-vocabulary permutation."""
+    """Chooses the windows (or documents) and the shuffled-vocabulary permutation."""
     batch_size: int = 8
-    """Windows per forward pass, >= 1."""
+    """Sequences per forward pass, >= 1."""
     shards: int = 10
-    """Jackknife shards (1 turns standard errors off); window i of n goes to shard
-    ⌊i × shards / n⌋ (contiguous blocks)."""
+    """Jackknife shards (1 turns standard errors off); sequence i of n (in
+    sampling order) goes to shard ⌊i × shards / n⌋ (contiguous blocks)."""
     statistics: str = "gram"
     """How the per-layer statistics are accumulated (``LayerStats(method=...)``):
     ``gram`` or ``qr``."""
     loss: bool = True
     """Also measure the model's own next-token cross-entropy on the windows."""
+    mode: str = "windows"
+    """How the corpus becomes model input (:mod:`audit.probe`): ``windows``
+    (equilaw's: runs of one token stream, BOS first) or ``documents`` (the authors'
+    reference: sampled documents, each one sequence from its start, truncated to
+    ``length``, the tokenizer's default special tokens)."""
+    permutation: str = "equilaw"
+    """The ``shuffled_token_id`` permutation (``LayerStats(permutation=...)``):
+    ``equilaw`` (``default_rng(seed)``) or ``reference`` (the authors':
+    ``RandomState(seed)`` over the sorted target ids)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +244,8 @@ NAME_PATTERN = r"[a-z0-9._-]+"
 DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
 
 _SECTIONS: dict[str, type] = {
-    "": Spec, "model": ModelSpec, "model.norm": NormOverride, "probe": ProbeSpec, "law": LawSpec,
+    "": Spec, "model": ModelSpec, "model.norm": NormOverride,
+    "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
     "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
@@ -470,6 +498,19 @@ def _section(prefix: str) -> Check:
     return check
 
 
+_MODULE_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+def _module_path(value: Any, field: str, line: int | None, ctx: _Context) -> str:
+    """A dotted attribute path such as ``model.layers`` (list items by number:
+    ``model.layers.0``)."""
+    text = _string(value, field, line, ctx)
+    if not _MODULE_PATH_RE.match(text):
+        raise ctx.error(field, line, f"{text!r} is not a dotted attribute path such as "
+                                     "'model.layers'")
+    return text
+
+
 def _model(value: Any, field: str, line: int | None, ctx: _Context) -> ModelSpec:
     if isinstance(value, str):  # `model: PATH` is short for `model: {path: PATH}`
         ctx.lines["model.path"] = line
@@ -531,6 +572,13 @@ def _check_spec(spec: Spec, ctx: _Context) -> None:
         raise ctx.error("law.max_deviation_sigma", ctx.lines.get("law.max_deviation_sigma"),
                         f"needs probe.shards >= 2 (standard errors come from the jackknife "
                         f"shards), got probe.shards = {spec.probe.shards}")
+    uses = [f"probe.{key}: {value}" for key, value, reference in (
+        ("mode", spec.probe.mode, "documents"), ("permutation", spec.probe.permutation, "reference"))
+        if value == reference]
+    if uses and spec.probe.seed >= 2**32:
+        raise ctx.error("probe.seed", ctx.lines.get("probe.seed"),
+                        f"must be < 2**32 with {' and '.join(uses)} (numpy's RandomState seeds, "
+                        f"as the reference code uses), got {spec.probe.seed}")
 
 
 def _from_data(data: Any, root_line: int | None, ctx: _Context, source: str | None) -> Spec:
@@ -716,8 +764,9 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("model.norm", "mapping or null", _nullable(_section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
-         "`normalization: init_norm`. Known architectures (Llama family, Gemma-3, GPT-2) "
-         "need none; an unknown one without it is an error naming this key.",
+         "`normalization: init_norm`. Known architectures (docs/architectures.md) need "
+         "none; an unknown one needs it and `model.modules`, and without them is an error "
+         "naming both keys.",
          "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-5}"),
     _key("model.norm.kind", "string", _choice(NORM_KINDS),
          "`rms` for RMSNorm, `layer` for LayerNorm.",
@@ -725,6 +774,33 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("model.norm.eps", "number", _number(gt=0),
          "The norm's epsilon.",
          "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-6}", "> 0"),
+    _key("model.modules", "mapping or null", _nullable(_section("model.modules")),
+         "Where the layers of a model whose architecture equilaw does not know come from "
+         "(not a merge's layer map, which is `merge.layer_map`): dotted module paths from "
+         "the model as transformers loads it, with its language-model head. Hooks capture "
+         "layer 0 (the first block's input, or `embedding`'s output), each block's output "
+         "and the final norm's output (layer L), so the model need not return hidden "
+         "states; they are removed after every batch, even on failure. With "
+         "`model.norm`, this makes any architecture auditable; it also overrides a known "
+         "architecture's table entry.",
+         "model:\n  path: ./custom-model\n  trust_remote_code: true\n"
+         "  modules: {blocks: transformer.layers, final_norm: transformer.norm_out}\n"
+         "  norm: {kind: rms, eps: 1.0e-6}"),
+    _key("model.modules.blocks", "string", _module_path,
+         "The `ModuleList` of blocks; it must hold as many blocks as the config says.",
+         "model:\n  path: ./custom-model\n"
+         "  modules: {blocks: model.layers, final_norm: model.norm}", "a dotted attribute path"),
+    _key("model.modules.final_norm", "string", _module_path,
+         "The final norm: its output is layer L.",
+         "model:\n  path: ./custom-model\n"
+         "  modules: {blocks: model.layers, final_norm: model.norm}", "a dotted attribute path"),
+    _key("model.modules.embedding", "string or null", _nullable(_module_path),
+         "The module whose output is layer 0; by default layer 0 is the first block's "
+         "input (the same for the Transformers equilaw knows, but it includes learnt "
+         "position embeddings where a model adds them before the first block).",
+         "model:\n  path: ./custom-model\n"
+         "  modules: {blocks: model.layers, final_norm: model.norm, embedding: model.embed}",
+         "a dotted attribute path"),
     _key("backend", "string, or a list of strings", _backend,
          "What runs the model: `torch` (transformers) or `onnx` (onnxruntime on "
          "`model.onnx`). A list audits the model with each backend: every backend gets "
@@ -735,27 +811,54 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "backend: [torch, onnx]\nmodel:\n  path: ../checkpoints/smollm2\n"
          "  onnx: ../checkpoints/smollm2.onnx", _one_of(BACKENDS) + ", or a list of distinct ones"),
     _key("probe", "mapping", _section("probe"),
-         "The text the model reads and how it is cut into windows.",
+         "The text the model reads and how it becomes sequences of tokens (windows, or "
+         "whole documents with `mode: documents`).",
          "probe:\n  corpus: python-docstrings\n  sequences: 128"),
     _key("probe.corpus", "string", _corpus,
          "A built-in corpus name, or a path to a `.txt` / `.jsonl` file or a folder of them "
          "(relative to the spec file's folder). The documents are joined with a blank line "
-         "and tokenized as one stream.",
+         "and tokenized as one stream (with `mode: documents`, each document on its own).",
          "probe:\n  corpus: data/probe.jsonl",
          "built-in: " + _one_of(BUILTIN_CORPORA) + "; or a path"),
+    _key("probe.mode", "string", _choice(PROBE_MODES),
+         "How the corpus becomes model input. `windows` (equilaw's): the documents are "
+         "joined with a blank line and tokenized as one stream, and `sequences` "
+         "non-overlapping runs of `length` tokens, each preceded by the BOS where the "
+         "tokenizer has one, are chosen by `seed`. `documents` (the authors' reference "
+         "code, to reproduce their numbers): `sequences` documents are sampled as the "
+         "reference does (`order = arange(N)`, `RandomState(seed).shuffle(order)`, the "
+         "first `sequences` of `order`); each is ONE sequence from its start, tokenized "
+         "with the tokenizer's default special tokens (a Llama-style tokenizer adds its "
+         "BOS, a GPT-2-style one nothing) and truncated to `length` tokens; every position "
+         "but the last is an example, so short documents give few examples and documents "
+         "shorter than one example give none. Documents of equal length are batched "
+         "together, so nothing is padded. The numbers differ from `windows`: every "
+         "sequence starts at a document's start (early positions, with little context, "
+         "weigh more), sequences have unequal lengths, and a GPT-2-style model reads no "
+         "BOS. With the reference's settings (`length: 512`, `seed: 666`, and "
+         "`permutation: reference` for `shuffled_token_id`) the examples are the "
+         "reference's (docs/reproducing.md).",
+         "probe:\n  mode: documents\n  corpus: data/c4-en-10k.jsonl\n  sequences: 3000\n"
+         "  length: 512\n  seed: 666\n  permutation: reference\nmeasure: shuffled_token_id",
+         _one_of(PROBE_MODES)),
     _key("probe.sequences", "integer", _integer(2),
          "Number of windows (non-overlapping runs of `length` tokens of the stream, chosen "
-         "by `seed`).",
+         "by `seed`); with `mode: documents`, the number of documents sampled (at most the "
+         "corpus's documents).",
          "probe:\n  sequences: 128", ">= 2"),
     _key("probe.length", "integer", _integer(4),
          "Tokens per window, the BOS token included where the tokenizer has one. Every "
-         "position but the last is one example.",
+         "position but the last is one example. With `mode: documents`, the truncation "
+         "length (`max_length`, special tokens included; the reference uses 512): a "
+         "shorter document is kept whole.",
          "probe:\n  length: 128", ">= 4"),
     _key("probe.seed", "integer", _integer(0),
-         "Chooses the windows and the permutation of `shuffled_token_id`.",
+         "Chooses the windows (with `mode: documents`, the documents) and the permutation "
+         "of `shuffled_token_id`. The reference uses 666.",
          "probe:\n  seed: 0", ">= 0"),
     _key("probe.batch_size", "integer", _integer(1),
-         "Windows per forward pass. Changes speed and memory, not the numbers.",
+         "Sequences per forward pass (with `mode: documents`, at most this many documents "
+         "of one length). Changes speed and memory, not the numbers.",
          "probe:\n  batch_size: 8", ">= 1"),
     _key("probe.shards", "integer", _integer(1),
          "Jackknife shards for standard errors: the windows go to the shards in contiguous "
@@ -777,10 +880,18 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "head, batch by batch. Its time is reported apart (`timing.loss_seconds`). A "
          "checkpoint without a head carries no loss and the report says why.",
          "probe:\n  loss: false"),
+    _key("probe.permutation", "string", _choice(PERMUTATIONS),
+         "How `measure: shuffled_token_id` permutes the vocabulary: the distinct target "
+         "ids seen, sorted, are permuted by `equilaw`, "
+         "`numpy.random.default_rng(seed).permutation`, or `reference`, the authors' "
+         "`numpy.random.RandomState(seed).permutation` of the sorted ids (with `seed: 666` "
+         "their exact mapping). Other measures do not use it.",
+         "probe:\n  seed: 666\n  permutation: reference\nmeasure: shuffled_token_id",
+         _one_of(PERMUTATIONS)),
     _key("measure", "string", _choice(MEASURES),
          "What each layer is scored by: `token_id`, the prediction residual of the next "
          "token's id (the paper's); `shuffled_token_id`, the same with the vocabulary "
-         "permuted by `probe.seed`; `one_hot`, the residual of the one-hot target; "
+         "permuted by `probe.seed` (the way `probe.permutation` says); `one_hot`, the residual of the one-hot target; "
          "`separation`, the separation fuzziness tr(SS_w SS_b⁺).",
          "measure: one_hot", _one_of(MEASURES)),
     _key("normalization", "string", _choice(NORMALIZATIONS),

@@ -20,11 +20,14 @@ Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per lay
     features to the next-token id (the paper's measure; what lstsq or sklearn's
     ``LinearRegression`` compute).
 ``shuffled_token_id``
-    The same with the distinct ids seen (sorted) permuted by
-    ``numpy.random.default_rng(shuffle_seed).permutation(k)``: sorted id i maps to
-    ``sorted_ids[perm[i]]``.  Applied from per-class statistics when results are
-    asked for, so it does not depend on batch order; leave-one-out values use the
-    mapping of the whole accumulator.
+    The same with the distinct ids seen (sorted) permuted.  ``permutation="equilaw"``
+    (default): by ``numpy.random.default_rng(shuffle_seed).permutation(k)``, sorted
+    id i maps to ``sorted_ids[perm[i]]``; ``"reference"``: as the authors' code
+    builds its mapping, sorted id i maps to
+    ``numpy.random.RandomState(shuffle_seed).permutation(sorted_ids)[i]``
+    (:func:`audit.measures.shuffled_ids`).  Applied from per-class statistics when
+    results are asked for, so it does not depend on batch order; leave-one-out
+    values use the mapping of the whole accumulator.
 ``one_hot``
     Multi-output OLS on the one-hot target: total SS_res / total SS_tot.
 ``separation``
@@ -67,6 +70,12 @@ SmolLM2 it moved PR by up to 1.4e-3 (layers 0, 1, 30) away from the reference's
 least squares, and sent most solves of Gemma-3 to the eigendecomposition.
 
 Layers are indexed as in ``hidden_states``: 0 is the embedding output.
+
+Modules.  This one is the facade: it checks inputs, holds the settings and asks
+for results.  The sums are kept by one accumulator per method
+(:mod:`audit.accumulators`: ``GramAccumulator``, ``QRAccumulator``), the measures
+are pure functions of their moments (:mod:`audit.measures`), and standard errors
+come from the project's one jackknife (:func:`audit.jackknife.jackknife_se`).
 """
 
 from __future__ import annotations
@@ -75,22 +84,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit.accumulators import ACCUMULATORS, METHODS, Accumulator
 from audit.errors import StatsError
-from audit.internal import linalg
 from audit.jackknife import jackknife_se
-
-MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
-METHODS = ("gram", "qr")
-_CLASS_MEASURES = frozenset(("shuffled_token_id", "one_hot", "separation"))
-
-# A column is dead (constant) when centring removes all but this many units of
-# its precision from its shifted sum of squares.
-_DEAD_COLUMN_EPS = 1e3
-# Every sum is formed and kept in float64, whatever the features' dtype.
-_EPS = float(np.finfo(np.float64).eps)
-_ROUNDING_MARGIN = 10.0
-"""How far above the features' own rounding noise the rank cutoff sits (see
-``LayerStats._rcond``)."""
+from audit.law import log10_or_nan
+from audit.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
 
 
 @dataclass(frozen=True)
@@ -104,47 +102,6 @@ class StdErr:
     """Standard error of log10 of the value, float64 [layers]."""
 
 
-@dataclass
-class _Moments:
-    """Shifted (uncentred) sums over a set of shards, for one layer.
-
-    ``sx`` [d] = Σ(x−a), ``sxx`` [d, d] = Σ(x−a)(x−a)ᵀ; for token_id ``sy``,
-    ``syy``, ``sxy`` [d] with y shifted by an integer; for the class measures
-    ``nc`` [k] counts and ``sc`` [k, d] = Σ_{y=c}(x−a), classes in sorted order.
-    With ``method="qr"`` there is no ``sxx``/``sxy``: ``r`` [p, p] is instead the
-    triangular factor of [1 | x−a | (y−c)] (p = d+1, plus 1 with a target column),
-    whose trailing block ``r[1:, 1:]`` is the factor of the centred columns.
-    """
-
-    n: int
-    sx: np.ndarray
-    sxx: np.ndarray | None = None
-    r: np.ndarray | None = None
-    sy: float = 0.0
-    syy: float = 0.0
-    sxy: np.ndarray | None = None
-    distinct: bool = False
-    nc: np.ndarray | None = None
-    sc: np.ndarray | None = None
-
-    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean offset m = Σ(x−a)/n [d], centred scatter S [d, d], and the shifted
-        sum of squares diagonal [d] (for the dead-column test)."""
-        m = self.sx / self.n
-        r = m * np.sqrt(self.n)
-        S = self.sxx - np.outer(r, r)  # r_i·r_j keeps S exactly symmetric
-        return m, S, np.diag(self.sxx)
-
-    def centred_factor(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For ``method="qr"``: mean offset m [d], the factor F = r[1:, 1:] of the
-        centred columns (FᵀF = centred scatter of [x | y]), the centred sums of
-        squares of the features [d] and their shifted (raw) ones [d]."""
-        d = self.sx.size
-        m = self.sx / self.n
-        F = self.r[1:, 1:]
-        return m, F, _col_sq(F[:, :d]), _col_sq(self.r[:, 1:d + 1])
-
-
 class LayerStats:
     """Streaming per-layer statistics of (features, next-token target) pairs.
 
@@ -154,12 +111,14 @@ class LayerStats:
     ``shuffled_token_id`` permutation.  ``method``: how the feature scatter is
     accumulated, ``"gram"`` (default: Gram matrices, fast, relative error about
     κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 7× the time, relative
-    error about κ × 1e-16); see the module docstring.  Shapes (layers, d) come
-    from the first :meth:`update`.
+    error about κ × 1e-16); see the module docstring.  ``permutation``: how
+    ``shuffled_token_id`` permutes the ids, ``"equilaw"`` (default) or
+    ``"reference"`` (the authors' construction, seed 0..2³²−1); see the module
+    docstring.  Shapes (layers, d) come from the first :meth:`update`.
     """
 
     def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0,
-                 method: str = "gram") -> None:
+                 method: str = "gram", permutation: str = "equilaw") -> None:
         if isinstance(measures, str):
             measures = (measures,)
         measures = tuple(measures)
@@ -173,19 +132,23 @@ class LayerStats:
             raise StatsError(f"shuffle_seed must be an integer, got {shuffle_seed!r}")
         if method not in METHODS:
             raise StatsError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        if permutation not in PERMUTATIONS:
+            raise StatsError(f"unknown permutation {permutation!r}; valid permutations: "
+                             f"{', '.join(PERMUTATIONS)}")
+        if permutation == "reference" and not 0 <= shuffle_seed < 2**32:
+            raise StatsError(f"permutation 'reference' seeds numpy.random.RandomState, which "
+                             f"needs 0 <= shuffle_seed < 2**32, got {shuffle_seed!r}")
         self._measures = tuple(m for m in MEASURES if m in measures)  # canonical order
         self._shards = int(shards)
         self._seed = int(shuffle_seed)
         self._method = str(method)
-        self._qr = self._method == "qr"
+        self._permutation = str(permutation)
         self._spectra_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._factor_cache: dict[int, np.ndarray] = {}  # qr: all shards' factor per layer
         self._token = "token_id" in self._measures
-        self._classed = bool(_CLASS_MEASURES & set(self._measures))
-        self._n = np.zeros(self._shards, dtype=np.int64)
-        self._layers: int | None = None
-        self._width: int | None = None
-        self._input_eps = _EPS
+        self._classed = bool(CLASS_MEASURES & set(self._measures))
+        self._acc: Accumulator | None = None
+        """The sums, created by the first non-empty :meth:`update`."""
+        self._input_eps = EPS
         """Machine epsilon of the coarsest features seen (float32's once any were)."""
 
     # ----------------------------------------------------------------- properties
@@ -208,83 +171,34 @@ class LayerStats:
         return self._method
 
     @property
+    def permutation(self) -> str:
+        """How ``shuffled_token_id`` permutes the ids: ``"equilaw"`` or ``"reference"``."""
+        return self._permutation
+
+    @property
     def count(self) -> int:
         """Number of examples (tokens) seen."""
-        return int(self._n.sum())
+        return 0 if self._acc is None else int(self._acc.n.sum())
 
     @property
     def layers(self) -> int | None:
         """Number of layers (hidden states), or None before the first example."""
-        return self._layers
+        return None if self._acc is None else self._acc.layers
 
     @property
     def width(self) -> int | None:
         """Feature width d, or None before the first example."""
-        return self._width
+        return None if self._acc is None else self._acc.width
 
     @property
     def classes(self) -> np.ndarray:
         """Sorted distinct targets seen, int64 [k] (class-based measures only)."""
         if not self._classed:
             raise StatsError("classes are kept only for the measures "
-                             + ", ".join(m for m in MEASURES if m in _CLASS_MEASURES))
-        if self._layers is None:
+                             + ", ".join(m for m in MEASURES if m in CLASS_MEASURES))
+        if self._acc is None:
             return np.zeros(0, dtype=np.int64)
-        return np.sort(self._ids[: self._k])
-
-    # -------------------------------------------------------------------- storage
-    def _allocate(self, layers: int, d: int, shift_x: np.ndarray, shift_y: float) -> None:
-        g = self._shards
-        self._layers, self._width = layers, d
-        self._shift_x = shift_x  # float64 [layers, d]
-        self._shift_y = float(shift_y)  # integer-valued
-        self._sx = np.zeros((g, layers, d))
-        if self._qr:
-            # Factor of [1 | x − shift | (y − shift_y)]: ones first, so that the
-            # trailing block is the factor of the centred columns.
-            p = d + 1 + int(self._token)
-            self._r = np.zeros((g, layers, p, p))
-        else:
-            self._sxx = np.zeros((g, layers, d, d))
-        if self._token:
-            self._sy = np.zeros(g)
-            self._syy = np.zeros(g)
-            if not self._qr:
-                self._sxy = np.zeros((g, layers, d))
-            self._ymin = np.full(g, np.iinfo(np.int64).max, dtype=np.int64)
-            self._ymax = np.full(g, np.iinfo(np.int64).min, dtype=np.int64)
-        if self._classed:
-            # Slots in arrival order (growth is amortised: capacity doubles);
-            # results are always computed in sorted class order.
-            self._k = 0
-            self._ids = np.zeros(0, dtype=np.int64)
-            self._nc = np.zeros((g, 0), dtype=np.int64)
-            self._sc = np.zeros((g, layers, 0, d))
-
-    def _slots(self, ids: np.ndarray) -> np.ndarray:
-        """Storage slots of the sorted distinct ``ids`` [u], creating new ones."""
-        known = self._ids[: self._k]
-        order = np.argsort(known)
-        pos = np.searchsorted(known[order], ids)
-        found = pos < self._k
-        found[found] = known[order][pos[found]] == ids[found]
-        slots = np.full(ids.size, -1, dtype=np.int64)
-        slots[found] = order[pos[found]]
-        new = ids[~found]
-        if new.size:
-            need = self._k + new.size
-            if need > self._ids.size:
-                cap = max(need, 2 * self._ids.size, 16)
-                grow = cap - self._ids.size
-                self._ids = np.concatenate([self._ids, np.zeros(grow, dtype=np.int64)])
-                self._nc = np.concatenate(
-                    [self._nc, np.zeros((self._shards, grow), dtype=np.int64)], axis=1)
-                self._sc = np.concatenate(
-                    [self._sc, np.zeros((self._shards, self._layers, grow, self._width))], axis=2)
-            self._ids[self._k: need] = new
-            slots[~found] = np.arange(self._k, need)
-            self._k = need
-        return slots
+        return self._acc.sorted_classes()[0]
 
     # --------------------------------------------------------------------- update
     def update(self, features, targets, shard: int = 0) -> None:
@@ -322,10 +236,10 @@ class LayerStats:
         layers, d = x.shape[0], x.shape[-1]
         n = y.shape[0] if x.ndim > 3 else x.shape[1]
         example_axes = tuple(range(1, x.ndim - 1))
-        if self._layers is not None and layers != self._layers:
-            raise StatsError(f"features have {layers} layers, but earlier batches had {self._layers}")
-        if self._width is not None and d != self._width:
-            raise StatsError(f"features have width {d}, but earlier batches had width {self._width}")
+        if self.layers is not None and layers != self.layers:
+            raise StatsError(f"features have {layers} layers, but earlier batches had {self.layers}")
+        if self.width is not None and d != self.width:
+            raise StatsError(f"features have width {d}, but earlier batches had width {self.width}")
         if y.shape[0] != n:
             raise StatsError(f"features have {n} examples per layer, but targets has {y.shape[0]}")
         if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) \
@@ -345,134 +259,48 @@ class LayerStats:
         if bad.any():
             raise StatsError("features contain NaN or infinite values", layer=int(np.argmax(bad)))
 
-        if self._layers is None:
-            self._allocate(layers, d, x.mean(axis=example_axes, dtype=np.float64),
-                           float(np.rint(y.mean())))
+        if self._acc is None:
+            self._acc = ACCUMULATORS[self._method](
+                self._shards, layers, d, x.mean(axis=example_axes, dtype=np.float64),
+                float(np.rint(y.mean())), target=self._token, classed=self._classed)
         # Float32 features are exact in float64 and their Grams are formed in
         # float64 too; only the rank cutoff remembers that they were rounded.
-        dtype = np.dtype(np.float64)
         self._input_eps = max(self._input_eps, float(np.finfo(x.dtype).eps))
-        shift = self._shift_x
-
-        s = int(shard)
-        ys = (y - self._shift_y).astype(np.float64)  # exact integers
-        if self._classed:
-            ids, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
-            slots = self._slots(ids)
-            order = np.argsort(inv, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            self._nc[s, slots] += counts
-        if self._qr:
-            # stack = [R | rows of (1, x − shift, y − shift_y)]: its triangular
-            # factor is the factor of everything this shard has seen.
-            p = self._r.shape[-1]
-            stack = np.empty((p + n, p), dtype=dtype)
-            stack[p:, 0] = 1.0
-            if self._token:
-                stack[p:, d + 1] = ys
-            xs = stack[p:, 1:d + 1]
-        else:
-            # buf = [x − shift | y − shift_y | 1] [n, d+2]: one symmetric rank-n
-            # update (bufᵀbuf is BLAS syrk) gives Σxxᵀ, Σxy and Σx.
-            buf = np.empty((n, d + 2), dtype=dtype)
-            buf[:, d] = ys
-            buf[:, d + 1] = 1.0
-            xs = buf[:, :d]
-            gram = np.empty((d + 2, d + 2), dtype=dtype)
-        for layer in range(layers):
-            np.subtract(x[layer].reshape(n, d), shift[layer], out=xs)  # copies a strided layer
-            if self._qr:
-                stack[:p] = self._r[s, layer]
-                self._r[s, layer] = np.linalg.qr(stack, mode="r")
-                self._sx[s, layer] += xs.sum(axis=0)
-            else:
-                np.matmul(buf.T, buf, out=gram)
-                self._sxx[s, layer] += gram[:d, :d]
-                self._sx[s, layer] += gram[:d, d + 1]
-                if self._token:
-                    self._sxy[s, layer] += gram[:d, d]
-            if self._classed:
-                self._sc[s, layer, slots] += np.add.reduceat(
-                    xs[order], starts, axis=0, dtype=np.float64)
-        if self._token:
-            self._sy[s] += ys.sum()
-            self._syy[s] += ys @ ys
-            self._ymin[s] = min(self._ymin[s], int(y.min()))
-            self._ymax[s] = max(self._ymax[s], int(y.max()))
-        self._n[s] += n
+        self._acc.add(int(shard), x, y)
         self._spectra_cache = None
-        self._factor_cache = {}
 
     # ---------------------------------------------------------------------- merge
     def merge(self, other: "LayerStats") -> "LayerStats":
         """A new accumulator equal to having seen the inputs of both.
 
-        Both must have the same measures, shards and shuffle_seed, and (when both
-        hold examples) the same layers and width; otherwise :class:`StatsError`
-        says which differs.
+        Both must have the same measures, shards, shuffle_seed, permutation and
+        method, and (when both hold examples) the same layers and width;
+        otherwise :class:`StatsError` says which differs.  Sums taken around
+        different shifts are converted exactly (in exact arithmetic): see
+        :meth:`audit.accumulators.Accumulator.rebased`.
         """
         if not isinstance(other, LayerStats):
             raise StatsError(f"cannot merge LayerStats with {type(other).__name__}")
         for what, a, b in (("measures", self._measures, other._measures),
                            ("shards", self._shards, other._shards),
                            ("shuffle_seed", self._seed, other._seed),
+                           ("permutation", self._permutation, other._permutation),
                            ("method", self._method, other._method)):
             if a != b:
                 raise StatsError(f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
-        if self._layers is not None and other._layers is not None:
-            for what, a, b in (("layers", self._layers, other._layers),
-                               ("width", self._width, other._width)):
+        if self._acc is not None and other._acc is not None:
+            for what, a, b in (("layers", self.layers, other.layers),
+                               ("width", self.width, other.width)):
                 if a != b:
                     raise StatsError(
                         f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
-        if other._layers is None:
+        if other._acc is None:
             return LayerStats.from_arrays(self.to_arrays())
-        if self._layers is None:
+        if self._acc is None:
             return LayerStats.from_arrays(other.to_arrays())
-
         out = LayerStats.from_arrays(self.to_arrays())
-        out._n += other._n
         out._input_eps = max(self._input_eps, other._input_eps)
-        # Re-express other's sums around out's shift (δ = b − a, ε = c_b − c_a):
-        # Σ(x−a)(x−a)ᵀ = Σ(x−b)(x−b)ᵀ + δ Σ(x−b)ᵀ + Σ(x−b) δᵀ + n δδᵀ.
-        nb = other._n.astype(np.float64)[:, None, None]
-        delta = (other._shift_x - out._shift_x)[None]  # [1, layers, d]
-        eps_y = other._shift_y - out._shift_y  # y − c_a = (y − c_b) + ε
-        sx_b = other._sx
-        if self._qr:
-            # [1 | x−a | y−c_a] = [1 | x−b | y−c_b] T with T = I + e₀[0, δ, ε]: only
-            # row 0 of the factor changes (its other rows are 0 in column 0).
-            d = self._width
-            rb = other._r.copy()
-            rb[:, :, 0, 1:d + 1] += rb[:, :, 0, :1] * delta
-            if self._token:
-                rb[:, :, 0, d + 1] += rb[:, :, 0, 0] * eps_y
-            for s, layer in np.ndindex(*rb.shape[:2]):
-                if other._n[s]:  # an empty shard's factor is zero
-                    out._r[s, layer] = _stack_factor(out._r[s, layer], rb[s, layer])
-        else:
-            out._sxx += (other._sxx
-                         + sx_b[..., :, None] * delta[..., None, :]
-                         + delta[..., :, None] * sx_b[..., None, :]
-                         + nb[..., None] * delta[..., :, None] * delta[..., None, :])
-        out._sx += sx_b + nb * delta
-        if self._token:
-            ny = other._n.astype(np.float64)
-            if not self._qr:
-                out._sxy += (other._sxy + eps_y * sx_b + other._sy[:, None, None] * delta
-                             + nb * delta * eps_y)
-            out._syy += other._syy + 2.0 * eps_y * other._sy + ny * eps_y ** 2
-            out._sy += other._sy + ny * eps_y
-            out._ymin = np.minimum(out._ymin, other._ymin)
-            out._ymax = np.maximum(out._ymax, other._ymax)
-        if self._classed and other._k:
-            ids = other._ids[: other._k]
-            order = np.argsort(ids)
-            slots = out._slots(ids[order])
-            nc_b = other._nc[:, : other._k][:, order]  # [g, u]
-            sc_b = other._sc[:, :, : other._k][:, :, order]  # [g, layers, u, d]
-            out._nc[:, slots] += nc_b
-            out._sc[:, :, slots] += sc_b + nc_b[:, None, :, None] * delta[:, :, None, :]
+        out._acc.merge(other._acc)
         return out
 
     def __add__(self, other: "LayerStats") -> "LayerStats":
@@ -489,33 +317,6 @@ class LayerStats:
         if self.count == 0:
             raise StatsError("no examples: call update() before asking for results")
 
-    def _rcond(self) -> float:
-        """The relative rank cutoff: on eigenvalues of the scaled scatter (``gram``),
-        on singular values of the scaled factor (``qr``).
-
-        For float64 features it is float64's own floor, max(d, 32) × eps, which is
-        lstsq's answer.  Float32 features carry rounding noise of relative size
-        about eps32 = 1.2e-7 in every direction, and a direction that is exactly
-        empty in exact arithmetic (the mean direction after a LayerNorm, which
-        centres every token) keeps that noise: its eigenvalue, about 5e-15 of the
-        largest on a tiny GPT-2 (d = 32), sits right at float64's cutoff 7e-15, so
-        whether it counts as rank flips with the rounding of the framework that ran
-        the norm, and PR moves by 1e-4 relative (measured: PyTorch against
-        onnxruntime on the same model).  For float32 features the cutoff is
-        therefore ``_ROUNDING_MARGIN`` × max(d, 32) × eps32² on eigenvalues (4.5e-12
-        at d = 32; the square root on singular values), far above that noise and
-        far below any real layer's spread (κ about 200 on SmolLM2 and Gemma-3:
-        eigenvalue ratios about 3e-5)."""
-        d = max(self._width, 32)
-        if self._qr:
-            return max(d * _EPS, np.sqrt(_ROUNDING_MARGIN * d) * self._input_eps)
-        return max(d * _EPS, _ROUNDING_MARGIN * d * self._input_eps ** 2)
-
-    def _sorted_classes(self) -> tuple[np.ndarray, np.ndarray]:
-        ids = self._ids[: self._k]
-        order = np.argsort(ids)
-        return ids[order], order
-
     def _prepare(self, measure: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Check ``measure`` can be computed; return the sorted-class order of the
         storage slots and, for ``shuffled_token_id``, the mapped id of each sorted
@@ -523,13 +324,12 @@ class LayerStats:
         self._require(measure)
         if not self._classed:
             return None, None
-        sorted_ids, order = self._sorted_classes()
+        sorted_ids, order = self._acc.sorted_classes()
         if sorted_ids.size < 2:
             raise StatsError(_ONE_TARGET)
         mapping = None
         if measure == "shuffled_token_id":
-            perm = np.random.default_rng(self._seed).permutation(sorted_ids.size)
-            mapping = sorted_ids[perm].astype(np.float64)
+            mapping = shuffled_ids(sorted_ids, self._seed, self._permutation)
         return order, mapping
 
     def residuals(self, measure: str) -> np.ndarray:
@@ -537,10 +337,11 @@ class LayerStats:
         ``separation``).  Raises :class:`StatsError` for a measure not requested,
         an empty accumulator or a single distinct target."""
         order, mapping = self._prepare(measure)
-        out = np.empty(self._layers)
-        for layer in range(self._layers):
-            out[layer] = _value(measure, self._moments_total(layer, order), self._rcond(),
-                                _EPS, mapping)
+        acc = self._acc
+        rcond = acc.rcond(self._input_eps)
+        out = np.empty(acc.layers)
+        for layer in range(acc.layers):
+            out[layer] = acc.value(measure, acc.total(layer, order), rcond, mapping)
             if np.isnan(out[layer]):
                 raise StatsError(_ONE_TARGET)
         return out
@@ -549,82 +350,36 @@ class LayerStats:
     def filled_shards(self) -> tuple[int, ...]:
         """Ids of the shards holding examples, in order: the rows of
         :meth:`leave_one_out` (empty when fewer than two shards hold examples)."""
-        parts = np.flatnonzero(self._n)
+        parts = self._filled()
         return tuple(int(p) for p in parts) if parts.size >= 2 else ()
+
+    def _filled(self) -> np.ndarray:
+        return np.zeros(0, dtype=np.int64) if self._acc is None else np.flatnonzero(self._acc.n)
 
     def leave_one_out(self, measure: str) -> np.ndarray:
         """The measure with each non-empty shard left out, float64 [g, layers]
         (g = number of shards holding examples; g = 0 when fewer than two do).
-        Each value comes from the total minus one shard's sums, not a refit.  A
-        left-out subset with a single distinct target gives NaN."""
+        Each value comes from the total minus one shard's sums (with ``"qr"``, a
+        combination of the other shards' factors), not a refit.  A left-out
+        subset with a single distinct target gives NaN."""
         order, mapping = self._prepare(measure)
-        parts = np.flatnonzero(self._n)
+        acc = self._acc
+        parts = self._filled()
         if parts.size < 2:
-            return np.zeros((0, self._layers))
-        out = np.empty((parts.size, self._layers))
-        for layer in range(self._layers):
-            for j, mom in enumerate(self._moments_left_out(layer, order, parts)):
-                out[j, layer] = _value(measure, mom, self._rcond(), _EPS, mapping)
+            return np.zeros((0, acc.layers))
+        rcond = acc.rcond(self._input_eps)
+        out = np.empty((parts.size, acc.layers))
+        for layer in range(acc.layers):
+            for j, mom in enumerate(acc.left_out(layer, order, parts)):
+                out[j, layer] = acc.value(measure, mom, rcond, mapping)
         return out
 
     def stderr(self, measure: str) -> StdErr:
-        """Jackknife standard errors over the g non-empty shards:
-        se = sqrt((g−1)/g · Σ_i (θ_(i) − mean θ)²), for the value and its log10.
-        NaN when fewer than two shards hold examples."""
+        """Jackknife standard errors over the g non-empty shards
+        (:func:`audit.jackknife.jackknife_se` of :meth:`leave_one_out`), for the
+        value and its log10.  NaN when fewer than two shards hold examples."""
         loo = self.leave_one_out(measure)
-        if loo.shape[0] < 2:
-            nan = np.full(self._layers, np.nan)
-            return StdErr(pr=nan, log10_pr=nan.copy())
-        return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(_log10(loo)))
-
-    def _moments_total(self, layer: int, order: np.ndarray | None,
-                       factor: bool = True) -> _Moments:
-        """Moments of all shards (``factor=False``: without the QR factor, which
-        costs a factorisation)."""
-        full = self._n > 0
-        m = _Moments(n=self.count, sx=self._sx[:, layer].sum(axis=0))
-        if not self._qr:
-            m.sxx = self._sxx[:, layer].sum(axis=0)
-        elif factor:
-            if layer not in self._factor_cache:  # residuals, rank and condition share it
-                self._factor_cache[layer] = _stack_factor(*self._r[full, layer])
-            m.r = self._factor_cache[layer]
-        if self._token:
-            m.sy, m.syy = self._sy.sum(), self._syy.sum()
-            if not self._qr:
-                m.sxy = self._sxy[:, layer].sum(axis=0)
-            m.distinct = bool(self._ymin[full].min() < self._ymax[full].max())
-        if self._classed:
-            m.nc = self._nc[:, order].sum(axis=0)
-            m.sc = self._sc[:, layer][:, order].sum(axis=0)
-        return m
-
-    def _moments_left_out(self, layer: int, order: np.ndarray | None,
-                          parts: np.ndarray) -> list[_Moments]:
-        """Moments with each shard in ``parts`` left out: total minus that shard's
-        sums.  Factors cannot be subtracted: with ``method="qr"`` the factor of all
-        shards but one comes from the factors of the shards before and after it
-        (prefix and suffix products, 3 × len(parts) small factorisations)."""
-        total = self._moments_total(layer, order, factor=False)
-        factors = _leave_one_out_factors([self._r[i, layer] for i in parts]) if self._qr else None
-        out = []
-        for j, i in enumerate(parts):
-            keep = (self._n > 0) & (np.arange(self._shards) != i)
-            m = _Moments(n=total.n - int(self._n[i]), sx=total.sx - self._sx[i, layer])
-            if self._qr:
-                m.r = factors[j]
-            else:
-                m.sxx = total.sxx - self._sxx[i, layer]
-            if self._token:
-                m.sy, m.syy = total.sy - self._sy[i], total.syy - self._syy[i]
-                if not self._qr:
-                    m.sxy = total.sxy - self._sxy[i, layer]
-                m.distinct = bool(self._ymin[keep].min() < self._ymax[keep].max())
-            if self._classed:
-                m.nc = total.nc - self._nc[i, order]
-                m.sc = total.sc - self._sc[i, layer][order]
-            out.append(m)
-        return out
+        return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(log10_or_nan(loo)))
 
     def rank(self) -> np.ndarray:
         """Numerical rank of the centred features per layer, int64 [layers]:
@@ -632,7 +387,8 @@ class LayerStats:
         the singular values s above the cutoff count (``"gram"``: s² above
         ``max(d, 32) × eps × s_max²``, the scatter's own noise floor; ``"qr"``:
         s above ``max(d, 32) × eps × s_max``, as lstsq; for float32 features both
-        cutoffs sit above float32's rounding noise instead, see ``_rcond``)."""
+        cutoffs sit above float32's rounding noise instead, see
+        :func:`audit.measures.scatter_rcond`)."""
         return self._spectra()[0]
 
     def condition(self) -> np.ndarray:
@@ -647,22 +403,14 @@ class LayerStats:
         if self.count == 0:
             raise StatsError("no examples: call update() before asking for results")
         if self._spectra_cache is None:
-            ranks = np.empty(self._layers, dtype=np.int64)
-            conds = np.empty(self._layers)
-            for layer in range(self._layers):
-                mom = self._moments_total(layer, None)
-                if self._qr:
-                    _, F, diag, raw = mom.centred_factor()
-                    d = self._width
-                    sv = linalg.factor_singular_values(F[:d, :d], _live(diag, raw, _EPS))
-                    cut = self._rcond()
-                else:
-                    _, S, raw = mom.centred()
-                    sv = linalg.scatter_singular_values(S, _live(np.diag(S), raw, _EPS))
-                    cut = np.sqrt(self._rcond())
+            acc = self._acc
+            ranks = np.empty(acc.layers, dtype=np.int64)
+            conds = np.empty(acc.layers)
+            for layer in range(acc.layers):
+                sv, cut = acc.spectrum(layer, self._input_eps)
                 kept = sv > cut * sv[0] if sv.size else sv.astype(bool)
                 ranks[layer] = np.count_nonzero(kept)
-                full = ranks[layer] == self._width  # no dead column, no lost rank
+                full = ranks[layer] == acc.width  # no dead column, no lost rank
                 conds[layer] = sv[0] / sv[-1] if full else np.inf
             self._spectra_cache = (ranks, conds)
         return self._spectra_cache[0].copy(), self._spectra_cache[1].copy()
@@ -677,62 +425,36 @@ class LayerStats:
             "shards": np.array(self._shards, dtype=np.int64),
             "shuffle_seed": np.array(self._seed, dtype=np.int64),
             "method": np.array(self._method, dtype="<U8"),
+            "permutation": np.array(self._permutation, dtype="<U16"),
             "input_eps": np.array(self._input_eps),
-            "n": self._n.copy(),
         }
-        if self._layers is None:
+        if self._acc is None:
+            d["n"] = np.zeros(self._shards, dtype=np.int64)
             return d
-        d.update(shift_x=self._shift_x.copy(), shift_y=np.array(self._shift_y),
-                 sx=self._sx.copy())
-        if self._qr:
-            d.update(r=self._r.copy())
-        else:
-            d.update(sxx=self._sxx.copy())
-        if self._token:
-            d.update(sy=self._sy.copy(), syy=self._syy.copy(),
-                     ymin=self._ymin.copy(), ymax=self._ymax.copy())
-            if not self._qr:
-                d.update(sxy=self._sxy.copy())
-        if self._classed:
-            ids, order = self._sorted_classes()
-            d.update(classes=ids, class_counts=self._nc[:, order],
-                     class_sums=self._sc[:, :, order])
+        d["n"] = self._acc.n.copy()
+        d.update(self._acc.to_arrays())
         return d
 
     @classmethod
     def from_arrays(cls, arrays) -> "LayerStats":
         """Rebuild an accumulator from :meth:`to_arrays` output (a dict or an
-        ``np.load`` result)."""
+        ``np.load`` result).  Arrays written before ``method`` or ``permutation``
+        existed hold Gram sums and the ``"equilaw"`` permutation."""
         try:
             a = {k: np.asarray(arrays[k]) for k in arrays}
-            method = str(a["method"]) if "method" in a else "gram"  # older arrays: gram
+            method = str(a["method"]) if "method" in a else "gram"
+            permutation = str(a["permutation"]) if "permutation" in a else "equilaw"
             out = cls(measures=tuple(str(m) for m in a["measures"]),
                       shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]),
-                      method=method)
-            out._n = a["n"].astype(np.int64).copy()
+                      method=method, permutation=permutation)
+            n = a["n"]
             if "input_eps" in a:  # older arrays: float64's
                 out._input_eps = float(a["input_eps"])
-            if "sx" not in a:
-                return out
-            g, layers, d = a["sx"].shape
-            out._allocate(layers, d, a["shift_x"].astype(np.float64).copy(), float(a["shift_y"]))
-            out._sx[...] = a["sx"]
-            if out._qr:
-                out._r[...] = a["r"]
-            else:
-                out._sxx[...] = a["sxx"]
-            if out._token:
-                out._sy[...] = a["sy"]
-                out._syy[...] = a["syy"]
-                if not out._qr:
-                    out._sxy[...] = a["sxy"]
-                out._ymin[...] = a["ymin"]
-                out._ymax[...] = a["ymax"]
-            if out._classed:
-                out._ids = a["classes"].astype(np.int64).copy()
-                out._k = out._ids.size
-                out._nc = a["class_counts"].astype(np.int64).copy()
-                out._sc = a["class_sums"].astype(np.float64).copy()
+            if "sx" in a:
+                out._acc = ACCUMULATORS[method].from_arrays(
+                    a, out._shards, target=out._token, classed=out._classed)
+            elif n.any():
+                raise ValueError(f"they count {int(n.sum())} examples but hold no sums")
         except KeyError as exc:
             raise StatsError(f"statistics arrays lack the key {exc.args[0]!r}") from None
         except ValueError as exc:
@@ -740,8 +462,10 @@ class LayerStats:
         return out
 
     def __repr__(self) -> str:
+        permutation = "" if self._permutation == "equilaw" else f", permutation={self._permutation!r}"
         return (f"LayerStats(measures={self._measures!r}, shards={self._shards}, "
-                f"method={self._method!r}, count={self.count}, layers={self._layers}, width={self._width})")
+                f"method={self._method!r}{permutation}, count={self.count}, "
+                f"layers={self.layers}, width={self.width})")
 
 
 _ONE_TARGET = ("only one distinct target value: the target's total sum of squares "
@@ -751,121 +475,3 @@ _ONE_TARGET = ("only one distinct target value: the target's total sum of square
 def _check_measure_name(name) -> None:
     if name not in MEASURES:
         raise StatsError(f"unknown measure {name!r}; valid measures: {', '.join(MEASURES)}")
-
-
-def _live(diag: np.ndarray, raw_diag: np.ndarray, eps: float) -> np.ndarray:
-    """Columns that are not constant: centring leaves more than rounding noise of
-    their shifted sums of squares ``raw_diag`` in their centred ones ``diag``."""
-    return diag > _DEAD_COLUMN_EPS * eps * raw_diag
-
-
-def _col_sq(A: np.ndarray) -> np.ndarray:
-    """Squared Euclidean norm of each column of ``A``."""
-    return np.einsum("ij,ij->j", A, A)
-
-
-def _stack_factor(*factors: np.ndarray) -> np.ndarray:
-    """Triangular factor R [p, p] of the rows of ``factors`` stacked (RᵀR = Σ FᵢᵀFᵢ):
-    how QR factors of disjoint sets of examples combine.  A single factor comes
-    back as it is (not copied: results never write into factors)."""
-    if len(factors) == 1:
-        return factors[0]
-    return np.linalg.qr(np.concatenate(factors), mode="r")
-
-
-def _leave_one_out_factors(factors: list[np.ndarray]) -> list[np.ndarray]:
-    """For each i, the factor of all ``factors`` but the i-th, from prefix and
-    suffix combinations (no downdating, which would lose precision)."""
-    g = len(factors)
-    prefix: list[np.ndarray | None] = [None] * g  # prefix[i]: factors[:i]
-    suffix: list[np.ndarray | None] = [None] * g  # suffix[i]: factors[i+1:]
-    for i in range(1, g):
-        prefix[i] = factors[0] if i == 1 else _stack_factor(prefix[i - 1], factors[i - 1])
-    for i in range(g - 2, -1, -1):
-        suffix[i] = factors[-1] if i == g - 2 else _stack_factor(factors[i + 1], suffix[i + 1])
-    return [_stack_factor(*(f for f in (prefix[i], suffix[i]) if f is not None))
-            for i in range(g)]
-
-
-def _value(measure: str, mom: _Moments, rcond: float, eps: float,
-           mapping: np.ndarray | None) -> float:
-    """One layer's measure from its moments; NaN when undefined (fewer than two
-    examples or a single distinct target)."""
-    n = mom.n
-    if n < 2:
-        return float("nan")
-    if mom.r is not None:
-        return _value_qr(measure, mom, rcond, eps, mapping)
-    m, S, raw = mom.centred()
-    live = _live(np.diag(S), raw, eps)
-    if measure == "token_id":
-        if not mom.distinct:
-            return float("nan")
-        ybar = mom.sy / n
-        sst = mom.syy - mom.sy * ybar
-        sxy = mom.sxy - mom.sx * ybar
-        return linalg.residual_fraction(S, sxy[:, None], sst, live, rcond)
-    V, targets = _class_targets(measure, mom, m, mapping)
-    if V is None:
-        return float("nan")
-    if measure == "separation":
-        # D = tr(SS_w SS_b⁺) = tr(W B⁺) (the 1/n factors cancel); V is weighted here
-        B = V.T @ V  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
-        return linalg.trace_pinv(S - B, B, live, rcond)
-    B, sst = targets
-    return linalg.residual_fraction(S, B, sst, live, rcond)
-
-
-def _value_qr(measure: str, mom: _Moments, rcond: float, eps: float,
-              mapping: np.ndarray | None) -> float:
-    """:func:`_value` from a QR factor: the same quantities, computed without
-    forming the scatter (whose condition number is κ²)."""
-    m, F, diag, raw = mom.centred_factor()
-    d = m.size
-    live = _live(diag, raw, eps)
-    cols = np.flatnonzero(live)
-    if measure == "token_id":
-        if not mom.distinct:
-            return float("nan")
-        if cols.size < d:  # factor of the live columns and the target only
-            F = np.linalg.qr(F[:, np.append(cols, d)], mode="r")
-        return linalg.residual_fraction_qr(F, rcond)
-    V, targets = _class_targets(measure, mom, m, mapping)
-    if V is None:
-        return float("nan")
-    Fx = F[:d, :d]
-    if measure == "separation":
-        return linalg.trace_pinv_factor(Fx, V, live, rcond)
-    if not cols.size:
-        return 1.0
-    if cols.size < d:
-        Fx = np.linalg.qr(Fx[:, cols], mode="r")
-    B, sst = targets
-    return linalg.residual_fraction_factor(Fx, B[cols], sst, rcond)
-
-
-def _class_targets(measure: str, mom: _Moments, m: np.ndarray, mapping: np.ndarray | None):
-    """For the class-based measures: V = Σ_{y=c}(x − μ) [k, d] over the classes
-    present, and (for the regressions) the centred cross-products B [d, outputs]
-    with the targets' total sum of squares.  For ``separation`` V comes
-    class-size weighted, V_c / √n_c = √n_c (μ_c − μ), so that VᵀV = n·SS_b.
-    (None, None) when fewer than two classes are present."""
-    n = mom.n
-    nc, sc = mom.nc, mom.sc
-    present = nc > 0
-    if np.count_nonzero(present) < 2:
-        return None, None
-    nc, sc = nc[present], sc[present]
-    V = sc - nc[:, None] * m[None, :]  # Σ_{y=c}(x − μ) [k, d]
-    if measure == "shuffled_token_id":
-        values = mapping[present]
-        t = values - (nc @ values) / n  # centred mapped targets [k]
-        return V, ((V.T @ t)[:, None], float(nc @ (t * t)))
-    if measure == "one_hot":
-        return V, (V.T, (n * n - float(nc @ nc)) / n)  # integer arithmetic until the division
-    return V / np.sqrt(nc)[:, None], None
-
-
-def _log10(values: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)

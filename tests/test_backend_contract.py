@@ -42,6 +42,15 @@ def test_tokens_without_special_tokens_and_the_bos(backend) -> None:
     assert tok["bos_token_id"] == BOS_ID and len(tok["vocab_sha256"]) == 64
 
 
+def test_documents_with_the_default_special_tokens_truncated(backend) -> None:
+    """``encode_document`` is ``tokenizer(text, truncation=True, max_length=...)``: the
+    tiny byte tokenizer adds its BOS by default, and the BOS counts towards the length."""
+    ids = backend.encode("abcdef")
+    assert backend.encode_document("abcdef", 512) == [BOS_ID, *ids]
+    assert backend.encode_document("abcdef", 4) == [BOS_ID, *ids[:3]]
+    assert all(type(i) is int for i in backend.encode_document("ab", 8))
+
+
 def test_forward_shapes_dtypes_fresh_arrays_and_determinism(backend) -> None:
     out = backend.forward(IDS, loss=True)
     b, t = IDS.shape

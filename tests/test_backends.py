@@ -16,10 +16,10 @@ import pytest
 from conftest import model_or_skip
 
 from audit.backends import BACKENDS, open_backend
-from audit.backends.architectures import FINAL_NORMS
+from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
-from audit.spec import ModelSpec, NormOverride, Spec
-from tiny_models import causal_lm, save_tiny_model
+from audit.spec import ModelSpec, ModuleOverride, NormOverride, Spec
+from tiny_models import causal_lm, config, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("def return class import the a of to is in for if else self value list "
@@ -75,7 +75,9 @@ def _word_tokenizer():
 
 def _causal_lm(arch: str):
     _transformers()
-    return causal_lm(_configs()[arch](), seed=0)
+    configs = _configs()
+    cfg = configs[arch]() if arch in configs else config(arch, 2, 32, EPS, 64)
+    return causal_lm(cfg, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -138,20 +140,20 @@ def _formula(x: np.ndarray, kind: str, eps: float) -> np.ndarray:
     return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + eps)
 
 
-@pytest.mark.parametrize("arch", sorted(FINAL_NORMS.keys() - {"gemma3"}))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES.keys() - {"gemma3"}))
 def test_fresh_final_norm_is_unit_scale(arch: str) -> None:
     """A freshly built copy of each architecture's final norm has the table's unit
     weight, the config's epsilon, and computes the numpy formula init_norm uses."""
     torch = _torch()
-    entry = FINAL_NORMS[arch]
+    entry = ARCHITECTURES[arch]
     model = _causal_lm(arch)
     base = model.base_model
     assert model.config.model_type == arch
     norm = getattr(base, entry.module)
     d = norm.weight.shape[0]
-    config_eps = getattr(model.config, entry.eps_key)
-    assert config_eps == EPS
-    assert getattr(norm, "eps", getattr(norm, "variance_epsilon", None)) == EPS
+    config_eps = entry.epsilon(lambda key: getattr(model.config, key, None))
+    assert config_eps == (EPS if entry.fixed_eps is None else entry.fixed_eps)
+    assert getattr(norm, "eps", getattr(norm, "variance_epsilon", None)) == config_eps
     fresh = type(norm)(d, eps=config_eps)
     assert torch.all(fresh.weight == entry.unit_weight)
     if getattr(fresh, "bias", None) is not None:
@@ -159,18 +161,18 @@ def test_fresh_final_norm_is_unit_scale(arch: str) -> None:
     x = np.random.default_rng(0).normal(0.0, 0.05, size=(4, 5, d)).astype(np.float32)
     with torch.no_grad():
         got = fresh(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, _formula(x, entry.kind, EPS), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got, _formula(x, entry.kind, config_eps), rtol=2e-5, atol=2e-6)
     try:
         from audit.norms import NormInfo, apply_normalization
     except ImportError:  # the normalisations module is not there yet
         return
-    ours = apply_normalization("init_norm", np.stack([x, x]), NormInfo(entry.kind, EPS))[0]
+    ours = apply_normalization("init_norm", np.stack([x, x]), NormInfo(entry.kind, config_eps))[0]
     np.testing.assert_allclose(got, ours, rtol=2e-5, atol=2e-6)
 
 
 def test_gemma3_gguf_name_shares_the_text_model_entry() -> None:
-    assert FINAL_NORMS["gemma3"] == FINAL_NORMS["gemma3_text"]
-    assert FINAL_NORMS["gemma3"].unit_weight == 0.0
+    assert ARCHITECTURES["gemma3"] == ARCHITECTURES["gemma3_text"]
+    assert ARCHITECTURES["gemma3"].unit_weight == 0.0
 
 
 # -- info(): cheap, without weights --------------------------------------------------
@@ -184,7 +186,7 @@ def test_info_reads_config_only(arch: str, tiny_models: dict[str, Path], tmp_pat
     info = backend.info()
     layers, width = SHAPES[arch]
     assert (info.architecture, info.num_layers, info.width) == (arch, layers, width)
-    assert info.norm.kind == FINAL_NORMS[arch].kind
+    assert info.norm.kind == ARCHITECTURES[arch].kind
     assert info.norm.eps == EPS
     assert info.path == str(no_weights.resolve())
     assert backend._model is None
@@ -206,10 +208,15 @@ def test_unknown_architecture_names_the_override(tmp_path: Path) -> None:
     with pytest.raises(BackendError) as err:
         backend_for(tmp_path).info()
     assert str(err.value) == (
-        "model tiny: unknown architecture 'mystery': equilaw does not know its final norm; "
-        "set `model.norm: {kind: rms | layer, eps: ...}` in the spec (known architectures: "
-        "gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, llama, mistral, phi3, qwen2, qwen3)")
-    info = backend_for(tmp_path, norm=NormOverride(kind="layer", eps=1e-4)).info()
+        "model tiny: unknown architecture 'mystery': equilaw does not know its blocks and "
+        "final norm; describe it in the spec: `model.modules: {blocks: ..., final_norm: ...}` "
+        "and `model.norm: {kind: rms | layer, eps: ...}` (known architectures: gemma, gemma2, "
+        "gemma3, gemma3_text, gpt2, gpt_neox, llama, mamba, mistral, phi, phi3, qwen2, qwen3, "
+        "rwkv)")
+    with pytest.raises(BackendError):  # the norm alone is not enough: where are the blocks?
+        backend_for(tmp_path, norm=NormOverride(kind="layer", eps=1e-4)).info()
+    info = backend_for(tmp_path, norm=NormOverride(kind="layer", eps=1e-4),
+                       modules=ModuleOverride(blocks="model.layers", final_norm="model.norm")).info()
     assert (info.architecture, info.num_layers, info.norm.kind, info.norm.eps) == \
         ("mystery", 2, "layer", 1e-4)
 
@@ -229,7 +236,7 @@ def test_hidden_states_shape_and_final_norm(arch: str, tiny_models: dict[str, Pa
     model = backend.load()
     assert not hasattr(model, "lm_head")  # the base model: no vocabulary projection
     captured = {}
-    norm = getattr(model, FINAL_NORMS[arch].module)
+    norm = getattr(model, ARCHITECTURES[arch].module)
     hook = norm.register_forward_hook(lambda mod, args, out: captured.setdefault("out", out))
     try:
         states = backend.hidden_states(IDS)
@@ -273,8 +280,8 @@ def test_layer_count_mismatch_is_an_error(tiny_models: dict[str, Path]) -> None:
     backend._info = dataclasses.replace(backend.info(), num_layers=5)
     with pytest.raises(BackendError) as err:
         backend.hidden_states(IDS)
-    assert str(err.value) == ("model tiny: the model returned 3 hidden states; its config "
-                              "promises 5 layers, so 6 were expected")
+    assert str(err.value) == ("model tiny: the llama architecture's blocks: 'layers' holds 2 "
+                              "blocks; the config promises 5 layers")
 
 
 def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:

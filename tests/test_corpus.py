@@ -18,6 +18,7 @@ from audit.corpus import (
     count_windows,
     folder_sha256,
     load_corpus,
+    sample_documents,
     token_windows,
     tokenize_corpus,
 )
@@ -347,3 +348,39 @@ def test_tokenize_corpus_is_one_stream_over_the_joined_text() -> None:
     with pytest.raises(CorpusError) as info:
         tokenize_corpus(corpus, lambda text: [])
     assert str(info.value) == "corpus 't': the tokenizer returned no tokens"
+
+
+# --------------------------------------------------------------------------- documents
+
+def test_sample_documents_is_the_references_shuffle() -> None:
+    """The reference: numpy.random.seed(666); shuffle(arange(N)); the first k, in
+    shuffled order.  The global state is left alone."""
+    state = np.random.get_state()
+    try:
+        np.random.seed(666)
+        sent_id_list = np.arange(1325)
+        np.random.shuffle(sent_id_list)
+        before = np.random.get_state()[1].copy()
+        chosen = sample_documents(1325, 300, 666)
+        assert np.array_equal(np.random.get_state()[1], before)
+    finally:
+        np.random.set_state(state)
+    assert chosen.dtype == np.int64
+    np.testing.assert_array_equal(chosen, sent_id_list[:300])
+    assert not np.all(np.diff(chosen) > 0)  # sampling order, not sorted
+    np.testing.assert_array_equal(sample_documents(1325, 1325, 666)[:300], chosen)
+    assert not np.array_equal(sample_documents(1325, 300, 0), chosen)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((10, 11, 666), "corpus 'c': too small: it holds 10 documents, but 11 were asked for; "
+                    "lower probe.sequences, or use a larger corpus"),
+    ((10, 0, 666), "corpus 'c': number of sampled documents must be an integer >= 1, got 0"),
+    ((10, 2, -1), "corpus 'c': seed must be an integer in [0, 2**32), got -1"),
+    ((10, 2, 2**32), "corpus 'c': seed must be an integer in [0, 2**32), got 4294967296"),
+    ((10, 2, True), "corpus 'c': seed must be an integer in [0, 2**32), got True"),
+])
+def test_bad_document_samples(args: tuple, message: str) -> None:
+    with pytest.raises(CorpusError) as info:
+        sample_documents(*args, corpus_name="c")
+    assert str(info.value) == message

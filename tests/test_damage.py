@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from audit.backends.architectures import FINAL_NORMS  # noqa: E402
+from audit.backends.architectures import ARCHITECTURES  # noqa: E402
 from audit.errors import BackendError  # noqa: E402
 from audit.synthetic.damage import (  # noqa: E402
     BLOCK_OPERATORS, LAYOUTS, OPERATORS, AddNoise, Damage, ReinitBlock, RepeatBlocks,
@@ -151,7 +151,7 @@ def test_every_layout_entry_resolves_on_a_model_of_its_architecture(arch: str) -
         assert block.get_submodule(path).weight.shape == (32,)
     assert model.base_model.get_submodule(where.final_norm).weight.shape == (32,)
     assert where.norm_offset == (1.0 if arch.startswith("gemma") else 0.0)
-    assert arch in FINAL_NORMS
+    assert arch in ARCHITECTURES
 
 
 # -- each operator changes exactly its tensors --------------------------------------------

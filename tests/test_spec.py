@@ -18,6 +18,7 @@ from audit.spec import (
     SPEC_KEYS,
     BaselineSpec,
     MergeSpec,
+    ModuleOverride,
     OnnxSpec,
     ParitySpec,
     LawSpec,
@@ -178,7 +179,33 @@ def test_top_level_typo_suggests_the_closest_key(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_valid_keys(tmp_path):
     path = write(tmp_path, MINIMAL + "probe:\n  colour: blue\n")
     assert error_of(path) == (f"{path}:4: probe.colour: unknown key; valid keys: corpus, sequences, "
-                              "length, seed, batch_size, shards, statistics, loss")
+                              "length, seed, batch_size, shards, statistics, loss, mode, "
+                              "permutation")
+
+
+def test_probe_mode_and_permutation_default_to_equilaws_and_take_the_references(tmp_path):
+    assert (ProbeSpec().mode, ProbeSpec().permutation) == ("windows", "equilaw")
+    spec = load_spec(write(tmp_path, MINIMAL + "probe:\n  mode: documents\n  length: 512\n"
+                                               "  seed: 666\n  permutation: reference\n"))
+    assert (spec.probe.mode, spec.probe.length, spec.probe.seed, spec.probe.permutation) == \
+        ("documents", 512, 666, "reference")
+
+
+@pytest.mark.parametrize(("probe", "message"), [
+    ("  mode: document\n",
+     "4: probe.mode: 'document' is not one of windows, documents; did you mean 'documents'?"),
+    ("  mode: 1\n", "4: probe.mode: expected one of windows, documents, got an integer (1)"),
+    ("  permutation: numpy\n", "4: probe.permutation: 'numpy' is not one of equilaw, reference"),
+    ("  mode: documents\n  seed: 4294967296\n",
+     "5: probe.seed: must be < 2**32 with probe.mode: documents (numpy's RandomState seeds, "
+     "as the reference code uses), got 4294967296"),
+    ("  permutation: reference\n  seed: 4294967296\n",
+     "5: probe.seed: must be < 2**32 with probe.permutation: reference (numpy's RandomState "
+     "seeds, as the reference code uses), got 4294967296"),
+])
+def test_bad_probe_mode_and_permutation(tmp_path, probe, message):
+    path = write(tmp_path, MINIMAL + "probe:\n" + probe)
+    assert error_of(path) == f"{path}:{message}"
 
 
 def test_source_is_not_a_key_of_the_file(tmp_path):
@@ -570,6 +597,7 @@ def test_loader_finds_duplicates_inside_lists():
 
 def _dataclass_paths(cls, prefix=""):
     types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormOverride,
+             "model.modules": ModuleOverride,
              "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
              "parity": ParitySpec}
     for f in dataclasses.fields(cls):
@@ -585,7 +613,8 @@ def test_spec_keys_describe_exactly_the_dataclass_fields():
     assert sorted(SPEC_KEYS) == sorted(_dataclass_paths(Spec))
     assert SPEC_KEYS["probe.shards"].default == 10
     assert [key for key, spec_key in SPEC_KEYS.items() if spec_key.required] == [
-        "name", "model", "model.path", "model.norm.kind", "model.norm.eps", "merge.parents"]
+        "name", "model", "model.path", "model.norm.kind", "model.norm.eps",
+        "model.modules.blocks", "model.modules.final_norm", "merge.parents"]
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -483,6 +483,13 @@ def test_arrays_without_method_are_gram():
     np.testing.assert_array_equal(back.residuals("token_id"), (a + b + c).residuals("token_id"))
 
 
+def test_arrays_counting_examples_without_sums_are_refused():
+    arrays = LayerStats(shards=2).to_arrays()
+    arrays["n"] = np.array([3, 0])
+    _raises("statistics arrays are inconsistent: they count 3 examples but hold no sums",
+            LayerStats.from_arrays, arrays)
+
+
 # ------------------------------------------------------------------- float32
 @pytest.mark.parametrize("method", METHODS)
 def test_float32_precision(method):
@@ -527,6 +534,77 @@ def test_shuffled_is_invariant_to_batch_order_and_matches_permuted_lstsq():
     assert fwd.residuals("shuffled_token_id")[0] == pytest.approx(want, rel=1e-9)
     assert fwd.residuals("shuffled_token_id")[0] != pytest.approx(
         lstsq_pr(x[0], y.astype(float)), rel=1e-3)
+
+
+def reference_shuffled_targets(y: np.ndarray, seed: int) -> np.ndarray:
+    """The shuffled targets as the authors' code (HornHehhf/LLM-ELL) builds them,
+    from a RandomState seeded with ``seed``."""
+    unique_labels = np.unique(y)
+    mapping = dict(zip(unique_labels, np.random.RandomState(seed).permutation(unique_labels)))
+    return np.array([mapping[label] for label in y]).astype(np.float64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_reference_permutation_matches_the_reference_construction(method):
+    """``permutation="reference"``: PR equals lstsq with intercept on the targets
+    mapped as the reference maps them, whatever the batching, shards and merges;
+    the setting travels with the arrays."""
+    rng = np.random.default_rng(6)
+    x, y = make_data(rng, 2, 240, 5, 15)
+    a = LayerStats(("shuffled_token_id",), shards=3, shuffle_seed=11, method=method,
+                   permutation="reference")
+    b = LayerStats(("shuffled_token_id",), shards=3, shuffle_seed=11, method=method,
+                   permutation="reference")
+    for lo in range(0, 240, 30):
+        (a if lo % 60 else b).update(x[:, lo:lo + 30], y[lo:lo + 30], shard=(lo // 30) % 3)
+    stats = LayerStats.from_arrays((a + b).to_arrays())
+    assert stats.permutation == "reference"
+    targets = reference_shuffled_targets(y, 11)
+    want = [lstsq_pr(x[layer], targets) for layer in range(2)]
+    np.testing.assert_allclose(stats.residuals("shuffled_token_id"), want, rtol=1e-10)
+    assert not np.allclose(want, [lstsq_pr(x[layer], shuffled_targets(y, 11))
+                                  for layer in range(2)], rtol=1e-3)  # not the default's
+    shard_of = (np.arange(240) // 30) % 3
+    brute = [[lstsq_pr(x[layer, shard_of != s], targets[shard_of != s]) for layer in range(2)]
+             for s in range(3)]  # left out: the mapping of the whole accumulator
+    np.testing.assert_allclose(stats.leave_one_out("shuffled_token_id"), brute, rtol=1e-10)
+
+
+def test_default_permutation_is_unchanged():
+    """The default is ``"equilaw"`` (default_rng over the sorted ids), written to
+    the arrays; arrays without the key are read as ``"equilaw"``."""
+    rng = np.random.default_rng(7)
+    x, y = make_data(rng, 1, 150, 4, 9)
+    default = LayerStats(("shuffled_token_id",), shards=2, shuffle_seed=5)
+    explicit = LayerStats(("shuffled_token_id",), shards=2, shuffle_seed=5,
+                          permutation="equilaw")
+    for stats in (default, explicit):
+        stats.update(x[:, :70], y[:70], shard=0)
+        stats.update(x[:, 70:], y[70:], shard=1)
+    assert default.permutation == "equilaw" and str(default.to_arrays()["permutation"]) == "equilaw"
+    got = default.residuals("shuffled_token_id")
+    np.testing.assert_array_equal(got, explicit.residuals("shuffled_token_id"))
+    assert got[0] == pytest.approx(lstsq_pr(x[0], shuffled_targets(y, 5)), rel=1e-10)
+    arrays = default.to_arrays()
+    del arrays["permutation"]
+    old = LayerStats.from_arrays(arrays)
+    assert old.permutation == "equilaw"
+    np.testing.assert_array_equal(old.residuals("shuffled_token_id"), got)
+
+
+def test_permutation_errors():
+    _raises("unknown permutation 'random'; valid permutations: equilaw, reference",
+            LayerStats, permutation="random")
+    _raises("permutation 'reference' seeds numpy.random.RandomState, which needs "
+            "0 <= shuffle_seed < 2**32, got -1", LayerStats, shuffle_seed=-1,
+            permutation="reference")
+    a = LayerStats(("shuffled_token_id",), shards=2)
+    _raises("cannot merge accumulators with different permutation: 'equilaw' vs 'reference'",
+            a.merge, LayerStats(("shuffled_token_id",), shards=2, permutation="reference"))
+    arrays = a.to_arrays()
+    arrays["permutation"] = np.array("sorted")
+    _raises("unknown permutation 'sorted'; valid permutations: equilaw, reference",
+            LayerStats.from_arrays, arrays)
 
 
 def test_one_hot_and_separation_invariant_to_relabelling():

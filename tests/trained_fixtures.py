@@ -46,3 +46,26 @@ def trained_gpt2(tmp_path_factory: pytest.TempPathFactory):
     """The same for GPT-2 (6 blocks, width 64; 400 steps, about 50 s);
     checkpoints at steps 0, 100, 200, 300 and 400."""
     return _train(tmp_path_factory, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def trained_neox(tmp_path_factory: pytest.TempPathFactory):
+    """The same for GPT-NeoX (6 blocks, width 128; Llama's recipe: 200 steps of 32
+    windows of 64 tokens, about 45 s); checkpoints at steps 0, 100 and 200."""
+    return _train(tmp_path_factory, "gpt_neox")
+
+
+@pytest.fixture(scope="session")
+def trained_mamba(tmp_path_factory: pytest.TempPathFactory):
+    """The same for Mamba (6 blocks, width 64, state size 8; 200 steps of 16 windows
+    of 32 tokens, about 60 s on transformers' reference scan); checkpoints at steps
+    0, 100 and 200."""
+    return _train(tmp_path_factory, "mamba")
+
+
+@pytest.fixture(scope="session")
+def trained_rwkv(tmp_path_factory: pytest.TempPathFactory):
+    """The same for RWKV (6 blocks, width 64; 200 steps of 16 windows of 64 tokens,
+    about 55 s on transformers' CPU recurrence); checkpoints at steps 0, 100 and
+    200."""
+    return _train(tmp_path_factory, "rwkv")

@@ -55,9 +55,9 @@ class Backend(Protocol):
     """Per-layer hidden states of one model.
 
     ``backend_name`` (a class attribute) is the name the registry and reports use.
-    ``info``, ``encode``, ``bos_token_id``, ``tokenizer_info``, ``weights_sha256``
-    and ``versions`` never load weights; ``hidden_states`` and ``forward`` load
-    them on their first call, once.
+    ``info``, ``encode``, ``encode_document``, ``bos_token_id``, ``tokenizer_info``,
+    ``weights_sha256`` and ``versions`` never load weights; ``hidden_states`` and
+    ``forward`` load them on their first call, once.
     """
 
     backend_name: str
@@ -68,6 +68,12 @@ class Backend(Protocol):
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens (no BOS, no EOS)."""
+        ...
+
+    def encode_document(self, text: str, max_length: int) -> list[int]:
+        """Token ids of ``text`` with the tokenizer's default special tokens,
+        truncated to ``max_length`` (``tokenizer(text, truncation=True,
+        max_length=max_length)["input_ids"]``, as the authors' reference code)."""
         ...
 
     @property

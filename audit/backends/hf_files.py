@@ -24,7 +24,7 @@ from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.backends.architectures import final_norm, final_norm_info
+from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
 from audit.backends.base import ModelInfo
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
@@ -145,14 +145,26 @@ class HuggingFaceFiles:
                 self._info = self._info_from_folder(self.path)
         return self._info
 
-    def _norm(self, architecture: str, lookup: Any) -> Any:
+    def _known(self, arch: str) -> bool:
+        """Whether equilaw can find ``arch``'s modules and final norm: from its table,
+        or from the spec (``model.modules`` and ``model.norm``); raises the table's
+        error naming those keys otherwise."""
+        if arch in ARCHITECTURES:
+            return True
+        if self.spec.modules is not None and self.spec.norm is not None:
+            return False
+        architecture(arch, model=self.name)  # raises, naming the spec keys
+        return False
+
+    def _norm(self, arch: str, lookup: Any) -> Any:
         if self.spec.norm is not None:
-            return final_norm_info(architecture, None, self.spec.norm, model=self.name)
-        entry = final_norm(architecture, model=self.name)
-        return final_norm_info(architecture, lookup(entry.eps_key), model=self.name)
+            return final_norm_info(arch, None, self.spec.norm, model=self.name)
+        return final_norm_info(arch, architecture(arch, model=self.name).epsilon(lookup),
+                               model=self.name)
 
     def _info_from_config(self, config: Any, where: str) -> ModelInfo:
         arch = getattr(config, "model_type", None) or "unknown"
+        self._known(arch)
         layers = next((getattr(config, k) for k in _LAYER_KEYS
                        if getattr(config, k, None) is not None), None)
         width = next((getattr(config, k) for k in _WIDTH_KEYS
@@ -176,10 +188,10 @@ class HuggingFaceFiles:
         arch = cfg.get("model_type")
         layers = next((cfg[k] for k in _LAYER_KEYS if cfg.get(k) is not None), None)
         width = next((cfg[k] for k in _WIDTH_KEYS if cfg.get(k) is not None), None)
-        if arch is not None and self.spec.norm is None:
-            final_norm(arch, model=self.name)  # an unknown architecture fails here, clearly
+        if arch is not None:
+            self._known(arch)  # an unknown architecture fails here, clearly
         eps_known = self.spec.norm is not None or (
-            arch is not None and cfg.get(final_norm(arch).eps_key) is not None)
+            arch is not None and ARCHITECTURES[arch].epsilon(cfg.get) is not None)
         if arch is None or layers is None or width is None or not eps_known:
             # config.json left some value at its class default: ask transformers.
             return self._info_from_config(self._auto_config(folder), str(folder))
@@ -251,6 +263,16 @@ class HuggingFaceFiles:
         """Token ids of ``text`` without special tokens."""
         tok = self.tokenizer
         return [int(i) for i in tok(text, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def encode_document(self, text: str, max_length: int) -> list[int]:
+        """Token ids of ``text`` as the authors' reference code gets them: the
+        tokenizer's default special tokens (a Llama-style tokenizer adds its BOS, a
+        GPT-2-style one nothing), truncated to at most ``max_length`` ids, special
+        tokens included.  The reference tokenizes a padded batch; without its padding
+        each text's ids are the same."""
+        tok = self.tokenizer
+        ids = tok(text, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+        return [int(i) for i in ids]
 
     @property
     def bos_token_id(self) -> int | None:

@@ -128,15 +128,21 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
         raise BackendError(f"exporting to ONNX needs {', '.join(missing)}: {INSTALL_HINT}",
                            model=name)
 
+    from audit.backends.architectures import ARCHITECTURES
     from audit.backends.torch_backend import TorchBackend
 
     start = time.perf_counter()
     backend = TorchBackend(dataclasses.replace(model_spec, device="cpu", dtype="float32"), name)
-    base = backend.load()
+    arch = backend.info().architecture
+    entry = ARCHITECTURES.get(arch)
+    if entry is not None and entry.no_onnx:
+        raise BackendError(f"ONNX export does not support the {arch} architecture: "
+                           f"{entry.no_onnx}; audit it with backend: torch", model=name)
+    backend.load()
     num_layers = backend.info().num_layers
     with_logits = logits and backend.head is not None
     names = hidden_state_names(num_layers) + (["logits"] if with_logits else [])
-    graph = _graph_module(base, backend.head if with_logits else None, backend.logit_softcap)
+    graph = _graph_module(backend, backend.head if with_logits else None, backend.logit_softcap)
     ids = _validation_ids(backend)                                        # [2, 16]
     reference = _torch_outputs(graph, ids, names, name)
     if external_data is None:
@@ -167,21 +173,21 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
                         seconds_export, seconds_validate, with_logits)
 
 
-def _graph_module(base: Any, head: Any, softcap: float | None) -> Any:
+def _graph_module(backend: Any, head: Any, softcap: float | None) -> Any:
     """A torch module ``input_ids`` [b, t] -> (hidden state 0, …, hidden state L[,
-    logits]), each [b, t, ·]: what the ONNX graph computes."""
+    logits]), each [b, t, ·]: what the ONNX graph computes.  The hidden states are
+    the loaded ``backend``'s layers (:meth:`TorchBackend.layer_states`, the same hooks
+    as the PyTorch backend)."""
     import torch
 
     class HiddenStates(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.base = base
+            self.base = backend.load()
             self.head = head
 
         def forward(self, input_ids: Any) -> tuple[Any, ...]:
-            out = self.base(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                            output_hidden_states=True, use_cache=False, return_dict=True)
-            states = tuple(out.hidden_states)                             # L+1 × [b, t, d]
+            states = tuple(backend.layer_states(input_ids))               # L+1 × [b, t, d]
             if self.head is None:
                 return states
             scores = self.head(states[-1])                                # [b, t, V]

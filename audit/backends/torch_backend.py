@@ -23,7 +23,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.base import Forward
+from audit.backends.capture import Capture, LayerModules, layer_modules
 from audit.backends.hf_files import HuggingFaceFiles, import_transformers, quiet_loading, text_config
+from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class TorchBackend(HuggingFaceFiles):
         self._device: Any = None
         self.load_seconds: float | None = None
         """Seconds the weights took to load (None until loaded, or when given)."""
+        self._layers: LayerModules | None = None
+        self._mask = True
 
     def _resolve_device(self, torch: Any) -> Any:
         want = self.spec.device
@@ -96,6 +100,7 @@ class TorchBackend(HuggingFaceFiles):
             self._device = param.device if param is not None else torch.device("cpu")
             self._model = model
             self._full = self._given
+            self._find_layers()
             self._set_head(self._given if self._given is not model else None,
                            "the model handed over has no language-model head")
             return model
@@ -131,9 +136,38 @@ class TorchBackend(HuggingFaceFiles):
         self._device = device
         self._model = model
         self._full = full
+        self._find_layers()
         self._set_head(head if head is not model else None,
                        f"{str(self.path)!r} holds no language-model head weights")
         return model
+
+    def _find_layers(self) -> None:
+        """Find the modules whose tensors are the layers (the architecture table or
+        ``model.modules``), and whether the base model takes an attention mask."""
+        import inspect
+
+        info = self.info()
+        self._layers = layer_modules(self._full, self._model, info.architecture,
+                                     info.num_layers, self.spec.modules, name=self.name)
+        entry = ARCHITECTURES.get(info.architecture)
+        if entry is not None and self.spec.modules is None:
+            self._mask = entry.attention_mask
+        else:
+            self._mask = "attention_mask" in inspect.signature(self._model.forward).parameters
+
+    def layer_states(self, input_ids: Any) -> list[Any]:
+        """After :meth:`load`: equilaw's layers 0..L of the torch tensor ``input_ids``
+        [b, t], as torch tensors [b, t, d] in the model's dtype (the caller chooses the
+        grad mode).  Captured with hooks (:mod:`audit.backends.capture`), removed
+        before this returns."""
+        import torch
+
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+        if self._mask:
+            kwargs["attention_mask"] = torch.ones_like(input_ids)
+        with Capture(self._layers, name=self.name) as capture:
+            self._model(**kwargs)
+        return capture.states()
 
     @property
     def causal_lm(self) -> Any:
@@ -208,19 +242,12 @@ class TorchBackend(HuggingFaceFiles):
             raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
                                f"{ids.dtype} of shape {ids.shape}", model=self.name)
         info = self.info()
-        model = self.load()
+        self.load()
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
         with torch.inference_mode():
-            out = model(input_ids=tensor, attention_mask=torch.ones_like(tensor),
-                        output_hidden_states=True, use_cache=False, return_dict=True)
-            states = out.hidden_states
-            if states is None or len(states) != info.num_layers + 1:
-                got = "none" if states is None else len(states)
-                raise BackendError(f"the model returned {got} hidden states; its config "
-                                   f"promises {info.num_layers} layers, so "
-                                   f"{info.num_layers + 1} were expected", model=self.name)
+            states = self.layer_states(tensor)
             stacked = torch.stack(states).to(torch.float32).cpu().numpy()  # [L+1, b, t, d]
             if stacked.shape[-1] != info.width:
                 raise BackendError(f"hidden states have width {stacked.shape[-1]}, the config "

@@ -61,6 +61,9 @@ def fingerprint(report: Report) -> dict[str, Any]:
         "probe.length": probe.get("length"),
         "probe.seed": probe.get("seed"),
         "probe.shards": probe.get("shards"),
+        # Reports written before these keys existed measured windows, equilaw's way.
+        "probe.mode": probe.get("mode", "windows"),
+        "probe.permutation": probe.get("permutation", "equilaw"),
         "measure": report.measure,
         "normalization": report.normalization,
         "target": report.target,

@@ -189,8 +189,9 @@ class Report:
     """Things the reader should know that are not check failures (for example
     layers whose condition number limits PR's precision)."""
     probe: dict[str, Any] = field(default_factory=dict)
-    """``windows_sha256``: sha256 of the token windows; ``tokenizer``: its source,
-    class, vocabulary size and sha256, BOS id."""
+    """``mode``: ``windows`` or ``documents`` (``probe.mode``); ``windows_sha256``:
+    sha256 of the model input (the token windows, or the documents with their
+    lengths); ``tokenizer``: its source, class, vocabulary size and sha256, BOS id."""
     loss: LossSummary | None = None
     """The probe loss; None when switched off or the model has no head."""
     loss_note: str | None = None

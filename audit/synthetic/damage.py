@@ -18,7 +18,7 @@ mutant before applying the next to keep one copy alive.
 Where blocks and their parts live is one table, :data:`LAYOUTS`, keyed by
 transformers' ``config.model_type``; the final norm and whether the family's norms
 multiply by ``weight`` or ``1 + weight`` (Gemma) come from
-:data:`audit.backends.architectures.FINAL_NORMS`.
+:data:`audit.backends.architectures.ARCHITECTURES`.
 
 torch is imported inside the functions, so importing this module is cheap.
 """
@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
-from audit.backends.architectures import FINAL_NORMS
+from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
 
 NORM_ROLES = {
@@ -57,8 +57,6 @@ class Layout:
 
     architecture: str
     """transformers' ``config.model_type``."""
-    blocks: str
-    """The ``ModuleList`` of blocks in the base model (``model.base_model``)."""
     attention_out: str
     """The attention output projection (``nn.Linear``, or GPT-2's ``Conv1D``)."""
     mlp_out: str
@@ -69,15 +67,20 @@ class Layout:
     """The config attribute holding the number of blocks."""
 
     @property
+    def blocks(self) -> str:
+        """The ``ModuleList`` of blocks in the base model (``model.base_model``)."""
+        return ARCHITECTURES[self.architecture].blocks
+
+    @property
     def final_norm(self) -> str:
         """The final norm, an attribute of the base model."""
-        return FINAL_NORMS[self.architecture].module
+        return ARCHITECTURES[self.architecture].module
 
     @property
     def norm_offset(self) -> float:
         """0.0 where a norm multiplies by ``weight``, 1.0 where by ``1 + weight``
         (Gemma): the effective multiplier is ``norm_offset + weight``."""
-        return 1.0 - FINAL_NORMS[self.architecture].unit_weight
+        return 1.0 - ARCHITECTURES[self.architecture].unit_weight
 
     def norm(self, role: str) -> str:
         """The path of the block norm with ``role``; :class:`BackendError` listing this
@@ -89,17 +92,17 @@ class Layout:
                            f"{', '.join(name for name, _ in self.norms)}")
 
 
-_LLAMA_BLOCK = dict(blocks="layers", attention_out="self_attn.o_proj", mlp_out="mlp.down_proj",
+_LLAMA_BLOCK = dict(attention_out="self_attn.o_proj", mlp_out="mlp.down_proj",
                     norms=(("input", "input_layernorm"), ("pre_mlp", "post_attention_layernorm")),
                     depth_key="num_hidden_layers")
 _SANDWICH_BLOCK = dict(_LLAMA_BLOCK, norms=(
     ("input", "input_layernorm"), ("post_attention", "post_attention_layernorm"),
     ("pre_mlp", "pre_feedforward_layernorm"), ("post_mlp", "post_feedforward_layernorm")))
-_GPT2_BLOCK = dict(blocks="h", attention_out="attn.c_proj", mlp_out="mlp.c_proj",
+_GPT2_BLOCK = dict(attention_out="attn.c_proj", mlp_out="mlp.c_proj",
                    norms=(("input", "ln_1"), ("pre_mlp", "ln_2")), depth_key="n_layer")
 
 LAYOUTS: dict[str, Layout] = {arch: Layout(arch, **fields) for arch, fields in {
-    # model_type: blocks, attention / MLP output projections, norms (final norm: FINAL_NORMS)
+    # model_type: blocks, attention / MLP output projections, norms (final norm: ARCHITECTURES)
     "llama": _LLAMA_BLOCK,  # model.layers[k].self_attn.o_proj, .mlp.down_proj; model.norm
     "mistral": _LLAMA_BLOCK,
     "qwen2": _LLAMA_BLOCK,
@@ -111,7 +114,7 @@ LAYOUTS: dict[str, Layout] = {arch: Layout(arch, **fields) for arch, fields in {
     "gpt2": _GPT2_BLOCK,  # transformer.h[k].attn.c_proj, .mlp.c_proj (Conv1D); transformer.ln_f
 }.items()}
 """``config.model_type`` -> :class:`Layout`.  Every architecture here is also in
-``FINAL_NORMS``; Gemma's multimodal ``gemma3`` (blocks under ``language_model``) is
+``ARCHITECTURES``; Gemma's multimodal ``gemma3`` (blocks under ``language_model``) is
 not."""
 
 

@@ -23,25 +23,52 @@ TINY_WIDTH = 32
 """The shape of the session's shared tiny model (tests/conftest.py)."""
 
 
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
+            "gpt2", "gpt_neox", "phi", "mamba", "rwkv")
+"""Every ``config.model_type`` that :func:`config` builds: one per family equilaw
+supports (:data:`audit.backends.architectures.ARCHITECTURES`)."""
+
+
 def config(arch: str = "llama", layers: int = 4, hidden: int = 32, eps: float = 1e-5,
            vocab_size: int = VOCAB_SIZE) -> Any:
-    """A transformers config for ``arch`` (``llama``, ``gpt2``, ``gemma3_text``) with
-    ``layers`` blocks of width ``hidden`` (two attention heads)."""
+    """A transformers config for ``arch`` (one of :data:`FAMILIES`) with ``layers``
+    blocks of width ``hidden`` (two attention heads where there is attention; a
+    state size of 8 for Mamba, a feed-forward of 2 × ``hidden`` elsewhere)."""
     import transformers as tf
 
+    ids = dict(vocab_size=vocab_size, bos_token_id=BOS_ID, eos_token_id=2)
     if arch == "gpt2":
-        return tf.GPT2Config(n_layer=layers, n_embd=hidden, n_head=2, vocab_size=vocab_size,
-                             n_positions=256, layer_norm_epsilon=eps,
-                             bos_token_id=BOS_ID, eos_token_id=2)
-    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=2, num_key_value_heads=1, vocab_size=vocab_size,
-                  max_position_embeddings=256, rms_norm_eps=eps,
-                  bos_token_id=BOS_ID, eos_token_id=2, pad_token_id=0)
-    if arch == "llama":
-        return tf.LlamaConfig(**common)
+        return tf.GPT2Config(n_layer=layers, n_embd=hidden, n_head=2, n_positions=256,
+                             layer_norm_epsilon=eps, **ids)
+    if arch == "mamba":
+        return tf.MambaConfig(hidden_size=hidden, num_hidden_layers=layers, state_size=8,
+                              expand=2, conv_kernel=4, layer_norm_epsilon=eps,
+                              pad_token_id=0, **ids)
+    if arch == "rwkv":
+        return tf.RwkvConfig(hidden_size=hidden, num_hidden_layers=layers,
+                             attention_hidden_size=hidden, intermediate_size=2 * hidden,
+                             context_length=256, layer_norm_epsilon=eps, **ids)
+    shape = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                 num_attention_heads=2, max_position_embeddings=256, pad_token_id=0, **ids)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(**shape, layer_norm_eps=eps)
+    if arch == "phi":
+        return tf.PhiConfig(**shape, num_key_value_heads=2, layer_norm_eps=eps)
+    common = dict(shape, num_key_value_heads=1, rms_norm_eps=eps)
+    simple = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
+              "phi3": tf.Phi3Config}
+    if arch in simple:
+        return simple[arch](**common)
+    half = dict(common, head_dim=hidden // 2)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**half)
+    if arch == "gemma":
+        return tf.GemmaConfig(**half)
+    if arch == "gemma2":
+        return tf.Gemma2Config(**half, sliding_window=8)
     if arch == "gemma3_text":
-        return tf.Gemma3TextConfig(**common, head_dim=hidden // 2, sliding_window=8)
-    raise ValueError(f"no tiny config for {arch!r}: use llama, gpt2 or gemma3_text")
+        return tf.Gemma3TextConfig(**half, sliding_window=8)
+    raise ValueError(f"no tiny config for {arch!r}: use one of {', '.join(FAMILIES)}")
 
 
 def causal_lm(cfg: Any, seed: int = 0) -> Any:

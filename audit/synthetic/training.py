@@ -100,12 +100,12 @@ DEFAULT_HELD_OUT: tuple[ProbeSpec, ...] = (ProbeSpec(),)
 
 @dataclass(frozen=True)
 class Recipe:
-    """The defaults of :func:`train_tiny` for one architecture: a training of under
+    """The defaults of :func:`train_tiny` for one architecture: a training of about
     a minute on one CPU thread after which a 6-block byte-level model follows the
     law on seed after seed (module docstring, "Measured here")."""
 
     hidden: int
-    """Width of the blocks (two attention heads)."""
+    """Width of the blocks (two attention heads where the family has attention)."""
     steps: int
     """Optimizer steps."""
     batch_size: int
@@ -114,7 +114,10 @@ class Recipe:
     """Tokens per window, BOS included.  A probe with longer windows reads
     positions the model never trained on: measured harmless for Llama's rotary
     positions at twice the length (the default probe's 128 tokens), fatal for
-    learnt ones (GPT-2's position embeddings beyond ``length`` stay random)."""
+    learnt ones (GPT-2's position embeddings beyond ``length`` stay random).  Mamba
+    and RWKV have no positions; Mamba trains on 32 tokens because the backward pass
+    of transformers' reference scan (its CPU path) costs the square of the length,
+    and measured fine at 64 and 128."""
     learning_rate: float = 3e-3
     """Peak learning rate (AdamW)."""
     warmup_steps: int = 20
@@ -125,6 +128,9 @@ RECIPES: dict[str, Recipe] = {
     "llama": Recipe(hidden=128, steps=200, batch_size=32, length=64),
     "gemma3_text": Recipe(hidden=128, steps=200, batch_size=32, length=64),
     "gpt2": Recipe(hidden=64, steps=400, batch_size=16, length=128),
+    "gpt_neox": Recipe(hidden=128, steps=200, batch_size=32, length=64),
+    "mamba": Recipe(hidden=64, steps=200, batch_size=16, length=32),
+    "rwkv": Recipe(hidden=64, steps=200, batch_size=16, length=64),
 }
 """Per architecture: the defaults of :func:`train_tiny` (see :class:`Recipe`)."""
 
@@ -200,11 +206,11 @@ def train_tiny(run_dir: str | Path, *, arch: str = "llama", layers: int = 6,
     """Train a tiny causal LM on ``corpus`` and save checkpoints under ``run_dir``.
 
     Every argument left at None takes its value from ``RECIPES[arch]`` (for a given
-    ``model``: the recipe of its ``config.model_type``, or Llama's when there is
+    ``model``: the recipe of its ``config.model_type``; Llama's for a family that has
     none): see :class:`Recipe` for what each default is and why.
 
     Model: ``model`` (any transformers causal LM, trained in place) or, when None, a
-    random-weight ``arch`` (``llama``, ``gpt2``, ``gemma3_text``) with ``layers``
+    random-weight ``arch`` (one of :data:`audit.synthetic.tiny.FAMILIES`) with ``layers``
     blocks of width ``hidden`` from :func:`audit.synthetic.tiny.config`, built with
     ``seed`` and with every dropout probability of its config set to ``dropout``.
     ``tokenizer`` defaults to :func:`audit.synthetic.tiny.byte_tokenizer`; its BOS
@@ -248,6 +254,10 @@ def train_tiny(run_dir: str | Path, *, arch: str = "llama", layers: int = 6,
         if probe.corpus != corpus:
             raise ValueError(f"held-out probe reads corpus {probe.corpus!r} but training "
                              f"reads {corpus!r}: a held-out probe must name the training corpus")
+        if probe.mode != "windows":
+            raise ValueError(f"a held-out probe must use mode: windows, not {probe.mode!r}: "
+                             "training draws windows from the corpus stream, and only a "
+                             "windows probe's text can be cut out of it")
     save_at = _save_steps(save_steps, steps, save_initial)
     run_dir = Path(run_dir)
 
