@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 __all__ = ["run", "__version__"]
 
 
-def run(spec, model=None, progress=None, backend=None):
+def run(spec, model=None, progress=None, backend=None, cache=True):
     """Audit one spec without pytest and return its report: see
     :func:`audit.pipeline.run` (imported on first call, keeping ``import audit``
     light)."""
     from audit.pipeline import run as _run
 
-    return _run(spec, model=model, progress=progress, backend=backend)
+    return _run(spec, model=model, progress=progress, backend=backend, cache=cache)

@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     traj.add_argument("--reports", metavar="DIR", default="reports",
                       help="where <name>.trajectory.json goes (default: reports)")
     traj.set_defaults(func=trajectory)
+    dist = verbs.add_parser(
+        "distributed", help="audit a spec across processes or machines (under torchrun)",
+        description="Run under torchrun: every rank measures its share of the probe's "
+                    "jackknife shards, rank 0 merges the statistics, judges SPEC's thresholds, "
+                    "writes REPORTS/<name>.json and prints the verdict (exit status 1 when it "
+                    "fails).  Without torchrun it runs in this process alone.")
+    dist.add_argument("spec", metavar="SPEC", help="the spec file")
+    dist.add_argument("--reports", metavar="DIR", default="reports",
+                      help="where rank 0 writes <name>.json (default: reports)")
+    dist.set_defaults(func=distributed)
     return parser
 
 
@@ -288,3 +298,20 @@ def _write_atomic(path: Path, text: str) -> None:
         write_text_atomic(path, text)
     except OSError as exc:
         raise EquilawError(f"cannot write spec {path}: {exc}") from exc
+
+
+def distributed(args: argparse.Namespace) -> int:
+    """The ``distributed`` verb: this rank's share of one audit; rank 0 reports."""
+    from audit.distributed import run
+    from audit.report.json_report import write_json
+    from audit.spec import load_spec
+
+    spec = load_spec(args.spec)
+    report = run(spec)
+    if report is None:  # not rank 0: its sums went to rank 0
+        return 0
+    path = write_json(report, args.reports)
+    law = report.law
+    print(f"{spec.name}: {report.verdict.upper()}, r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, "
+          f"rho {law.rho:.5f} ± {law.rho_se:.2g}; report written: {path}")
+    return 0 if report.verdict == "pass" else 1

@@ -5,8 +5,10 @@
   which tokens);
 - :func:`judge`: measurement → law fit → checks → :class:`~audit.report.data.Report`.
 
-:func:`run` is both.  Comparisons (baselines, merges) judge two measurements'
-reports against each other and never re-run a model (``audit.compare``).
+:func:`measure` is :func:`collect` through the statistics cache
+(:mod:`audit.cache`); :func:`run` is :func:`judge` of :func:`measure`.  Comparisons
+(baselines, merges) judge two measurements' reports against each other and never
+re-run a model (``audit.compare``).
 """
 
 from __future__ import annotations
@@ -87,21 +89,64 @@ class Measurement:
 
 
 def run(spec: Spec, model: Any = None, progress: Progress | None = None,
-        backend: Any = None) -> Report:
-    """Audit ``spec`` and return its report: :func:`judge` of :func:`collect`.
+        backend: Any = None, cache: Any = True) -> Report:
+    """Audit ``spec`` and return its report: :func:`judge` of :func:`measure`.
 
     ``model`` may be an already loaded torch model (the tokenizer still comes from
     ``spec.model.path``); ``backend`` an already opened backend (it wins over
-    ``model``).  Raises :class:`~audit.errors.EquilawError` subclasses on bad input.
+    ``model``); ``cache`` as :func:`measure` takes it (``False`` turns the
+    statistics cache off).  Raises :class:`~audit.errors.EquilawError` subclasses
+    on bad input.
     """
-    return judge(collect(spec, model=model, progress=progress, backend=backend))
+    return judge(measure(spec, model=model, progress=progress, backend=backend, cache=cache))
+
+
+def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
+            backend: Any = None, cache: Any = True) -> Measurement:
+    """:func:`collect`, through the statistics cache: an entry for the same inputs
+    (:meth:`audit.cache.StatsCache.key_inputs`) gives the measurement without
+    loading weights or tokenizing; otherwise :func:`collect` runs and its
+    measurement is stored.  ``cache``: ``True`` the default folder
+    (:func:`audit.cache.default_folder`; off when ``EQUILAW_NO_CACHE`` is set),
+    ``False`` off, a folder, or an :class:`audit.cache.StatsCache`.  A model
+    handed over in memory (``model``, or a backend made from one) is never cached:
+    it has no file identity, and hashing its state dict costs about as much as
+    re-judging should.  Spec rules that need the model's depth are checked first,
+    as :func:`collect` does."""
+    from audit.cache import open_cache
+
+    store = open_cache(cache)
+    if store is None or model is not None:
+        return collect(spec, model=model, progress=progress, backend=backend)
+    if backend is None:
+        from audit.backends import open_backend
+
+        backend = open_backend(spec)
+    check_against_model(spec, backend.info().num_layers)
+    key = store.key(spec, backend)
+    if key is None:
+        return collect(spec, progress=progress, backend=backend)
+    parts = store.load(key)
+    if parts is not None:
+        loss = parts.pop("loss")
+        if loss is not None:
+            loss = ProbeLoss(mean=loss["mean"], stderr=loss["stderr"],
+                             leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
+        return Measurement(spec=spec, loss=loss, **parts)
+    measurement = collect(spec, progress=progress, backend=backend)
+    store.store(key, measurement)
+    return measurement
 
 
 def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
-            backend: Any = None) -> Measurement:
+            backend: Any = None, part: Any = None) -> Measurement | None:
     """Run the model over the probe's sequences (windows or documents,
     :mod:`audit.probe`) and accumulate the statistics (and the probe loss).  Spec
-    rules that need the model's depth are checked before any weight is loaded."""
+    rules that need the model's depth are checked before any weight is loaded.
+
+    ``part`` (an :class:`audit.distributed.Part`) runs only this process's share
+    of the sequences and merges every rank's sums on rank 0, which returns the
+    measurement; other ranks return None."""
     if backend is None:
         from audit.backends import open_backend
 
@@ -128,7 +173,12 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
         progress.start(spec.name, probe.tokens)
     try:
         for batch in probe.batches(spec.probe.batch_size):
-            ids = batch.ids                                                # [b, t]
+            ids, shard_of = batch.ids, batch.shards                        # [b, t], [b]
+            if part is not None:                                           # this rank's rows
+                mine = part.owns(shard_of)
+                if not mine.any():
+                    continue
+                ids, shard_of = ids[mine], shard_of[mine]
             t0 = time.perf_counter()
             out = backend.forward(ids, loss=want_loss)
             hidden = out.hidden                                            # [L+1, b, t, d]
@@ -138,7 +188,6 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
             features_at, targets_at = example_slices(ids.shape[1], spec.target)
             feats = hidden[:, :, features_at, :]                           # [L+1, b, m, d]
             targets = ids[:, targets_at]                                   # [b, m]
-            shard_of = batch.shards                                        # non-decreasing
             if out.token_nll is not None:                                  # [b, t-1]
                 np.add.at(loss_sum, shard_of, out.token_nll.sum(axis=1))
                 np.add.at(loss_count, shard_of, out.token_nll.shape[1])
@@ -155,6 +204,11 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
         if progress is not None:
             progress.stop()
 
+    if part is not None:
+        merged = part.reduce(stats, loss_sum, loss_count)
+        if merged is None:
+            return None
+        stats, loss_sum, loss_count = merged
     t_fit = time.perf_counter()
     pr = stats.residuals(spec.measure)
     shard_ids = stats.filled_shards

@@ -12,6 +12,12 @@ the drift against the baseline and the parents).  They are collected from
 ``audit/test_models.py`` only, so ``pytest tests/`` never audits a model, while
 ``pytest audit/`` and ``pytest --pyargs audit`` do.
 
+Under pytest-xdist (``pytest audit/ -n 2``) the plugin replaces xdist's default
+``--dist load`` scheduling by one that keeps the items of a spec, and of the other
+backends of the same spec, on one worker (a merge's parents are audited inside the
+merged spec's report), so each model is audited once; the workers send their
+reports to the controller, which prints them as a serial run does.
+
 JUnit XML (``--junitxml``) gets test properties: on ``law-fit``
 ``equilaw.pearson_r``, ``equilaw.rho``, ``equilaw.probe_loss`` and
 ``equilaw.violating_layers``; on each comparison item
@@ -25,6 +31,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,15 +60,59 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--audit-baselines", metavar="DIR", default=None,
                     help="folder of baselines (default: baselines/ beside each spec file; ini: "
                          "audit_baselines)")
+    group.addoption("--audit-cache", metavar="DIR", default=None,
+                    help="folder of the statistics cache (default: $EQUILAW_CACHE_DIR, else "
+                         "$XDG_CACHE_HOME/equilaw or ~/.cache/equilaw; ini: audit_cache)")
+    group.addoption("--audit-no-cache", action="store_true", default=False,
+                    help="measure every spec, reading and writing no statistics cache (ini: "
+                         "audit_no_cache; environment: EQUILAW_NO_CACHE=1)")
+    group.addoption("--audit-clear-cache", action="store_true", default=False,
+                    help="delete the statistics cache's entries before the run")
     parser.addini("audit_baselines", default="", help="folder of baselines")
+    parser.addini("audit_cache", default="", help="folder of the statistics cache")
+    parser.addini("audit_no_cache", type="bool", default=False,
+                  help="turn the statistics cache off")
     parser.addini("audit_specs", type="paths", default=[],
                   help="spec files or folders to audit (default: model_specs/)")
     parser.addini("audit_reports", default="reports", help="folder for JSON reports")
     parser.addini("audit_progress", default="auto", help="auto | on | off")
 
 
+_WORKER_REPORTS = "equilaw_reports"
+"""The key of ``config.workeroutput`` under which an xdist worker sends its reports."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's default ``--dist load`` sends items anywhere, so every worker would
+    audit every model.  Instead, schedule by spec group: all items of a spec (and of
+    the other backends of the same spec file, which need its report for parity) go
+    to one worker, and other tests by module, as ``--dist loadscope`` does.  Other
+    ``--dist`` modes are left to xdist.  (xdist's own ``loadgroup`` cannot be used:
+    it renames node ids in a way pytest 9 ignores.)"""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    session = config.stash[_SESSION_KEY]
+    try:
+        group_of = {spec.name: spec.group or spec.name for spec in session.specs()}
+    except EquilawError:
+        return None  # the collection reports the spec error
+
+    class SpecScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("::")
+            if len(parts) >= 3 and parts[-2] in group_of:
+                return f"equilaw::{group_of[parts[-2]]}"
+            return super()._split_scope(nodeid)
+
+    return SpecScheduling(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from audit.session import AuditSession, default_spec_paths
+
 
     rootdir = Path(str(config.rootpath))
     cli = [Path(config.invocation_params.dir) / p for p in config.getoption("audit_spec")]
@@ -92,7 +143,46 @@ def pytest_configure(config: pytest.Config) -> None:
         skip_missing_models=not named and not strict_environment(),
         baselines_dir=baselines,
         update_baselines=config.getoption("audit_update_baseline"),
+        cache=_stats_cache(config, rootdir),
     )
+
+
+def _stats_cache(config: pytest.Config, rootdir: Path):
+    """The session's statistics cache, or False; emptied first with
+    ``--audit-clear-cache`` (by the controller only, under xdist).  A folder named
+    on the command line turns the cache on whatever the environment or ini say."""
+    from audit.cache import CacheError, StatsCache, default_folder, off_by_environment
+
+    cli = config.getoption("audit_cache")
+    ini = config.getini("audit_cache")
+    folder = (Path(config.invocation_params.dir) / cli if cli
+              else rootdir / ini if ini else default_folder())
+    store = StatsCache(folder)
+    if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
+        try:
+            store.clear()
+        except CacheError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    off = config.getoption("audit_no_cache") or (
+        not cli and (off_by_environment() or config.getini("audit_no_cache")))
+    # The converted-checkpoint cache (audit/backends/converted.py) reads the
+    # environment: give it the same folder and switch for this run.
+    saved = {name: os.environ.get(name) for name in ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE")}
+    config.stash[_SAVED_ENV_KEY] = saved
+    os.environ["EQUILAW_CACHE_DIR"] = str(folder)
+    os.environ["EQUILAW_NO_CACHE"] = "1" if off else "0"
+    return False if off else store
+
+
+_SAVED_ENV_KEY = pytest.StashKey[dict]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, value in config.stash.get(_SAVED_ENV_KEY, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _progress(config: pytest.Config, interactive: bool):
@@ -287,16 +377,48 @@ class SpecItem(pytest.Item):
         return self.path, None, f"{self.spec.name}::{self.name}"
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: send this worker's reports, and the report files it
+    wrote, to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    audit = session.config.stash.get(_SESSION_KEY, None)
+    if output is None or audit is None:
+        return
+    output[_WORKER_REPORTS] = {"reports": [report.to_dict() for report in audit.reports],
+                               "written": [str(path) for path in audit.written]}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """On the xdist controller: keep a finished worker's reports for the summary."""
+    sent = getattr(node, "workeroutput", {}).get(_WORKER_REPORTS)
+    if not sent:
+        return
+    from audit.report.data import Report
+
+    received = node.config.stash.setdefault(_RECEIVED_KEY, ([], []))
+    received[0].extend(Report.from_dict(data) for data in sent["reports"])
+    received[1].extend(Path(path) for path in sent["written"])
+
+
+_RECEIVED_KEY = pytest.StashKey[tuple]()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
-    if session is None or not session.reports:
+    if session is None:
+        return
+    reports, written = config.stash.get(_RECEIVED_KEY, ([], []))
+    reports = sorted(reports, key=lambda r: r.name) + session.reports
+    written = sorted(written) + session.written
+    if not reports:
         return
     from rich.console import Console
 
     from audit.report.terminal import render
 
     terminalreporter.section("equilaw reports")
-    for report in session.reports:
+    for report in reports:
         buffer = io.StringIO()
         # The layer table needs about 120 columns; narrower, rich truncates every cell.
         console = Console(file=buffer, force_terminal=terminalreporter.hasmarkup,
@@ -304,5 +426,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                           color_system="standard" if terminalreporter.hasmarkup else None)
         render(report, console)
         terminalreporter.write(buffer.getvalue())
-    for path in session.written:
+    for path in written:
         terminalreporter.write_line(f"report written: {os.path.relpath(path)}")
+    _cache_summary(terminalreporter, session.cache)
+
+
+def _cache_summary(terminalreporter, cache) -> None:
+    """One line on what the statistics cache did in this process (under xdist the
+    workers' caches did the work, and the controller says nothing)."""
+    if not cache or not (cache.hits or cache.stored or cache.recomputed
+                         or cache.cleared is not None):
+        return
+    parts = [f"{len(cache.hits)} loaded", f"{len(cache.stored)} stored"]
+    if cache.recomputed:
+        parts.append(f"{len(cache.recomputed)} unreadable and recomputed")
+    if cache.cleared is not None:
+        parts.append(f"{cache.cleared} files cleared first")
+    terminalreporter.write_line(f"statistics cache {cache.folder}: {', '.join(parts)}")

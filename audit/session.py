@@ -68,6 +68,9 @@ class AuditSession:
     """Where baselines are; None: ``baselines/`` beside each spec file."""
     update_baselines: bool = False
     """Write each audited spec's report as its baseline instead of comparing."""
+    cache: Any = True
+    """The statistics cache (:func:`audit.pipeline.measure`): True the default
+    folder, False none, or an :class:`audit.cache.StatsCache`."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
@@ -188,11 +191,12 @@ class AuditSession:
             return None
 
     def _measure(self, spec: Spec) -> Report:
-        from audit.pipeline import collect, judge
+        from audit.pipeline import judge, measure
 
         progress = self.progress_factory() if self.progress_factory else None
         try:
-            return judge(collect(spec, backend=self.backend(spec), progress=progress))
+            return judge(measure(spec, backend=self.backend(spec), progress=progress,
+                                 cache=self.cache))
         finally:
             # The report holds every number the items need: free the model.
             self._backends.pop(spec.name, None)

@@ -79,6 +79,9 @@ class ModelSpec:
     """Overrides the final-norm description for ``init_norm``."""
     modules: ModuleOverride | None = None
     """Overrides where the blocks, the final norm and layer 0 are."""
+    device_map: str | None = None
+    """``auto``: spread the model over every device (transformers' ``device_map``),
+    for a model larger than one device; None runs it whole on ``device``."""
 
 
 @dataclass(frozen=True)
@@ -774,6 +777,12 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("model.norm.eps", "number", _number(gt=0),
          "The norm's epsilon.",
          "model:\n  path: ./custom-model\n  norm: {kind: rms, eps: 1.0e-6}", "> 0"),
+    _key("model.device_map", "string or null", _nullable(_choice(("auto",))),
+         "`auto` spreads a model too large for one device over every device transformers "
+         "sees (GPUs first, then the CPU; needs the accelerate package), instead of running "
+         "it whole on `model.device`. The hidden states come back to the CPU either way.",
+         "model:\n  path: ../checkpoints/llama-70b\n  device_map: auto\n  dtype: bfloat16",
+         "`auto`"),
     _key("model.modules", "mapping or null", _nullable(_section("model.modules")),
          "Where the layers of a model whose architecture equilaw does not know come from "
          "(not a merge's layer map, which is `merge.layer_map`): dotted module paths from "

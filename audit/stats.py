@@ -4,8 +4,8 @@
 ``shards`` independent parts, so that
 
 * memory does not grow with the number of tokens: ``token_id`` keeps
-  shards × layers × (d+1)² float64 values (plus vectors of length d; ``"qr"``:
-  (d+2)²); the
+  shards × layers × d² float64 values (plus vectors of length d; ``"qr"``:
+  (d+2)²), or with ``storage="spill"`` layers × d² (below); the
   class-based measures add, per shard and layer, d values per distinct target;
 * two accumulators merge exactly (``a + b``), for extraction split over
   processes or machines;
@@ -69,6 +69,28 @@ float32's noise floor truncates directions that real hidden states have: on
 SmolLM2 it moved PR by up to 1.4e-3 (layers 0, 1, 30) away from the reference's
 least squares, and sent most solves of Gemma-3 to the eigendecomposition.
 
+Storage.  Every shard's Gram matrices in memory cost shards × layers × d² × 8
+bytes: 45 GiB for a 7B model (d = 4096, 33 hidden states) at the default 10
+shards.  ``storage="spill"`` (``"gram"`` only) keeps in memory only the shard
+being fed and writes each closed shard's matrices to a temporary folder (upper
+triangles, float64, exact); results then go layer by layer, each layer's total
+read and summed one shard at a time and each left-out scatter formed as the
+total minus one shard.  Memory: layers × d² × 8 bytes (4.1 GiB at the 7B shape)
+plus about 8 × d² × 8 bytes while results are computed (and, as always, the
+caller's batch and a float64 copy of one of its layers); disk: layers ×
+d(d+1)/2 × 8 bytes per closed shard and once more for the cached totals (22 GiB
+at the 7B shape).  Shards should be fed in contiguous blocks (``audit.probe``
+assigns windows so): each switch to a shard fed before reads it back.  Results
+are those of the in-memory storage bit for bit (same sums, same order); merges
+of accumulators fed around different shifts agree to rounding.  The folder
+(``spill_dir``, default the system's temporary folder, which follows
+``TMPDIR``) is removed by :meth:`LayerStats.close`, at the end of a ``with``
+block, when the statistics are garbage-collected, or at interpreter exit.
+``storage="auto"`` (default) spills when the in-memory Gram matrices would
+exceed :data:`AUTO_SPILL_BYTES`, 4 GiB (at 10 shards: from about 1B parameters
+up, e.g. d = 2048 with 17 hidden states, 5.3 GiB; SmolLM2-135M needs 0.8 GiB),
+with ``"gram"`` and more than one shard; ``"memory"`` never spills.
+
 Layers are indexed as in ``hidden_states``: 0 is the embedding output.
 
 Modules.  This one is the facade: it checks inputs, holds the settings and asks
@@ -80,15 +102,23 @@ come from the project's one jackknife (:func:`audit.jackknife.jackknife_se`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from audit.accumulators import ACCUMULATORS, METHODS, Accumulator
+from audit.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator
 from audit.errors import StatsError
 from audit.jackknife import jackknife_se
 from audit.law import log10_or_nan
 from audit.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
+
+
+STORAGES = ("auto", "memory", "spill")
+"""Where the shards' Gram matrices are kept: see the module docstring."""
+AUTO_SPILL_BYTES = 4 * 2**30
+"""``storage="auto"`` spills when shards × layers × d² × 8 bytes exceed this."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +144,18 @@ class LayerStats:
     error about κ × 1e-16); see the module docstring.  ``permutation``: how
     ``shuffled_token_id`` permutes the ids, ``"equilaw"`` (default) or
     ``"reference"`` (the authors' construction, seed 0..2³²−1); see the module
-    docstring.  Shapes (layers, d) come from the first :meth:`update`.
+    docstring.  ``storage``: where the shards' Gram matrices are kept,
+    ``"auto"`` (default: on disk above :data:`AUTO_SPILL_BYTES`), ``"memory"``
+    or ``"spill"`` (``method="gram"`` only; memory layers × d² × 8 bytes instead
+    of shards × layers × d² × 8); ``spill_dir``: an existing folder in which the
+    spill's temporary folder is made (default: the system's temporary folder);
+    see the module docstring.  :meth:`close` (or a ``with`` block) removes the
+    spill folder at once.  Shapes (layers, d) come from the first :meth:`update`.
     """
 
     def __init__(self, measures=("token_id",), shards: int = 10, shuffle_seed: int = 0,
-                 method: str = "gram", permutation: str = "equilaw") -> None:
+                 method: str = "gram", permutation: str = "equilaw", storage: str = "auto",
+                 spill_dir: str | os.PathLike | None = None) -> None:
         if isinstance(measures, str):
             measures = (measures,)
         measures = tuple(measures)
@@ -138,11 +175,25 @@ class LayerStats:
         if permutation == "reference" and not 0 <= shuffle_seed < 2**32:
             raise StatsError(f"permutation 'reference' seeds numpy.random.RandomState, which "
                              f"needs 0 <= shuffle_seed < 2**32, got {shuffle_seed!r}")
+        if storage not in STORAGES:
+            raise StatsError(f"unknown storage {storage!r}; valid storages: {', '.join(STORAGES)}")
+        if storage == "spill" and method not in SPILLED:
+            raise StatsError(f"storage 'spill' needs method {' or '.join(map(repr, SPILLED))}: "
+                             f"method {method!r} keeps every shard in memory")
+        if spill_dir is not None:
+            if storage == "memory":
+                raise StatsError("spill_dir is used only with storage 'spill' or 'auto', "
+                                 "not 'memory'")
+            if not isinstance(spill_dir, (str, os.PathLike)) or not Path(spill_dir).is_dir():
+                raise StatsError(f"spill_dir must be an existing folder, got {spill_dir!r}")
         self._measures = tuple(m for m in MEASURES if m in measures)  # canonical order
         self._shards = int(shards)
         self._seed = int(shuffle_seed)
         self._method = str(method)
         self._permutation = str(permutation)
+        self._storage = str(storage)
+        self._spill_dir = spill_dir
+        self._closed = False
         self._spectra_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._token = "token_id" in self._measures
         self._classed = bool(CLASS_MEASURES & set(self._measures))
@@ -174,6 +225,26 @@ class LayerStats:
     def permutation(self) -> str:
         """How ``shuffled_token_id`` permutes the ids: ``"equilaw"`` or ``"reference"``."""
         return self._permutation
+
+    @property
+    def storage(self) -> str:
+        """Where the Gram matrices are kept, as asked: ``"auto"``, ``"memory"`` or
+        ``"spill"`` (:attr:`spilled` says what ``"auto"`` chose)."""
+        return self._storage
+
+    @property
+    def spilled(self) -> bool:
+        """Whether closed shards go to disk (known from the first example on;
+        False before)."""
+        return self._acc is not None and self._acc.storage == "spill"
+
+    @property
+    def spill_folder(self) -> Path | None:
+        """The temporary folder holding spilled shards, None while there is none
+        (in memory, before the first shard is closed, after :meth:`close`)."""
+        if not self.spilled or self._acc.folder.path is None or self._closed:
+            return None
+        return self._acc.folder.path
 
     @property
     def count(self) -> int:
@@ -233,6 +304,7 @@ class LayerStats:
             raise StatsError(f"targets must be a 1-d integer array [n], got shape {y.shape}")
         if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
             raise StatsError(f"targets must be integers, got dtype {y.dtype}")
+        self._check_open()
         layers, d = x.shape[0], x.shape[-1]
         n = y.shape[0] if x.ndim > 3 else x.shape[1]
         example_axes = tuple(range(1, x.ndim - 1))
@@ -260,14 +332,45 @@ class LayerStats:
             raise StatsError("features contain NaN or infinite values", layer=int(np.argmax(bad)))
 
         if self._acc is None:
-            self._acc = ACCUMULATORS[self._method](
+            cls, options = self._accumulator_class(layers, d)
+            self._acc = cls(
                 self._shards, layers, d, x.mean(axis=example_axes, dtype=np.float64),
-                float(np.rint(y.mean())), target=self._token, classed=self._classed)
+                float(np.rint(y.mean())), target=self._token, classed=self._classed, **options)
         # Float32 features are exact in float64 and their Grams are formed in
         # float64 too; only the rank cutoff remembers that they were rounded.
         self._input_eps = max(self._input_eps, float(np.finfo(x.dtype).eps))
         self._acc.add(int(shard), x, y)
         self._spectra_cache = None
+
+    def _accumulator_class(self, layers: int, width: int) -> tuple[type[Accumulator], dict]:
+        """The accumulator class for these settings and shapes, and its options."""
+        spill = self._storage == "spill" or (
+            self._storage == "auto" and self._method in SPILLED and self._shards > 1
+            and self._shards * layers * width * width * 8 > AUTO_SPILL_BYTES)
+        if spill:
+            return SPILLED[self._method], {"spill_dir": self._spill_dir}
+        return ACCUMULATORS[self._method], {}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StatsError("these statistics were closed: close() released their sums "
+                             "(and removed their spill folder)")
+
+    def close(self) -> None:
+        """Release the sums now: the spill folder and its files are removed (they
+        are anyway when the statistics are garbage-collected or the interpreter
+        exits).  Every later use raises :class:`StatsError`."""
+        if self._acc is not None:
+            self._acc.close()
+        self._acc = None
+        self._spectra_cache = None
+        self._closed = True
+
+    def __enter__(self) -> "LayerStats":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ---------------------------------------------------------------------- merge
     def merge(self, other: "LayerStats") -> "LayerStats":
@@ -277,10 +380,15 @@ class LayerStats:
         method, and (when both hold examples) the same layers and width;
         otherwise :class:`StatsError` says which differs.  Sums taken around
         different shifts are converted exactly (in exact arithmetic): see
-        :meth:`audit.accumulators.Accumulator.rebased`.
+        :meth:`audit.accumulators.Accumulator.rebased`.  The result keeps its
+        Gram matrices as this one's settings say (``storage``, ``spill_dir``),
+        whatever ``other``'s; spilled sums are copied and merged one shard and
+        layer at a time.
         """
         if not isinstance(other, LayerStats):
             raise StatsError(f"cannot merge LayerStats with {type(other).__name__}")
+        self._check_open()
+        other._check_open()
         for what, a, b in (("measures", self._measures, other._measures),
                            ("shards", self._shards, other._shards),
                            ("shuffle_seed", self._seed, other._seed),
@@ -295,12 +403,23 @@ class LayerStats:
                     raise StatsError(
                         f"cannot merge accumulators with different {what}: {a!r} vs {b!r}")
         if other._acc is None:
-            return LayerStats.from_arrays(self.to_arrays())
+            return self._copy(self)
         if self._acc is None:
-            return LayerStats.from_arrays(other.to_arrays())
-        out = LayerStats.from_arrays(self.to_arrays())
+            return self._copy(other)
+        out = self._copy(self)
         out._input_eps = max(self._input_eps, other._input_eps)
         out._acc.merge(other._acc)
+        return out
+
+    def _copy(self, source: "LayerStats") -> "LayerStats":
+        """New statistics with this one's settings holding a copy of ``source``'s
+        sums (and the precision of its inputs)."""
+        out = LayerStats(self._measures, self._shards, self._seed, self._method,
+                         self._permutation, self._storage, self._spill_dir)
+        out._input_eps = source._input_eps
+        if source._acc is not None:
+            cls, options = out._accumulator_class(source.layers, source.width)
+            out._acc = source._acc.copy(cls, **options)
         return out
 
     def __add__(self, other: "LayerStats") -> "LayerStats":
@@ -310,6 +429,7 @@ class LayerStats:
 
     # -------------------------------------------------------------------- results
     def _require(self, measure: str) -> None:
+        self._check_open()
         _check_measure_name(measure)
         if measure not in self._measures:
             raise StatsError(f"measure {measure!r} was not requested; this accumulator keeps "
@@ -400,6 +520,7 @@ class LayerStats:
         return self._spectra()[1]
 
     def _spectra(self) -> tuple[np.ndarray, np.ndarray]:
+        self._check_open()
         if self.count == 0:
             raise StatsError("no examples: call update() before asking for results")
         if self._spectra_cache is None:
@@ -419,7 +540,11 @@ class LayerStats:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The whole state as plain numpy arrays (no object arrays), so
         ``np.savez`` / ``np.load(allow_pickle=False)`` round-trip it exactly.
-        Classes are written in sorted order."""
+        Classes are written in sorted order.  Spilled statistics are read back
+        into one array here (``sxx``, shards × layers × d² float64 values: the
+        memory that spilling saves), so that the arrays are the same whatever
+        the storage; ``storage`` itself is not written."""
+        self._check_open()
         d = {
             "measures": np.array(self._measures, dtype="<U32"),
             "shards": np.array(self._shards, dtype=np.int64),
@@ -436,23 +561,28 @@ class LayerStats:
         return d
 
     @classmethod
-    def from_arrays(cls, arrays) -> "LayerStats":
+    def from_arrays(cls, arrays, storage: str = "auto",
+                    spill_dir: str | os.PathLike | None = None) -> "LayerStats":
         """Rebuild an accumulator from :meth:`to_arrays` output (a dict or an
-        ``np.load`` result).  Arrays written before ``method`` or ``permutation``
-        existed hold Gram sums and the ``"equilaw"`` permutation."""
+        ``np.load`` result), keeping its Gram matrices as ``storage`` and
+        ``spill_dir`` say (as for the constructor).  Arrays written before
+        ``method`` or ``permutation`` existed hold Gram sums and the
+        ``"equilaw"`` permutation."""
         try:
             a = {k: np.asarray(arrays[k]) for k in arrays}
             method = str(a["method"]) if "method" in a else "gram"
             permutation = str(a["permutation"]) if "permutation" in a else "equilaw"
             out = cls(measures=tuple(str(m) for m in a["measures"]),
                       shards=int(a["shards"]), shuffle_seed=int(a["shuffle_seed"]),
-                      method=method, permutation=permutation)
+                      method=method, permutation=permutation, storage=storage,
+                      spill_dir=spill_dir)
             n = a["n"]
             if "input_eps" in a:  # older arrays: float64's
                 out._input_eps = float(a["input_eps"])
             if "sx" in a:
-                out._acc = ACCUMULATORS[method].from_arrays(
-                    a, out._shards, target=out._token, classed=out._classed)
+                acc_cls, options = out._accumulator_class(*a["sx"].shape[1:])
+                out._acc = acc_cls.from_arrays(
+                    a, out._shards, target=out._token, classed=out._classed, **options)
             elif n.any():
                 raise ValueError(f"they count {int(n.sum())} examples but hold no sums")
         except KeyError as exc:
@@ -463,9 +593,12 @@ class LayerStats:
 
     def __repr__(self) -> str:
         permutation = "" if self._permutation == "equilaw" else f", permutation={self._permutation!r}"
+        storage = "" if self._storage == "auto" else f", storage={self._storage!r}"
+        spilled = ", spilled" if self.spilled else ""
+        closed = ", closed" if self._closed else ""
         return (f"LayerStats(measures={self._measures!r}, shards={self._shards}, "
-                f"method={self._method!r}{permutation}, count={self.count}, "
-                f"layers={self.layers}, width={self.width})")
+                f"method={self._method!r}{permutation}{storage}, count={self.count}, "
+                f"layers={self.layers}, width={self.width}{spilled}{closed})")
 
 
 _ONE_TARGET = ("only one distinct target value: the target's total sum of squares "

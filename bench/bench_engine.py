@@ -19,6 +19,16 @@ chunk by chunk from seeded generators, so both sides see identical values.
 * single layer: sklearn against a centred float64 Gram plus Cholesky on one
   layer's 50,000 × 576 features, the comparison behind the issue's estimate.
 
+``--memory-7b`` runs instead the memory check of a 7B shape: the same kind of
+features with 33 hidden states of width 4096 (``--tokens-7b``, default 20,000
+tokens, in batches of 1,024), fed to ``LayerStats(("token_id",), shards=10)``
+(default storage: at this size it spills closed shards to disk), then
+``residuals`` and ``stderr``; and, on the 31 × 576 features above (20,000
+tokens, 10 shards), the largest relative differences of PR and of its standard
+errors between ``storage="spill"`` and ``storage="memory"``.  It writes
+``engine.memory_gib_7b``, ``engine.seconds_memory_7b`` and ``engine.memory_7b``
+(details), which the full run keeps.
+
 Each side runs in its own subprocess.  Time: wall time of the statistics work
 only (feature generation is excluded on both sides).  Memory: the subprocess's
 peak resident set size (``getrusage`` ru_maxrss, the kernel's high-water mark)
@@ -26,7 +36,8 @@ minus its resident size just before the work starts, so it counts the features
 the reference keeps and the chunks the engine receives.
 
 Writes its figures under ``"engine"`` in bench/results.json (read, modify, write).
-Usage: ``python bench/bench_engine.py [--quick] [--threads N]``.
+Usage: ``python bench/bench_engine.py [--quick] [--threads N]``, or
+``python bench/bench_engine.py --memory-7b [--tokens-7b N] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -44,31 +55,35 @@ import numpy as np
 
 # CHUNK: one forward batch of the default probe (8 windows of 128 tokens).
 LAYERS, WIDTH, VOCAB, CHUNK = 31, 576, 5000, 1024
+LAYERS_7B, WIDTH_7B = 33, 4096  # hidden states and width of a 7B model (Llama-2-7B, Mistral-7B)
 RESULTS = Path(__file__).with_name("results.json")
+KEYS_7B = ("memory_gib_7b", "seconds_memory_7b", "memory_7b")
+"""Keys of ``engine`` written by ``--memory-7b``, which the full run keeps."""
 
 
-def _model(seed: int = 0):
+def _model(seed: int = 0, layers: int = LAYERS, width: int = WIDTH):
     """Fixed 'model': token ids, their Zipf probabilities, embeddings [VOCAB, 32]
-    and per-layer projections [LAYERS, 32, WIDTH]."""
+    and per-layer projections [layers, 32, width]."""
     rng = np.random.default_rng(seed)
     ids = rng.permutation(49152)[:VOCAB]
     p = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
     emb = rng.standard_normal((VOCAB, 32)).astype(np.float32)
-    proj = rng.standard_normal((LAYERS, 32, WIDTH)).astype(np.float32)
-    proj *= np.linspace(0.2, 1.0, LAYERS, dtype=np.float32)[:, None, None] / np.sqrt(32)
+    proj = rng.standard_normal((layers, 32, width)).astype(np.float32)
+    proj *= np.linspace(0.2, 1.0, layers, dtype=np.float32)[:, None, None] / np.sqrt(32)
     return ids, p / p.sum(), emb, proj
 
 
 def chunk(model, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk ``index`` of ``n`` tokens: float32 features [LAYERS, n, WIDTH] and
-    int64 targets [n]."""
+    """Chunk ``index`` of ``n`` tokens: float32 features [layers, n, width] (the
+    model's shape) and int64 targets [n]."""
     ids, p, emb, proj = model
+    layers, _, width = proj.shape
     rng = np.random.default_rng([1, index])
     tok = rng.choice(VOCAB, size=n, p=p)
-    x = np.empty((LAYERS, n, WIDTH), dtype=np.float32)
-    for layer in range(LAYERS):
+    x = np.empty((layers, n, width), dtype=np.float32)
+    for layer in range(layers):
         x[layer] = emb[tok] @ proj[layer]
-        x[layer] += rng.standard_normal((n, WIDTH), dtype=np.float32)
+        x[layer] += rng.standard_normal((n, width), dtype=np.float32)
     x[:, :, :2] = x[:, :, :2] * 50.0 + 20.0  # outlier dimensions
     return x, ids[tok].astype(np.int64)
 
@@ -129,6 +144,76 @@ def worker_engine(tokens: int, shards: int, method: str = "gram") -> dict:
         stats.stderr("token_id")
     seconds += time.perf_counter() - start
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": pr.tolist()}
+
+
+def worker_memory_7b(tokens: int, shards: int, layers: int = LAYERS_7B,
+                     width: int = WIDTH_7B) -> dict:
+    """The engine at a 7B shape with the default storage, shards in contiguous
+    blocks of batches (as audit.pipeline feeds them), then PR and its standard
+    errors.  Peak memory is measured while feeding and overall."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from audit.stats import LayerStats
+
+    model = _model(layers=layers, width=width)
+    base = _rss()
+    start_all = time.perf_counter()
+    stats = LayerStats(("token_id",), shards=shards)
+    seconds_update = 0.0
+    spill_bytes = 0
+    chunks = _chunks(tokens)
+    for index, n in chunks:
+        x, y = chunk(model, index, n)
+        start = time.perf_counter()
+        stats.update(x, y, shard=index * shards // len(chunks))
+        seconds_update += time.perf_counter() - start
+        del x, y
+        spill_bytes = max(spill_bytes, _folder_bytes(stats.spill_folder))
+    peak_feeding = _peak() - base
+    start = time.perf_counter()
+    pr = stats.residuals("token_id")
+    se = stats.stderr("token_id")
+    seconds_results = time.perf_counter() - start
+    spill_bytes = max(spill_bytes, _folder_bytes(stats.spill_folder))
+    result = {"seconds": seconds_update + seconds_results, "seconds_update": seconds_update,
+              "seconds_results": seconds_results, "peak_bytes": _peak() - base,
+              "peak_bytes_feeding": peak_feeding, "spill_bytes": spill_bytes,
+              "spilled": stats.spilled, "storage": stats.storage,
+              "pr": pr.tolist(), "stderr": se.pr.tolist()}
+    stats.close()
+    result["wall_seconds"] = time.perf_counter() - start_all
+    return result
+
+
+def _folder_bytes(folder: Path | None) -> int:
+    return 0 if folder is None else sum(f.stat().st_size for f in folder.iterdir())
+
+
+def worker_spill_equality(tokens: int, shards: int) -> dict:
+    """The same chunks of the 31 × 576 features fed to ``storage="memory"`` and
+    ``storage="spill"``: the largest relative differences of PR and of its
+    standard errors (of PR and of log10 PR)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from audit.stats import LayerStats
+
+    model = _model()
+    both = {storage: LayerStats(("token_id",), shards=shards, storage=storage)
+            for storage in ("memory", "spill")}
+    chunks = _chunks(tokens)
+    for index, n in chunks:
+        x, y = chunk(model, index, n)
+        for stats in both.values():
+            stats.update(x, y, shard=index * shards // len(chunks))
+    values = {storage: (stats.residuals("token_id"), stats.stderr("token_id"))
+              for storage, stats in both.items()}
+    (pr_m, se_m), (pr_s, se_s) = values["memory"], values["spill"]
+
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.max(np.abs(a - b) / np.abs(b)))
+
+    return {"seconds": 0.0, "peak_bytes": 0, "pr": [],
+            "max_rel_diff_pr": rel(pr_s, pr_m), "max_rel_diff_stderr": rel(se_s.pr, se_m.pr),
+            "max_rel_diff_stderr_log10": rel(se_s.log10_pr, se_m.log10_pr),
+            "spilled": both["spill"].spilled}
 
 
 def worker_floor(tokens: int, dtype: str = "float64") -> dict:
@@ -199,12 +284,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads for both sides (default: the library's own); "
                              "1 keeps timings stable on a machine shared with other work")
+    parser.add_argument("--memory-7b", action="store_true",
+                        help="only the memory check at a 7B shape (33 × 4096, 10 shards) and "
+                             "the spill/memory equality check; writes engine.memory_gib_7b")
+    parser.add_argument("--tokens-7b", type=int, default=20_000,
+                        help="tokens of the 7B-shape run (default 20,000)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, tokens, *rest = args.worker
         if kind == "reference":
             result = worker_reference(int(tokens))
+        elif kind == "memory7b":
+            result = worker_memory_7b(int(tokens), *map(int, rest))
+        elif kind == "equality":
+            result = worker_spill_equality(int(tokens), int(rest[0]))
         elif kind == "floor":
             result = worker_floor(int(tokens), *rest)
         elif kind == "single":
@@ -214,6 +308,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.memory_7b:
+        memory_7b(args.tokens_7b, args.threads)
+        return
     tokens = 5_000 if args.quick else 50_000
     print(f"{LAYERS} hidden states × {WIDTH} wide, {tokens} tokens, float32, "
           f"{os.cpu_count()} cores, BLAS threads: {args.threads or 'default'}")
@@ -299,9 +396,71 @@ def main() -> None:
           f"{figures['memory_ratio']:.1f}×, max relative PR difference {diff:.2e}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.quick:
-        results["engine"] = figures
+        kept = {key: value for key, value in results.get("engine", {}).items() if key in KEYS_7B}
+        results["engine"] = {**figures, **kept}
     else:
         results.setdefault("engine", {})["quick"] = figures
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def memory_7b(tokens: int, threads: int | None) -> None:
+    """The 7B-shape memory run and the equality check; writes their keys of
+    ``engine`` (read, modify, write: the other keys stay)."""
+    shards = 10
+    print(f"{LAYERS_7B} hidden states × {WIDTH_7B} wide, {tokens} tokens, float32, {shards} "
+          f"shards, {os.cpu_count()} cores, BLAS threads: {threads or 'default'}")
+    load_before = os.getloadavg()[0]
+    equal = _run("equality", "20000", str(shards), threads=threads)
+    print(f"31 × 576, 20,000 tokens, spill against memory: PR {equal['max_rel_diff_pr']:.1e}, "
+          f"standard errors {equal['max_rel_diff_stderr']:.1e} "
+          f"(of log10 PR: {equal['max_rel_diff_stderr_log10']:.1e}) largest relative differences")
+    run = _run("memory7b", str(tokens), str(shards), threads=threads)
+    load_after = os.getloadavg()[0]
+    gib = 2.0**30
+    batch_bytes = LAYERS_7B * CHUNK * WIDTH_7B * 4
+    details = {
+        "tokens": tokens,
+        "layers": LAYERS_7B,
+        "width": WIDTH_7B,
+        "shards": shards,
+        "batch_tokens": CHUNK,
+        "storage": run["storage"],
+        "spilled": run["spilled"],
+        "peak_gib": run["peak_bytes"] / gib,
+        "peak_gib_while_feeding": run["peak_bytes_feeding"] / gib,
+        # what the peak is made of: the open shard's Gram matrices and the caller's batch
+        "open_shard_gib": LAYERS_7B * WIDTH_7B**2 * 8 / gib,
+        "batch_gib": batch_bytes / gib,
+        "in_memory_gib": shards * LAYERS_7B * WIDTH_7B**2 * 8 / gib,
+        "spill_gib_on_disk": run["spill_bytes"] / gib,
+        "seconds_update": run["seconds_update"],
+        "seconds_results": run["seconds_results"],
+        "wall_seconds": run["wall_seconds"],
+        "pr_first_last": [run["pr"][0], run["pr"][-1]],
+        "stderr_first_last": [run["stderr"][0], run["stderr"][-1]],
+        "equality_smollm2_shape": {
+            "tokens": 20_000, "layers": LAYERS, "width": WIDTH, "shards": shards,
+            "max_rel_diff_pr": equal["max_rel_diff_pr"],
+            "max_rel_diff_stderr": equal["max_rel_diff_stderr"],
+            "max_rel_diff_stderr_log10": equal["max_rel_diff_stderr_log10"],
+        },
+        "cores": os.cpu_count(),
+        "blas_threads": threads or "default",
+        "load_average": [load_before, load_after],
+        "memory_method": "peak RSS (getrusage ru_maxrss) minus RSS before the work, "
+                         "one subprocess; features generated inside it (counted)",
+        "time_method": "wall time of update, residuals and stderr; feature generation excluded",
+    }
+    print(f"peak {details['peak_gib']:.2f} GiB ({details['peak_gib_while_feeding']:.2f} while "
+          f"feeding; in memory the Grams alone would take {details['in_memory_gib']:.1f} GiB), "
+          f"{details['spill_gib_on_disk']:.1f} GiB on disk, {run['seconds']:.0f} s "
+          f"(update {run['seconds_update']:.0f} s, results {run['seconds_results']:.0f} s)")
+    print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    engine = results.setdefault("engine", {})
+    engine["memory_gib_7b"] = details["peak_gib"]
+    engine["seconds_memory_7b"] = run["seconds"]
+    engine["memory_7b"] = details
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 

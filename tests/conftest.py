@@ -31,6 +31,34 @@ settings.load_profile(
 
 pytest_plugins = ["pytester", "trained_fixtures"]
 
+_CACHE_ENV = ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE")
+_saved_cache_env: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The statistics cache (audit.cache) is off in the test suite, so that each test
+    measures what it asserts, and its folder is a fresh temporary one, never the
+    user's; subprocesses and inner pytest runs inherit both.  tests/test_cache.py
+    turns it on, in folders of its own."""
+    import tempfile
+
+    _saved_cache_env.update((name, os.environ.get(name)) for name in _CACHE_ENV)
+    os.environ["EQUILAW_CACHE_DIR"] = tempfile.mkdtemp(prefix="equilaw-cache-")
+    os.environ["EQUILAW_NO_CACHE"] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    folder = os.environ.get("EQUILAW_CACHE_DIR")
+    if folder and _saved_cache_env:
+        shutil.rmtree(folder, ignore_errors=True)
+    for name, value in _saved_cache_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 from tiny_models import TINY_LAYERS, TINY_WIDTH
 
 

@@ -248,3 +248,33 @@ def test_two_backends_give_items_reports_and_a_parity_item_each(
     # the terminal shows both reports
     assert out.count("tiny-p.torch") >= 2 and "report written: " in out
     assert inner.loads() == ["tiny-p.torch", "tiny-q.torch"]  # one torch load per spec
+
+
+# Counts loads per xdist worker (each worker is its own process).
+WORKER_LOAD_COUNTER = LOAD_COUNTER.replace(
+    'with open("loads.json", "w") as f:',
+    'import os\n    with open(f"loads-{os.environ.get(\'PYTEST_XDIST_WORKER\', \'main\')}.json", "w") as f:')
+
+
+def test_xdist_keeps_each_spec_on_one_worker_and_prints_every_report(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    """``-n 2``: each spec's items run on one worker, each model is loaded once in
+    the whole run, and the controller prints every worker's report."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(loadcount=WORKER_LOAD_COUNTER)
+    specs = [write_spec(pytester.path, name, tiny_model_dir, GENEROUS)
+             for name in ("tiny-a", "tiny-b", "tiny-c")]
+    args = [arg for spec in specs for arg in ("--audit-spec", str(spec))]
+    result = inner("-n", "2", *args, ITEMS)
+    result.assert_outcomes(passed=3 * (2 + TINY_LAYERS), skipped=3 * 2)
+    # A worker that runs any item of a spec loads its model: one load per spec in
+    # the whole run means every spec's items ran on one worker.
+    loads = {path.stem: json.loads(path.read_text())
+             for path in pytester.path.glob("loads-gw*.json")}
+    assert sorted(loads) == ["loads-gw0", "loads-gw1"]
+    assert sorted(name for names in loads.values() for name in names) == \
+        ["tiny-a", "tiny-b", "tiny-c"]
+    result.stdout.fnmatch_lines(["*equilaw reports*"])
+    for name in ("tiny-a", "tiny-b", "tiny-c"):
+        result.stdout.fnmatch_lines([f"*{name}  PASS*"])
+        result.stdout.fnmatch_lines([f"report written: *{name}.json"])

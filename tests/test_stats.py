@@ -781,3 +781,221 @@ def test_float32_rounding_noise_in_an_empty_direction_is_not_rank(offset, method
     empty32 = LayerStats(shards=1, method=method)
     empty32.update(h[None, :10], y[:10])
     assert (as64 + empty32).rank()[0] == d - 1
+
+
+# -------------------------------------------------------------------- storage
+def _fed_pair(tmp_path, measures=ALL, shards=4, order=None, dtype=np.float64, seed=3):
+    """The same batches fed to in-memory and spilled statistics: 8 batches of 40
+    examples, two per shard, shards in contiguous blocks unless ``order`` gives
+    each batch's shard."""
+    rng = np.random.default_rng(seed)
+    x, y = make_data(rng, 3, 320, 5, 7, mean=10.0)
+    x = x.astype(dtype)
+    order = [i * shards // 8 for i in range(8)] if order is None else order
+    memory = LayerStats(measures, shards=shards, storage="memory")
+    spill = LayerStats(measures, shards=shards, storage="spill", spill_dir=tmp_path)
+    for i, shard in enumerate(order):
+        for stats in (memory, spill):
+            stats.update(x[:, 40 * i:40 * (i + 1)], y[40 * i:40 * (i + 1)], shard=shard)
+    return memory, spill
+
+
+def _assert_same_results(a: LayerStats, b: LayerStats, rtol: float = 1e-12) -> None:
+    for measure in a.measures:
+        np.testing.assert_allclose(b.residuals(measure), a.residuals(measure), rtol=rtol)
+        np.testing.assert_allclose(b.leave_one_out(measure), a.leave_one_out(measure), rtol=rtol)
+        for got, want in zip(vars(b.stderr(measure)).values(), vars(a.stderr(measure)).values()):
+            np.testing.assert_allclose(got, want, rtol=rtol)
+    assert b.rank().tolist() == a.rank().tolist()
+    np.testing.assert_allclose(b.condition(), a.condition(), rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", [None, [2, 0, 1, 2, 0, 3, 1, 3]], ids=["contiguous", "interleaved"])
+def test_spilled_equals_in_memory(tmp_path, order, dtype):
+    """Spilled statistics give the in-memory results (bit for bit: the same sums in
+    the same order; asserted to 1e-12), with the shards fed in contiguous blocks
+    or interleaved (closed shards read back in); closed shards are on disk."""
+    memory, spill = _fed_pair(tmp_path, order=order, dtype=dtype)
+    assert spill.spilled and not memory.spilled and spill.storage == "spill"
+    files = {f.name for f in spill.spill_folder.iterdir()}
+    assert {"owner", "shard0-layer0.f64", "shard2-layer2.f64"} <= files
+    if order is None:  # the last shard, fed last, stays open: in memory only
+        assert "shard3-layer0.f64" not in files
+    _assert_same_results(memory, spill)
+    for key, value in memory.to_arrays().items():  # materialised: the same arrays
+        np.testing.assert_array_equal(spill.to_arrays()[key], value, err_msg=key)
+    spill.close()
+
+
+def test_spilled_results_follow_later_updates_and_cached_totals(tmp_path):
+    """Totals cached in the folder are dropped by the next update or merge."""
+    memory, spill = _fed_pair(tmp_path, measures=("token_id",))
+    spill.residuals("token_id")
+    assert (spill.spill_folder / "total-layer1.f64").exists()
+    rng = np.random.default_rng(8)
+    x, y = make_data(rng, 3, 30, 5, 7)
+    for stats in (memory, spill):
+        stats.update(x, y, shard=1)  # reopens a closed shard
+    assert not (spill.spill_folder / "total-layer1.f64").exists()
+    _assert_same_results(memory, spill)
+
+
+@pytest.mark.parametrize("first", ["memory", "spill"])
+@pytest.mark.parametrize("second", ["memory", "spill"])
+def test_spilled_merge(tmp_path, first, second):
+    """Merges of any storages, around different shifts, equal the in-memory merge
+    (to 1e-12: a spilled rebase keeps upper triangles only), keep the left
+    operand's storage and leave both operands as they were."""
+    a = _fed_pair(tmp_path, seed=1)[first == "spill"]
+    b = _fed_pair(tmp_path, seed=2)[second == "spill"]
+    ref = _fed_pair(tmp_path, seed=1)[0] + _fed_pair(tmp_path, seed=2)[0]
+    before = a.residuals("one_hot")
+    merged = a + b
+    assert merged.spilled == (first == "spill") and merged.count == a.count + b.count
+    _assert_same_results(ref, merged)
+    np.testing.assert_array_equal(a.residuals("one_hot"), before)
+    empty = LayerStats(ALL, shards=4, storage="spill", spill_dir=tmp_path)
+    _assert_same_results(a, a + empty)
+    _assert_same_results(a, empty + a)
+    assert (empty + a).spilled
+
+
+def test_spilled_serialisation(tmp_path):
+    """to_arrays of spilled statistics (materialised) round-trips through an npz into
+    either storage; from_arrays spills the shards holding examples."""
+    memory, spill = _fed_pair(tmp_path / "..", order=[0, 0, 2, 2, 0, 0, 2, 2])
+    path = tmp_path / "stats.npz"
+    np.savez(path, **spill.to_arrays())
+    assert "storage" not in spill.to_arrays()
+    for storage in ("memory", "spill"):
+        with np.load(path, allow_pickle=False) as loaded:
+            back = LayerStats.from_arrays(
+                loaded, storage=storage, spill_dir=tmp_path if storage == "spill" else None)
+        assert back.spilled == (storage == "spill") and back.filled_shards == (0, 2)
+        _assert_same_results(memory, back)
+        if storage == "spill":
+            names = {f.name for f in back.spill_folder.iterdir()}
+            assert "shard2-layer0.f64" in names and "shard1-layer0.f64" not in names
+        back.close()
+
+
+def _spill_folders(parent) -> list:
+    return sorted(p.name for p in parent.glob("equilaw-spill-*"))
+
+
+def test_spill_folder_is_removed(tmp_path):
+    """close(), the end of a with block, garbage collection (also after an
+    exception raised mid-way), interpreter exit, and the next spill after a
+    killed process remove the folder; closed statistics refuse to be used."""
+    import gc
+    import subprocess
+    import sys
+
+    _, spill = _fed_pair(tmp_path)
+    assert len(_spill_folders(tmp_path)) == 1
+    spill.close()
+    assert _spill_folders(tmp_path) == [] and spill.spill_folder is None
+    message = "these statistics were closed: close() released their sums (and removed their spill folder)"
+    for call in (lambda: spill.residuals("token_id"), spill.rank, spill.to_arrays,
+                 lambda: spill + spill, lambda: spill.update(np.zeros((3, 2, 5)), np.arange(2))):
+        _raises(message, call)
+    assert "closed" in repr(spill)
+
+    with _fed_pair(tmp_path)[1] as spill:
+        assert len(_spill_folders(tmp_path)) == 1
+    assert _spill_folders(tmp_path) == []
+
+    def fails_mid_way():
+        spill = _fed_pair(tmp_path)[1]
+        spill.residuals("token_id")
+        assert len(_spill_folders(tmp_path)) == 1
+        raise RuntimeError("the forward pass failed")
+
+    try:
+        fails_mid_way()
+    except RuntimeError:
+        pass
+    gc.collect()
+    assert _spill_folders(tmp_path) == []
+
+    code = ("import numpy as np; from audit.stats import LayerStats; "
+            f"s = LayerStats(shards=2, storage='spill', spill_dir={str(tmp_path)!r}); "
+            "s.update(np.random.default_rng(0).normal(size=(2, 9, 3)), np.arange(9), shard=0); "
+            "s.update(np.random.default_rng(1).normal(size=(2, 9, 3)), np.arange(9), shard=1); "
+            "print(s.spill_folder, flush=True); {kill}")
+    out = subprocess.run([sys.executable, "-c", code.format(kill="raise SystemExit(3)")],
+                         capture_output=True, text=True)
+    assert out.returncode == 3 and out.stdout.strip() and _spill_folders(tmp_path) == []
+    out = subprocess.run([sys.executable, "-c", code.format(
+        kill="import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
+        capture_output=True, text=True)
+    assert out.returncode == -9 and _spill_folders(tmp_path) != []  # nothing ran
+    _, spill = _fed_pair(tmp_path)  # the next spill folder made there removes it
+    assert _spill_folders(tmp_path) == [spill.spill_folder.name]
+    foreign = tmp_path / "equilaw-spill-foreign"  # another host's: left alone
+    foreign.mkdir()
+    (foreign / "owner").write_text("some-other-host 1\n")
+    _fed_pair(tmp_path)
+    assert foreign.exists()
+
+
+def test_spill_write_failure_leaves_statistics_unchanged(tmp_path):
+    """A closed shard that cannot be written (here: a folder in the way) raises a
+    StatsError naming the file; the shard stays open and nothing is added."""
+    memory, spill = _fed_pair(tmp_path, shards=3, order=[0, 0, 0, 1, 1, 1, 1, 1])
+    blocker = spill.spill_folder / "shard1-layer2.f64"
+    blocker.mkdir()
+    rng = np.random.default_rng(4)
+    x, y = make_data(rng, 3, 30, 5, 7)
+    with pytest.raises(StatsError) as err:
+        spill.update(x, y, shard=2)
+    assert str(err.value).startswith(f"cannot write the spilled statistics to {str(blocker)!r}: ")
+    assert str(err.value).endswith("; free space there or choose another spill_dir")
+    assert spill.count == memory.count
+    _assert_same_results(memory, spill)
+    blocker.rmdir()
+    for stats in (memory, spill):
+        stats.update(x, y, shard=2)
+    _assert_same_results(memory, spill)
+
+
+def test_storage_options_are_validated(tmp_path, monkeypatch):
+    _raises("unknown storage 'disk'; valid storages: auto, memory, spill",
+            LayerStats, storage="disk")
+    _raises("storage 'spill' needs method 'gram': method 'qr' keeps every shard in memory",
+            LayerStats, method="qr", storage="spill")
+    _raises("spill_dir is used only with storage 'spill' or 'auto', not 'memory'",
+            LayerStats, storage="memory", spill_dir=tmp_path)
+    _raises(f"spill_dir must be an existing folder, got {str(tmp_path / 'nope')!r}",
+            LayerStats, spill_dir=str(tmp_path / "nope"))
+    _raises("spill_dir must be an existing folder, got 3", LayerStats, spill_dir=3)
+    assert LayerStats().storage == "auto" and not LayerStats().spilled
+    monkeypatch.setattr("audit.accumulators.shutil.disk_usage",
+                        lambda path: type("usage", (), {"free": 479})())
+    spill = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
+    x = np.random.default_rng(0).normal(size=(2, 20, 5))
+    spill.update(x[:, :10], np.arange(10), shard=0)
+    # 2 shards × 2 layers × 5·6/2 values × 8 bytes = 480 bytes
+    _raises(f"the spill folder's disk ({str(tmp_path)!r}) has 479 bytes free, but the spilled "
+            "statistics need up to 480 bytes: free space there or choose spill_dir (or TMPDIR) "
+            "on a larger disk", spill.update, x[:, 10:], np.arange(10), shard=1)
+    assert spill.count == 10 and _spill_folders(tmp_path) == []
+
+
+def test_auto_storage_spills_above_the_threshold(tmp_path, monkeypatch):
+    """``auto`` keeps small statistics in memory and spills ``gram`` with more than
+    one shard once shards × layers × d² × 8 bytes exceed AUTO_SPILL_BYTES."""
+    x, y = make_data(np.random.default_rng(0), 3, 40, 5, 4)
+
+    def fed(**kwargs):
+        stats = LayerStats(spill_dir=tmp_path, **kwargs)
+        stats.update(x, y, shard=0)
+        return stats
+
+    assert not fed(shards=2).spilled  # 2 × 3 × 25 × 8 = 1200 bytes
+    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1199)
+    assert fed(shards=2).spilled and "spilled" in repr(fed(shards=2))
+    assert not fed(shards=1).spilled and not fed(shards=2, method="qr").spilled
+    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1200)
+    assert not fed(shards=2).spilled

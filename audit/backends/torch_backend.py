@@ -46,6 +46,24 @@ def _headless(model: Any) -> Any:
     return model
 
 
+def _save_dequantised(model: Any, folder: Any) -> None:
+    """Write a model loaded from GGUF as ``config.json`` and ``model.safetensors``
+    (transformers' ``save_pretrained`` refuses GGUF-loaded models).  The config
+    drops the GGUF quantisation record: the tensors are already dequantised.
+    Tensors that share memory (tied embeddings) are written once; loading re-ties
+    them as the config says."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_model
+
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    Path(folder, "config.json").write_text(json.dumps(config, indent=1, sort_keys=True),
+                                           encoding="utf-8")
+    save_model(model, str(Path(folder, "model.safetensors")), metadata={"format": "pt"})
+
+
 class TorchBackend(HuggingFaceFiles):
     """Hidden states of a transformers model (see the module docstring).
 
@@ -107,6 +125,8 @@ class TorchBackend(HuggingFaceFiles):
         device = self._resolve_device(torch)
         kw: dict[str, Any] = {"local_files_only": True, "dtype": getattr(torch, self.spec.dtype),
                               "output_loading_info": True, **self._remote_code()}
+        if self.spec.device_map is not None:
+            kw["device_map"] = self.spec.device_map  # spread over devices: no .to() below
         start = time.perf_counter()
         try:
             with quiet_loading(tf):
@@ -127,9 +147,11 @@ class TorchBackend(HuggingFaceFiles):
             raise BackendError(f"{len(missing)} weights were not found in {str(self.path)!r} "
                                f"and would be random: {', '.join(missing[:5])}{more}",
                                model=self.name)
-        full = model.to(device).eval()
+        full = (model if self.spec.device_map is not None else model.to(device)).eval()
         model = _headless(full)
         embedding = model.get_input_embeddings()
+        if self.spec.device_map is not None and embedding is not None:
+            device = embedding.weight.device  # the input goes where the embedding is
         if embedding is not None and getattr(embedding, "weight", None) is not None:
             self.check_embedding_rows(int(embedding.weight.shape[0]), repr(str(self.path)))
         self.load_seconds = time.perf_counter() - start
@@ -213,8 +235,16 @@ class TorchBackend(HuggingFaceFiles):
             if importlib.util.find_spec("gguf") is None:
                 raise BackendError("reading a GGUF file needs the gguf package: "
                                    "pip install gguf==0.19.0", model=self.name)
-            return self._auto_class(tf).from_pretrained(
+            entry = self._converted(self.spec.dtype)
+            folder = entry.path("model") if entry is not None else None
+            if folder is not None:  # dequantised before: read the safetensors
+                return self._auto_class(tf).from_pretrained(str(folder), use_safetensors=True,
+                                                            **kw)
+            model, loading = self._auto_class(tf).from_pretrained(
                 str(self.path.parent), gguf_file=self.path.name, **kw)
+            if entry is not None:
+                entry.store("model", lambda folder: _save_dequantised(model, folder))
+            return model, loading
         self._safetensors_files(self.path)
         return self._auto_class(tf).from_pretrained(str(self.path), use_safetensors=True, **kw)
 
@@ -248,7 +278,10 @@ class TorchBackend(HuggingFaceFiles):
         tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
         with torch.inference_mode():
             states = self.layer_states(tensor)
-            stacked = torch.stack(states).to(torch.float32).cpu().numpy()  # [L+1, b, t, d]
+            if self.spec.device_map is None:  # one device: one stack, one copy
+                stacked = torch.stack(states).to(torch.float32).cpu().numpy()  # [L+1, b, t, d]
+            else:  # layers on several devices
+                stacked = torch.stack([s.to(torch.float32).cpu() for s in states]).numpy()
             if stacked.shape[-1] != info.width:
                 raise BackendError(f"hidden states have width {stacked.shape[-1]}, the config "
                                    f"says {info.width}", model=self.name)
@@ -269,5 +302,5 @@ class TorchBackend(HuggingFaceFiles):
             if self._softcap is not None:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
             out[row] = torch.nn.functional.cross_entropy(
-                logits, ids[row, 1:], reduction="none").to(torch.float64).cpu()
+                logits, ids[row, 1:].to(logits.device), reduction="none").to(torch.float64).cpu()
         return out.numpy()

@@ -1,7 +1,7 @@
 """Train a tiny causal language model on a probe corpus, saving Trainer-style checkpoints.
 
 The law of equi-learning is absent at initialisation and appears during pre-training
-(He & Su 2024).  :func:`train_tiny` reproduces that in under a minute on one CPU
+(He & Su 2024).  :func:`train_tiny` reproduces that in about a minute on one CPU
 thread, so that tests and examples can audit a model that really learnt, and the
 checkpoints a real training run leaves behind, without downloading anything.
 
@@ -30,11 +30,11 @@ What it does, in order:
 Training text and probe text: only the windows of the ``held_out`` probes are
 kept out (by default the default probe's; the test fixtures add theirs).  A probe
 with another seed or length reads text the model trained on: with the recipes
-below the model sees each corpus token about 0.7 (Llama) or 1.5 (GPT-2) times.  A
-model this small cannot memorise it (its loss stays near 2 nats per byte or
-above), and the law is about how predictability grows with depth, not about its
-level, so for these synthetic checks the overlap is acceptable; hold the probe out
-when it is not.
+below the model sees each corpus token about 0.7 (Llama, GPT-NeoX), 1.5 (GPT-2),
+0.2 (Mamba) or 0.4 (RWKV) times.  A model this small cannot memorise it (its loss
+stays near 2 nats per byte or above), and the law is about how predictability grows
+with depth, not about its level, so for these synthetic checks the overlap is
+acceptable; hold the probe out when it is not.
 
 Reproducibility: on CPU, the same arguments, torch version and thread count give
 bit-identical weights and losses (the tests check two runs against each other).  A
@@ -52,17 +52,36 @@ arch         recipe (:data:`RECIPES`)         train  step 0: r, rho  end: r, rho
 llama        width 128, 200 steps x 32 x 64   43 s   +0.973, 1.0072  -0.977, 0.9698  -0.992
 gpt2         width 64, 400 steps x 16 x 128   49 s   +0.495, 1.0003  -0.974, 0.9843  -0.988
 gemma3_text  as llama                         53 s   +0.954, 1.0088  -0.976, 0.9519  -0.970
+gpt_neox     as llama                         45 s   -0.116, 0.9998  -0.997, 0.9630  -0.992
+mamba        width 64, 200 steps x 16 x 32    54 s   +0.982, 1.0082  -0.972, 0.9500  -0.955
+rwkv         width 64, 200 steps x 16 x 64    52 s   +0.512, 1.0046  -0.979, 0.9663  -0.990
 ===========  ===============================  =====  ==============  ==============  =======
 
-At initialisation PR rises with depth (Llama, Gemma-3) or is flat (GPT-2: 0.9125 to
-0.9156 over the six blocks, so its r means nothing).  Other seeds and recipes tried:
-the Llama recipe in 300-step runs, seeds 0-3, gave r between -0.978 and -0.994 at
-steps 200 and 300; at width 64 r wandered between -0.87 and -0.99 from seed to seed
-and step to step, and 16 windows of 128 tokens instead of 32 of 64 gave -0.92 to
--0.98.  GPT-2 learns later (its positions are learnt from scratch): width 64 reached
--0.95 to -0.99 after 400-600 steps on seeds 0-2; width 128 was slower and weaker
-(-0.78 to -0.94 after 300 steps), and peak learning rates of 6e-3 and 1e-2 slowed
-it.  Two torch threads on the shared machine ran 1.4 to 30 times slower than one.
+At initialisation PR rises with depth (Llama, Gemma-3, Mamba; RWKV up to block 3,
+then about flat: 0.932 to 0.925) or is flat (GPT-2: 0.9125 to 0.9156 over the six
+blocks, GPT-NeoX: 0.8191 to 0.8283, so their r means nothing).  Other seeds and
+recipes tried: the Llama recipe in 300-step runs, seeds 0-3, gave r between -0.978
+and -0.994 at steps 200 and 300; at width 64 r wandered between -0.87 and -0.99 from
+seed to seed and step to step, and 16 windows of 128 tokens instead of 32 of 64 gave
+-0.92 to -0.98.  GPT-2 learns later (its positions are learnt from scratch): width 64
+reached -0.95 to -0.99 after 400-600 steps on seeds 0-2; width 128 was slower and
+weaker (-0.78 to -0.94 after 300 steps), and peak learning rates of 6e-3 and 1e-2
+slowed it.  GPT-NeoX takes Llama's recipe unchanged: seeds 1 and 2 gave -0.962 and
+-0.998 (their initialisations rise: r = +0.853 and +0.774, rho 1.0048 and 1.0038).
+Mamba and RWKV run transformers' reference CPU paths, Python loops over the
+positions; Mamba's backward pass also allocates a full-size gradient for every
+position, so its step costs the square of the length (one thread: 0.4 s at width 64
+with 16 windows of 32 tokens, 1.2 s with 16 of 64, 6 s at width 128 with 32 of 64),
+hence width 64 and short windows for both.  Mamba, seeds 1 and 2: -0.984 and -0.967
+(initialisation r = +0.982 and +0.989); 250 steps: -0.975 and -0.985 (seeds 0, 1); 8
+windows of 64 tokens instead of 16 of 32: -0.978 in 80 s.  Trained on 32 tokens, it
+keeps the law on 64 and 128 tokens (above; probe loss 2.06 and 1.99 nats).  RWKV,
+seeds 1 and 2: -0.961 and -0.984 (initialisation r = +0.890 and +0.919); 300 steps:
+-0.983 in 116 s.  Both show the law early: after 50 steps r was already -0.905 to
+-0.992 (seeds 0, 1).  At width 128 (Llama, GPT-NeoX) a linear map of the normed byte
+embeddings fits the bigram statistics exactly (the corpus has 100 distinct bytes), so
+layer 0's PR is 0.8497 whatever the seed or the step; at width 64 it is not.  Two
+torch threads on the shared machine ran 1.4 to 30 times slower than one.
 
 torch and transformers are imported inside the functions, so importing this module
 is cheap.

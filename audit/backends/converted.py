@@ -1,0 +1,117 @@
+"""GGUF checkpoints converted once: a content-addressed cache of the dequantised
+weights (safetensors) and of the tokenizer transformers builds from a GGUF file.
+
+Loading a GGUF file costs transformers a dequantisation of every tensor and, for
+the tokenizer, a conversion of the GGUF vocabulary and merges into a fast
+tokenizer: 12 s for SmolLM2-135M and 39 s for Gemma-3-270M here, of which 16 s is
+Gemma's tokenizer.  The first load of a file writes what it built into
+``<cache folder>/checkpoints/<key>/`` (:func:`audit.cache.default_folder`, the
+statistics cache's folder): ``config.json`` and ``model.safetensors`` through
+``save_pretrained``, and the tokenizer's own files (``tokenizer.json`` and its
+config).  Later loads of the same file read those instead.
+
+The key is the sha256 of the GGUF file's bytes with the dtype the weights were
+loaded in and the versions of transformers, gguf and torch (a new dequantiser
+may round differently): a changed file, dtype or library gets a new entry; an old
+entry is never read for it.  Nothing in an entry is pickle.
+
+Every part is written into a temporary folder and renamed into place once
+complete, so a crash leaves no half entry.  ``manifest.json`` records each file's
+size; a file of another size (truncated, replaced) makes the entry unusable, it
+is removed and the GGUF file loaded again.  Bit rot inside a file of the right
+size is not detected (hashing the weights on every load would cost what the cache
+saves); ``--audit-clear-cache`` or deleting the folder removes every entry.
+
+``EQUILAW_NO_CACHE`` (any value but empty, 0, false, no) switches this cache off,
+as it does the statistics cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SUBFOLDER = "checkpoints"
+MANIFEST = "manifest.json"
+FORMAT = 1
+_PARTS = ("model", "tokenizer")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def entry_key(gguf_sha256: str, dtype: str) -> str:
+    """The entry of a GGUF file (its sha256) loaded in ``dtype``."""
+    recipe = {"format": FORMAT, "gguf_sha256": gguf_sha256, "dtype": dtype,
+              "versions": {dist: _version(dist) for dist in ("transformers", "gguf", "torch")}}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def enabled() -> bool:
+    """Whether the cache is on (``EQUILAW_NO_CACHE`` unset or 0/false/no)."""
+    from audit.cache import off_by_environment
+
+    return not off_by_environment()
+
+
+class ConvertedCheckpoint:
+    """One entry: ``part`` is ``model`` or ``tokenizer``, each stored and found on
+    its own (a tokenizer GGUF may be another file than the weights')."""
+
+    def __init__(self, key: str, root: Path | None = None) -> None:
+        if root is None:
+            from audit.cache import default_folder
+
+            root = default_folder()
+        self.folder = Path(root) / SUBFOLDER / key
+
+    def path(self, part: str) -> Path | None:
+        """The folder of ``part`` when it is complete and its files have the sizes
+        the manifest recorded; an entry that fails that check is removed."""
+        folder = self.folder / part
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            sizes = manifest["sizes"]
+            if all((folder / name).stat().st_size == size for name, size in sizes.items()):
+                return folder
+        except FileNotFoundError:
+            if not folder.exists():
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        shutil.rmtree(folder, ignore_errors=True)  # damaged: recompute, never trust
+        return None
+
+    def store(self, part: str, save: Any) -> Path | None:
+        """Write ``part`` with ``save(folder)`` (a ``save_pretrained``) into a
+        temporary folder, record its files' sizes and rename it into place.
+        Returns the folder, or None when it could not be written (a full disk or
+        a read-only cache never fails the audit)."""
+        assert part in _PARTS
+        target = self.folder / part
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{part}-", dir=self.folder))
+        except OSError:
+            return None
+        try:
+            save(staging)
+            sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+            (staging / MANIFEST).write_text(json.dumps({"format": FORMAT, "sizes": sizes}),
+                                            encoding="utf-8")
+            os.replace(staging, target)
+            return target
+        except OSError:
+            return None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,545 @@
+"""The statistics cache: a measurement kept on disk, so that re-judging a spec
+(new thresholds, a baseline update) loads no model and tokenizes nothing.
+
+One entry per measurement, ``<key>.npz`` in the cache folder (:func:`default_folder`:
+``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``;
+outside pytest's own cache, so ``-p no:cacheprovider`` keeps it).  The key is the
+sha256 of a canonical JSON of everything the measurement depends on
+(:meth:`StatsCache.key_inputs`), each read from files' bytes and the spec, never
+by tokenizing: the weights' and the tokenizer and config files' sha256, the
+corpus sha256, every ``probe`` setting, the measure, normalisation and target,
+the backend (its registry name, class and, for onnx, its options), the model's
+device, dtype, ``trust_remote_code``, norm and module overrides and paths, the
+versions of python, numpy, equilaw and the backend's libraries, the sha256 of
+equilaw's own source (:func:`code_sha256`) and :data:`FORMAT`.  Thresholds
+(``law``, ``baseline``, ``parity``) and the spec's name are not in it.
+
+An entry (``np.savez``, read with ``allow_pickle=False``) holds:
+
+- ``meta``: UTF-8 JSON (uint8): the format, the key and its inputs (when
+  :meth:`StatsCache.key` made it), the small records of the measurement (model,
+  corpus, probe, versions, timing, backend, probe loss, loss note, shard ids) and
+  the sha256 of the statistics arrays;
+- ``result.*``: the measure per layer, its leave-one-shard-out values, ranks and
+  condition numbers (what the report needs);
+- ``stats.*``: the statistics engine's arrays (:meth:`LayerStats.to_arrays`;
+  about 0.8 GB for SmolLM2-135M with 10 shards);
+- ``checksum``: the sha256 of ``meta`` and the ``result.*`` arrays.
+
+Reading checks ``checksum``, the format and the key before anything is used; a
+truncated, corrupt or foreign file is reported (:class:`CacheWarning`) and the
+measurement recomputed and written again.  The statistics arrays are read, and
+checked against their sha256, only when :attr:`Measurement.stats` is first used
+(:class:`StoredStats`): the report does not need them, and reading 0.8 GB
+would cost more than the whole re-judging.  Writes go to a temporary file
+renamed over the entry (atomic).
+
+Hashing a weights file costs about 0.12 s per 100 MB here, so file hashes are
+remembered in ``index.json`` by (resolved path, size, mtime_ns, ctime_ns,
+inode); a file modified less than :data:`SETTLE_SECONDS` before it was hashed is
+not remembered (its timestamp may not move on the next write).
+
+numpy and the standard library only: no backend library is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+import warnings
+import weakref
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from audit import __version__
+from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES
+from audit.corpus import load_corpus
+from audit.errors import EquilawError
+from audit.stats import LayerStats
+
+if TYPE_CHECKING:
+    from audit.spec import Spec
+
+__all__ = ["FORMAT", "CacheError", "CacheWarning", "StatsCache", "StoredStats",
+           "code_sha256", "default_folder", "off_by_environment", "open_cache"]
+
+FORMAT = 1
+"""The entry layout and key recipe; raising it orphans every older entry."""
+SETTLE_SECONDS = 2.0
+"""A file modified more recently than this before hashing is hashed again next time."""
+TAG_NAME = "CACHEDIR.TAG"
+TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+       "# This file is a cache directory tag created by equilaw (statistics cache).\n"
+       "# For information about cache directory tags see https://bford.info/cachedir/\n")
+INDEX_NAME = "index.json"
+CONVERTED = "checkpoints"
+"""The subfolder of :mod:`audit.backends.converted` (GGUF files converted once)."""
+_ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
+_TEMP_PREFIX = ".tmp-"
+_INDEXED_BYTES = 1 << 20   # smaller files are hashed every time (cheaper than the index)
+_CHUNK = 1 << 20
+# Files of a model or tokenizer folder that are not read as config or tokenizer:
+# weights (hashed as weights) and pickles (never read).
+_NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
+
+
+class CacheError(EquilawError):
+    """The statistics cache cannot be used as asked: a folder to clear that is not
+    an equilaw cache (no ``CACHEDIR.TAG`` written by equilaw), or statistics
+    arrays that fail their checksum when first read (the entry is deleted; run
+    again to recompute it)."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unreadable (truncated, corrupt, another key's) and is being
+    recomputed, or a new entry could not be written."""
+
+
+def default_folder() -> Path:
+    """``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``."""
+    own = os.environ.get("EQUILAW_CACHE_DIR", "").strip()
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if xdg and os.path.isabs(xdg):   # the XDG spec ignores relative values
+        return Path(xdg) / "equilaw"
+    return Path.home() / ".cache" / "equilaw"
+
+
+def off_by_environment() -> bool:
+    """Whether ``EQUILAW_NO_CACHE`` is set to anything but empty, 0, false or no."""
+    return os.environ.get("EQUILAW_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def open_cache(cache: Any = True) -> StatsCache | None:
+    """The cache that ``cache`` names: ``True`` the default folder (None when
+    ``EQUILAW_NO_CACHE`` is set to anything but 0/false/no), ``False`` or None
+    none, a path that folder, a :class:`StatsCache` itself."""
+    if isinstance(cache, StatsCache):
+        return cache
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return None if off_by_environment() else StatsCache(default_folder())
+    if isinstance(cache, (str, os.PathLike)):
+        return StatsCache(Path(cache))
+    raise TypeError(f"cache must be True, False, a folder or a StatsCache, got {cache!r}")
+
+
+class StatsCache:
+    """The entries in ``folder`` (created on the first write).  ``hits``,
+    ``stored`` and ``recomputed`` list the entry paths this object loaded, wrote
+    and found unreadable, and ``cleared`` counts what :meth:`clear` deleted, for
+    the plugin's summary line."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder).expanduser()
+        self.hits: list[Path] = []
+        self.stored: list[Path] = []
+        self.recomputed: list[Path] = []
+        self.cleared: int | None = None
+        """How many files :meth:`clear` deleted; None before it runs."""
+        self._index: dict[str, list] | None = None
+        self._inputs: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"StatsCache({str(self.folder)!r})"
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npz"
+
+    # ------------------------------------------------------------------ the key
+    def key_inputs(self, spec: Spec, backend: Any) -> dict[str, Any] | None:
+        """Everything the measurement of ``spec`` by ``backend`` depends on, as
+        JSON-able values; None when the model has no file identity (a model handed
+        over in memory, a backend without files), which is never cached."""
+        info = backend.info()
+        weights = _weight_files(backend, info)
+        if weights is None:
+            return None
+        config = [p for p in _config_files(backend, info) if p not in weights]  # a GGUF is both
+        corpus = load_corpus(spec.probe.corpus)
+        model = asdict(spec.model)
+        cls = type(backend)
+        return {
+            "format": FORMAT,
+            "backend": {"name": spec.backend, "runs_as": getattr(backend, "backend_name", None),
+                        "class": f"{cls.__module__}.{cls.__qualname__}",
+                        "options": asdict(spec.onnx) if spec.backend == "onnx" else None},
+            "model": model,
+            "resolved": {"model": str(info.path),
+                         "tokenizer": str(getattr(backend, "tokenizer_path", ""))},
+            "info": {"architecture": info.architecture, "layers": info.num_layers,
+                     "width": info.width, "norm": [info.norm.kind, float(info.norm.eps)]},
+            "weights": [[str(p), self.file_sha256(p)] for p in weights],
+            "config_files": [[str(p), self.file_sha256(p)] for p in config],
+            "corpus": {"name": corpus.name, "sha256": corpus.sha256},
+            "probe": asdict(spec.probe),
+            "measure": spec.measure,
+            "normalization": spec.normalization,
+            "target": spec.target,
+            "versions": {"python": platform.python_version(), "machine": platform.machine(),
+                         "numpy": np.__version__, "equilaw": __version__,
+                         **backend.versions()},
+            "code": code_sha256(),
+        }
+
+    def key(self, spec: Spec, backend: Any) -> str | None:
+        """The sha256 of :meth:`key_inputs` as canonical JSON, or None (not cached)."""
+        inputs = self.key_inputs(spec, backend)
+        if inputs is None:
+            return None
+        key = hashlib.sha256(_canonical(inputs)).hexdigest()
+        self._inputs[key] = inputs  # written into the entry's meta by store()
+        return key
+
+    # ------------------------------------------------------------- file hashes
+    def file_sha256(self, path: Path) -> str:
+        """sha256 of a file's bytes; remembered in ``index.json`` for files of 1 MiB
+        or more, by (resolved path, size, mtime_ns, ctime_ns, inode)."""
+        path = Path(path).resolve()
+        before = path.stat()
+        if before.st_size < _INDEXED_BYTES:
+            return _sha256_file(path)
+        stamp = [before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino]
+        index = self._load_index()
+        known = index.get(str(path))
+        if known is not None and known[:4] == stamp:
+            return known[4]
+        digest = _sha256_file(path)
+        after = path.stat()
+        settled = time.time_ns() - after.st_mtime_ns > SETTLE_SECONDS * 1e9
+        if settled and [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
+                        after.st_ino] == stamp:
+            index[str(path)] = stamp + [digest]
+            self._save_index(index)
+        return digest
+
+    def _load_index(self) -> dict[str, list]:
+        if self._index is None:
+            try:
+                data = json.loads((self.folder / INDEX_NAME).read_text(encoding="utf-8"))
+                files = data["files"] if data.get("format") == FORMAT else {}
+                self._index = {k: v for k, v in files.items()
+                               if isinstance(v, list) and len(v) == 5}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self._index = {}   # missing or unreadable: hashes are recomputed
+        return self._index
+
+    def _save_index(self, index: dict[str, list]) -> None:
+        live = {k: v for k, v in index.items() if os.path.exists(k)}
+        try:
+            self._prepare_folder()
+            _atomic_write(self.folder / INDEX_NAME,
+                          json.dumps({"format": FORMAT, "files": live}, indent=0).encode())
+        except OSError:
+            pass  # the index only saves time
+
+    # -------------------------------------------------------------- read, write
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The stored parts of the measurement under ``key``: the fields of
+        :class:`audit.pipeline.Measurement` but ``spec`` (``loss`` as a dict of
+        :class:`~audit.pipeline.ProbeLoss` fields, or None; ``stats`` a
+        :class:`StoredStats`), or None when there is no entry.  An entry that is
+        truncated, corrupt, of another format or of another key gives a
+        :class:`CacheWarning` and None (never its numbers)."""
+        path = self.path(key)
+        try:
+            fid = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._unreadable(path, f"{type(exc).__name__}: {exc}")
+        try:
+            npz = np.load(fid, allow_pickle=False)
+            checksum = npz["checksum"].tobytes().decode("ascii")
+            meta_bytes = npz["meta"].tobytes()
+            results = {name: npz[name] for name in npz.files if name.startswith("result.")}
+            if _digest(meta_bytes, results) != checksum:
+                raise ValueError("its checksum does not match its content")
+            meta = json.loads(meta_bytes.decode("utf-8"))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+            if meta.get("key") != key:
+                raise ValueError(f"it holds the entry of key {str(meta.get('key'))[:12]}…")
+            stats_names = sorted(name[len("stats."):] for name in npz.files
+                                 if name.startswith("stats."))
+            if stats_names != sorted(meta["stats_arrays"]):
+                raise ValueError("its statistics arrays are not those it lists")
+            parts = _parts(meta["records"], results)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+                UnicodeDecodeError) as exc:
+            fid.close()
+            return self._unreadable(path, f"{type(exc).__name__}: {exc}")
+        parts["stats"] = StoredStats(path, fid, npz, stats_names, meta["stats_sha256"])
+        self.hits.append(path)
+        return parts
+
+    def _unreadable(self, path: Path, why: str) -> None:
+        warnings.warn(CacheWarning(f"statistics cache entry {path} is unreadable ({why}); "
+                                   f"recomputing it"), stacklevel=3)
+        self.recomputed.append(path)
+        return None
+
+    def store(self, key: str, measurement: Any) -> Path | None:
+        """Write ``measurement`` (an :class:`audit.pipeline.Measurement`) under
+        ``key``, atomically; returns the entry's path, or None with a
+        :class:`CacheWarning` when it cannot be written (the audit goes on)."""
+        m = measurement
+        stats = {f"stats.{name}": np.asarray(value, order="C")
+                 for name, value in m.stats.to_arrays().items()}
+        results = {"result.pr": np.asarray(m.pr, dtype=np.float64),
+                   "result.ranks": np.asarray(m.ranks),
+                   "result.conditions": np.asarray(m.conditions, dtype=np.float64)}
+        if m.leave_one_out is not None:
+            results["result.leave_one_out"] = np.asarray(m.leave_one_out, dtype=np.float64)
+        loss = None if m.loss is None else {
+            "mean": m.loss.mean, "stderr": m.loss.stderr,
+            "leave_one_out": list(m.loss.leave_one_out), "tokens": m.loss.tokens}
+        meta = {
+            "format": FORMAT, "key": key, "inputs": self._inputs.get(key),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stats_arrays": sorted(name[len("stats."):] for name in stats),
+            "stats_sha256": _digest(b"", {k[len("stats."):]: v for k, v in stats.items()}),
+            "records": {"model": m.model, "corpus": m.corpus, "probe": m.probe,
+                        "versions": m.versions, "timing": m.timing, "backend": m.backend,
+                        "loss": loss, "loss_note": m.loss_note,
+                        "shard_ids": [int(i) for i in m.shard_ids]},
+        }
+        meta_bytes = json.dumps(meta, sort_keys=True, default=_plain).encode("utf-8")
+        arrays = {"meta": np.frombuffer(meta_bytes, dtype=np.uint8), **results, **stats,
+                  "checksum": np.frombuffer(_digest(meta_bytes, results).encode("ascii"),
+                                            dtype=np.uint8)}
+        path = self.path(key)
+        try:
+            self._prepare_folder()
+            _atomic_write(path, lambda f: np.savez(f, **arrays))
+        except OSError as exc:
+            warnings.warn(CacheWarning(f"cannot write the statistics cache entry {path}: "
+                                       f"{type(exc).__name__}: {exc}"), stacklevel=2)
+            return None
+        self.stored.append(path)
+        return path
+
+    # ------------------------------------------------------------------ folder
+    def _prepare_folder(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tag = self.folder / TAG_NAME
+        if not tag.exists():
+            _atomic_write(tag, TAG.encode())
+
+    def clear(self) -> int:
+        """Delete what equilaw wrote here (entries, the index, left-over temporary
+        files, the converted checkpoints of :mod:`audit.backends.converted`) and
+        return how many files and folders went; other files stay.  Raises
+        :class:`CacheError` for a folder that holds anything else without an
+        equilaw ``CACHEDIR.TAG``."""
+        names = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
+        tag = self.folder / TAG_NAME
+        try:
+            tagged = tag.is_file() and "equilaw" in tag.read_text(encoding="utf-8",
+                                                                   errors="replace")
+        except OSError:
+            tagged = False
+        ours = [name for name in names if _written_here(name)]
+        if not tagged and len(ours) < len(names):
+            raise CacheError(f"refusing to clear {self.folder}: it does not look like an "
+                             f"equilaw statistics cache (no {TAG_NAME} written by equilaw); "
+                             f"point --audit-cache or EQUILAW_CACHE_DIR at the cache folder")
+        removed = 0
+        for name in ours:
+            path = self.folder / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        self._index = None
+        self.cleared = removed
+        return removed
+
+
+def _written_here(name: str) -> bool:
+    """Whether a name in the cache folder is one equilaw writes (the tag stays)."""
+    return (bool(_ENTRY.match(name)) or name in (INDEX_NAME, CONVERTED)
+            or name.startswith(_TEMP_PREFIX))
+
+
+class StoredStats(LayerStats):
+    """A :class:`LayerStats` whose arrays are still in a cache entry: they are read,
+    checked against their sha256 and turned into the statistics on the first use
+    of any attribute, after which it is an ordinary :class:`LayerStats`.  The entry
+    stays open until then, so a later rewrite of the entry does not change it.  A
+    failed check raises :class:`CacheError` and deletes the entry."""
+
+    def __init__(self, path: Path, fid: Any, npz: Any, names: list[str], sha256: str) -> None:
+        # LayerStats.__init__ is not called: its state comes from the entry.
+        self.__dict__["_stored"] = (path, npz, names, sha256)
+        self.__dict__["_stored_close"] = weakref.finalize(self, _close, npz, fid)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not yet set: the statistics' own state.
+        stored = self.__dict__.get("_stored")
+        if stored is None or name.startswith("__"):
+            raise AttributeError(name)
+        self._read(stored)
+        return getattr(self, name)
+
+    def _read(self, stored: tuple) -> None:
+        path, npz, names, sha256 = stored
+        try:
+            try:
+                arrays = {name: npz[f"stats.{name}"] for name in names}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise CacheError(f"statistics cache entry {path}: its statistics arrays are "
+                                 f"unreadable ({type(exc).__name__}: {exc}); the entry is "
+                                 f"deleted: run again to recompute it") from None
+            if _digest(b"", arrays) != sha256:
+                raise CacheError(f"statistics cache entry {path}: its statistics arrays fail "
+                                 f"their checksum; the entry is deleted: run again to "
+                                 f"recompute it")
+            state = LayerStats.from_arrays(arrays)
+        except CacheError:
+            self.__dict__["_stored_close"]()
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            raise
+        self.__dict__["_stored_close"]()
+        del self.__dict__["_stored"]
+        self.__dict__.update(vars(state))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def code_sha256() -> str:
+    """sha256 of equilaw's own source files (names and bytes; about 3 ms): any
+    change of the code re-measures, where the version number might not move."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _close(npz: Any, fid: Any) -> None:
+    npz.close()
+    fid.close()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=_plain).encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples as JSON knows them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of ``head`` and each array's name, dtype, shape and bytes, by name."""
+    digest = hashlib.sha256(head)
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name], order="C")   # 0-d stays 0-d
+        digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
+        digest.update(a.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, content: bytes | Any) -> None:
+    """Write ``content`` (bytes, or a function of a binary file) to a temporary file
+    in ``path``'s folder and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, bytes):
+                f.write(content)
+            else:
+                content(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _parts(records: dict[str, Any], results: dict[str, np.ndarray]) -> dict[str, Any]:
+    loo = results.get("result.leave_one_out")
+    return {
+        "pr": results["result.pr"], "leave_one_out": loo,
+        "shard_ids": tuple(int(i) for i in records["shard_ids"]),
+        "ranks": results["result.ranks"], "conditions": results["result.conditions"],
+        "loss": records["loss"], "loss_note": records["loss_note"],
+        "model": records["model"], "corpus": records["corpus"], "probe": records["probe"],
+        "versions": records["versions"], "timing": records["timing"],
+        "backend": records["backend"],
+    }
+
+
+def _weight_files(backend: Any, info: Any) -> list[Path] | None:
+    """The files ``backend.weights_sha256()`` hashes (its own file choice, through
+    the same methods), or None for a model without files."""
+    if str(info.path) == IN_MEMORY or getattr(backend, "_given", None) is not None:
+        return None
+    data_files = getattr(backend, "_data_files", None)        # onnx: the file and its data
+    if callable(data_files):
+        return list(data_files())
+    path = Path(str(info.path))
+    if path.is_file():
+        return [path]                                           # GGUF
+    finder = getattr(backend, "_safetensors_files", None)
+    if path.is_dir() and callable(finder):
+        return list(finder(path))
+    return None
+
+
+def _config_files(backend: Any, info: Any) -> list[Path]:
+    """The model folder's and the tokenizer's files other than weights and pickles
+    (config.json, tokenizer files, remote code): a folder's, or a tokenizer file."""
+    places = []
+    model = Path(str(info.path))
+    if model.is_dir():
+        places.append(model)
+    tokenizer = getattr(backend, "tokenizer_path", None)
+    if tokenizer is not None and Path(tokenizer) not in places:
+        places.append(Path(tokenizer))
+    files: list[Path] = []
+    for place in places:
+        if place.is_dir():
+            files += sorted(p for p in place.iterdir() if p.is_file()
+                            and not p.name.lower().endswith(_NOT_CONFIG))
+        elif place.is_file():
+            files.append(place)
+    return files
