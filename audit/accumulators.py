@@ -600,7 +600,10 @@ class SpilledGramAccumulator(GramAccumulator):
         mirrored), from the folder's cache when it holds it."""
         d = self.width
         total = np.zeros((d, d))
-        if layer in self._totals:
+        if not self._stored[:, layer].any():  # only the open shard: nothing to read
+            if self.open_shard is not None:
+                total += self._open[layer]
+        elif layer in self._totals:
             self.folder.read_upper(_total_file(layer), total)
         else:
             buf = np.zeros((d, d))  # its lower triangle stays 0

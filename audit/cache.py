@@ -296,6 +296,13 @@ class StatsCache:
         ``key``, atomically; returns the entry's path, or None with a
         :class:`CacheWarning` when it cannot be written (the audit goes on)."""
         m = measurement
+        if getattr(m.stats, "spilled", False):
+            # Statistics kept on disk because they do not fit in memory (a 7B model:
+            # 41 GiB of Gram matrices) cannot be written as one entry either.
+            warnings.warn(CacheWarning("not cached: the statistics were spilled to disk "
+                                       "(too large for memory), so an entry cannot hold them"),
+                          stacklevel=2)
+            return None
         stats = {f"stats.{name}": np.asarray(value, order="C")
                  for name, value in m.stats.to_arrays().items()}
         results = {"result.pr": np.asarray(m.pr, dtype=np.float64),

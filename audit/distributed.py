@@ -71,6 +71,10 @@ class Part:
         import torch
         import torch.distributed as dist
 
+        if getattr(stats, "spilled", False):
+            raise EquilawError("statistics spilled to disk (too large for memory) cannot be "
+                               "sent between ranks yet: run this model in one process, or with "
+                               "fewer shards so that they stay in memory")
         if self.rank != 0:
             payload = _pack(stats, loss_sum, loss_count)
             dist.send(torch.tensor([payload.size], dtype=torch.int64, device=self.device), dst=0)

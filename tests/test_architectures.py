@@ -96,7 +96,12 @@ def test_layers_against_the_modules_and_transformers(arch: str, family_dirs) -> 
         np.testing.assert_array_equal(ours[0], embedded)  # before RWKV's pre_ln
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+QUICK = ("llama", "gpt2", "mamba", "rwkv")
+"""Families whose whole audit runs in the quick suite; the others' in the slow one."""
+
+
+@pytest.mark.parametrize("arch", [arch if arch in QUICK else pytest.param(arch, marks=pytest.mark.slow)
+                                  for arch in FAMILIES])
 def test_every_family_audits_from_its_saved_folder(arch: str, family_dirs) -> None:
     report = run(spec_from_dict({"name": arch.replace("_", "-"),
                                  "model": {"path": str(family_dirs[arch])}, "probe": PROBE}))
@@ -219,6 +224,7 @@ def test_an_unknown_architecture_runs_from_the_spec_alone(family_dirs) -> None:
     assert _hook_count(toy) == 0
 
 
+@pytest.mark.slow
 def test_rwkv_rescaling_does_not_move_pr(tmp_path: Path) -> None:
     """RWKV halves its residual stream after every ``rescale_every`` blocks in
     inference mode; PR is invariant to that scale (architectures module docstring).

@@ -381,26 +381,10 @@ def test_clear_knows_the_converted_checkpoints_folder() -> None:
 
 # -- the plugin ----------------------------------------------------------------------------
 
-LOAD_COUNTER = '''
-import json
-from audit.backends import torch_backend
-
-LOADS = []
-_load = torch_backend.TorchBackend.load
-
-def load(self):
-    if self._model is None:
-        LOADS.append(self.name)
-    return _load(self)
-
-torch_backend.TorchBackend.load = load
-
-def pytest_sessionfinish(session):
-    with open("loads.json", "w") as f:
-        json.dump(LOADS, f)
-'''
+from test_plugin import LOAD_COUNTER  # noqa: E402  (the plugin tests' load counter)
 
 
+@pytest.mark.slow
 def test_plugin_reads_turns_off_and_clears_the_cache(
         pytester: pytest.Pytester, tiny_model_dir: Path, cache_dir: Path) -> None:
     """Inner runs without pytest's cacheprovider: the cache (from EQUILAW_CACHE_DIR)
@@ -444,3 +428,21 @@ def test_plugin_reads_turns_off_and_clears_the_cache(
     result.stderr.fnmatch_lines([f"*refusing to clear {foreign}: it does not look like an "
                                  f"equilaw statistics cache*"])
     assert (foreign / "keep.txt").exists()
+
+
+def test_spilled_statistics_are_not_stored(tmp_path: Path) -> None:
+    """Statistics too large for memory (spilled to disk) would have to be built in
+    memory to be written: the measurement is returned uncached, with a warning."""
+    import dataclasses
+
+    from audit.stats import LayerStats
+
+    rng = np.random.default_rng(0)
+    stats = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
+    stats.update(rng.normal(size=(2, 30, 4)).astype(np.float32), rng.integers(0, 5, 30), shard=0)
+    fake = dataclasses.make_dataclass("M", [("stats", object)])(stats)
+    store = StatsCache(tmp_path / "cache")
+    with pytest.warns(CacheWarning, match="spilled to disk"):
+        assert store.store("ab" * 32, fake) is None
+    assert entries(tmp_path / "cache") == []
+    stats.close()

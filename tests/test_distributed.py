@@ -62,6 +62,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_measure_what_one_does(tiny_model_dir: Path, tmp_path: Path) -> None:
     from audit.pipeline import run
     from audit.spec import spec_from_dict
@@ -138,3 +139,12 @@ def test_the_cli_verb_runs_alone_without_torchrun(tiny_model_dir: Path, tmp_path
     assert main(["distributed", str(spec), "--reports", str(tmp_path / "reports")]) == 0
     assert json.loads((tmp_path / "reports" / "tiny.json").read_text())["verdict"] == "pass"
     assert capsys.readouterr().out.startswith("tiny: PASS, r ")
+
+
+def test_spilled_statistics_are_refused_with_the_reason(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stats = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
+    stats.update(rng.normal(size=(2, 30, 4)).astype(np.float32), rng.integers(0, 5, 30), shard=0)
+    with pytest.raises(EquilawError, match="spilled to disk .* cannot be sent between ranks"):
+        Part(1, 2).reduce(stats, np.zeros(2), np.zeros(2))
+    stats.close()

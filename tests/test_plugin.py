@@ -256,6 +256,7 @@ WORKER_LOAD_COUNTER = LOAD_COUNTER.replace(
     'import os\n    with open(f"loads-{os.environ.get(\'PYTEST_XDIST_WORKER\', \'main\')}.json", "w") as f:')
 
 
+@pytest.mark.slow
 def test_xdist_keeps_each_spec_on_one_worker_and_prints_every_report(
         inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
     """``-n 2``: each spec's items run on one worker, each model is loaded once in

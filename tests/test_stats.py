@@ -811,7 +811,8 @@ def _assert_same_results(a: LayerStats, b: LayerStats, rtol: float = 1e-12) -> N
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("order", [None, [2, 0, 1, 2, 0, 3, 1, 3]], ids=["contiguous", "interleaved"])
+@pytest.mark.parametrize("order", [None, [2, 0, 1, 2, 0, 3, 1, 3]],
+                         ids=["contiguous", "interleaved"])
 def test_spilled_equals_in_memory(tmp_path, order, dtype):
     """Spilled statistics give the in-memory results (bit for bit: the same sums in
     the same order; asserted to 1e-12), with the shards fed in contiguous blocks
@@ -864,7 +865,8 @@ def test_spilled_merge(tmp_path, first, second):
 def test_spilled_serialisation(tmp_path):
     """to_arrays of spilled statistics (materialised) round-trips through an npz into
     either storage; from_arrays spills the shards holding examples."""
-    memory, spill = _fed_pair(tmp_path / "..", order=[0, 0, 2, 2, 0, 0, 2, 2])
+    (tmp_path / "fed").mkdir()
+    memory, spill = _fed_pair(tmp_path / "fed", order=[0, 0, 2, 2, 0, 0, 2, 2])
     path = tmp_path / "stats.npz"
     np.savez(path, **spill.to_arrays())
     assert "storage" not in spill.to_arrays()
@@ -896,7 +898,8 @@ def test_spill_folder_is_removed(tmp_path):
     assert len(_spill_folders(tmp_path)) == 1
     spill.close()
     assert _spill_folders(tmp_path) == [] and spill.spill_folder is None
-    message = "these statistics were closed: close() released their sums (and removed their spill folder)"
+    message = ("these statistics were closed: close() released their sums (and removed their "
+               "spill folder)")
     for call in (lambda: spill.residuals("token_id"), spill.rank, spill.to_arrays,
                  lambda: spill + spill, lambda: spill.update(np.zeros((3, 2, 5)), np.arange(2))):
         _raises(message, call)
