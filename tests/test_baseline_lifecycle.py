@@ -45,6 +45,7 @@ def _properties(xml: Path, item: str) -> dict[str, str]:
     raise AssertionError(f"no testcase {item} in {xml}")
 
 
+@pytest.mark.slow  # five inner pytest runs
 def test_lifecycle(inner, pytester: pytest.Pytester, tiny_model_dir: Path,
                    damaged_dir: Path) -> None:
     specs = pytester.path / "specs"
