@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit import __version__
-from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES
+from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES, sha256_files
 from audit.corpus import load_corpus
 from audit.errors import EquilawError
 from audit.stats import LayerStats
@@ -87,7 +87,6 @@ CONVERTED = "checkpoints"
 _ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
 _TEMP_PREFIX = ".tmp-"
 _INDEXED_BYTES = 1 << 20   # smaller files are hashed every time (cheaper than the index)
-_CHUNK = 1 << 20
 # Files of a model or tokenizer folder that are not read as config or tokenizer:
 # weights (hashed as weights) and pickles (never read).
 _NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
@@ -210,13 +209,13 @@ class StatsCache:
         path = Path(path).resolve()
         before = path.stat()
         if before.st_size < _INDEXED_BYTES:
-            return _sha256_file(path)
+            return sha256_files([path])
         stamp = [before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino]
         index = self._load_index()
         known = index.get(str(path))
         if known is not None and known[:4] == stamp:
             return known[4]
-        digest = _sha256_file(path)
+        digest = sha256_files([path])
         after = path.stat()
         settled = time.time_ns() - after.st_mtime_ns > SETTLE_SECONDS * 1e9
         if settled and [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
@@ -472,14 +471,6 @@ def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
         a = np.asarray(arrays[name], order="C")   # 0-d stays 0-d
         digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
         digest.update(a.reshape(-1).view(np.uint8))
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
     return digest.hexdigest()
 
 

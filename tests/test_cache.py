@@ -244,9 +244,9 @@ def test_the_index_remembers_settled_files_only(
     import audit.cache as cache_module
 
     hashed: list[str] = []
-    real = cache_module._sha256_file
-    monkeypatch.setattr(cache_module, "_sha256_file",
-                        lambda path: hashed.append(path.name) or real(path))
+    real = cache_module.sha256_files
+    monkeypatch.setattr(cache_module, "sha256_files",
+                        lambda paths: hashed.extend(p.name for p in paths) or real(paths))
     cache = StatsCache(tmp_path / "cache")
     big = tmp_path / "weights.gguf"
     big.write_bytes(bytes(range(256)) * 8192)  # 2 MiB

@@ -145,16 +145,12 @@ class HuggingFaceFiles:
                 self._info = self._info_from_folder(self.path)
         return self._info
 
-    def _known(self, arch: str) -> bool:
-        """Whether equilaw can find ``arch``'s modules and final norm: from its table,
-        or from the spec (``model.modules`` and ``model.norm``); raises the table's
-        error naming those keys otherwise."""
-        if arch in ARCHITECTURES:
-            return True
-        if self.spec.modules is not None and self.spec.norm is not None:
-            return False
-        architecture(arch, model=self.name)  # raises, naming the spec keys
-        return False
+    def _check_known(self, arch: str) -> None:
+        """Raise the table's error naming ``model.modules`` and ``model.norm`` unless
+        equilaw can find ``arch``'s modules and final norm: from its table, or from
+        the spec (both keys set)."""
+        if arch not in ARCHITECTURES and (self.spec.modules is None or self.spec.norm is None):
+            architecture(arch, model=self.name)  # raises, naming the spec keys
 
     def _norm(self, arch: str, lookup: Any) -> Any:
         if self.spec.norm is not None:
@@ -164,7 +160,7 @@ class HuggingFaceFiles:
 
     def _info_from_config(self, config: Any, where: str) -> ModelInfo:
         arch = getattr(config, "model_type", None) or "unknown"
-        self._known(arch)
+        self._check_known(arch)
         layers = next((getattr(config, k) for k in _LAYER_KEYS
                        if getattr(config, k, None) is not None), None)
         width = next((getattr(config, k) for k in _WIDTH_KEYS
@@ -189,7 +185,7 @@ class HuggingFaceFiles:
         layers = next((cfg[k] for k in _LAYER_KEYS if cfg.get(k) is not None), None)
         width = next((cfg[k] for k in _WIDTH_KEYS if cfg.get(k) is not None), None)
         if arch is not None:
-            self._known(arch)  # an unknown architecture fails here, clearly
+            self._check_known(arch)  # an unknown architecture fails here, clearly
         eps_known = self.spec.norm is not None or (
             arch is not None and ARCHITECTURES[arch].epsilon(cfg.get) is not None)
         if arch is None or layers is None or width is None or not eps_known:
