@@ -2,9 +2,12 @@
 and again (the converted-checkpoint cache, audit/backends/converted.py).
 
 For each default spec in ``model_specs/``, two fresh Python processes share one
-empty cache folder.  Each imports torch and transformers (timed apart: every
-Python use of them pays it), then times the backend's start: resolving the path,
-hashing the weights file, building the tokenizer and loading the weights.  The
+empty cache folder.  Each imports torch, transformers, the model family's
+modelling module and tokenizers (timed apart as ``import_seconds``: every Python
+process that runs the model pays it once, cache or not, and a pytest session
+auditing several models pays it once for all), then times the backend's start:
+resolving the path, hashing the weights file, building the tokenizer and loading
+the weights.  The
 first process finds the cache empty (it dequantises the GGUF tensors and builds
 the tokenizer from the GGUF vocabulary, then writes both); the second reads the
 safetensors and tokenizer files back.
@@ -31,11 +34,16 @@ CHILD = r"""
 import json, sys, time
 start = time.perf_counter()
 import torch, transformers  # noqa: F401
-imported = time.perf_counter()
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from audit.backends.torch_backend import TorchBackend
 from audit.spec import load_spec
 spec = load_spec(sys.argv[1])
 backend = TorchBackend(spec.model, spec.name)
+arch = backend.info().architecture
+arch = arch if arch in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else arch + "_text"
+getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[arch])  # imports the family's module
+import tokenizers  # noqa: F401
+imported = time.perf_counter()
 t0 = time.perf_counter()
 backend.weights_sha256()
 backend.tokenizer

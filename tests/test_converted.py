@@ -4,6 +4,7 @@ and never trusted when damaged."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,12 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     pytest.importorskip("torch")
     from conftest import model_or_skip
 
+    from safetensors import safe_open
+
+    from audit.backends.hf_files import StoredTokenizer
     from audit.backends.torch_backend import TorchBackend
+    from audit.corpus import load_corpus
+    from audit.probe import probe_input
     from audit.spec import load_spec
 
     spec = load_spec(Path(__file__).parent.parent / "model_specs" / "smollm2-135m.yaml")
@@ -73,6 +79,7 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     monkeypatch.setenv("EQUILAW_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("EQUILAW_NO_CACHE", "0")
     text = "def mean(values):\n    return sum(values) / len(values)\n"
+    corpus = load_corpus(spec.probe.corpus)
 
     def measure():
         backend = TorchBackend(spec.model, spec.name)
@@ -85,7 +92,14 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     warm, ids_again, second = measure()
     np.testing.assert_array_equal(ids_again, ids)
     assert warm.tokenizer_info() == cold.tokenizer_info()
-    assert type(warm.tokenizer) is type(cold.tokenizer)
+    assert isinstance(warm.tokenizer, StoredTokenizer)
+    for mode in ("windows", "documents"):  # the probe's token sequences, bit for bit
+        probe = dataclasses.replace(spec.probe, mode=mode, sequences=40)
+        both = [probe_input(dataclasses.replace(spec, probe=probe), corpus, b).sha256
+                for b in (cold, warm)]
+        assert both[0] == both[1], mode
+    assert "lm_head.weight" not in safe_open(
+        str(next(tmp_path.glob("checkpoints/*/model/model.safetensors"))), "pt").keys()
     np.testing.assert_array_equal(second.hidden, first.hidden)
     np.testing.assert_array_equal(second.token_nll, first.token_nll)
     weights = next(tmp_path.glob("checkpoints/*/model/model.safetensors"))
@@ -94,3 +108,9 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     rebuilt, _, third = measure()
     np.testing.assert_array_equal(third.hidden, first.hidden)
     assert weights.stat().st_size > 1000   # written again from the GGUF file
+    tokenizer = next(tmp_path.glob("checkpoints/*/tokenizer/tokenizer.json"))
+    tokenizer.write_bytes(b"{" * tokenizer.stat().st_size)  # right size, unreadable
+    again = TorchBackend(spec.model, spec.name)
+    assert again.tokenizer_info() == cold.tokenizer_info()
+    assert not isinstance(again.tokenizer, StoredTokenizer)  # rebuilt from the GGUF file
+    assert isinstance(TorchBackend(spec.model, spec.name).tokenizer, StoredTokenizer)

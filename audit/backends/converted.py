@@ -39,7 +39,8 @@ from typing import Any
 
 SUBFOLDER = "checkpoints"
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
+"""2: tied weights are stored under the body's name (1 stored the head's)."""
 _PARTS = ("model", "tokenizer")
 
 
@@ -91,6 +92,10 @@ class ConvertedCheckpoint:
             pass
         shutil.rmtree(folder, ignore_errors=True)  # damaged: recompute, never trust
         return None
+
+    def discard(self, part: str) -> None:
+        """Remove ``part`` (found unreadable although its sizes were right)."""
+        shutil.rmtree(self.folder / part, ignore_errors=True)
 
     def store(self, part: str, save: Any) -> Path | None:
         """Write ``part`` with ``save(folder)`` (a ``save_pretrained``) into a
