@@ -7,9 +7,10 @@ precision:
 
 * shared by every method (:class:`Accumulator`): counts ``n`` [g], ``sx``
   [g, layers, d] = Σ(x−a); for token_id ``sy``, ``syy`` [g] and the target's
-  range per shard; for the class-based measures, per class slot (in arrival
-  order, capacity doubling) counts ``nc`` [g, k] and sums ``sc``
-  [g, layers, k, d] = Σ_{y=c}(x−a);
+  range per shard; for the class-based measures, sparse per-class sums: one
+  slot per distinct (shard, target) pair seen (in arrival order), its shard
+  ``pair_shards`` [P], target ``pair_ids`` [P], count ``pc`` [P] and sums ``ps``
+  (one array per layer, [P, d]) = Σ_{shard, y=c}(x−a);
 * the feature scatter, in the form of the method: :class:`GramAccumulator`
   (``"gram"``: Gram matrices ``sxx`` [g, layers, d, d] and ``sxy`` [g, layers, d])
   or :class:`QRAccumulator` (``"qr"``: triangular factors ``r`` [g, layers, p, p]
@@ -28,7 +29,12 @@ being fed is in memory.  Memory kept, in float64 values (8 bytes):
   shard (upper triangles, packed) and per layer once results have been asked for
   (the cached totals);
 * both: the vectors, shards × layers × d × (1 + target), and the class sums,
-  shards × layers × k × d, stay in memory; an update adds a transient of
+  layers × d × P for the P = Σ_s k_s distinct (shard, target) pairs seen (k_s
+  distinct targets in shard s; not shards × k: a target seen in one shard costs
+  one slot), stay in memory; each layer's pair sums grow on their own (capacity
+  × 1.5, the unused part zero pages that become resident only when written), so
+  a growth holds one layer's old and new sums at once, not a second copy of
+  them all; an update adds a transient of
   n × (d+2) + (d+2)² for a batch of n examples (one layer's shifted features in
   float64 and its product: the float32 batch the caller holds, layers × n × d ×
   4 bytes, is larger as soon as there are more than two layers).
@@ -54,6 +60,7 @@ import tempfile
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -64,8 +71,28 @@ from audit.errors import StatsError
 from audit.measures import Moments
 
 _ARRAY_ORDER = ("shift_x", "shift_y", "sx", "r", "sxx", "sy", "syy", "ymin", "ymax", "sxy",
-                "classes", "class_counts", "class_sums")
-"""Keys of :meth:`Accumulator.to_arrays`, in the order files have always had."""
+                "classes", "class_pair_shards", "class_pair_index", "class_pair_counts",
+                "class_pair_sums")
+"""Keys of :meth:`Accumulator.to_arrays`, in the order files have always had (the
+class pairs' keys replaced ``class_counts`` [g, k] and ``class_sums``
+[g, layers, k, d], dense, which :meth:`Accumulator.from_arrays` still reads)."""
+
+_GROWTH = 1.5
+"""Capacity factor of the class pairs' storage when it is full."""
+
+
+@dataclass(frozen=True)
+class ClassLayout:
+    """Where the class pairs go in results (from :meth:`Accumulator.sorted_classes`,
+    valid until the next update or merge): ``k``, the number of distinct targets;
+    ``index`` int64 [P], the position of each pair slot's target among the sorted
+    distinct targets; ``perm`` int64 [P], the pair slots sorted by (target,
+    shard); ``shard_slots``, per shard, its pair slots (sorted by target)."""
+
+    k: int
+    index: np.ndarray
+    perm: np.ndarray
+    shard_slots: tuple[np.ndarray, ...]
 
 
 class Accumulator(ABC):
@@ -97,12 +124,12 @@ class Accumulator(ABC):
             self.ymin = np.full(g, np.iinfo(np.int64).max, dtype=np.int64)
             self.ymax = np.full(g, np.iinfo(np.int64).min, dtype=np.int64)
         if classed:
-            # Slots in arrival order (growth is amortised: capacity doubles);
-            # results are always computed in sorted class order.
-            self.k = 0
-            self.ids = np.zeros(0, dtype=np.int64)
-            self.nc = np.zeros((g, 0), dtype=np.int64)
-            self.sc = np.zeros((g, layers, 0, width))
+            # One slot per distinct (shard, target) pair, in arrival order
+            # (capacity grows by _GROWTH); results are always computed in sorted
+            # class order (ClassLayout).
+            self._set_pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                            np.zeros(0, dtype=np.int64),
+                            [np.zeros((0, width)) for _ in range(layers)])
 
     # ------------------------------------------------------ the method's part
     @property
@@ -186,16 +213,16 @@ class Accumulator(ABC):
         ys = (y - self.shift_y).astype(np.float64)  # exact integers
         if self.classed:
             ids, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
-            slots = self._slots(ids)
+            slots = self._pair_slots(s, ids)
             order = np.argsort(inv, kind="stable")
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            self.nc[s, slots] += counts
+            self.pc[slots] += counts
         xs, add_layer = self._block(ys)
         for layer in range(self.layers):
             np.subtract(x[layer].reshape(n, d), self.shift_x[layer], out=xs)  # copies a strided layer
             add_layer(s, layer)
             if self.classed:
-                self.sc[s, layer, slots] += np.add.reduceat(
+                self.ps[layer][slots] += np.add.reduceat(
                     xs[order], starts, axis=0, dtype=np.float64)
         if self.target:
             self.sy[s] += ys.sum()
@@ -204,36 +231,85 @@ class Accumulator(ABC):
             self.ymax[s] = max(self.ymax[s], int(y.max()))
         self.n[s] += n
 
-    def _slots(self, ids: np.ndarray) -> np.ndarray:
-        """Storage slots of the sorted distinct ``ids`` [u], creating new ones."""
-        known = self.ids[: self.k]
-        order = np.argsort(known)
-        pos = np.searchsorted(known[order], ids)
-        found = pos < self.k
-        found[found] = known[order][pos[found]] == ids[found]
-        slots = np.full(ids.size, -1, dtype=np.int64)
-        slots[found] = order[pos[found]]
+    # --------------------------------------------------------- class pairs
+    def _set_pairs(self, ids: np.ndarray, shards: np.ndarray, counts: np.ndarray,
+                   sums: list[np.ndarray]) -> None:
+        """Set the class pairs (arrays owned from now on, capacity their length)."""
+        self.npairs = ids.size
+        self.pair_ids, self.pair_shards, self.pc, self.ps = ids, shards, counts, sums
+        self._lookup: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The used part of ``pair_ids``, ``pair_shards`` and ``pc`` (views)."""
+        p = self.npairs
+        return self.pair_ids[:p], self.pair_shards[:p], self.pc[:p]
+
+    def _index(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per shard, its pairs' targets sorted, int64 [k_s], and their slots."""
+        if self._lookup is None:
+            ids, shards, _ = self._pairs()
+            self._lookup = []
+            for s in range(self.shards):
+                slots = np.flatnonzero(shards == s)
+                slots = slots[np.argsort(ids[slots], kind="stable")]
+                self._lookup.append((ids[slots], slots))
+        return self._lookup
+
+    def _pair_slots(self, shard: int, ids: np.ndarray) -> np.ndarray:
+        """Slots of the pairs (``shard``, each of the sorted distinct ``ids`` [u]),
+        creating the missing ones (zero)."""
+        known, slots_known = self._index()[shard]
+        pos = np.searchsorted(known, ids)
+        found = pos < known.size
+        found[found] = known[pos[found]] == ids[found]
+        slots = np.empty(ids.size, dtype=np.int64)
+        slots[found] = slots_known[pos[found]]
         new = ids[~found]
         if new.size:
-            need = self.k + new.size
-            if need > self.ids.size:
-                cap = max(need, 2 * self.ids.size, 16)
-                grow = cap - self.ids.size
-                self.ids = np.concatenate([self.ids, np.zeros(grow, dtype=np.int64)])
-                self.nc = np.concatenate(
-                    [self.nc, np.zeros((self.shards, grow), dtype=np.int64)], axis=1)
-                self.sc = np.concatenate(
-                    [self.sc, np.zeros((self.shards, self.layers, grow, self.width))], axis=2)
-            self.ids[self.k: need] = new
-            slots[~found] = np.arange(self.k, need)
-            self.k = need
+            start, need = self.npairs, self.npairs + new.size
+            self._reserve(need)
+            created = np.arange(start, need)
+            self.pair_ids[start:need] = new
+            self.pair_shards[start:need] = shard
+            self.pc[start:need] = 0
+            for sums in self.ps:
+                sums[start:need] = 0.0
+            self.npairs = need
+            slots[~found] = created
+            at = pos[~found]  # sorted: np.insert keeps ``known`` sorted
+            self._lookup[shard] = (np.insert(known, at, new), np.insert(slots_known, at, created))
         return slots
 
-    def sorted_classes(self) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct targets seen, sorted, int64 [k], and their storage slots."""
-        ids = self.ids[: self.k]
-        order = np.argsort(ids)
-        return ids[order], order
+    def _reserve(self, need: int) -> None:
+        """Make room for ``need`` pairs: capacity × 1.5 (at least ``need``), one
+        layer's sums at a time (new arrays are zero pages, resident only once
+        written), so a growth holds one layer's old and new sums at once."""
+        cap = self.pair_ids.size
+        if need <= cap:
+            return
+        cap = max(need, int(cap * _GROWTH), 16)
+        used = self.npairs
+        for name in ("pair_ids", "pair_shards", "pc"):
+            old = getattr(self, name)
+            grown = np.zeros(cap, dtype=np.int64)
+            grown[:used] = old[:used]
+            setattr(self, name, grown)
+        for layer in range(self.layers):
+            grown = np.zeros((cap, self.width))
+            grown[:used] = self.ps[layer][:used]
+            self.ps[layer] = grown  # the old one is freed here
+
+    def sorted_classes(self) -> tuple[np.ndarray, ClassLayout]:
+        """The distinct targets seen, sorted, int64 [k], and where the pairs go
+        among them (:class:`ClassLayout`, for :meth:`total` and :meth:`left_out`)."""
+        ids, shards, _ = self._pairs()
+        classes, index = np.unique(ids, return_inverse=True)
+        index = index.reshape(-1).astype(np.int64, copy=False)
+        perm = np.lexsort((shards, index))  # by target, then shard
+        by_shard = shards[perm]
+        shard_slots = tuple(perm[by_shard == s] for s in range(self.shards))
+        return classes, ClassLayout(k=classes.size, index=index, perm=perm,
+                                    shard_slots=shard_slots)
 
     # ----------------------------------------------------------------- merge
     def rebased(self, shift_x: np.ndarray, shift_y: float) -> "Accumulator":
@@ -241,6 +317,10 @@ class Accumulator(ABC):
         and ``shift_y`` (δ = b − a, ε = c_b − c_a from the new shifts a, c_a to
         these b, c_b): Σ(x−a) = Σ(x−b) + n δ, and the method's scatter likewise
         (exact in exact arithmetic)."""
+        return self._rebased(shift_x, shift_y, self.classed)
+
+    def _rebased(self, shift_x: np.ndarray, shift_y: float, classes: bool) -> "Accumulator":
+        """:meth:`rebased`, with the class pairs only if ``classes`` (else none)."""
         delta = (self.shift_x - shift_x)[None]  # [1, layers, d]
         eps_y = self.shift_y - shift_y  # y − c_a = (y − c_b) + ε
         out = type(self)(self.shards, self.layers, self.width, shift_x, shift_y,
@@ -253,16 +333,24 @@ class Accumulator(ABC):
             out.syy = self.syy + 2.0 * eps_y * self.sy + ny * eps_y ** 2
             out.sy = self.sy + ny * eps_y
             out.ymin, out.ymax = self.ymin.copy(), self.ymax.copy()
-        if self.classed:
-            out.k, out.ids = self.k, self.ids[: self.k].copy()
-            out.nc = self.nc[:, : self.k].copy()
-            out.sc = self.sc[:, :, : self.k] + out.nc[:, None, :, None] * delta[:, :, None, :]
+        if self.classed and classes:
+            ids, shards, counts = self._pairs()
+            out._set_pairs(ids.copy(), shards.copy(), counts.copy(),
+                           [self._rebased_sums(layer, None, delta) for layer in range(self.layers)])
         return out
+
+    def _rebased_sums(self, layer: int, slots: np.ndarray | None, delta: np.ndarray) -> np.ndarray:
+        """The sums of the pairs ``slots`` (None: all) of ``layer`` around the
+        shift moved by −``delta`` [1, layers, d]: Σ(x−a) = Σ(x−b) + n δ."""
+        p = self.npairs
+        sums = self.ps[layer][:p] if slots is None else self.ps[layer][slots]
+        counts = self.pc[:p] if slots is None else self.pc[slots]
+        return sums + counts[:, None] * delta[0, layer][None, :]
 
     def merge(self, other: "Accumulator") -> None:
         """Add the examples of ``other`` (same method, shards, layers and width),
         its sums :meth:`rebased` around this accumulator's shifts."""
-        b = other.rebased(self.shift_x, self.shift_y)
+        b = other._rebased(self.shift_x, self.shift_y, classes=False)
         self.n += b.n
         self._merge_scatter(b)
         self.sx += b.sx
@@ -271,11 +359,16 @@ class Accumulator(ABC):
             self.sy += b.sy
             self.ymin = np.minimum(self.ymin, b.ymin)
             self.ymax = np.maximum(self.ymax, b.ymax)
-        if self.classed and b.k:
-            ids, order = b.sorted_classes()
-            slots = self._slots(ids)
-            self.nc[:, slots] += b.nc[:, order]  # [g, u]
-            self.sc[:, :, slots] += b.sc[:, :, order]  # [g, layers, u, d]
+        if self.classed and other.npairs:
+            # other's pairs rebased here, one shard and layer at a time (not a
+            # whole rebased copy of them), matched by (shard, target)
+            delta = (other.shift_x - self.shift_x)[None]
+            for s, (ids, theirs) in enumerate(other._index()):
+                if ids.size:
+                    slots = self._pair_slots(s, ids)
+                    self.pc[slots] += other.pc[theirs]
+                    for layer in range(self.layers):
+                        self.ps[layer][slots] += other._rebased_sums(layer, theirs, delta)
         b.close()
 
     def copy(self, cls: "type[Accumulator] | None" = None, **options) -> "Accumulator":
@@ -291,55 +384,68 @@ class Accumulator(ABC):
             out.sy, out.syy = self.sy.copy(), self.syy.copy()
             out.ymin, out.ymax = self.ymin.copy(), self.ymax.copy()
         if self.classed:
-            out.k, out.ids = self.k, self.ids.copy()
-            out.nc, out.sc = self.nc.copy(), self.sc.copy()
+            ids, shards, counts = self._pairs()
+            out._set_pairs(ids.copy(), shards.copy(), counts.copy(),
+                           [sums[: self.npairs].copy() for sums in self.ps])
         out._copy_scatter(self)
         return out
 
     # --------------------------------------------------------------- moments
-    def _shared_total(self, layer: int, order: np.ndarray | None) -> Moments:
-        """Moments of all shards without the scatter; class sums in the sorted
-        order of slots ``order`` (none when it is None)."""
+    def _shared_total(self, layer: int, classes: ClassLayout | None) -> Moments:
+        """Moments of all shards without the scatter; class sums in sorted class
+        order as ``classes`` places them (none when it is None), each class's
+        summed over its shards in shard order."""
         full = self.n > 0
         mom = Moments(n=int(self.n.sum()), sx=self.sx[:, layer].sum(axis=0))
         if self.target:
             mom.sy, mom.syy = self.sy.sum(), self.syy.sum()
             mom.distinct = bool(self.ymin[full].min() < self.ymax[full].max())
-        if self.classed and order is not None:
-            mom.nc = self.nc[:, order].sum(axis=0)
-            mom.sc = self.sc[:, layer][:, order].sum(axis=0)
+        if self.classed and classes is not None:
+            mom.nc = np.zeros(classes.k, dtype=np.int64)
+            mom.sc = np.zeros((classes.k, self.width))
+            for slots in classes.shard_slots:  # distinct classes within a shard
+                at = classes.index[slots]
+                mom.nc[at] += self.pc[slots]
+                mom.sc[at] += self.ps[layer][slots]
         return mom
 
-    def total(self, layer: int, order: np.ndarray | None) -> Moments:
-        """Moments of ``layer`` over all shards, class sums in the sorted order of
-        slots ``order`` (from :meth:`sorted_classes`; None: no class sums)."""
-        mom = self._shared_total(layer, order)
+    def total(self, layer: int, classes: ClassLayout | None) -> Moments:
+        """Moments of ``layer`` over all shards, class sums in sorted class order
+        as ``classes`` (from :meth:`sorted_classes`; None: no class sums) places them."""
+        mom = self._shared_total(layer, classes)
         self._total_scatter(mom, layer)
         return mom
 
-    def left_out(self, layer: int, order: np.ndarray | None,
+    def left_out(self, layer: int, classes: ClassLayout | None,
                  parts: np.ndarray) -> Iterator[Moments]:
         """Moments of ``layer`` with each shard in ``parts`` left out, in order: the
         total minus that shard's sums (the method's scatter as it allows).  Each is
         made when drawn: use one before drawing the next to hold one in memory."""
-        total = self._shared_total(layer, order)
+        total = self._shared_total(layer, classes)
         for i, scatter in zip(parts, self._left_out_scatters(layer, parts)):
             keep = (self.n > 0) & (np.arange(self.shards) != i)
             mom = Moments(n=total.n - int(self.n[i]), sx=total.sx - self.sx[i, layer])
             if self.target:
                 mom.sy, mom.syy = total.sy - self.sy[i], total.syy - self.syy[i]
                 mom.distinct = bool(self.ymin[keep].min() < self.ymax[keep].max())
-            if total.nc is not None:
-                mom.nc = total.nc - self.nc[i, order]
-                mom.sc = total.sc - self.sc[i, layer][order]
+            if total.nc is not None:  # minus shard i's pairs, at their classes
+                slots = classes.shard_slots[i]
+                at = classes.index[slots]
+                mom.nc, mom.sc = total.nc.copy(), total.sc.copy()
+                mom.nc[at] -= self.pc[slots]
+                mom.sc[at] -= self.ps[layer][slots]
             for key, value in scatter.items():
                 setattr(mom, key, value)
             yield mom
 
     # --------------------------------------------------------- serialisation
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The sums as plain numpy arrays (copies), classes in sorted order;
-        :meth:`from_arrays` reads them back."""
+        """The sums as plain numpy arrays (copies); :meth:`from_arrays` reads them
+        back.  Class sums: ``classes`` the sorted distinct targets [k] and, per
+        (shard, target) pair seen, sorted by (target, shard) whatever the order
+        of arrival, ``class_pair_shards``, ``class_pair_index`` (into
+        ``classes``), ``class_pair_counts`` int64 [P] and ``class_pair_sums``
+        float64 [layers, P, d]."""
         d = {"shift_x": self.shift_x.copy(), "shift_y": np.array(self.shift_y),
              "sx": self.sx.copy()}
         d.update(self._scatter_arrays())
@@ -347,17 +453,25 @@ class Accumulator(ABC):
             d.update(sy=self.sy.copy(), syy=self.syy.copy(),
                      ymin=self.ymin.copy(), ymax=self.ymax.copy())
         if self.classed:
-            ids, order = self.sorted_classes()
-            d.update(classes=ids, class_counts=self.nc[:, order],
-                     class_sums=self.sc[:, :, order])
+            ids, classes = self.sorted_classes()
+            perm = classes.perm
+            sums = np.empty((self.layers, perm.size, self.width))
+            for layer in range(self.layers):
+                np.take(self.ps[layer], perm, axis=0, out=sums[layer])
+            d.update(classes=ids, class_pair_shards=self.pair_shards[perm],
+                     class_pair_index=classes.index[perm], class_pair_counts=self.pc[perm],
+                     class_pair_sums=sums)
         return {key: d[key] for key in _ARRAY_ORDER if key in d}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray], shards: int, target: bool,
                     classed: bool, **options) -> "Accumulator":
         """Rebuild from :meth:`to_arrays` output plus the counts ``a["n"]``;
-        ``options`` as the class's constructor takes them.  Raises KeyError for a
-        missing key, ValueError for a shape that does not fit."""
+        ``options`` as the class's constructor takes them.  Class sums are read
+        as pairs or, as earlier versions wrote them, dense (``class_counts``
+        [g, k], ``class_sums`` [g, layers, k, d]: the pairs with a count).
+        Raises KeyError for a missing key, ValueError for a shape or a value
+        that does not fit."""
         _, layers, d = a["sx"].shape
         out = cls(shards, layers, d, a["shift_x"].astype(np.float64).copy(),
                   float(a["shift_y"]), target, classed, **options)
@@ -370,11 +484,52 @@ class Accumulator(ABC):
             out.ymin[...] = a["ymin"]
             out.ymax[...] = a["ymax"]
         if classed:
-            out.ids = a["classes"].astype(np.int64).copy()
-            out.k = out.ids.size
-            out.nc = a["class_counts"].astype(np.int64).copy()
-            out.sc = a["class_sums"].astype(np.float64).copy()
+            out._load_pairs(a)
         return out
+
+    def _load_pairs(self, a: dict[str, np.ndarray]) -> None:
+        """Set the class pairs from :meth:`to_arrays` output, new or dense."""
+        g, layers, d = self.shards, self.layers, self.width
+        ids = np.asarray(a["classes"])
+        if ids.ndim != 1:
+            raise ValueError(f"classes has shape {ids.shape}, expected one axis")
+        ids = ids.astype(np.int64)
+        k = ids.size
+        if np.any(ids[1:] <= ids[:-1]):
+            raise ValueError("classes are not sorted and distinct")
+        if "class_pair_counts" in a or "class_counts" not in a:
+            counts = np.asarray(a["class_pair_counts"])
+            p = counts.shape[0] if counts.ndim == 1 else -1
+            for key, want in (("class_pair_counts", (p,)), ("class_pair_shards", (p,)),
+                              ("class_pair_index", (p,)), ("class_pair_sums", (layers, p, d))):
+                if np.shape(a[key]) != want:
+                    raise ValueError(f"{key} has shape {np.shape(a[key])}, expected {want}")
+            shards = np.asarray(a["class_pair_shards"]).astype(np.int64)
+            index = np.asarray(a["class_pair_index"]).astype(np.int64)
+            counts = counts.astype(np.int64)
+            if np.any((shards < 0) | (shards >= g)) or np.any((index < 0) | (index >= k)):
+                raise ValueError("class_pair_shards or class_pair_index is out of range")
+            if np.any(counts < 1):
+                raise ValueError("class_pair_counts holds a count below 1")
+            key = index * g + shards  # < k × g: no overflow
+            if np.unique(key).size != p:
+                raise ValueError("a (shard, class) pair appears twice")
+            if np.unique(index).size != k:
+                raise ValueError("a class has no (shard, class) pair")
+            sums = np.asarray(a["class_pair_sums"])
+            self._set_pairs(ids[index], shards, counts,
+                            [np.array(sums[layer], dtype=np.float64) for layer in range(layers)])
+        else:
+            dense_counts, dense_sums = np.asarray(a["class_counts"]), a["class_sums"]
+            for key, value, want in (("class_counts", dense_counts, (g, k)),
+                                     ("class_sums", dense_sums, (g, layers, k, d))):
+                if np.shape(value) != want:
+                    raise ValueError(f"{key} has shape {np.shape(value)}, expected {want}")
+            index, shards = np.nonzero(dense_counts.T > 0)  # sorted by (class, shard)
+            self._set_pairs(ids[index], shards.astype(np.int64),
+                            dense_counts[shards, index].astype(np.int64),
+                            [np.asarray(dense_sums[shards, layer, index], dtype=np.float64)
+                             for layer in range(layers)])
 
 
 class GramAccumulator(Accumulator):

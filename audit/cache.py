@@ -73,8 +73,9 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "CacheError", "CacheWarning", "StatsCache", "StoredStats",
            "code_sha256", "default_folder", "off_by_environment", "open_cache"]
 
-FORMAT = 1
-"""The entry layout and key recipe; raising it orphans every older entry."""
+FORMAT = 2
+"""The entry layout and key recipe; raising it orphans every older entry (2: the
+class-based measures' sums stored as (shard, class) pairs, not dense)."""
 SETTLE_SECONDS = 2.0
 """A file modified more recently than this before hashing is hashed again next time."""
 TAG_NAME = "CACHEDIR.TAG"

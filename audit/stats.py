@@ -6,7 +6,8 @@
 * memory does not grow with the number of tokens: ``token_id`` keeps
   shards × layers × d² float64 values (plus vectors of length d; ``"qr"``:
   (d+2)²), or with ``storage="spill"`` layers × d² (below); the
-  class-based measures add, per shard and layer, d values per distinct target;
+  class-based measures add, per layer, d values per distinct (shard, target)
+  pair seen (a target seen in s shards counts s times);
 * two accumulators merge exactly (``a + b``), for extraction split over
   processes or machines;
 * every measure's jackknife uses leave-one-shard-out values obtained from the
@@ -108,7 +109,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator
+from audit.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator, ClassLayout
 from audit.errors import StatsError
 from audit.jackknife import jackknife_se
 from audit.law import log10_or_nan
@@ -270,6 +271,14 @@ class LayerStats:
         if self._acc is None:
             return np.zeros(0, dtype=np.int64)
         return self._acc.sorted_classes()[0]
+
+    @property
+    def class_pairs(self) -> int:
+        """Distinct (shard, target) pairs seen: the class sums hold layers × d
+        float64 values for each (0 for ``token_id`` alone)."""
+        if not self._classed or self._acc is None:
+            return 0
+        return int(self._acc.npairs)
 
     # --------------------------------------------------------------------- update
     def update(self, features, targets, shard: int = 0) -> None:
@@ -437,31 +446,31 @@ class LayerStats:
         if self.count == 0:
             raise StatsError("no examples: call update() before asking for results")
 
-    def _prepare(self, measure: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Check ``measure`` can be computed; return the sorted-class order of the
-        storage slots and, for ``shuffled_token_id``, the mapped id of each sorted
-        class (float64 [k])."""
+    def _prepare(self, measure: str) -> tuple[ClassLayout | None, np.ndarray | None]:
+        """Check ``measure`` can be computed; return where the class sums go in
+        sorted class order (:class:`~audit.accumulators.ClassLayout`) and, for
+        ``shuffled_token_id``, the mapped id of each sorted class (float64 [k])."""
         self._require(measure)
         if not self._classed:
             return None, None
-        sorted_ids, order = self._acc.sorted_classes()
+        sorted_ids, classes = self._acc.sorted_classes()
         if sorted_ids.size < 2:
             raise StatsError(_ONE_TARGET)
         mapping = None
         if measure == "shuffled_token_id":
             mapping = shuffled_ids(sorted_ids, self._seed, self._permutation)
-        return order, mapping
+        return classes, mapping
 
     def residuals(self, measure: str) -> np.ndarray:
         """The measure per layer, float64 [layers] (PR for the regressions, D for
         ``separation``).  Raises :class:`StatsError` for a measure not requested,
         an empty accumulator or a single distinct target."""
-        order, mapping = self._prepare(measure)
+        classes, mapping = self._prepare(measure)
         acc = self._acc
         rcond = acc.rcond(self._input_eps)
         out = np.empty(acc.layers)
         for layer in range(acc.layers):
-            out[layer] = acc.value(measure, acc.total(layer, order), rcond, mapping)
+            out[layer] = acc.value(measure, acc.total(layer, classes), rcond, mapping)
             if np.isnan(out[layer]):
                 raise StatsError(_ONE_TARGET)
         return out
@@ -482,7 +491,7 @@ class LayerStats:
         Each value comes from the total minus one shard's sums (with ``"qr"``, a
         combination of the other shards' factors), not a refit.  A left-out
         subset with a single distinct target gives NaN."""
-        order, mapping = self._prepare(measure)
+        classes, mapping = self._prepare(measure)
         acc = self._acc
         parts = self._filled()
         if parts.size < 2:
@@ -490,7 +499,7 @@ class LayerStats:
         rcond = acc.rcond(self._input_eps)
         out = np.empty((parts.size, acc.layers))
         for layer in range(acc.layers):
-            for j, mom in enumerate(acc.left_out(layer, order, parts)):
+            for j, mom in enumerate(acc.left_out(layer, classes, parts)):
                 out[j, layer] = acc.value(measure, mom, rcond, mapping)
         return out
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.cache import (CacheError, CacheWarning, StatsCache, StoredStats, default_folder,
-                         open_cache)
+from audit.cache import (FORMAT, CacheError, CacheWarning, StatsCache, StoredStats,
+                         default_folder, open_cache)
 from audit.pipeline import measure, run
 from audit.spec import spec_from_dict
 
@@ -280,7 +280,7 @@ def truncate(path: Path) -> None:
 
 def flip_meta_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    at = data.index(b'"format": 1')
+    at = data.index(f'"format": {FORMAT}'.encode())
     data[at + 10] = ord("7")
     path.write_bytes(bytes(data))
 

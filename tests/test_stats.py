@@ -490,6 +490,187 @@ def test_arrays_counting_examples_without_sums_are_refused():
             LayerStats.from_arrays, arrays)
 
 
+# ------------------------------------------------------ sparse class sums
+def _class_pairs(y: np.ndarray, shard_of: np.ndarray) -> set[tuple[int, int]]:
+    """The distinct (shard, target) pairs of examples with targets ``y`` in shards ``shard_of``."""
+    return set(zip(shard_of.tolist(), y.tolist()))
+
+
+def test_class_sums_keep_one_slot_per_shard_and_target():
+    """The class-based measures keep one slot per distinct (shard, target) pair
+    seen, not shards × k: three shards with disjoint targets cost the sum of
+    their distinct counts.  Each pair's sums equal the direct sums of its
+    examples, through many growths of the storage (hundreds of pairs)."""
+    rng = np.random.default_rng(21)
+    shards, layers, d, n = 3, 2, 4, 900
+    y = rng.integers(0, 300, n) + 1000 * (np.arange(n) * shards // n)  # shard s: 1000s + [0, 300)
+    shard_of = np.arange(n) * shards // n
+    x = rng.standard_normal((layers, n, d)) + 3.0
+    stats = LayerStats(("one_hot", "separation"), shards=shards)
+    for lo in range(0, n, 50):
+        stats.update(x[:, lo:lo + 50], y[lo:lo + 50], shard=int(shard_of[lo]))
+    acc = stats._acc
+    per_shard = sum(np.unique(y[shard_of == s]).size for s in range(shards))
+    k = np.unique(y).size
+    assert acc.npairs == stats.class_pairs == per_shard == len(_class_pairs(y, shard_of))
+    assert k == per_shard < shards * k  # disjoint: each target in one shard
+    arrays = stats.to_arrays()
+    assert arrays["class_pair_sums"].shape == (layers, per_shard, d)
+    assert "class_sums" not in arrays and "class_counts" not in arrays
+    # each pair's count and sums, against the examples (arrays sorted by class, then shard)
+    pair_ids = arrays["classes"][arrays["class_pair_index"]]
+    for j, (s, c) in enumerate(zip(arrays["class_pair_shards"], pair_ids)):
+        rows = (shard_of == s) & (y == c)
+        assert arrays["class_pair_counts"][j] == rows.sum()
+        want = (x[:, rows] - acc.shift_x[:, None]).sum(axis=1)
+        np.testing.assert_allclose(arrays["class_pair_sums"][:, j], want, rtol=1e-12, atol=1e-12)
+    # overlapping targets: a target seen in two shards takes two slots
+    both = LayerStats(("one_hot",), shards=2)
+    both.update(x[:, :6], np.array([5, 5, 7, 8, 7, 5]), shard=0)
+    both.update(x[:, 6:10], np.array([7, 9, 9, 5]), shard=1)
+    assert both.class_pairs == 6 and both.classes.tolist() == [5, 7, 8, 9]
+    assert LayerStats(("token_id",), shards=2).class_pairs == 0
+    assert both.to_arrays()["class_pair_shards"].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_class_measures_equal_dense_reference_in_any_order_and_merged(method):
+    """one_hot and separation (and their leave-one-out values) from the sparse
+    class sums equal the dense references (lstsq on the one-hot targets,
+    explicit scatters) for batches fed in shuffled order to several shards, some
+    with targets of their own, split between accumulators and merged; the
+    per-class moments equal dense sums of the examples."""
+    rng = np.random.default_rng(22)
+    shards, layers, d, n = 4, 2, 3, 240
+    x, y = make_data(rng, layers, n, d, 9, mean=50.0)
+    shard_of = (np.arange(n) // 20) % shards
+    y[shard_of == 3] = y[shard_of == 3] % 3 + 70_000  # targets only shard 3 has
+    bounds = [(lo, lo + 20) for lo in range(0, n, 20)]
+    order = rng.permutation(len(bounds))
+    x[:, :, 1] += 0.1 * (np.arange(n) // 20 % 3)  # each part's shifts differ
+    parts = [LayerStats(("one_hot", "separation"), shards=shards, method=method)
+             for _ in range(3)]
+    for j, i in enumerate(order):
+        lo, hi = bounds[i]
+        parts[j % 3].update(x[:, lo:hi], y[lo:hi], shard=int(shard_of[lo]))
+    stats = (parts[2] + parts[0]) + parts[1]
+    ids = np.unique(y)
+    acc = stats._acc
+    classes = acc.sorted_classes()[1]
+    for layer in range(layers):  # dense per-class sums, around the accumulator's shift
+        mom = acc.total(layer, classes)
+        np.testing.assert_array_equal(mom.nc, [(y == c).sum() for c in ids])
+        want = np.array([(x[layer, y == c] - acc.shift_x[layer]).sum(axis=0) for c in ids])
+        np.testing.assert_allclose(mom.sc, want, rtol=1e-12, atol=1e-10)
+    for measure in ("one_hot", "separation"):
+        want = [reference(measure, x[layer], y) for layer in range(layers)]
+        np.testing.assert_allclose(stats.residuals(measure), want, rtol=1e-8)
+        brute = [[reference(measure, x[layer, shard_of != s], y[shard_of != s])
+                  for layer in range(layers)] for s in range(shards)]
+        np.testing.assert_allclose(stats.leave_one_out(measure), brute, rtol=1e-8)
+
+
+def _dense_class_arrays(arrays: dict) -> dict:
+    """``arrays`` with the class pairs written densely, as versions before the
+    pairs wrote them: ``class_counts`` [g, k] and ``class_sums`` [g, layers, k, d]."""
+    old = {key: value for key, value in arrays.items() if not key.startswith("class_pair_")}
+    g, (layers, _, d), k = int(arrays["shards"]), arrays["class_pair_sums"].shape, \
+        arrays["classes"].size
+    shard, index = arrays["class_pair_shards"], arrays["class_pair_index"]
+    old["class_counts"] = np.zeros((g, k), dtype=np.int64)
+    old["class_counts"][shard, index] = arrays["class_pair_counts"]
+    old["class_sums"] = np.zeros((g, layers, k, d))
+    old["class_sums"][shard, :, index] = arrays["class_pair_sums"].transpose(1, 0, 2)
+    return old
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_from_arrays_reads_dense_class_sums_of_earlier_versions(method):
+    a, b, c = _three(method=method)
+    extra = LayerStats(ALL, shards=3, method=method)  # two targets only shard 1 has
+    extra.update(np.random.default_rng(24).standard_normal((2, 6, 3)) + 1e3,
+                 np.array([77, 77, 78, 77, 78, 78]), shard=1)
+    stats = a + b + c + extra
+    arrays = stats.to_arrays()
+    old = _dense_class_arrays(arrays)
+    assert old["class_counts"].min() == 0  # some shard lacks some class: not stored as a pair
+    back = LayerStats.from_arrays(old)
+    for key, value in arrays.items():  # written back as pairs, the same
+        np.testing.assert_array_equal(back.to_arrays()[key], value, err_msg=key)
+    for measure in ALL:
+        np.testing.assert_array_equal(back.residuals(measure), stats.residuals(measure))
+        np.testing.assert_array_equal(back.leave_one_out(measure), stats.leave_one_out(measure))
+    # shapes that do not fit, old and new
+    bad = dict(old, class_sums=old["class_sums"][:, :, :-1])
+    _raises(f"statistics arrays are inconsistent: class_sums has shape "
+            f"{bad['class_sums'].shape}, expected {old['class_sums'].shape}",
+            LayerStats.from_arrays, bad)
+    bad = dict(old, class_counts=old["class_counts"][:2])
+    _raises(f"statistics arrays are inconsistent: class_counts has shape "
+            f"{bad['class_counts'].shape}, expected {old['class_counts'].shape}",
+            LayerStats.from_arrays, bad)
+    bad = dict(arrays, class_pair_sums=arrays["class_pair_sums"][:, :-1])
+    _raises(f"statistics arrays are inconsistent: class_pair_sums has shape "
+            f"{bad['class_pair_sums'].shape}, expected {arrays['class_pair_sums'].shape}",
+            LayerStats.from_arrays, bad)
+    bad = dict(arrays, class_pair_index=arrays["class_pair_index"][:-1])
+    _raises(f"statistics arrays are inconsistent: class_pair_index has shape "
+            f"{bad['class_pair_index'].shape}, expected {arrays['class_pair_counts'].shape}",
+            LayerStats.from_arrays, bad)
+    bad = dict(arrays, class_pair_shards=arrays["class_pair_shards"] + 3)
+    _raises("statistics arrays are inconsistent: class_pair_shards or class_pair_index is "
+            "out of range", LayerStats.from_arrays, bad)
+    twice = np.array(arrays["class_pair_index"])
+    twice[1] = twice[0]
+    bad = dict(arrays, class_pair_index=twice,
+               class_pair_shards=np.full_like(arrays["class_pair_shards"], 0))
+    _raises("statistics arrays are inconsistent: a (shard, class) pair appears twice",
+            LayerStats.from_arrays, bad)
+    bad = dict(arrays, classes=np.append(arrays["classes"], 10**9))
+    _raises("statistics arrays are inconsistent: a class has no (shard, class) pair",
+            LayerStats.from_arrays, bad)
+    bad = dict(arrays)
+    del bad["class_pair_counts"]
+    _raises("statistics arrays lack the key 'class_pair_counts'", LayerStats.from_arrays, bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_class_arrays_do_not_depend_on_arrival_order(method):
+    """The class pairs are written sorted by (class, shard): shards fed
+    interleaved in different orders (each shard's batches in the same order, the
+    same first batch) give the same arrays, bit for bit, though their pairs were
+    created in different orders."""
+    rng = np.random.default_rng(23)
+    shards, n = 3, 180
+    x, y = make_data(rng, 2, n, 3, 12)
+    batches = [(lo, lo + 15, (lo // 15) % shards) for lo in range(0, n, 15)]
+    per_shard = [[b for b in batches if b[2] == s] for s in range(shards)]
+
+    def fed(shard_sequence):
+        stats = LayerStats(ALL, shards=shards, method=method)
+        queues = [list(q) for q in per_shard]
+        for s in shard_sequence:
+            lo, hi, shard = queues[s].pop(0)
+            stats.update(x[:, lo:hi], y[lo:hi], shard=shard)
+        return stats
+
+    count = len(per_shard[0])
+    round_robin = [s for _ in range(count) for s in range(shards)]
+    one_by_one = [s for s in range(shards) for _ in range(count)]
+    backwards = [0] + [s for s in (2, 1) for _ in range(count)] + [0] * (count - 1)
+    runs = [fed(seq) for seq in (round_robin, one_by_one, backwards)]
+    created = [runs[i]._acc.pair_ids[: runs[i]._acc.npairs].tolist() for i in range(3)]
+    assert created[0] != created[1] and created[1] != created[2]  # arrival orders differ
+    arrays = runs[0].to_arrays()
+    index, pair_shards = arrays["class_pair_index"], arrays["class_pair_shards"]
+    assert np.all((np.diff(index) > 0) | ((np.diff(index) == 0) & (np.diff(pair_shards) > 0)))
+    for other in runs[1:]:
+        again = other.to_arrays()
+        assert list(again) == list(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(again[key], value, err_msg=key)
+
+
 # ------------------------------------------------------------------- float32
 @pytest.mark.parametrize("method", METHODS)
 def test_float32_precision(method):
