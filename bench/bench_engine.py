@@ -29,6 +29,12 @@ errors between ``storage="spill"`` and ``storage="memory"``.  It writes
 ``engine.memory_gib_7b``, ``engine.seconds_memory_7b`` and ``engine.memory_7b``
 (details), which the full run keeps.
 
+``engine.floor_ratio`` is the engine's time (``shards=1``, with PR) over the
+float64 floor's, both timed on the same chunks in one process, alternating
+chunk by chunk, median of 3 rounds (``engine.floor_ratio_detail``): timed in
+separate processes as above, each moves by up to 20 % on a shared machine.
+``--floor-ratio`` runs only that and keeps every other figure.
+
 Each side runs in its own subprocess.  Time: wall time of the statistics work
 only (feature generation is excluded on both sides).  Memory: the subprocess's
 peak resident set size (``getrusage`` ru_maxrss, the kernel's high-water mark)
@@ -58,6 +64,7 @@ LAYERS, WIDTH, VOCAB, CHUNK = 31, 576, 5000, 1024
 LAYERS_7B, WIDTH_7B = 33, 4096  # hidden states and width of a 7B model (Llama-2-7B, Mistral-7B)
 RESULTS = Path(__file__).with_name("results.json")
 KEYS_7B = ("memory_gib_7b", "seconds_memory_7b", "memory_7b")
+KEYS_FLOOR = ("floor_ratio", "floor_ratio_detail")
 """Keys of ``engine`` written by ``--memory-7b``, which the full run keeps."""
 
 
@@ -232,6 +239,59 @@ def worker_floor(tokens: int, dtype: str = "float64") -> dict:
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": []}
 
 
+def worker_floor_ratio(tokens: int, rounds: int = 3) -> dict:
+    """The engine (``shards=1``) and the float64 Gram floor timed on the same
+    chunks in one process, alternating chunk by chunk (which one goes first
+    alternates too), so that both see the same machine: a shared 2-core machine
+    moves either by 20 % from one process to the next.  ``rounds`` passes over
+    the chunks; the engine's time includes PR at the end.  Returns the medians
+    over rounds and ``floor_ratio`` = engine / floor of the median round, and the
+    time of the float64 copy of the features (``x.astype(float64)``), which the
+    floor leaves out and the engine cannot (it subtracts the shift on the way)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from audit.stats import LayerStats
+
+    model = _model()
+    chunks = [(chunk(model, index, n)) for index, n in _chunks(tokens)]
+    engine_times, floor_times, convert_times = [], [], []
+    for round_ in range(rounds):
+        stats = LayerStats(("token_id",), shards=1)
+        t_engine = t_floor = t_convert = 0.0
+        for i, (x, y) in enumerate(chunks):
+            def engine() -> float:
+                start = time.perf_counter()
+                stats.update(x, y, shard=0)
+                return time.perf_counter() - start
+
+            def floor() -> float:
+                nonlocal t_convert
+                start = time.perf_counter()
+                x64 = x.astype(np.float64)  # the copy the floor leaves out, timed apart
+                t_convert += time.perf_counter() - start
+                start = time.perf_counter()
+                for layer in range(LAYERS):
+                    x64[layer].T @ x64[layer]
+                return time.perf_counter() - start
+
+            if (i + round_) % 2:
+                t_engine += engine()
+                t_floor += floor()
+            else:
+                t_floor += floor()
+                t_engine += engine()
+        start = time.perf_counter()
+        stats.residuals("token_id")
+        t_engine += time.perf_counter() - start
+        engine_times.append(t_engine)
+        floor_times.append(t_floor)
+        convert_times.append(t_convert)
+    ratios = [e / f for e, f in zip(engine_times, floor_times)]
+    return {"seconds": float(np.median(engine_times)), "peak_bytes": 0, "pr": [],
+            "seconds_floor": float(np.median(floor_times)), "ratios": ratios,
+            "seconds_float64_copy": float(np.median(convert_times)),
+            "floor_ratio": float(np.median(ratios)), "rounds": rounds}
+
+
 def worker_single_layer(tokens: int) -> dict:
     """One layer (the last) of the same features: sklearn ``LinearRegression``
     against a centred float64 Gram plus Cholesky, best of three each."""
@@ -289,6 +349,9 @@ def main() -> None:
                              "the spill/memory equality check; writes engine.memory_gib_7b")
     parser.add_argument("--tokens-7b", type=int, default=20_000,
                         help="tokens of the 7B-shape run (default 20,000)")
+    parser.add_argument("--floor-ratio", action="store_true",
+                        help="only the engine (shards=1) over the float64 floor, timed in one "
+                             "process; writes engine.floor_ratio")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -301,6 +364,8 @@ def main() -> None:
             result = worker_spill_equality(int(tokens), int(rest[0]))
         elif kind == "floor":
             result = worker_floor(int(tokens), *rest)
+        elif kind == "floor_ratio":
+            result = worker_floor_ratio(int(tokens), *map(int, rest))
         elif kind == "single":
             result = worker_single_layer(int(tokens))
         else:
@@ -310,6 +375,13 @@ def main() -> None:
 
     if args.memory_7b:
         memory_7b(args.tokens_7b, args.threads)
+        return
+    if args.floor_ratio:
+        tokens = 5_000 if args.quick else 50_000
+        figures = _floor_ratio(tokens, args.threads)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results.setdefault("engine", {}).update(figures)
+        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         return
     tokens = 5_000 if args.quick else 50_000
     print(f"{LAYERS} hidden states × {WIDTH} wide, {tokens} tokens, float32, "
@@ -396,11 +468,25 @@ def main() -> None:
           f"{figures['memory_ratio']:.1f}×, max relative PR difference {diff:.2e}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.quick:
+        figures.update(_floor_ratio(tokens, args.threads))
         kept = {key: value for key, value in results.get("engine", {}).items() if key in KEYS_7B}
         results["engine"] = {**figures, **kept}
     else:
         results.setdefault("engine", {})["quick"] = figures
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def _floor_ratio(tokens: int, threads: int | None) -> dict:
+    paired = _run("floor_ratio", str(tokens), "3", threads=threads)
+    print(f"engine (shards=1) over the float64 floor, same process: {paired['floor_ratio']:.3f} "
+          f"(rounds {', '.join(f'{r:.3f}' for r in paired['ratios'])})")
+    return {"floor_ratio": paired["floor_ratio"],
+            "floor_ratio_detail": {"tokens": tokens, "rounds": paired["rounds"],
+                                   "ratios": paired["ratios"],
+                                   "seconds_engine": paired["seconds"],
+                                   "seconds_floor": paired["seconds_floor"],
+                                   "seconds_float64_copy": paired["seconds_float64_copy"],
+                                   "cores": os.cpu_count(), "load_average": os.getloadavg()[0]}}
 
 
 def memory_7b(tokens: int, threads: int | None) -> None:

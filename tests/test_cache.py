@@ -446,3 +446,31 @@ def test_spilled_statistics_are_not_stored(tmp_path: Path) -> None:
         assert store.store("ab" * 32, fake) is None
     assert entries(tmp_path / "cache") == []
     stats.close()
+
+
+def test_a_gguf_weights_hash_is_remembered_while_the_caches_are_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's weights hash of a GGUF file goes through the cache folder's
+    index: a second start reads no weight byte; with the caches off it hashes."""
+    import audit.cache as cache_module
+    from audit.backends.hf_files import HuggingFaceFiles, sha256_files
+    from audit.spec import ModelSpec
+
+    hashed: list[str] = []
+    real = cache_module.sha256_files
+    monkeypatch.setattr(cache_module, "sha256_files",
+                        lambda paths: hashed.extend(p.name for p in paths) or real(paths))
+    big = tmp_path / "weights.gguf"
+    big.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    old = time.time_ns() - 3_600 * 10**9
+    os.utime(big, ns=(old, old))
+    monkeypatch.setenv("EQUILAW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EQUILAW_NO_CACHE", "0")
+
+    def digest() -> str:
+        return HuggingFaceFiles(ModelSpec(path=str(big)), "w").weights_sha256()
+
+    assert digest() == digest() == sha256_files([big]) and hashed == ["weights.gguf"]
+    assert str(big.resolve()) in (tmp_path / "cache" / "index.json").read_text()
+    monkeypatch.setenv("EQUILAW_NO_CACHE", "1")
+    assert digest() == sha256_files([big]) and hashed == ["weights.gguf"]  # not via the index
