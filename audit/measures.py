@@ -72,7 +72,8 @@ class Moments:
         sum of squares diagonal [d] (for the dead-column test)."""
         m = self.sx / self.n
         r = m * np.sqrt(self.n)
-        S = self.sxx - np.outer(r, r)  # r_i·r_j keeps S exactly symmetric
+        S = np.multiply.outer(r, r)  # r_i·r_j keeps S exactly symmetric
+        np.subtract(self.sxx, S, out=S)  # one d×d array, not two
         return m, S, np.diag(self.sxx)
 
     def centred_factor(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -132,6 +132,25 @@ def test_hooks_are_removed_after_a_pass_and_after_a_failure(family_dirs) -> None
         family_dirs["llama"]).hidden_states(IDS))
 
 
+def test_a_sink_receives_every_layer_and_the_capture_keeps_the_last(family_dirs) -> None:
+    """With a sink, each layer goes to it as produced and only the last stays
+    referenced (the others can be freed during the pass): the same tensors as a
+    capture that keeps them all."""
+    backend = _backend(family_dirs["llama"])
+    backend.load()
+    ids = torch.from_numpy(IDS)
+    received: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        kept = backend.layer_states(ids)
+        sunk = backend.layer_states(
+            ids, sink=lambda layer, t: received.setdefault(layer, t.float().numpy().copy()))
+    assert sorted(received) == list(range(LAYERS + 1))
+    assert all(state is None for state in sunk[:-1]) and sunk[-1] is not None
+    for layer, state in enumerate(kept):
+        np.testing.assert_array_equal(received[layer], state.float().numpy())
+    np.testing.assert_array_equal(sunk[-1].float().numpy(), kept[-1].float().numpy())
+
+
 def test_a_block_that_runs_twice_is_an_error(family_dirs) -> None:
     model = causal_lm(config("llama", LAYERS))
     model.model.layers[2] = model.model.layers[1]  # the same module twice

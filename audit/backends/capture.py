@@ -13,6 +13,7 @@ torch is only touched through the modules given: importing this module is cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +87,19 @@ def _tensor(value: Any) -> Any:
 
 class Capture:
     """``with Capture(modules) as capture: model(...)``, then ``capture.states()``:
-    the L + 1 layers of that forward pass, torch tensors [b, t, d]."""
+    the L + 1 layers of that forward pass, torch tensors [b, t, d].
 
-    def __init__(self, modules: LayerModules, *, name: str | None = None) -> None:
+    ``sink``, when given, receives each layer as its module produces it,
+    ``sink(layer, tensor)``, and the capture keeps only the last layer (L): the
+    others are then freed as the forward pass moves on instead of all staying
+    alive until it ends (SmolLM2: 73 MB per batch of 8 windows of 128 tokens
+    less at the peak), and the caller copies each while it is still in cache."""
+
+    def __init__(self, modules: LayerModules, *, name: str | None = None,
+                 sink: Callable[[int, Any], None] | None = None) -> None:
         self.modules = modules
         self.name = name
+        self.sink = sink
         self._handles: list[Any] = []
         self._states: list[Any] = []
         self._runs: list[int] = []
@@ -101,6 +110,10 @@ class Capture:
             raise BackendError(f"{self.modules.where}: {what} gave {type(value).__name__}, "
                                "not a tensor", model=self.name)
         self._runs[layer] += 1
+        if self.sink is not None:
+            self.sink(layer, tensor)
+            if layer < len(self._states) - 1:
+                return
         self._states[layer] = tensor
 
     def __enter__(self) -> Capture:
@@ -140,8 +153,8 @@ class Capture:
         self._handles = []
 
     def states(self) -> list[Any]:
-        """The captured layers 0..L; :class:`BackendError` when a module ran twice or
-        not at all during the pass."""
+        """The captured layers 0..L (with a ``sink``, None but the last);
+        :class:`BackendError` when a module ran twice or not at all during the pass."""
         what = {0: "layer 0's module", len(self._runs) - 1: "the final norm"}
         for layer, runs in enumerate(self._runs):
             if runs != 1:

@@ -191,17 +191,19 @@ class TorchBackend(HuggingFaceFiles):
         else:
             self._mask = "attention_mask" in inspect.signature(self._model.forward).parameters
 
-    def layer_states(self, input_ids: Any) -> list[Any]:
+    def layer_states(self, input_ids: Any, sink: Any = None) -> list[Any]:
         """After :meth:`load`: equilaw's layers 0..L of the torch tensor ``input_ids``
         [b, t], as torch tensors [b, t, d] in the model's dtype (the caller chooses the
         grad mode).  Captured with hooks (:mod:`audit.backends.capture`), removed
-        before this returns."""
+        before this returns.  ``sink(layer, tensor)`` receives each layer as it is
+        produced, and only the last is returned (the others are None): see
+        :class:`~audit.backends.capture.Capture`."""
         import torch
 
         kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
         if self._mask:
             kwargs["attention_mask"] = torch.ones_like(input_ids)
-        with Capture(self._layers, name=self.name) as capture:
+        with Capture(self._layers, name=self.name, sink=sink) as capture:
             self._model(**kwargs)
         return capture.states()
 
@@ -290,20 +292,26 @@ class TorchBackend(HuggingFaceFiles):
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
-        with torch.inference_mode():
-            states = self.layer_states(tensor)
-            if self.spec.device_map is None:  # one device: one stack, one copy
-                stacked = torch.stack(states).to(torch.float32).cpu().numpy()  # [L+1, b, t, d]
-            else:  # layers on several devices
-                stacked = torch.stack([s.to(torch.float32).cpu() for s in states]).numpy()
-            if stacked.shape[-1] != info.width:
-                raise BackendError(f"hidden states have width {stacked.shape[-1]}, the config "
+        shape = (*ids.shape, info.width)
+        hidden = np.empty((len(self._layers.blocks) + 1, *shape), dtype=np.float32)
+
+        def copy_out(layer: int, state: Any) -> None:
+            # each layer into the batch's array as it is produced (on any device)
+            if state.shape[-1] != info.width:
+                raise BackendError(f"hidden states have width {state.shape[-1]}, the config "
                                    f"says {info.width}", model=self.name)
+            if tuple(state.shape) != shape:
+                raise BackendError(f"layer {layer} has shape {tuple(state.shape)}, expected "
+                                   f"{shape} for input ids of shape {ids.shape}", model=self.name)
+            hidden[layer] = state.detach().to(torch.float32).cpu().numpy()
+
+        with torch.inference_mode():
+            last = self.layer_states(tensor, sink=copy_out)[-1]
             if not loss or self._head is None:
-                return Forward(stacked, None, 0.0)
+                return Forward(hidden, None, 0.0)
             start = time.perf_counter()
-            nll = self._token_nll(states[-1], tensor)
-            return Forward(stacked, nll, time.perf_counter() - start)
+            nll = self._token_nll(last, tensor)
+            return Forward(hidden, nll, time.perf_counter() - start)
 
     def _token_nll(self, last: Any, ids: Any) -> np.ndarray:
         """Next-token cross-entropy, float64 [b, t-1], from the final hidden state

@@ -17,17 +17,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def _scaled(S: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scaled(S: np.ndarray, live: np.ndarray,
+            out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Restrict ``S`` to the live columns and scale them to unit diagonal.
 
     The scaling (Jacobi) makes the answer independent of per-column units, so an
     outlier dimension 1000× the others costs no precision.  Returns the scaled
-    block, the live indices and the per-column scale factors.
+    block (written into ``out`` [r, r] when given), the live indices and the
+    per-column scale factors.
     """
     idx = np.flatnonzero(live)
     block = S if idx.size == S.shape[0] else S[np.ix_(idx, idx)]
     scale = 1.0 / np.sqrt(np.diag(block))
-    return block * np.outer(scale, scale), idx, scale
+    outer = np.multiply.outer(scale, scale)
+    if out is None:
+        out = outer
+    np.multiply(block, outer, out=out)
+    return out, idx, scale
 
 
 def _clearly_regular(L: np.ndarray, St: np.ndarray, rcond: float) -> bool:
@@ -54,12 +60,14 @@ def residual_fraction(S: np.ndarray, B: np.ndarray, sst: float, live: np.ndarray
     """
     if not live.any():
         return 1.0
-    St, idx, scale = _scaled(S, live)
-    Bt = B[idx] * scale[:, None] / np.sqrt(sst)
-    r = idx.size
-    if Bt.shape[1] == 1:
+    r = int(np.count_nonzero(live))
+    if B.shape[1] == 1:  # the scaled scatter is written straight into its place in A
         A = np.empty((r + 1, r + 1))
-        A[:r, :r] = St
+        St, idx, scale = _scaled(S, live, out=A[:r, :r])
+    else:
+        St, idx, scale = _scaled(S, live)
+    Bt = B[idx] * scale[:, None] / np.sqrt(sst)
+    if Bt.shape[1] == 1:
         A[:r, r] = A[r, :r] = Bt[:, 0]
         A[r, r] = 1.0
         try:
