@@ -17,29 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from audit.backends import BACKENDS as _BACKEND_REGISTRY
+from audit.backends.registry import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
 from audit.accumulators import METHODS as STATISTICS
 from audit.internal import yaml_lines
 from audit.measures import MEASURES, PERMUTATIONS
+from audit.norms import NORM_KINDS, NORMALIZATIONS, NormInfo
 
 PROBE_MODES = ("windows", "documents")
-NORMALIZATIONS = ("init_norm", "standardize", "none")
 TARGETS = ("previous", "current", "next", "next_next")
 DEVICES_HELP = "cpu | cuda | cuda:N | auto"
 DTYPES = ("float32", "bfloat16", "float16")
-NORM_KINDS = ("rms", "layer")
-
-
-@dataclass(frozen=True)
-class NormOverride:
-    """The final norm of a model whose architecture equilaw does not know."""
-
-    kind: str
-    """``rms`` (RMSNorm) or ``layer`` (LayerNorm)."""
-    eps: float
-    """The norm's epsilon, > 0."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,7 @@ class ModelSpec:
     onnx: str | None = None
     """``backend: onnx``: the ONNX file to run (same forms as ``path``); ``path``
     still gives the config, tokenizer and final norm."""
-    norm: NormOverride | None = None
+    norm: NormInfo | None = None
     """Overrides the final-norm description for ``init_norm``."""
     modules: ModuleOverride | None = None
     """Overrides where the blocks, the final norm and layer 0 are."""
@@ -238,7 +227,7 @@ class Spec:
 # ---------------------------------------------------------------------------
 
 BACKENDS = tuple(_BACKEND_REGISTRY)
-"""Backend names ``backend`` takes: the keys of the one registry, ``audit.backends.BACKENDS``."""
+"""Backend names ``backend`` takes: the keys of the one registry, ``audit.backends.registry.BACKENDS``."""
 BUILTIN_CORPORA = tuple(_CORPUS_FILES)
 """Corpus names that ``probe.corpus`` takes as names, not paths."""
 MODEL_SCHEMES = ("pkg", "assemble")
@@ -247,7 +236,7 @@ NAME_PATTERN = r"[a-z0-9._-]+"
 DEVICE_PATTERN = r"cpu|cuda|cuda:[0-9]+|auto"
 
 _SECTIONS: dict[str, type] = {
-    "": Spec, "model": ModelSpec, "model.norm": NormOverride,
+    "": Spec, "model": ModelSpec, "model.norm": NormInfo,
     "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
     "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
 }

@@ -18,7 +18,8 @@ from conftest import model_or_skip
 from audit.backends import BACKENDS, open_backend
 from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
-from audit.spec import ModelSpec, ModuleOverride, NormOverride, Spec
+from audit.norms import NormInfo
+from audit.spec import ModelSpec, ModuleOverride, Spec
 from tiny_models import causal_lm, config, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,8 +215,8 @@ def test_unknown_architecture_names_the_override(tmp_path: Path) -> None:
         "gemma3, gemma3_text, gpt2, gpt_neox, llama, mamba, mistral, phi, phi3, qwen2, qwen3, "
         "rwkv)")
     with pytest.raises(BackendError):  # the norm alone is not enough: where are the blocks?
-        backend_for(tmp_path, norm=NormOverride(kind="layer", eps=1e-4)).info()
-    info = backend_for(tmp_path, norm=NormOverride(kind="layer", eps=1e-4),
+        backend_for(tmp_path, norm=NormInfo(kind="layer", eps=1e-4)).info()
+    info = backend_for(tmp_path, norm=NormInfo(kind="layer", eps=1e-4),
                        modules=ModuleOverride(blocks="model.layers", final_norm="model.norm")).info()
     assert (info.architecture, info.num_layers, info.norm.kind, info.norm.eps) == \
         ("mystery", 2, "layer", 1e-4)

