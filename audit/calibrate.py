@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from audit.backends.locate import split_scheme
 from audit.errors import StatsError
 from audit.report.data import LayerRow, Report
 from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
@@ -270,15 +270,12 @@ def _outward(value: float, decimals: int, *, up: bool) -> float:
 
 # --- the spec file -------------------------------------------------------------------
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
 def relative_path(path: str, spec_file: str | os.PathLike) -> str:
     """``model.path`` as a spec at ``spec_file`` should spell it: a filesystem path
     relative to the spec's folder; ``pkg://`` and ``assemble://`` paths as given.
     Reads nothing on disk."""
-    match = _SCHEME.match(path)
-    if match and match.group(1) in MODEL_SCHEMES:
+    scheme = split_scheme(path)
+    if scheme and scheme[0] in MODEL_SCHEMES:
         return path
     folder = os.path.dirname(os.path.abspath(os.fspath(spec_file)))
     return os.path.relpath(os.path.abspath(os.path.expanduser(path)), folder)
