@@ -86,20 +86,11 @@ class AuditSession:
         """The specs that run: one per spec file, or one per backend of a spec that
         names several (``<name>.<backend>``)."""
         if self._specs is None:
-            from audit.errors import SpecError
             from audit.spec import per_backend
 
-            specs: list[Spec] = []
-            seen: dict[str, Spec] = {}
-            for spec in load_specs(self.spec_paths):
-                for one in per_backend(spec):
-                    if one.name in seen:
-                        raise SpecError(f"spec name {one.name!r} is also used by "
-                                        f"{seen[one.name].source}", file=spec.source,
-                                        line=spec.lines.get("name"), field="name")
-                    seen[one.name] = one
-                    specs.append(one)
-            self._specs = specs
+            # load_specs checks that these names are unique.
+            self._specs = [one for spec in load_specs(self.spec_paths)
+                           for one in per_backend(spec)]
         return self._specs
 
     def parity_reference(self, spec: Spec) -> Spec | None:

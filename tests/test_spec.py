@@ -493,6 +493,22 @@ def test_duplicate_names_across_files(tmp_path):
     assert str(info.value) == f"{second}:2: name: spec name 'smol' is already used by {first}"
 
 
+def test_a_backend_name_is_a_spec_name_too(tmp_path):
+    """``smol`` with two backends runs as ``smol.torch`` and ``smol.onnx``: a spec file
+    of that name collides, whichever file comes first."""
+    first = write(tmp_path, "name: smol\nbackend: [torch, onnx]\nmodel:\n"
+                  "  path: m\n  onnx: m.onnx\n", "a.yaml")
+    second = write(tmp_path, "name: smol.onnx\nmodel: other.gguf\n", "b.yaml")
+    with pytest.raises(SpecError) as info:
+        load_specs([tmp_path])
+    assert str(info.value) == (f"{second}:1: name: spec name 'smol.onnx' is already used "
+                               f"by {first}")
+    with pytest.raises(SpecError) as info:
+        load_specs([second, first])
+    assert str(info.value) == (f"{first}:1: name: spec name 'smol.onnx' is already used "
+                               f"by {second}")
+
+
 def test_empty_folder(tmp_path):
     write(tmp_path, "x", "readme.txt")
     with pytest.raises(SpecError) as info:

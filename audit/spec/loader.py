@@ -97,7 +97,9 @@ def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[S
 
     A folder contributes its ``*.yaml`` and ``*.yml`` files sorted by name (not its
     subfolders); a folder without any is an error.  A file reached twice is loaded
-    once.  Two files naming the same spec are an error naming both.
+    once.  Two files naming the same spec are an error naming both, and so is a name
+    that a spec naming several backends makes (``<name>.<backend>``,
+    :func:`per_backend`): the names of the specs that run are unique.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -119,10 +121,11 @@ def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[S
             continue
         loaded.add(os.path.abspath(file))
         spec, ctx = _read_spec(file)
-        if spec.name in first_file:
-            raise ctx.error("name", ctx.lines.get("name"),
-                            f"spec name {spec.name!r} is already used by {first_file[spec.name]}")
-        first_file[spec.name] = file
+        for name in dict.fromkeys([spec.name] + [one.name for one in per_backend(spec)]):
+            if name in first_file:
+                raise ctx.error("name", ctx.lines.get("name"),
+                                f"spec name {name!r} is already used by {first_file[name]}")
+            first_file[name] = file
         specs.append(spec)
     return specs
 
