@@ -104,9 +104,6 @@ class Verdict:
 
     results: tuple[CheckResult, ...]
 
-    def law_results(self) -> tuple[CheckResult, ...]:
-        return tuple(r for r in self.results if r.layer is None)
-
     def layer_results(self, layer: int) -> tuple[CheckResult, ...]:
         return tuple(r for r in self.results if r.layer == layer)
 
@@ -121,12 +118,6 @@ class Verdict:
         return tuple(r for r in self.results if not r.passed and r.expected)
 
     @property
-    def unexpected_passes(self) -> tuple[int, ...]:
-        """Declared layers whose checks all passed (XPASS), in order."""
-        layers = sorted({r.layer for r in self.results if r.expected})
-        return tuple(l for l in layers if all(r.passed for r in self.layer_results(l)))
-
-    @property
     def passed(self) -> bool:
         """True when there is no violation (expected failures do not count)."""
         return not self.violations
@@ -135,8 +126,8 @@ class Verdict:
         """``violation`` when a check of the layer failed and the layer is not
         declared; ``expected`` when a check failed and the layer is declared;
         ``ok`` otherwise, including a declared layer whose checks all pass (pytest
-        shows it as XPASS; ``unexpected_passes`` lists them) and a layer with no
-        check switched on.  The status says what was measured, not what was declared.
+        shows it as XPASS) and a layer with no check switched on.  The status says
+        what was measured, not what was declared.
         """
         failed = [r for r in self.layer_results(layer) if not r.passed]
         if not failed:
