@@ -262,14 +262,13 @@ class SpecCollector(pytest.Collector):
             pytest.skip(f"{self.spec.name}: {exc}")
         except EquilawError as exc:
             raise self.CollectError(f"{self.spec.source}: {exc}") from None
-        from audit.checks import COMPARISON_ITEM_CHECKS, ITEM_CHECKS, layer_item_name
+        from audit.checks import items_of, layer_item_name
 
-        names = list(ITEM_CHECKS) + ["baseline-law", "baseline-loss"]
+        names = [*items_of("law"), *items_of("baseline")]
         if self.spec.merge is not None:
-            names += ["merge-law", "merge-loss"]
+            names += items_of("merge")
         if session.parity_reference(self.spec) is not None:
-            names.append("parity")
-        assert set(names) <= set(ITEM_CHECKS) | set(COMPARISON_ITEM_CHECKS)
+            names += items_of("parity")
         for name in names:
             yield SpecItem.from_parent(self, name=name, spec=self.spec)
         expected = set(self.spec.law.expected_deviations)
@@ -299,8 +298,7 @@ class SpecItem(pytest.Item):
         self.spec = spec
 
     def runtest(self) -> None:
-        from audit.checks import (COMPARISON_ITEM_CHECKS, COMPARISON_LAYER_CHECKS,
-                                  comparison_kind, item_results)
+        from audit.checks import comparison_kind, item_results
 
         session = self.config.stash[_SESSION_KEY]
         report = session.report(self.spec)
@@ -315,8 +313,7 @@ class SpecItem(pytest.Item):
         if not results:
             pytest.skip(f"{self.spec.name}: no threshold in the spec covers {self.name}")
         failed = [check for check in results if not check.passed]
-        compared = [c for c in failed if c.check in COMPARISON_LAYER_CHECKS
-                    or self.name in COMPARISON_ITEM_CHECKS]
+        compared = [c for c in failed if comparison_kind(c.check) is not None]
         if compared:
             kinds = {comparison_kind(c.check) for c in compared}
             raise ComparisonCheckFailed("\n".join(
