@@ -24,7 +24,8 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
         raise ctx.error("model.onnx", ctx.lines.get("backend"),
                         "backend: onnx needs model.onnx, the ONNX file to run (export one with "
                         "python -m audit export-onnx)")
-    if spec.merge is not None and spec.merge.config is not None and spec.merge.layer_map is not None:
+    merge = spec.merge
+    if merge is not None and merge.config is not None and merge.layer_map is not None:
         raise ctx.error("merge.layer_map", ctx.lines.get("merge.layer_map"),
                         "give either merge.config or merge.layer_map, not both")
     if "baseline.max_drift_sigma" in ctx.lines and spec.baseline.max_drift_sigma is not None \
@@ -37,7 +38,8 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
                         f"needs probe.shards >= 2 (standard errors come from the jackknife "
                         f"shards), got probe.shards = {spec.probe.shards}")
     uses = [f"probe.{key}: {value}" for key, value, reference in (
-        ("mode", spec.probe.mode, "documents"), ("permutation", spec.probe.permutation, "reference"))
+        ("mode", spec.probe.mode, "documents"),
+        ("permutation", spec.probe.permutation, "reference"))
         if value == reference]
     if uses and spec.probe.seed >= 2**32:
         raise ctx.error("probe.seed", ctx.lines.get("probe.seed"),

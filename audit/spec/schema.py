@@ -74,7 +74,8 @@ class SpecKey:
         return self.default is REQUIRED
 
 
-def _key(path: str, type: str, check: Check, help: str, example: str, allowed: str = "") -> tuple[str, SpecKey]:
+def _key(path: str, type: str, check: Check, help: str, example: str,
+         allowed: str = "") -> tuple[str, SpecKey]:
     return path, SpecKey(path, type, help, example, check, allowed)
 
 
@@ -101,7 +102,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "model:\n  path: ../checkpoints/smollm2", "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("model.device", "string", device,
          "Where the model runs. `auto` picks `cuda` when available, else `cpu`.",
-         "model:\n  path: model.gguf\n  device: cuda:1", _one_of(("cpu", "cuda", "cuda:N", "auto"))),
+         "model:\n  path: model.gguf\n  device: cuda:1",
+         _one_of(("cpu", "cuda", "cuda:N", "auto"))),
     _key("model.dtype", "string", choice(DTYPES),
          "The dtype the model runs in. Statistics are accumulated in float64 whatever it is.",
          "model:\n  path: model.gguf\n  dtype: bfloat16", _one_of(DTYPES)),
@@ -121,7 +123,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "output per hidden state named `hidden_states.0` … `hidden_states.L` and, for the "
          "probe loss, `logits` (`python -m audit export-onnx` writes such a file). "
          "`model.path` still gives the config, the tokenizer and the final norm.",
-         "backend: onnx\nmodel:\n  path: ../checkpoints/smollm2\n  onnx: ../checkpoints/smollm2.onnx",
+         "backend: onnx\nmodel:\n  path: ../checkpoints/smollm2\n"
+         "  onnx: ../checkpoints/smollm2.onnx",
          "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("model.norm", "mapping or null", nullable(section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
@@ -258,7 +261,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("measure", "string", choice(MEASURES),
          "What each layer is scored by: `token_id`, the prediction residual of the next "
          "token's id (the paper's); `shuffled_token_id`, the same with the vocabulary "
-         "permuted by `probe.seed` (the way `probe.permutation` says); `one_hot`, the residual of the one-hot target; "
+         "permuted by `probe.seed` (the way `probe.permutation` says); `one_hot`, the "
+         "residual of the one-hot target; "
          "`separation`, the separation fuzziness tr(SS_w SS_b⁺).",
          "measure: one_hot", _one_of(MEASURES)),
     _key("normalization", "string", choice(NORMALIZATIONS),
@@ -354,7 +358,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "
          "`NAME::merge-loss`, and the layer items).",
-         "merge:\n  parents:\n    base: ../checkpoints/smollm2\n    noisy: ../checkpoints/smollm2-noisy"),
+         "merge:\n  parents:\n    base: ../checkpoints/smollm2\n"
+         "    noisy: ../checkpoints/smollm2-noisy"),
     _key("merge.parents", "mapping of label to path", parent_paths,
          "Each parent checkpoint (same forms as `model.path`), under the name the merge "
          "configuration gives it (or any label when there is none).",
@@ -367,7 +372,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("merge.layer_map", "list or null", nullable(layer_map),
          "Instead of `config`: for each merged layer 1..L, the parent layer it came from "
          "(`{parent: LABEL, layer: K}`) or the list of those it blends.",
-         "merge:\n  parents: {a: ../a}\n  layer_map: [{parent: a, layer: 1}, {parent: a, layer: 1}]"),
+         "merge:\n  parents: {a: ../a}\n"
+         "  layer_map: [{parent: a, layer: 1}, {parent: a, layer: 1}]"),
 ])
 """Every key of a spec file, in the order of docs/specs.md."""
 
@@ -377,7 +383,8 @@ def _default_text(key: SpecKey) -> str:
     value = key.default
     if value is REQUIRED:
         parent = key.path.rpartition(".")[0]
-        return f"required in `{parent}`" if parent and not SPEC_KEYS[parent].required else "required"
+        inside = parent and not SPEC_KEYS[parent].required
+        return f"required in `{parent}`" if inside else "required"
     if value is None:
         return "`null` (off)"
     if isinstance(value, bool):

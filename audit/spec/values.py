@@ -24,7 +24,8 @@ from audit.errors import SpecError
 from audit.spec.sections import INTERNAL_FIELDS, SECTIONS, ModelSpec
 
 BACKENDS = tuple(_BACKEND_REGISTRY)
-"""Backend names ``backend`` takes: the keys of the one registry, ``audit.backends.registry.BACKENDS``."""
+"""Backend names ``backend`` takes: the keys of the one registry,
+``audit.backends.registry.BACKENDS``."""
 BUILTIN_CORPORA = tuple(_CORPUS_FILES)
 """Corpus names that ``probe.corpus`` takes as names, not paths."""
 NAME_PATTERN = r"[a-z0-9._-]+"
@@ -92,7 +93,8 @@ def integer(minimum: int) -> Check:
     return check
 
 
-def finite_number(*, gt: float | None = None, lo: float | None = None, hi: float | None = None) -> Check:
+def finite_number(*, gt: float | None = None, lo: float | None = None,
+                  hi: float | None = None) -> Check:
     """A finite number (an integer is accepted and stored as float), > gt or in [lo, hi]."""
     def check(value: Any, field: str, line: int | None, ctx: Context) -> float:
         if not _is_number(value):
@@ -106,8 +108,8 @@ def finite_number(*, gt: float | None = None, lo: float | None = None, hi: float
         if gt is not None and not number > gt:
             raise ctx.error(field, line, f"must be > {_format_number(gt)}, got {value!r}")
         if lo is not None and hi is not None and not lo <= number <= hi:
-            raise ctx.error(field, line, f"must be in [{_format_number(lo)}, {_format_number(hi)}], "
-                                         f"got {value!r}")
+            raise ctx.error(field, line, f"must be in [{_format_number(lo)}, "
+                                         f"{_format_number(hi)}], got {value!r}")
         return number
     return check
 
@@ -208,10 +210,12 @@ def layer_list(value: Any, field: str, line: int | None, ctx: Context) -> tuple[
     return tuple(value)
 
 
-def parent_paths(value: Any, field: str, line: int | None, ctx: Context) -> tuple[tuple[str, str], ...]:
+def parent_paths(value: Any, field: str, line: int | None,
+                 ctx: Context) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not value:
+        got = describe(value) if value != {} else "an empty mapping"
         raise ctx.error(field, line, f"expected a mapping of parent label -> checkpoint path, "
-                                     f"got {describe(value) if value != {} else 'an empty mapping'}")
+                                     f"got {got}")
     lines = getattr(value, "value_lines", {})
     out = []
     for label, path in value.items():
