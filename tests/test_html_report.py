@@ -423,3 +423,111 @@ def test_an_empty_run_says_so() -> None:
     text = render_page([])
     assert "No spec was audited in this run." in text
     assert parse(text).root.find_all("script", id=DATA_ELEMENT_ID)
+
+
+# -- the Markdown summary --------------------------------------------------------------
+
+def _table(text: str) -> list[list[str]]:
+    """The cells of each body row of the summary's table (split on unescaped |)."""
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in rows[1:]]
+
+
+def test_markdown_summary_matches_the_report_numbers(reports, monkeypatch) -> None:
+    from audit.report.markdown import COLUMNS, cell, markdown_summary
+
+    shown = [reports["pass"], reports["baseline"], reports["merge"]]
+    text = markdown_summary(shown, html_path="reports/equilaw.html")
+    assert text.startswith("### equilaw: 1 of 3 specs pass\n")
+    assert text.splitlines()[2] == "| " + " | ".join(COLUMNS) + " |"
+    rows = _table(text)
+    assert len(rows) == 3 and all(len(r) == len(COLUMNS) for r in rows)
+    for cells, report in zip(rows, shown, strict=True):
+        law = report.law
+        assert cells[0] == report.name
+        assert cells[1] == ("✅ pass" if report.verdict == "pass" else "❌ fail")
+        assert cells[2] == f"{law.pearson_r:.4f} ± {law.pearson_r_se:.4f}"
+        assert cells[3] == f"{law.rho:.5f} ± {law.rho_se:.5f}"
+    assert rows[0][4] == f"{shown[0].loss.mean:.4f}" and rows[0][5] == "—" and rows[0][6] == "—"
+    (cmp,) = shown[1].comparisons
+    assert rows[1][4] == f"baseline: {cmp.loss_then:.4f} → {cmp.loss_now:.4f}"
+    assert rows[1][5] == "baseline: 3"
+    first = shown[1].violations[0]
+    assert rows[1][6].startswith(f"{view.CHECK_WORDS[first.check]}: {cell(first.message)}; ")
+    assert first.check == "baseline_rho" and "; drift from the baseline: layer " in rows[1][6]
+    assert len(shown[1].violations) == 2 and " more" not in rows[1][6]
+    import audit.report.markdown as md
+
+    monkeypatch.setattr(md, "MAX_CHECKS", 1)
+    assert _table(markdown_summary(shown))[1][6].endswith("; and 1 more")
+    assert rows[2][4].startswith("parents: ") and rows[2][5] == "merge: 5"
+    assert "reports/equilaw.html" in text
+
+
+def test_markdown_cells_escape_what_data_holds() -> None:
+    from audit.report.markdown import cell, markdown_summary
+
+    assert cell("a|b <i>x</i> *y* [z](u)\nw") == (
+        r"a\|b &lt;i&gt;x&lt;/i&gt; \*y\* \[z\]\(u\) w")
+    (bad, *_), _, _ = hostile_reports()
+    text = markdown_summary([bad])
+    assert "<" not in text and "evil&lt;img src=x onerror=alert\\(1\\)&gt;" in text
+    assert len(_table(text)[0]) == 7  # the | of |deviation| does not split the cell
+
+
+# -- the command line and the plugin -------------------------------------------------------
+
+def test_cli_renders_saved_reports(reports, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from audit.cli import main
+
+    paths = [str(write_json(r, tmp_path)) for r in (reports["baseline"], reports["merge"])]
+    (tmp_path / "m.mutations.json").write_text(mutation_report().to_json())
+    out, md = tmp_path / "page.html", tmp_path / "summary.md"
+    assert main(["report", *paths, str(tmp_path / "m.mutations.json"), "-o", str(out),
+                 "--markdown", str(md)]) == 0
+    assert out.read_text() == render_page([reports["baseline"], reports["merge"]],
+                                          [mutation_report()])
+    assert len(_table(md.read_text())) == 2
+    assert f"HTML report written: {out}" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "none.json"), "-o", str(out)]) == 2
+    assert "cannot read report" in capsys.readouterr().err
+
+
+def test_the_plugin_writes_the_page_and_summaries_when_items_fail(
+        pytester: pytest.Pytester, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real run on a model folder named like an HTML tag: the page shows the name
+    as text, equals the page rendered from the JSON report it wrote, and the job
+    summary is appended to, not overwritten."""
+    import shutil
+
+    import audit.plugin
+
+    model = tmp_path / HOSTILE
+    shutil.copytree(tiny_model_dir, model)
+    spec = pytester.path / "tiny-html.yaml"
+    spec.write_text(f"name: tiny-html\nmodel:\n  path: {json.dumps(str(model))}\nprobe:\n"
+                    "  sequences: 16\n  length: 24\n  shards: 4\nlaw:\n  max_pearson_r: -0.99\n")
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--audit-spec", str(spec), "--audit-reports",
+        str(tmp_path / "reports"), "--audit-html", "out/run.html", "--audit-markdown",
+        "out/run.md", str(Path(audit.plugin.__file__).with_name("test_models.py")))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # r > 0 on a random model
+    result.stdout.fnmatch_lines(["HTML report written: *out/run.html",
+                                 "Markdown summary written: *out/run.md"])
+    page = (pytester.path / "out" / "run.html").read_text()
+    report = read_json(tmp_path / "reports" / "tiny-html.json")
+    assert report.verdict == "fail" and report.model["path"] == str(model)
+    assert page == render_page([report])
+    assert "<img" not in page and f"{model}".replace("<", "&lt;").replace(">", "&gt;") in page
+    assert parse(page).root.find_all("p", cls="model")[0].all_text().startswith(str(model))
+    rows = _table((pytester.path / "out" / "run.md").read_text())
+    assert rows[0][:3] == ["tiny-html", "❌ fail",
+                           f"{report.law.pearson_r:.4f} ± {report.law.pearson_r_se:.4f}"]
+    job = summary.read_text()
+    assert job.startswith("earlier step\n### equilaw: 0 of 1 specs pass")
