@@ -531,3 +531,17 @@ def test_the_plugin_writes_the_page_and_summaries_when_items_fail(
                            f"{report.law.pearson_r:.4f} ± {report.law.pearson_r_se:.4f}"]
     job = summary.read_text()
     assert job.startswith("earlier step\n### equilaw: 0 of 1 specs pass")
+
+
+def test_browser_tests_skip_outside_ci_and_fail_under_it(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    import test_html_browser as browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match=r"no-chromium is missing: install the "
+                       r"browser: apt-get update && apt-get install -y chromium chromium-driver"):
+        browser.require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser tests must run"):
+        browser.require_browser()
