@@ -12,70 +12,43 @@ Outside CI they skip, saying how to install the browser, when it is missing; und
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from audit.report.browser import CHROMIUM, set_color_scheme
 from audit.report.html import render_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-INSTALL = ("install the browser: apt-get update && apt-get install -y chromium chromium-driver "
-           "(as root; scripts/install.sh does it when run as root), and Selenium with "
-           "pip install -e '.[test]'")
 LIGHT_BACKGROUND, DARK_BACKGROUND = "rgb(255, 255, 255)", "rgb(17, 21, 26)"
-
-
-def _missing() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            return f"{path} is missing"
-    return None
 
 
 def require_browser() -> None:
     """Skip (outside CI) or fail (CI=true) when the browser, its driver or Selenium
     is missing, saying how to install them."""
+    from audit.report.browser import INSTALL, missing
     from audit.session import strict_environment
 
-    missing = _missing()
-    if missing:
+    absent = missing(CHROMIUM)
+    if absent:
         if strict_environment():
-            pytest.fail(f"{missing} (CI=true: the browser tests must run); {INSTALL}")
-        pytest.skip(f"{missing}: {INSTALL}")
+            pytest.fail(f"{absent} (CI=true: the browser tests must run); {INSTALL}")
+        pytest.skip(f"{absent}: {INSTALL}")
 
 
 @pytest.fixture(scope="module")
 def driver():
     require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from audit.report.browser import offline_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,900", "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--disable-background-networking", "--no-first-run"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    browser.execute_cdp_cmd("Network.enable", {})
-    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*"]})
+    browser = offline_chromium(chromium=CHROMIUM)
     yield browser
     browser.quit()
 
 
 def _open(driver, path: Path, scheme: str = "light") -> None:
-    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
-        "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+    set_color_scheme(driver, scheme)
     driver.get_log("browser")
     driver.get_log("performance")  # start both logs afresh
     driver.get(path.as_uri())
@@ -94,8 +67,13 @@ def _requests(driver) -> list[str]:
 
 @pytest.fixture(scope="module")
 def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_html_report import (failing_baseline_report, merge_report, mutation_report,
-                                  passing_report, trajectory)
+    from test_html_report import (
+        failing_baseline_report,
+        merge_report,
+        mutation_report,
+        passing_report,
+        trajectory,
+    )
     from test_report import synthetic_report
 
     path = tmp_path_factory.mktemp("page") / "report.html"
@@ -198,5 +176,4 @@ def test_the_browser_and_driver_versions_match(driver) -> None:
     browser = driver.capabilities["browserVersion"]
     chromedriver = driver.capabilities["chrome"]["chromedriverVersion"].split()[0]
     assert browser.split(".")[:3] == chromedriver.split(".")[:3], (browser, chromedriver)
-    assert shutil.which("chromium") in (CHROMIUM, None) or os.path.realpath(
-        shutil.which("chromium")) == os.path.realpath(CHROMIUM)
+    assert driver.capabilities["browserName"] in ("chrome", "chromium")
