@@ -545,3 +545,19 @@ def test_browser_tests_skip_outside_ci_and_fail_under_it(monkeypatch: pytest.Mon
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true: the browser tests must run"):
         browser.require_browser()
+
+
+def test_the_ci_workflow_keeps_the_page_with_the_uploaded_reports() -> None:
+    import yaml
+    from test_docs_ci import CI_DOC, _yaml_blocks
+
+    text = CI_DOC.read_text()
+    (workflow,) = [w for w in map(yaml.safe_load, _yaml_blocks(text))
+                   if isinstance(w, dict) and "jobs" in w]
+    (job,) = workflow["jobs"].values()
+    (audit,) = [s for s in job["steps"] if "pytest audit/" in str(s.get("run", ""))]
+    page = re.search(r"--audit-html (\S+)", audit["run"]).group(1)
+    (upload,) = [s for s in job["steps"] if str(s.get("uses", "")).startswith(
+        "actions/upload-artifact")]
+    assert Path(page).parent == Path(upload["with"]["path"])
+    assert "GITHUB_STEP_SUMMARY" in text and "--audit-markdown" in text
