@@ -139,6 +139,12 @@ def test_dark_theme_applies(driver, page_file: Path, tmp_path: Path) -> None:
     dark = _colours(driver)
     assert light[0] == LIGHT_BACKGROUND and dark[0] == DARK_BACKGROUND
     assert light[1] == "rgb(29, 35, 43)" and dark[1] == "rgb(228, 232, 236)"  # chart text
+    # printed, the page is black on white whatever the screen's theme
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print", "features": [
+        {"name": "prefers-color-scheme", "value": "dark"}]})
+    assert _colours(driver) == (LIGHT_BACKGROUND, "rgb(0, 0, 0)")
+    set_color_scheme(driver, "dark")
+    assert _colours(driver) == dark
     shot = tmp_path / "dark.png"
     assert driver.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -53,6 +53,7 @@ def offline_chromium(width: int = 1200, height: int = 900, chromium: str = CHROM
 
 
 def set_color_scheme(driver: Any, scheme: str) -> None:
-    """Emulate ``prefers-color-scheme: light`` or ``dark`` for the pages that follow."""
+    """Emulate ``prefers-color-scheme: light`` or ``dark`` on screen (not print) for
+    the pages that follow."""
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
-        "features": [{"name": "prefers-color-scheme", "value": scheme}]})
+        "media": "", "features": [{"name": "prefers-color-scheme", "value": scheme}]})
