@@ -486,8 +486,10 @@ def _write_pages(session: pytest.Session, audit) -> None:
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if terminal is not None:
+    if terminal is not None and lines:
+        if terminal._tw.width_of_current_line:  # after the last item's progress
+            terminal._tw.line()
+        for line in lines:
             terminal.write_line(line)
 
 
