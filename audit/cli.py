@@ -8,7 +8,8 @@ stated margin (``audit.calibrate``), and its baseline as
 with every hidden state (``audit.backends.onnx_export``); ``equilaw mutate SPEC``
 audits damaged in-memory copies of the spec's checkpoint (``audit.mutate``);
 ``equilaw trajectory SPEC RUN_DIR`` audits a training run's checkpoints
-(``audit.trajectory``).  Errors of equilaw print
+(``audit.trajectory``); ``equilaw report FILES -o FILE.html`` renders saved reports
+as one HTML page (``audit.report.html``).  Errors of equilaw print
 ``equilaw: error: MESSAGE`` on stderr and exit 2.
 """
 
@@ -112,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     traj.add_argument("--reports", metavar="DIR", default="reports",
                       help="where <name>.trajectory.json goes (default: reports)")
     traj.set_defaults(func=trajectory)
+    page = verbs.add_parser(
+        "report", help="render saved reports as one self-contained HTML page",
+        description="Render audit reports (<name>.json), mutation reports "
+                    "(<name>.mutations.json) and trajectories (<name>.trajectory.json) as one "
+                    "self-contained HTML page, the page --audit-html writes at the end of a "
+                    "run, and optionally the run's Markdown summary table.")
+    page.add_argument("files", nargs="+", metavar="REPORT.json",
+                      help="report files of any of the three kinds, shown in this order")
+    page.add_argument("-o", "--output", required=True, metavar="FILE.html",
+                      help="the HTML file to write")
+    page.add_argument("--markdown", metavar="FILE.md", default=None,
+                      help="also write the Markdown summary of the audit reports")
+    page.add_argument("--title", default="equilaw report", help="the page's title")
+    page.set_defaults(func=report)
     dist = verbs.add_parser(
         "distributed", help="audit a spec across processes or machines (under torchrun)",
         description="Run under torchrun: every rank measures its share of the probe's "
@@ -269,6 +284,22 @@ def trajectory(args: argparse.Namespace) -> int:
     out = trajectory_path(spec, args.reports)
     write_trajectory(result, out)
     print(f"trajectory written: {out}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """The ``report`` verb: read the files, write the page (and the summary)."""
+    from audit.report.html import write_page
+    from audit.report.markdown import write_markdown
+    from audit.report.sources import read_report_files
+
+    inputs = read_report_files(args.files)
+    path = write_page(args.output, inputs.reports, inputs.mutations, inputs.trajectories,
+                      title=args.title)
+    print(f"HTML report written: {path}")
+    if args.markdown:
+        print(f"Markdown summary written: "
+              f"{write_markdown(args.markdown, inputs.reports, html_path=str(path))}")
     return 0
 
 

@@ -68,6 +68,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "audit_no_cache; environment: EQUILAW_NO_CACHE=1)")
     group.addoption("--audit-clear-cache", action="store_true", default=False,
                     help="delete the statistics cache's entries before the run")
+    group.addoption("--audit-html", metavar="PATH", default=None,
+                    help="write one self-contained HTML page of every spec's report at the end "
+                         "of the run, whatever its outcome (ini: audit_html)")
+    group.addoption("--audit-markdown", metavar="PATH", default=None,
+                    help="write a Markdown summary table of the run (also appended to "
+                         "$GITHUB_STEP_SUMMARY when set; ini: audit_markdown)")
+    parser.addini("audit_html", default="", help="file for the run's HTML report")
+    parser.addini("audit_markdown", default="", help="file for the run's Markdown summary")
     parser.addini("audit_baselines", default="", help="folder of baselines")
     parser.addini("audit_cache", default="", help="folder of the statistics cache")
     parser.addini("audit_no_cache", type="bool", default=False,
@@ -337,9 +345,12 @@ class SpecItem(pytest.Item):
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """On an xdist worker: send this worker's reports, and the report files it
-    wrote, to the controller."""
+    wrote, to the controller.  Elsewhere: write the run's HTML page and Markdown
+    summary."""
     output = getattr(session.config, "workeroutput", None)
     audit = session.config.stash.get(_SESSION_KEY, None)
+    if output is None and audit is not None:
+        _write_pages(session, audit)
     if output is None or audit is None:
         return
     output[_WORKER_REPORTS] = {"reports": [report.to_dict() for report in audit.reports],
@@ -401,3 +412,49 @@ def _cache_summary(terminalreporter, cache) -> None:
     if cache.cleared is not None:
         parts.append(f"{cache.cleared} files cleared first")
     terminalreporter.write_line(f"statistics cache {cache.folder}: {', '.join(parts)}")
+
+
+def _write_pages(session: pytest.Session, audit) -> None:
+    """``--audit-html``, ``--audit-markdown`` and GitHub's job summary
+    (``$GITHUB_STEP_SUMMARY``, appended to), written once per run by the controller
+    at the end, whatever the items' outcomes; a run that audited nothing writes the
+    files asked for by name, not the job summary."""
+    config = session.config
+    html, markdown = (_output_path(config, name) for name in ("audit_html", "audit_markdown"))
+    job_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    received, _ = config.stash.get(_RECEIVED_KEY, ([], []))
+    reports = sorted(received, key=lambda r: r.name) + audit.reports
+    if not (html or markdown or (job_summary and reports)):
+        return
+    from audit.report.html import write_page
+    from audit.report.markdown import write_markdown
+
+    shown = os.path.relpath(html) if html else None
+    lines = []
+    try:
+        if html:
+            lines.append(f"HTML report written: {os.path.relpath(write_page(html, reports))}")
+        if markdown:
+            path = write_markdown(markdown, reports, html_path=shown)
+            lines.append(f"Markdown summary written: {os.path.relpath(path)}")
+        if job_summary and reports:
+            write_markdown(job_summary, reports, append=True, html_path=shown)
+    except EquilawError as exc:
+        lines.append(f"equilaw: error: {exc}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and lines:
+        if terminal._tw.width_of_current_line:  # after the last item's progress
+            terminal._tw.line()
+        for line in lines:
+            terminal.write_line(line)
+
+
+def _output_path(config: pytest.Config, name: str) -> Path | None:
+    """A file named on the command line (relative to where pytest started) or in the
+    ini file (relative to the rootdir), or None."""
+    cli, ini = config.getoption(name), config.getini(name)
+    if cli:
+        return Path(config.invocation_params.dir) / cli
+    return Path(str(config.rootpath)) / ini if ini else None
