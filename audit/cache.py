@@ -65,7 +65,7 @@ from audit import __version__
 from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES, sha256_files
 from audit.corpus import load_corpus
 from audit.errors import EquilawError
-from audit.stats import LayerStats
+from audit.stats.layer_stats import LayerStats
 
 if TYPE_CHECKING:
     from audit.spec import Spec

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.errors import StatsError
-from audit.jackknife import jackknife_se
+from audit.stats.jackknife import jackknife_se
 
 _SCALARS = ("slope", "intercept", "pearson_r", "r_squared", "rho", "mean_step")
 _ARRAYS = ("pr", "log10_pr", "fitted", "deviation", "step")

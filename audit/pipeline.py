@@ -26,13 +26,20 @@ from audit.checks import evaluate
 from audit.corpus import load_corpus
 from audit.law import LawFit, fit_law, log10_or_nan
 from audit.norms import NormInfo, apply_normalization
-from audit.probe import example_slices, probe_input
+
 # Re-exported: they lived here before audit.probe, and callers import them from here.
-from audit.probe import TARGET_OFFSETS, example_positions, windows_sha256  # noqa: F401
+from audit.probe import (  # noqa: F401
+    TARGET_OFFSETS,
+    example_positions,
+    example_slices,
+    probe_input,
+    windows_sha256,
+)
 from audit.report.data import LawSummary, LayerRow, LossSummary, Report
-from audit.jackknife import jackknife_se
 from audit.spec import Spec, check_against_model
-from audit.stats import LayerStats
+from audit.stats.jackknife import jackknife_se
+from audit.stats.layer_stats import LayerStats
+
 
 class Progress(Protocol):
     """What :func:`run` tells about its progress (the plugin draws a bar from it)."""

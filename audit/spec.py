@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from audit.backends import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
-from audit.accumulators import METHODS as STATISTICS
 from audit.internal import yaml_lines
-from audit.measures import MEASURES, PERMUTATIONS
+from audit.stats.accumulators import METHODS as STATISTICS
+from audit.stats.measures import MEASURES, PERMUTATIONS
 
 PROBE_MODES = ("windows", "documents")
 NORMALIZATIONS = ("init_norm", "standardize", "none")

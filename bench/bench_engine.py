@@ -131,7 +131,7 @@ def worker_reference(tokens: int) -> dict:
 
 def worker_engine(tokens: int, shards: int, method: str = "gram") -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     base = _rss()
@@ -159,7 +159,7 @@ def worker_memory_7b(tokens: int, shards: int, layers: int = LAYERS_7B,
     blocks of batches (as audit.pipeline feeds them), then PR and its standard
     errors.  Peak memory is measured while feeding and overall."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model(layers=layers, width=width)
     base = _rss()
@@ -200,7 +200,7 @@ def worker_spill_equality(tokens: int, shards: int) -> dict:
     ``storage="spill"``: the largest relative differences of PR and of its
     standard errors (of PR and of log10 PR)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     both = {storage: LayerStats(("token_id",), shards=shards, storage=storage)
@@ -249,7 +249,7 @@ def worker_floor_ratio(tokens: int, rounds: int = 3) -> dict:
     time of the float64 copy of the features (``x.astype(float64)``), which the
     floor leaves out and the engine cannot (it subtracts the shift on the way)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     chunks = [(chunk(model, index, n)) for index, n in _chunks(tokens)]

@@ -435,7 +435,7 @@ def test_spilled_statistics_are_not_stored(tmp_path: Path) -> None:
     memory to be written: the measurement is returned uncached, with a warning."""
     import dataclasses
 
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     rng = np.random.default_rng(0)
     stats = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)

@@ -17,12 +17,12 @@ from audit.compare.drift import drift, first_moved_layer, Reference, curve
 from audit.compare.layer_map import LayerMap, LayerSource, index_layer_map
 from audit.compare.merge import compare_to_parents
 from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
 from audit.law import fit_law
 from audit.pipeline import ProbeLoss, build_report
 from audit.report.data import Report
 from audit.report.text import comparison_text
 from audit.spec import BaselineSpec, spec_from_dict
+from audit.stats.jackknife import jackknife_se
 
 LAYERS, SHARDS = 8, 5
 TOL = BaselineSpec()

@@ -1,4 +1,4 @@
-"""Tests for audit.stats.LayerStats: streaming results equal direct computations
+"""Tests for audit.stats.layer_stats.LayerStats: streaming results equal direct computations
 on the materialised arrays (numpy.linalg.lstsq with an intercept column, explicit
 scatter matrices), whatever the batching, shard assignment and merges."""
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit.errors import StatsError
-from audit.stats import MEASURES, METHODS, LayerStats, StdErr
+from audit.stats.layer_stats import MEASURES, METHODS, LayerStats, StdErr
 
 ALL = MEASURES
 
@@ -889,7 +889,7 @@ def test_one_distinct_target(measure, method):
 def test_core_imports_no_heavy_libraries():
     import subprocess
     import sys
-    code = ("import sys, audit.stats; "
+    code = ("import sys, audit.stats.layer_stats; "
             "print(sorted(m for m in ('scipy', 'torch', 'sklearn', 'pytest') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
@@ -1103,7 +1103,7 @@ def test_spill_folder_is_removed(tmp_path):
     gc.collect()
     assert _spill_folders(tmp_path) == []
 
-    code = ("import numpy as np; from audit.stats import LayerStats; "
+    code = ("import numpy as np; from audit.stats.layer_stats import LayerStats; "
             f"s = LayerStats(shards=2, storage='spill', spill_dir={str(tmp_path)!r}); "
             "s.update(np.random.default_rng(0).normal(size=(2, 9, 3)), np.arange(9), shard=0); "
             "s.update(np.random.default_rng(1).normal(size=(2, 9, 3)), np.arange(9), shard=1); "
@@ -1155,7 +1155,7 @@ def test_storage_options_are_validated(tmp_path, monkeypatch):
             LayerStats, spill_dir=str(tmp_path / "nope"))
     _raises("spill_dir must be an existing folder, got 3", LayerStats, spill_dir=3)
     assert LayerStats().storage == "auto" and not LayerStats().spilled
-    monkeypatch.setattr("audit.accumulators.shutil.disk_usage",
+    monkeypatch.setattr("audit.stats.accumulators.shutil.disk_usage",
                         lambda path: type("usage", (), {"free": 479})())
     spill = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
     x = np.random.default_rng(0).normal(size=(2, 20, 5))
@@ -1178,8 +1178,8 @@ def test_auto_storage_spills_above_the_threshold(tmp_path, monkeypatch):
         return stats
 
     assert not fed(shards=2).spilled  # 2 × 3 × 25 × 8 = 1200 bytes
-    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1199)
+    monkeypatch.setattr("audit.stats.layer_stats.AUTO_SPILL_BYTES", 1199)
     assert fed(shards=2).spilled and "spilled" in repr(fed(shards=2))
     assert not fed(shards=1).spilled and not fed(shards=2, method="qr").spilled
-    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1200)
+    monkeypatch.setattr("audit.stats.layer_stats.AUTO_SPILL_BYTES", 1200)
     assert not fed(shards=2).spilled

@@ -6,7 +6,7 @@ own value (low = high), or the range spanned by the parent layers a merged layer
 came from.  drift_l = now_l − clip(now_l, low_l, high_l): now − then for a
 baseline, how far the layer lies outside the range for a merge (0 inside).  Its
 standard error is paired: the same formula on each leave-one-shard-out curve of
-both checkpoints, then the jackknife (:func:`audit.jackknife.jackknife_se`).  The
+both checkpoints, then the jackknife (:func:`audit.stats.jackknife.jackknife_se`).  The
 sampling noise of the windows is shared, so a paired difference is far more
 precise than either value.
 
@@ -26,8 +26,8 @@ import numpy as np
 
 from audit.checks import CheckResult, effect_and_sigma
 from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
 from audit.report.data import DriftRow, Report
+from audit.stats.jackknife import jackknife_se
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,19 @@
 
 :class:`Moments` holds the shifted sums of one layer over a set of shards (all
 of them, or all but one for the jackknife), in either of the two forms an
-accumulator keeps (:mod:`audit.accumulators`): a scatter (``"gram"``) or a
+accumulator keeps (:mod:`audit.stats.accumulators`): a scatter (``"gram"``) or a
 triangular QR factor (``"qr"``).  From them:
 
 * :func:`scatter_value` / :func:`factor_value`: one measure of :data:`MEASURES`
-  (METHOD.md defines them; the docstring of :mod:`audit.stats` summarises them);
+  (METHOD.md defines them; the docstring of :mod:`audit.stats.layer_stats` summarises them);
 * :func:`scatter_spectrum` / :func:`factor_spectrum`: the singular values
-  behind :meth:`audit.stats.LayerStats.rank` and ``condition``;
+  behind :meth:`audit.stats.layer_stats.LayerStats.rank` and ``condition``;
 * :func:`scatter_rcond` / :func:`factor_rcond`: the relative rank cutoffs;
 * :data:`SCATTER` / :data:`FACTOR`: those three for one form of the moments
   (:class:`Formulas`), which is all an accumulator needs;
 * :func:`shuffled_ids`: the permuted ids of ``shuffled_token_id``.
 
-The dense solves themselves are in :mod:`audit.internal.linalg`.  Every sum is in
+The dense solves themselves are in :mod:`audit.stats.linalg`.  Every sum is in
 float64, whatever the features' dtype.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.internal import linalg
+from audit.stats import linalg
 
 MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
 """Every measure, in canonical order: the one list of the project."""

@@ -26,7 +26,7 @@ Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per lay
     id i maps to ``sorted_ids[perm[i]]``; ``"reference"``: as the authors' code
     builds its mapping, sorted id i maps to
     ``numpy.random.RandomState(shuffle_seed).permutation(sorted_ids)[i]``
-    (:func:`audit.measures.shuffled_ids`).  Applied from per-class statistics when
+    (:func:`audit.stats.measures.shuffled_ids`).  Applied from per-class statistics when
     results are asked for, so it does not depend on batch order; leave-one-out
     values use the mapping of the whole accumulator.
 ``one_hot``
@@ -96,9 +96,9 @@ Layers are indexed as in ``hidden_states``: 0 is the embedding output.
 
 Modules.  This one is the facade: it checks inputs, holds the settings and asks
 for results.  The sums are kept by one accumulator per method
-(:mod:`audit.accumulators`: ``GramAccumulator``, ``QRAccumulator``), the measures
-are pure functions of their moments (:mod:`audit.measures`), and standard errors
-come from the project's one jackknife (:func:`audit.jackknife.jackknife_se`).
+(:mod:`audit.stats.accumulators`: ``GramAccumulator``, ``QRAccumulator``), the measures
+are pure functions of their moments (:mod:`audit.stats.measures`), and standard errors
+come from the project's one jackknife (:func:`audit.stats.jackknife.jackknife_se`).
 """
 
 from __future__ import annotations
@@ -109,12 +109,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator, ClassLayout
 from audit.errors import StatsError
-from audit.jackknife import jackknife_se
 from audit.law import log10_or_nan
-from audit.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
-
+from audit.stats.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator, ClassLayout
+from audit.stats.jackknife import jackknife_se
+from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
 
 STORAGES = ("auto", "memory", "spill")
 """Where the shards' Gram matrices are kept: see the module docstring."""
@@ -389,7 +388,7 @@ class LayerStats:
         method, and (when both hold examples) the same layers and width;
         otherwise :class:`StatsError` says which differs.  Sums taken around
         different shifts are converted exactly (in exact arithmetic): see
-        :meth:`audit.accumulators.Accumulator.rebased`.  The result keeps its
+        :meth:`audit.stats.accumulators.Accumulator.rebased`.  The result keeps its
         Gram matrices as this one's settings say (``storage``, ``spill_dir``),
         whatever ``other``'s; spilled sums are copied and merged one shard and
         layer at a time.
@@ -448,7 +447,7 @@ class LayerStats:
 
     def _prepare(self, measure: str) -> tuple[ClassLayout | None, np.ndarray | None]:
         """Check ``measure`` can be computed; return where the class sums go in
-        sorted class order (:class:`~audit.accumulators.ClassLayout`) and, for
+        sorted class order (:class:`~audit.stats.accumulators.ClassLayout`) and, for
         ``shuffled_token_id``, the mapped id of each sorted class (float64 [k])."""
         self._require(measure)
         if not self._classed:
@@ -505,7 +504,7 @@ class LayerStats:
 
     def stderr(self, measure: str) -> StdErr:
         """Jackknife standard errors over the g non-empty shards
-        (:func:`audit.jackknife.jackknife_se` of :meth:`leave_one_out`), for the
+        (:func:`audit.stats.jackknife.jackknife_se` of :meth:`leave_one_out`), for the
         value and its log10.  NaN when fewer than two shards hold examples."""
         loo = self.leave_one_out(measure)
         return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(log10_or_nan(loo)))
@@ -517,7 +516,7 @@ class LayerStats:
         ``max(d, 32) × eps × s_max²``, the scatter's own noise floor; ``"qr"``:
         s above ``max(d, 32) × eps × s_max``, as lstsq; for float32 features both
         cutoffs sit above float32's rounding noise instead, see
-        :func:`audit.measures.scatter_rcond`)."""
+        :func:`audit.stats.measures.scatter_rcond`)."""
         return self._spectra()[0]
 
     def condition(self) -> np.ndarray:

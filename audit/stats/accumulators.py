@@ -1,4 +1,4 @@
-"""The additive sums behind :class:`audit.stats.LayerStats`, one class per method.
+"""The additive sums behind :class:`audit.stats.layer_stats.LayerStats`, one class per method.
 
 An accumulator keeps, per shard and layer, the sufficient statistics of the
 examples it has seen, in float64 and around fixed shifts (the first batch's
@@ -39,14 +39,14 @@ being fed is in memory.  Memory kept, in float64 values (8 bytes):
   float64 and its product: the float32 batch the caller holds, layers × n × d ×
   4 bytes, is larger as soon as there are more than two layers).
 
-The interface, all a :class:`~audit.stats.LayerStats` uses: :meth:`~Accumulator.add`
+The interface, all a :class:`~audit.stats.layer_stats.LayerStats` uses: :meth:`~Accumulator.add`
 (a block of examples), :meth:`~Accumulator.rebased` (the same sums around other
 shifts), :meth:`~Accumulator.merge`, :meth:`~Accumulator.copy`,
 :meth:`~Accumulator.total` and :meth:`~Accumulator.left_out` (the
-:class:`~audit.measures.Moments` of all shards, or of all but one, one at a time),
+:class:`~audit.stats.measures.Moments` of all shards, or of all but one, one at a time),
 :meth:`~Accumulator.rcond`, :meth:`~Accumulator.value` and
 :meth:`~Accumulator.spectrum` (the method's :attr:`~Accumulator.formulas` from
-:mod:`audit.measures`), :meth:`~Accumulator.to_arrays`,
+:mod:`audit.stats.measures`), :meth:`~Accumulator.to_arrays`,
 :meth:`~Accumulator.from_arrays` and :meth:`~Accumulator.close`.  Inputs are
 checked by the caller.
 """
@@ -66,9 +66,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from audit import measures
+from audit.stats import measures
 from audit.errors import StatsError
-from audit.measures import Moments
+from audit.stats.measures import Moments
 
 _ARRAY_ORDER = ("shift_x", "shift_y", "sx", "r", "sxx", "sy", "syy", "ymin", "ymax", "sxy",
                 "classes", "class_pair_shards", "class_pair_index", "class_pair_counts",
@@ -163,7 +163,7 @@ class Accumulator(ABC):
     @abstractmethod
     def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
         """For each shard in ``parts``, in order, the scatter of all shards but that
-        one, as the :class:`~audit.measures.Moments` attributes to set (made when
+        one, as the :class:`~audit.stats.measures.Moments` attributes to set (made when
         drawn, so that a caller holding one at a time holds one in memory)."""
 
     @abstractmethod
@@ -189,14 +189,14 @@ class Accumulator(ABC):
         accumulator must not be used afterwards."""
 
     def rcond(self, input_eps: float) -> float:
-        """The relative rank cutoff of the method's solves (:mod:`audit.measures`),
+        """The relative rank cutoff of the method's solves (:mod:`audit.stats.measures`),
         for features whose coarsest machine epsilon is ``input_eps``."""
         return self.formulas.rcond(self.width, input_eps)
 
     def value(self, measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None) -> float:
         """``measure`` from ``mom`` (NaN when undefined), by the method's formulas;
         ``rcond`` from :meth:`rcond`, ``mapping`` from
-        :func:`~audit.measures.shuffled_ids` (``shuffled_token_id`` only)."""
+        :func:`~audit.stats.measures.shuffled_ids` (``shuffled_token_id`` only)."""
         return self.formulas.value(measure, mom, rcond, mapping)
 
     def spectrum(self, layer: int, input_eps: float) -> tuple[np.ndarray, float]:
@@ -540,7 +540,7 @@ class GramAccumulator(Accumulator):
     sums.  Solves scale columns to unit variance and use a Cholesky
     factorisation, falling back to the minimum-norm least-squares solution
     (eigendecomposition, relative eigenvalue cutoff
-    :func:`~audit.measures.scatter_rcond`) when the scatter is singular; a Gram
+    :func:`~audit.stats.measures.scatter_rcond`) when the scatter is singular; a Gram
     matrix squares the condition number κ, so PR matches lstsq to about
     κ² × 1e-16."""
 
@@ -670,7 +670,7 @@ class SpilledGramAccumulator(GramAccumulator):
     Memory, in float64 values: layers × d² (the open shard) and, while results
     are computed, about 8 × d² (one layer's total, one shard's matrix, the left-out
     scatter in use and the next, the solve's workspace), plus what every
-    accumulator keeps (vectors and class sums: :mod:`audit.accumulators`).  Disk:
+    accumulator keeps (vectors and class sums: :mod:`audit.stats.accumulators`).  Disk:
     layers × d(d+1)/2 per closed shard, and as much again for the cached totals.
     Merges, copies and :meth:`from_arrays` go one shard and layer at a time;
     :meth:`to_arrays` builds every shard's matrices in memory (shards × layers × d²).
@@ -998,7 +998,7 @@ class QRAccumulator(Accumulator):
     factors.  Factors cannot be subtracted: leave-one-out factors come from
     prefix and suffix combinations (3 small factorisations per shard and layer).
     Never forming the scatter, PR matches lstsq to about κ × 1e-16; rank cutoff
-    :func:`~audit.measures.factor_rcond` on singular values, as lstsq's."""
+    :func:`~audit.stats.measures.factor_rcond` on singular values, as lstsq's."""
 
     method = "qr"
     formulas = measures.FACTOR
