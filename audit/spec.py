@@ -20,8 +20,8 @@ from audit.backends import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
 from audit.internal import yaml_lines
-from audit.stats.accumulators import METHODS as STATISTICS
 from audit.stats.measures import MEASURES, PERMUTATIONS
+from audit.stats.methods import METHODS as STATISTICS
 
 PROBE_MODES = ("windows", "documents")
 NORMALIZATIONS = ("init_norm", "standardize", "none")

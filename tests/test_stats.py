@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit.errors import StatsError
-from audit.stats.layer_stats import MEASURES, METHODS, LayerStats, StdErr
+from audit.stats.layer_stats import LayerStats, StdErr
+from audit.stats.measures import MEASURES
+from audit.stats.methods import METHODS
 
 ALL = MEASURES
 
@@ -1155,7 +1157,7 @@ def test_storage_options_are_validated(tmp_path, monkeypatch):
             LayerStats, spill_dir=str(tmp_path / "nope"))
     _raises("spill_dir must be an existing folder, got 3", LayerStats, spill_dir=3)
     assert LayerStats().storage == "auto" and not LayerStats().spilled
-    monkeypatch.setattr("audit.stats.accumulators.shutil.disk_usage",
+    monkeypatch.setattr("audit.stats.spilled_gram.shutil.disk_usage",
                         lambda path: type("usage", (), {"free": 479})())
     spill = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
     x = np.random.default_rng(0).normal(size=(2, 20, 5))

@@ -36,7 +36,9 @@ from hypothesis import strategies as st
 from audit.errors import StatsError
 from audit.law import fit_law
 from audit.spec import LawSpec
-from audit.stats.layer_stats import MEASURES, METHODS, LayerStats
+from audit.stats.layer_stats import LayerStats
+from audit.stats.measures import MEASURES
+from audit.stats.methods import METHODS
 from audit.synthetic.features import (BREAKS, BrokenLayer, PlantedLaw, SyntheticFeatures,
                                       planted_features)
 

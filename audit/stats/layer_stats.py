@@ -96,7 +96,7 @@ Layers are indexed as in ``hidden_states``: 0 is the embedding output.
 
 Modules.  This one is the facade: it checks inputs, holds the settings and asks
 for results.  The sums are kept by one accumulator per method
-(:mod:`audit.stats.accumulators`: ``GramAccumulator``, ``QRAccumulator``), the measures
+(:mod:`audit.stats.accumulator`: ``GramAccumulator``, ``QRAccumulator``), the measures
 are pure functions of their moments (:mod:`audit.stats.measures`), and standard errors
 come from the project's one jackknife (:func:`audit.stats.jackknife.jackknife_se`).
 """
@@ -111,9 +111,10 @@ import numpy as np
 
 from audit.errors import StatsError
 from audit.law import log10_or_nan
-from audit.stats.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator, ClassLayout
+from audit.stats.accumulator import Accumulator, ClassLayout
 from audit.stats.jackknife import jackknife_se
 from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
+from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
 STORAGES = ("auto", "memory", "spill")
 """Where the shards' Gram matrices are kept: see the module docstring."""
@@ -388,7 +389,7 @@ class LayerStats:
         method, and (when both hold examples) the same layers and width;
         otherwise :class:`StatsError` says which differs.  Sums taken around
         different shifts are converted exactly (in exact arithmetic): see
-        :meth:`audit.stats.accumulators.Accumulator.rebased`.  The result keeps its
+        :meth:`audit.stats.accumulator.Accumulator.rebased`.  The result keeps its
         Gram matrices as this one's settings say (``storage``, ``spill_dir``),
         whatever ``other``'s; spilled sums are copied and merged one shard and
         layer at a time.
@@ -447,7 +448,7 @@ class LayerStats:
 
     def _prepare(self, measure: str) -> tuple[ClassLayout | None, np.ndarray | None]:
         """Check ``measure`` can be computed; return where the class sums go in
-        sorted class order (:class:`~audit.stats.accumulators.ClassLayout`) and, for
+        sorted class order (:class:`~audit.stats.accumulator.ClassLayout`) and, for
         ``shuffled_token_id``, the mapped id of each sorted class (float64 [k])."""
         self._require(measure)
         if not self._classed:

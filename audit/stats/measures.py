@@ -2,7 +2,7 @@
 
 :class:`Moments` holds the shifted sums of one layer over a set of shards (all
 of them, or all but one for the jackknife), in either of the two forms an
-accumulator keeps (:mod:`audit.stats.accumulators`): a scatter (``"gram"``) or a
+accumulator keeps (:mod:`audit.stats.accumulator`): a scatter (``"gram"``) or a
 triangular QR factor (``"qr"``).  From them:
 
 * :func:`scatter_value` / :func:`factor_value`: one measure of :data:`MEASURES`
