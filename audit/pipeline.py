@@ -24,7 +24,7 @@ import numpy as np
 from audit import __version__
 from audit.checks import evaluate
 from audit.corpus import load_corpus
-from audit.law import LawFit, fit_law, log10_or_nan
+from audit.law import LawFit, fit_law
 from audit.norms import NormInfo, apply_normalization
 
 # Re-exported: they lived here before audit.probe, and callers import them from here.
@@ -39,6 +39,7 @@ from audit.report.data import LawSummary, LayerRow, LossSummary, Report
 from audit.spec import Spec, check_against_model
 from audit.stats.jackknife import jackknife_se
 from audit.stats.layer_stats import LayerStats
+from audit.stats.measures import log10_or_nan
 
 
 class Progress(Protocol):

@@ -110,10 +110,10 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import StatsError
-from audit.law import log10_or_nan
 from audit.stats.accumulator import Accumulator, ClassLayout
 from audit.stats.jackknife import jackknife_se
-from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
+from audit.stats.measures import (CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, log10_or_nan,
+                                  shuffled_ids)
 from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
 STORAGES = ("auto", "memory", "spill")

@@ -12,7 +12,8 @@ triangular QR factor (``"qr"``).  From them:
 * :func:`scatter_rcond` / :func:`factor_rcond`: the relative rank cutoffs;
 * :data:`SCATTER` / :data:`FACTOR`: those three for one form of the moments
   (:class:`Formulas`), which is all an accumulator needs;
-* :func:`shuffled_ids`: the permuted ids of ``shuffled_token_id``.
+* :func:`shuffled_ids`: the permuted ids of ``shuffled_token_id``;
+* :func:`log10_or_nan`: log10 of measure values, NaN where undefined.
 
 The dense solves themselves are in :mod:`audit.stats.linalg`.  Every sum is in
 float64, whatever the features' dtype.
@@ -260,3 +261,14 @@ SCATTER = Formulas(scatter_rcond, scatter_value, scatter_spectrum)
 """For moments with ``sxx`` and ``sxy`` (``method="gram"``)."""
 FACTOR = Formulas(factor_rcond, factor_value, factor_spectrum)
 """For moments with a QR factor ``r`` (``method="qr"``)."""
+
+
+def log10_or_nan(values) -> np.ndarray:
+    """log10 of PR values (any shape), NaN where PR is 0, negative, infinite or NaN:
+    such a PR has no meaningful log, and NaN (not -inf) makes everything downstream
+    say "undefined" the same way.  The law fit and the reports' per-shard values
+    both use it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.asarray(values, dtype=np.float64))
+    out[~np.isfinite(out)] = np.nan
+    return out
