@@ -88,12 +88,6 @@ class LawFit:
         """The layers the law is fitted on and judged at: first_layer..L."""
         return range(self.first_layer, self.num_layers + 1)
 
-    @property
-    def pr_ratio(self) -> float:
-        """PR_L / PR_first: the overall ratio the reference code prints."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(self.pr[-1] / self.pr[self.first_layer])
-
     def undefined_layers(self) -> tuple[int, ...]:
         """Judged layers whose PR is not a positive finite number (their log10 is
         NaN, and so is every fitted quantity)."""

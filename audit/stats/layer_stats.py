@@ -104,33 +104,19 @@ come from the project's one jackknife (:func:`audit.stats.jackknife.jackknife_se
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from audit.errors import StatsError
 from audit.stats.accumulator import Accumulator, ClassLayout
-from audit.stats.jackknife import jackknife_se
-from audit.stats.measures import (CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, log10_or_nan,
-                                  shuffled_ids)
+from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
 from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
 STORAGES = ("auto", "memory", "spill")
 """Where the shards' Gram matrices are kept: see the module docstring."""
 AUTO_SPILL_BYTES = 4 * 2**30
 """``storage="auto"`` spills when shards × layers × d² × 8 bytes exceed this."""
-
-
-@dataclass(frozen=True)
-class StdErr:
-    """Jackknife standard errors over shards, one value per layer (NaN when fewer
-    than two shards hold examples)."""
-
-    pr: np.ndarray
-    """Standard error of the measure's value, float64 [layers]."""
-    log10_pr: np.ndarray
-    """Standard error of log10 of the value, float64 [layers]."""
 
 
 class LayerStats:
@@ -502,13 +488,6 @@ class LayerStats:
             for j, mom in enumerate(acc.left_out(layer, classes, parts)):
                 out[j, layer] = acc.value(measure, mom, rcond, mapping)
         return out
-
-    def stderr(self, measure: str) -> StdErr:
-        """Jackknife standard errors over the g non-empty shards
-        (:func:`audit.stats.jackknife.jackknife_se` of :meth:`leave_one_out`), for the
-        value and its log10.  NaN when fewer than two shards hold examples."""
-        loo = self.leave_one_out(measure)
-        return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(log10_or_nan(loo)))
 
     def rank(self) -> np.ndarray:
         """Numerical rank of the centred features per layer, int64 [layers]:
