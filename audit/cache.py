@@ -249,7 +249,7 @@ class StatsCache:
     def load(self, key: str) -> dict[str, Any] | None:
         """The stored parts of the measurement under ``key``: the fields of
         :class:`audit.pipeline.Measurement` but ``spec`` (``loss`` as a dict of
-        :class:`~audit.pipeline.ProbeLoss` fields, or None; ``stats`` a
+        :class:`~audit.report.data.LossSummary` fields, or None; ``stats`` a
         :class:`StoredStats`), or None when there is no entry.  An entry that is
         truncated, corrupt, of another format or of another key gives a
         :class:`CacheWarning` and None (never its numbers)."""

@@ -53,20 +53,6 @@ class Progress(Protocol):
 
 
 @dataclass(frozen=True, eq=False)
-class ProbeLoss:
-    """The model's own next-token cross-entropy on the probe windows."""
-
-    mean: float
-    """Mean nats per predicted token (every position but each window's last)."""
-    stderr: float
-    """Jackknife standard error over the shards (NaN with one shard)."""
-    leave_one_out: tuple[float, ...]
-    """The mean with each shard of ``shard_ids`` left out."""
-    tokens: int
-    """Predicted tokens the mean is over."""
-
-
-@dataclass(frozen=True, eq=False)
 class Measurement:
     """What :func:`collect` measured on one checkpoint: the statistics and a record
     of the probe, enough to judge the law (:func:`judge`) or compare it with another
@@ -81,7 +67,7 @@ class Measurement:
     shard_ids: tuple[int, ...]
     ranks: np.ndarray
     conditions: np.ndarray
-    loss: ProbeLoss | None
+    loss: LossSummary | None
     loss_note: str | None
     """Why there is no loss (switched off, or no head); None when there is one."""
     model: dict[str, Any]
@@ -138,8 +124,8 @@ def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
     if parts is not None:
         loss = parts.pop("loss")
         if loss is not None:
-            loss = ProbeLoss(mean=loss["mean"], stderr=loss["stderr"],
-                             leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
+            loss = LossSummary(mean=loss["mean"], stderr=loss["stderr"],
+                               leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
         return Measurement(spec=spec, loss=loss, **parts)
     measurement = collect(spec, progress=progress, backend=backend)
     store.store(key, measurement)
@@ -249,13 +235,14 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
     )
 
 
-def _probe_loss(total: np.ndarray, count: np.ndarray, shard_ids: tuple[int, ...]) -> ProbeLoss:
+def _probe_loss(total: np.ndarray, count: np.ndarray,
+                shard_ids: tuple[int, ...]) -> LossSummary:
     """Mean nats per token and its jackknife over the filled shards."""
     n = float(count.sum())
     loo = tuple(float((total.sum() - total[i]) / (n - count[i])) for i in shard_ids)
     se = jackknife_se(np.array(loo)) if len(loo) >= 2 else math.nan
-    return ProbeLoss(mean=float(total.sum() / n), stderr=float(se), leave_one_out=loo,
-                     tokens=int(n))
+    return LossSummary(mean=float(total.sum() / n), stderr=float(se), leave_one_out=loo,
+                       tokens=int(n))
 
 
 def judge(measurement: Measurement) -> Report:
@@ -278,7 +265,7 @@ _PRECISION_POWER = {"gram": 2, "qr": 1}
 def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.ndarray,
                  model: dict[str, Any], corpus: dict[str, Any], versions: dict[str, str],
                  timing: dict[str, float], probe: dict[str, Any] | None = None,
-                 loss: ProbeLoss | None = None, loss_note: str | None = None,
+                 loss: LossSummary | None = None, loss_note: str | None = None,
                  shard_ids: tuple[int, ...] = (),
                  leave_one_out: np.ndarray | None = None, backend: str | None = None) -> Report:
     """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
@@ -309,8 +296,7 @@ def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.n
         statistics=spec.probe.statistics,
         warnings=_numeric_warnings(spec, ranks, conditions, model.get("width")),
         probe=dict(probe or {}),
-        loss=None if loss is None else LossSummary(
-            mean=loss.mean, stderr=loss.stderr, leave_one_out=loss.leave_one_out, tokens=loss.tokens),
+        loss=loss,
         loss_note=loss_note,
         shard_ids=tuple(int(i) for i in shard_ids),
     )
