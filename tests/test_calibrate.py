@@ -26,7 +26,8 @@ from audit.checks import evaluate
 from audit.cli import main
 from audit.errors import StatsError
 from audit.law import LawFit, fit_law
-from audit.pipeline import build_report, run
+from audit.pipeline import run
+from audit.report.build import build_report
 from audit.report.data import Report
 from audit.spec import ProbeSpec, load_spec, spec_from_dict
 

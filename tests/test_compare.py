@@ -18,7 +18,7 @@ from audit.compare.layer_map import LayerMap, LayerSource, index_layer_map
 from audit.compare.merge import compare_to_parents
 from audit.errors import ComparisonError
 from audit.law import fit_law
-from audit.pipeline import build_report
+from audit.report.build import build_report
 from audit.report.data import LossSummary, Report
 from audit.report.text import comparison_text
 from audit.spec import BaselineSpec, spec_from_dict

@@ -11,8 +11,9 @@ import pytest
 
 from audit.corpus import BUILTIN_CORPORA, load_corpus, token_windows, tokenize_corpus
 from audit.norms import apply_normalization
+from audit.probe import example_positions
 from audit.report.data import Report
-from audit.pipeline import example_positions, run
+from audit.pipeline import run
 from audit.spec import Spec, spec_from_dict
 from tiny_models import TINY_LAYERS, TINY_WIDTH
 

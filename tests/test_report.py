@@ -15,7 +15,7 @@ import pytest
 
 from audit.errors import ReportError
 from audit.law import fit_law
-from audit.pipeline import build_report
+from audit.report.build import build_report
 from audit.report.data import SCHEMA_VERSION, Report
 from audit.report.json_report import read_json, report_path, write_json
 from audit.spec import spec_from_dict
