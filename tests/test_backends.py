@@ -19,7 +19,7 @@ from audit.backends import BACKENDS, open_backend
 from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
 from audit.spec import ModelSpec, ModuleOverride, NormOverride, Spec
-from tiny_models import causal_lm, config, save_tiny_model
+from audit.synthetic.tiny import causal_lm, config, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("def return class import the a of to is in for if else self value list "
@@ -285,7 +285,7 @@ def test_layer_count_mismatch_is_an_error(tiny_models: dict[str, Path]) -> None:
 
 
 def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
-    from tiny_models import config
+    from audit.synthetic.tiny import config
 
     folder = save_tiny_model(tmp_path / "small-vocab", cfg=config("llama", 2, 32, vocab_size=200))
     with pytest.raises(BackendError) as err:
