@@ -229,9 +229,9 @@ def mutate(args: argparse.Namespace) -> int:
     """The ``mutate`` verb: mutants, the table, the JSON report."""
     from rich.console import Console
 
-    from audit.internal.files import write_text_atomic
     from audit.mutate import mutate as run_mutations
-    from audit.report.mutations import render
+    from audit.report.mutations_json import write_mutations
+    from audit.report.mutations_terminal import render
     from audit.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -245,11 +245,7 @@ def mutate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a block or operator the model does not have
         raise EquilawError(f"{args.spec}: {exc}") from None
     render(report, Console(width=max(150, Console().width)))
-    out = Path(args.reports) / f"{spec.name}.mutations.json"
-    try:
-        write_text_atomic(out, report.to_json())
-    except OSError as exc:
-        raise EquilawError(f"cannot write {out}: {exc}") from exc
+    out = write_mutations(report, args.reports)
     print(f"report written: {out}")
     return 0
 
@@ -258,7 +254,8 @@ def trajectory(args: argparse.Namespace) -> int:
     """The ``trajectory`` verb: audit each checkpoint, render, write."""
     from rich.console import Console
 
-    from audit.report.trajectory import render, write_trajectory
+    from audit.report.trajectory_json import write_trajectory
+    from audit.report.trajectory_terminal import render
     from audit.spec import load_spec
     from audit.trajectory import audit_run, trajectory_path
 
