@@ -56,6 +56,7 @@ import numpy as np
 import yaml
 
 from audit.errors import StatsError
+from audit.internal.plus_minus import plus_minus
 from audit.report.data import LayerRow, Report
 from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
 
@@ -314,9 +315,9 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
         f"{name}: calibrated by `equilaw calibrate` on {when} (UTC).",
         f"Checkpoint: {model_path}",
         f"  ({shape}; weights sha256 {model.get('sha256')})",
-        f"Measured: Pearson r {law.pearson_r:.4f}{_pm(law.pearson_r_se, '.4f')}, "
-        f"rho {law.rho:.5f}{_pm(law.rho_se, '.5f')},",
-        f"  mean step {law.mean_step:.5f}{_pm(law.mean_step_se, '.5f')} decades per layer, "
+        f"Measured: Pearson r {law.pearson_r:.4f}{plus_minus(law.pearson_r_se, '.4f')}, "
+        f"rho {law.rho:.5f}{plus_minus(law.rho_se, '.5f')},",
+        f"  mean step {law.mean_step:.5f}{plus_minus(law.mean_step_se, '.5f')} decades per layer, "
         f"PR {law.pr_first:.4f} -> {law.pr_last:.4f} (layers {law.first_layer} -> "
         f"{len(report.layers) - 1}).",
         f"Probe: {report.corpus.get('name')} (sha256 {report.corpus.get('sha256')}),",
@@ -379,17 +380,18 @@ def _law_lines(c: Calibration) -> list[str]:
     lo, hi = rho.value  # type: ignore[misc]
     rows = [
         (f"max_pearson_r: {_number(r.value)}",
-         f"measured r {r.measured:.4f}{_pm(r.stderr, '.4f')}; margin {r.margin:.4f}"),
+         f"measured r {r.measured:.4f}{plus_minus(r.stderr, '.4f')}; margin {r.margin:.4f}"),
         (f"rho: [{_number(lo)}, {_number(hi)}]",
-         f"measured rho {rho.measured:.5f}{_pm(rho.stderr, '.5f')}; margin {rho.margin:.5f}"),
+         f"measured rho {rho.measured:.5f}{plus_minus(rho.stderr, '.5f')}; "
+         f"margin {rho.margin:.5f}"),
     ]
     if math.isnan(dev.measured):
         rows.append((f"max_deviation: {_number(dev.value)}", "every judged layer is declared: the floor"))
     else:
         where = f"layer {dev.layer}" if dev.layer is not None else "the floor decided"
         rows.append((f"max_deviation: {_number(dev.value)}",
-                     f"largest undeclared |deviation| {dev.measured:.4f}{_pm(dev.stderr, '.4f')} "
-                     f"({where}); margin {dev.margin:.4f}"))
+                     f"largest undeclared |deviation| {dev.measured:.4f}"
+                     f"{plus_minus(dev.stderr, '.4f')} ({where}); margin {dev.margin:.4f}"))
     if c.max_deviation_sigma is None:
         rows.append(("max_deviation_sigma: null", "off: one shard gives no standard errors"))
     else:
@@ -403,7 +405,7 @@ def _law_lines(c: Calibration) -> list[str]:
         where = f"layer {step.layer}" if step.layer is not None else f"capped at {_number(CEILING_STEP_FRACTION)}"
         rows.append((f"min_step_fraction: {_number(step.value)}",
                      f"lowest undeclared step / |mean step| {step.measured:.2f}"
-                     f"{_pm(step.stderr, '.2f')} ({where}); margin {step.margin:.2f}"))
+                     f"{plus_minus(step.stderr, '.2f')} ({where}); margin {step.margin:.2f}"))
     declared = ", ".join(map(str, c.expected_deviations))
     rows.append((f"expected_deviations: [{declared}]",
                  "declared: see the header" if declared else "none declared"))
@@ -426,10 +428,6 @@ def _scalar(text: str) -> str:
     if plain_ok and "#" not in text:
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _pm(se: float, spec: str) -> str:
-    return "" if not math.isfinite(se) else f" ± {se:{spec}}"
 
 
 __all__ = ["Calibration", "Threshold", "calibrate_thresholds", "declared_layers",

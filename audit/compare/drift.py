@@ -26,6 +26,7 @@ import numpy as np
 
 from audit.checks import CheckResult, effect_and_sigma
 from audit.errors import ComparisonError
+from audit.internal.plus_minus import plus_minus
 from audit.report.data import DriftRow, Report
 from audit.stats.jackknife import jackknife_se
 
@@ -108,7 +109,7 @@ def judge_layers(now: Report, ref: Reference, check: str, max_drift: float | Non
         then = (f"{ref.low[layer]:.5f}" if ref.low[layer] == ref.high[layer]
                 else f"[{ref.low[layer]:.5f}, {ref.high[layer]:.5f}]")
         shown = f"{value:+.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:+.2e}"
-        message = (f"layer {layer}: {what} {shown}" + ("" if math.isnan(err) else f" ± {err:.2g}")
+        message = (f"layer {layer}: {what} {shown}{plus_minus(err, '.2g')}"
                    + f" (log10 PR {then} → {log10[layer]:.5f}"
                    + (f" from {source}" if source else "") + f"): {why}")
         results.append(CheckResult(check, layer, value, err, max_drift, sigma, max_sigma, passed,
@@ -132,8 +133,7 @@ def increase_check(check: str, now: float, then: float, tolerance: float | None,
         return CheckResult(check, None, increase, stderr, tolerance, math.nan, None, False, False,
                            f"{what} is undefined now ({now!r}) or then ({then!r})")
     passed = increase <= tolerance
-    se = "" if math.isnan(stderr) else f" ± {stderr:.2g}"
-    message = (f"{what} {then:.5g} → {now:.5g}: {increase:+.3g}{se} "
+    message = (f"{what} {then:.5g} → {now:.5g}: {increase:+.3g}{plus_minus(stderr, '.2g')} "
                f"{'<=' if passed else '>'} {key} {tolerance!r}")
     return CheckResult(check, None, increase, stderr, tolerance, math.nan, None, passed, False,
                        message)
