@@ -15,14 +15,12 @@ re-run a model (``audit.compare``).
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from audit import __version__
 from audit.corpus import load_corpus
 from audit.law import fit_law
 from audit.norms import NormInfo, apply_normalization
@@ -32,6 +30,7 @@ from audit.report.data import LossSummary, Report
 from audit.spec import Spec, check_against_model
 from audit.stats.jackknife import jackknife_se
 from audit.stats.layer_stats import LayerStats
+from audit.versions import software_versions
 
 
 class Progress(Protocol):
@@ -220,8 +219,7 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
                 "sequences": spec.probe.sequences, "length": spec.probe.length},
         probe={"mode": probe.mode, "windows_sha256": probe.sha256,
                "tokenizer": backend.tokenizer_info()},
-        versions={"python": platform.python_version(), "numpy": np.__version__,
-                  "equilaw": __version__, **backend.versions()},
+        versions=software_versions(backend),
         timing=timing,
         backend=getattr(backend, "backend_name", spec.backend),
     )
