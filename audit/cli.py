@@ -146,10 +146,11 @@ def calibrate(args: argparse.Namespace) -> int:
     """The ``calibrate`` verb: measure, choose thresholds, check them, write."""
     import yaml
 
-    from audit.calibrate import calibrate_thresholds, relative_corpus, relative_path, spec_text
+    from audit.calibrated_spec import relative_corpus, relative_path, spec_text
     from audit.compare.baseline import baseline_path, write_baseline
     from audit.pipeline import collect, judge
     from audit.spec import NAME_PATTERN, spec_from_dict
+    from audit.thresholds import calibrate_thresholds
 
     out = Path(args.output)
     name = args.name if args.name is not None else out.stem
