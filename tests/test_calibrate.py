@@ -21,10 +21,11 @@ import yaml
 
 import audit.plugin
 from audit import calibrated_spec, thresholds
+from audit.calibrate import calibrate
 from audit.calibrated_spec import spec_text
 from audit.checks import evaluate
 from audit.cli import main
-from audit.errors import StatsError
+from audit.errors import EquilawError, StatsError
 from audit.law import LawFit, fit_law
 from audit.pipeline import run
 from audit.report.build import build_report
@@ -421,6 +422,25 @@ def test_cli_writes_a_spec_that_passes_its_audit(calibrated, tiny_model_dir: Pat
     assert saved["spec"]["law"]["max_pearson_r"] == spec.law.max_pearson_r
 
 
+def test_calibrate_is_one_call_returning_what_it_wrote(tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """The function the command calls: names, paths and the passing report it wrote."""
+    probe = {"sequences": 16, "length": 24, "shards": 4}
+    result = calibrate(str(tiny_model_dir), tmp_path / "m.yaml", name="named", probe=probe,
+                       margin_sigma=4.0)
+    assert result.spec_path == tmp_path / "m.yaml"
+    assert result.baseline_path == tmp_path / "baselines" / "named.json"
+    assert result.report.name == "named" and result.report.verdict == "pass"
+    assert result.calibration.margin_sigma == 4.0
+    assert load_spec(result.spec_path).law == spec_from_dict(
+        {"name": "named", "model": {"path": "x"}, "law": result.calibration.law()}).law
+    assert json.loads(result.baseline_path.read_text())["law"]["pearson_r"] == \
+        result.report.law.pearson_r
+    with pytest.raises(EquilawError) as err:
+        calibrate(str(tiny_model_dir), tmp_path / "m.yaml", name="named", probe=probe)
+    assert str(err.value) == f"{tmp_path / 'm.yaml'} already exists; pass --force to overwrite it"
+
+
 def test_cli_refuses_to_overwrite_without_force(calibrated, tiny_model_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     spec_path, *_ = calibrated
@@ -489,7 +509,7 @@ def test_cli_bad_names_and_options_fail_before_measuring(tmp_path: Path) -> None
 
 
 def test_the_command_imports_no_heavy_library() -> None:
-    code = ("import sys, audit.cli, audit.thresholds, audit.calibrated_spec; "
+    code = ("import sys, audit.cli, audit.calibrate; "
             "print(sorted(m for m in ('torch', 'transformers', 'gguf') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
