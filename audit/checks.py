@@ -6,7 +6,7 @@ per check that is switched on, at law level (``pearson_r``, ``rho``) and per jud
 layer (``deviation``, ``step``).  Nothing is printed or asserted here; the pytest
 layer and the report renderers read the results.
 
-Rules (METHOD.md, "Definitions every part of the code shares"):
+Rules (docs/method.md, "Definitions every part of the code shares"):
 
 - pearson_r passes iff r <= max_pearson_r; rho passes iff lo <= rho <= hi.
 - deviation (layers first..L): the layer fails iff every threshold that is set is
