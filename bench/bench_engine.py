@@ -435,7 +435,8 @@ def main() -> None:
         "seconds_gram_floor_float32": floor32["seconds"],
         # The largest speed-up a Gram-based engine could reach here: the reference's
         # time over the Gram products alone (float32 products are not accurate
-        # enough on real hidden states, see audit/stats.py; float64 is what we do).
+        # enough on real hidden states, see README.md, "Precision and limits";
+        # float64 is what we do).
         "speedup_ceiling_float64": ref["seconds"] / floor["seconds"],
         "speedup_ceiling_float32": ref["seconds"] / floor32["seconds"],
         "qr": {

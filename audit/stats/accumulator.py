@@ -1,4 +1,6 @@
-"""The additive sums behind :class:`audit.stats.layer_stats.LayerStats`, one class per method.
+"""The sums every accumulator keeps, and the interface :class:`LayerStats
+<audit.stats.layer_stats.LayerStats>` uses; one subclass per method and storage
+(:mod:`audit.stats.gram`, :mod:`audit.stats.spilled_gram`, :mod:`audit.stats.qr`).
 
 An accumulator keeps, per shard and layer, the sufficient statistics of the
 examples it has seen, in float64 and around fixed shifts (the first batch's
@@ -11,44 +13,26 @@ precision:
   slot per distinct (shard, target) pair seen (in arrival order), its shard
   ``pair_shards`` [P], target ``pair_ids`` [P], count ``pc`` [P] and sums ``ps``
   (one array per layer, [P, d]) = Σ_{shard, y=c}(x−a);
-* the feature scatter, in the form of the method: :class:`GramAccumulator`
-  (``"gram"``: Gram matrices ``sxx`` [g, layers, d, d] and ``sxy`` [g, layers, d])
-  or :class:`QRAccumulator` (``"qr"``: triangular factors ``r`` [g, layers, p, p]
-  of [1 | x−a | y−c]).
+* the feature scatter, in the form of the method: Gram matrices ``sxx``
+  [g, layers, d, d] and ``sxy`` [g, layers, d] (``"gram"``), or triangular
+  factors ``r`` [g, layers, p, p] of [1 | x−a | y−c] (``"qr"``).
 
-Where the scatter is kept (``storage``): in memory, all shards at once
-(``GramAccumulator``, ``QRAccumulator``), or, for ``"gram"`` only, with the
-closed shards' Gram matrices written to a temporary folder on disk
-(:class:`SpilledGramAccumulator`, ``storage="spill"``), so that only the shard
-being fed is in memory.  Memory kept, in float64 values (8 bytes):
+Memory, in float64 values (8 bytes): the scatter as its subclass says; the
+vectors, shards × layers × d × (1 + target); the class sums, layers × d × P for
+the P distinct (shard, target) pairs seen (a target seen in one shard costs one
+slot), each layer's growing on its own (capacity × 1.5, the unused part zero
+pages that become resident only when written); an update adds a transient of
+n × (d+2) + (d+2)² for a batch of n examples.
 
-* in memory: shards × layers × d² (``"qr"``: shards × layers × (d+2)²);
-* spilled: layers × d² (the open shard), plus a transient of about 8 × d² while
-  results are computed (one layer's total, one shard's Gram, one left-out
-  scatter and the solve's workspace); on disk, layers × d(d+1)/2 per closed
-  shard (upper triangles, packed) and per layer once results have been asked for
-  (the cached totals);
-* both: the vectors, shards × layers × d × (1 + target), and the class sums,
-  layers × d × P for the P = Σ_s k_s distinct (shard, target) pairs seen (k_s
-  distinct targets in shard s; not shards × k: a target seen in one shard costs
-  one slot), stay in memory; each layer's pair sums grow on their own (capacity
-  × 1.5, the unused part zero pages that become resident only when written), so
-  a growth holds one layer's old and new sums at once, not a second copy of
-  them all; an update adds a transient of
-  n × (d+2) + (d+2)² for a batch of n examples (one layer's shifted features in
-  float64 and its product: the float32 batch the caller holds, layers × n × d ×
-  4 bytes, is larger as soon as there are more than two layers).
-
-The interface, all a :class:`~audit.stats.layer_stats.LayerStats` uses: :meth:`~Accumulator.add`
-(a block of examples), :meth:`~Accumulator.rebased` (the same sums around other
-shifts), :meth:`~Accumulator.merge`, :meth:`~Accumulator.copy`,
-:meth:`~Accumulator.total` and :meth:`~Accumulator.left_out` (the
-:class:`~audit.stats.measures.Moments` of all shards, or of all but one, one at a time),
-:meth:`~Accumulator.rcond`, :meth:`~Accumulator.value` and
-:meth:`~Accumulator.spectrum` (the method's :attr:`~Accumulator.formulas` from
-:mod:`audit.stats.measures`), :meth:`~Accumulator.to_arrays`,
-:meth:`~Accumulator.from_arrays` and :meth:`~Accumulator.close`.  Inputs are
-checked by the caller.
+The interface: :meth:`~Accumulator.add` (a block of examples),
+:meth:`~Accumulator.rebased` (the same sums around other shifts),
+:meth:`~Accumulator.merge`, :meth:`~Accumulator.copy`, :meth:`~Accumulator.total`
+and :meth:`~Accumulator.left_out` (the :class:`~audit.stats.measures.Moments` of
+all shards, or of all but one, one at a time), :meth:`~Accumulator.rcond`,
+:meth:`~Accumulator.value` and :meth:`~Accumulator.spectrum` (the method's
+:attr:`~Accumulator.formulas` from :mod:`audit.stats.measures`),
+:meth:`~Accumulator.to_arrays`, :meth:`~Accumulator.from_arrays` and
+:meth:`~Accumulator.close`.  Inputs are checked by the caller.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``"gram"`` method: every shard's Gram matrices in memory."""
+"""The ``"gram"`` method with every shard's Gram matrices in memory: shards ×
+layers × d² float64 values."""
 
 from __future__ import annotations
 

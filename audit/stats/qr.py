@@ -1,4 +1,5 @@
-"""The ``"qr"`` method: streaming triangular QR factors, every shard in memory."""
+"""The ``"qr"`` method: streaming triangular QR factors, every shard in memory
+(shards × layers × (d+2)² float64 values)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ class QRAccumulator(Accumulator):
     """``method="qr"``: triangular QR factors ``r`` [g, layers, p, p] of
     [1 | x−a | y−c] (p = d+1, plus 1 with token_id's target column; ones first,
     so that the trailing block is the factor of the centred columns), updated per
-    batch by a Householder QR of the factor stacked on the batch (about 2.75× the
-    flops of the Gram update at a third of its speed: about 7× its time,
-    bench/bench_engine.py), combined across shards and accumulators by stacking
-    factors.  Factors cannot be subtracted: leave-one-out factors come from
+    batch by a Householder QR of the factor stacked on the batch (slower than the
+    Gram update: README.md, "Performance"), combined across shards and
+    accumulators by stacking factors.  Factors cannot be subtracted: leave-one-out factors come from
     prefix and suffix combinations (3 small factorisations per shard and layer).
     Never forming the scatter, PR matches lstsq to about κ × 1e-16; rank cutoff
     :func:`~audit.stats.measures.factor_rcond` on singular values, as lstsq's."""
