@@ -8,27 +8,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import yaml
 
+from audit.backends.locate import split_scheme
 from audit.internal.plus_minus import plus_minus
 from audit.report.data import Report
 from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
 from audit.thresholds import (CEILING_STEP_FRACTION, DECLARE_MEDIAN_FACTOR, DECLARE_STEP_FACTOR,
                               DECLARE_STEP_SIGMA, DEVIATION_SIGMA, FLOOR_DEVIATION, Calibration)
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
 def relative_path(path: str, spec_file: str | os.PathLike) -> str:
     """``model.path`` as a spec at ``spec_file`` should spell it: a filesystem path
     relative to the spec's folder; ``pkg://`` and ``assemble://`` paths as given.
     Reads nothing on disk."""
-    match = _SCHEME.match(path)
-    if match and match.group(1) in MODEL_SCHEMES:
+    scheme = split_scheme(path)
+    if scheme and scheme[0] in MODEL_SCHEMES:
         return path
     folder = os.path.dirname(os.path.abspath(os.fspath(spec_file)))
     return os.path.relpath(os.path.abspath(os.path.expanduser(path)), folder)

@@ -4,7 +4,8 @@
 :class:`audit.spec.LawSpec` and returns a :class:`Verdict`: one :class:`CheckResult`
 per check that is switched on, at law level (``pearson_r``, ``rho``) and per judged
 layer (``deviation``, ``step``).  Nothing is printed or asserted here; the pytest
-layer and the report renderers read the results.
+layer and the report renderers read the results.  :data:`CHECKS` is the one table
+of every check's name, item and kind, the comparisons' included.
 
 Rules (docs/method.md, "Definitions every part of the code shares"):
 
@@ -35,35 +36,71 @@ from audit.internal.plus_minus import plus_minus
 from audit.law import LawFit
 from audit.spec import LawSpec
 
-CHECKS = ("pearson_r", "rho", "deviation", "step")
-LAW_CHECKS = ("pearson_r", "rho")
-LAYER_CHECKS = ("deviation", "step")
-ITEM_CHECKS = {"law-fit": ("pearson_r",), "law-rho": ("rho",)}
-"""Law-level pytest items and the checks each covers; every ``layer-NN`` item covers
-all per-layer checks of layer NN (the law's, and the drift of every comparison)."""
-COMPARISON_ITEM_CHECKS = {
-    "baseline-law": ("baseline_pearson_r", "baseline_rho"),
-    "baseline-loss": ("baseline_loss",),
-    "merge-law": ("merge_pearson_r", "merge_rho"),
-    "merge-loss": ("merge_loss",),
-    "parity": ("parity_loss", "parity_log10_pr"),
-}
-"""Items of the comparisons with a baseline, with a merge's parents and between
-backends.  The per-layer checks of the first two are ``drift`` (baseline) and
-``merge_drift``, in the layer items; the parity item covers its per-layer checks
-itself (one item per backend, not one per layer)."""
-COMPARISON_LAYER_CHECKS = ("drift", "merge_drift")
-COMPARISON_KINDS = {"baseline_": "baseline", "drift": "baseline", "merge_": "merge",
-                    "parity_": "parity"}
-"""The comparison (``Comparison.kind``) each check belongs to, by prefix of its name."""
+LAYER_ITEM = "layer-NN"
+"""The ``item`` of a check judged in every layer's own item (``layer-07``)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: its name (``CheckResult.check``), the pytest item that covers its
+    results, the comparison it belongs to, and how its results are counted."""
+
+    name: str
+    item: str
+    """The pytest item (``law-fit``, ``baseline-loss``, ...), or :data:`LAYER_ITEM`:
+    the check has one result per layer, each in that layer's item."""
+    kind: str
+    """``law`` (the law's own thresholds), or the comparison that makes it
+    (``Comparison.kind``): ``baseline``, ``merge`` or ``parity``."""
+    per_layer: bool
+    """One result per layer (``CheckResult.layer`` set), else one per model."""
+    evidence: str | None = None
+    """What a mutant caught by it is counted under in the mutation report
+    (:data:`EVIDENCE`); None for a check that mutants are never judged by."""
+    words: tuple[str, str] | None = None
+    """A per-layer comparison: how messages name its quantity (long, short)."""
+
+
+CHECKS: dict[str, Check] = {check.name: check for check in (
+    Check("pearson_r", "law-fit", "law", False, "law"),
+    Check("rho", "law-rho", "law", False, "law"),
+    Check("deviation", LAYER_ITEM, "law", True, "law"),
+    Check("step", LAYER_ITEM, "law", True, "law"),
+    Check("baseline_pearson_r", "baseline-law", "baseline", False, "law"),
+    Check("baseline_rho", "baseline-law", "baseline", False, "law"),
+    Check("baseline_loss", "baseline-loss", "baseline", False, "loss"),
+    Check("drift", LAYER_ITEM, "baseline", True, "drift", ("drift", "drift")),
+    Check("merge_pearson_r", "merge-law", "merge", False, "law"),
+    Check("merge_rho", "merge-law", "merge", False, "law"),
+    Check("merge_loss", "merge-loss", "merge", False, "loss"),
+    Check("merge_drift", LAYER_ITEM, "merge", True, "drift",
+          ("distance outside the parents' range", "drift")),
+    Check("parity_loss", "parity", "parity", False),
+    Check("parity_log10_pr", "parity", "parity", True, None,
+          ("log10 PR difference", "difference")),
+)}
+"""Every check, the law's first, then the comparisons' (baseline, merge, parity):
+the one table the plugin, the session, the mutation report and the messages read."""
+KINDS = ("law", "baseline", "merge", "parity")
+"""``Check.kind``, in the order of :data:`CHECKS`."""
+EVIDENCE = ("law", "drift", "loss")
+"""What can catch a mutant, in the mutation report's order: the law's own checks on
+the mutant or its r and ρ against the unmutated model; the per-layer drift; the
+probe loss."""
+
+
+def items_of(kind: str) -> tuple[str, ...]:
+    """The items of the checks of one kind, in table order, without the layer items:
+    ``items_of("law")`` is ``("law-fit", "law-rho")``."""
+    return tuple(dict.fromkeys(check.item for check in CHECKS.values()
+                               if check.kind == kind and check.item != LAYER_ITEM))
 
 
 def comparison_kind(check: str) -> str | None:
-    """``baseline``, ``merge`` or ``parity`` for a comparison's check; None for the law's."""
-    for prefix, kind in COMPARISON_KINDS.items():
-        if check.startswith(prefix):
-            return kind
-    return None
+    """``baseline``, ``merge`` or ``parity`` for a comparison's check; None for the
+    law's (and for a name that is no check)."""
+    record = CHECKS.get(check)
+    return None if record is None or record.kind == "law" else record.kind
 
 
 @dataclass(frozen=True)
@@ -71,7 +108,8 @@ class CheckResult:
     """One check of one threshold: at law level (``layer`` None) or at one layer."""
 
     check: str
-    """``pearson_r`` | ``rho`` (law level) | ``deviation`` | ``step`` (per layer)."""
+    """A name in :data:`CHECKS`: ``pearson_r`` | ``rho`` (law level) | ``deviation`` |
+    ``step`` (per layer) for the law's own."""
     layer: int | None
     """The layer judged, or None for a law-level check."""
     value: float
@@ -105,9 +143,6 @@ class Verdict:
 
     results: tuple[CheckResult, ...]
 
-    def law_results(self) -> tuple[CheckResult, ...]:
-        return tuple(r for r in self.results if r.layer is None)
-
     def layer_results(self, layer: int) -> tuple[CheckResult, ...]:
         return tuple(r for r in self.results if r.layer == layer)
 
@@ -122,12 +157,6 @@ class Verdict:
         return tuple(r for r in self.results if not r.passed and r.expected)
 
     @property
-    def unexpected_passes(self) -> tuple[int, ...]:
-        """Declared layers whose checks all passed (XPASS), in order."""
-        layers = sorted({r.layer for r in self.results if r.expected})
-        return tuple(l for l in layers if all(r.passed for r in self.layer_results(l)))
-
-    @property
     def passed(self) -> bool:
         """True when there is no violation (expected failures do not count)."""
         return not self.violations
@@ -136,8 +165,8 @@ class Verdict:
         """``violation`` when a check of the layer failed and the layer is not
         declared; ``expected`` when a check failed and the layer is declared;
         ``ok`` otherwise, including a declared layer whose checks all pass (pytest
-        shows it as XPASS; ``unexpected_passes`` lists them) and a layer with no
-        check switched on.  The status says what was measured, not what was declared.
+        shows it as XPASS) and a layer with no check switched on.  The status says
+        what was measured, not what was declared.
         """
         failed = [r for r in self.layer_results(layer) if not r.passed]
         if not failed:
@@ -175,7 +204,7 @@ def layer_item_name(layer: int, num_layers: int | None = None) -> str:
 def item_names(num_layers: int, first_layer: int = 1) -> tuple[str, ...]:
     """Every item of a model with hidden states 0..num_layers: ``law-fit``,
     ``law-rho``, then ``layer-NN`` for each judged layer."""
-    return tuple(ITEM_CHECKS) + tuple(layer_item_name(l, num_layers)
+    return items_of("law") + tuple(layer_item_name(l, num_layers)
                                       for l in range(first_layer, num_layers + 1))
 
 
@@ -187,17 +216,17 @@ def item_results(verdict: Verdict | Iterable[CheckResult], item_name: str) -> tu
     or ``layer-NN`` (every check of layer NN, whatever its zero padding).  Accepts a
     Verdict or its results (e.g. ``Report.checks``).  Empty when those checks are off."""
     results = verdict.results if isinstance(verdict, Verdict) else tuple(verdict)
-    named = {**ITEM_CHECKS, **COMPARISON_ITEM_CHECKS}
-    if item_name in named:
-        checks = named[item_name]
-        return tuple(r for r in results if r.check in checks)
+    named = {kind: items_of(kind) for kind in KINDS}
+    if any(item_name in items for items in named.values()):
+        return tuple(r for r in results if CHECKS[r.check].item == item_name)
     match = _LAYER_ITEM.fullmatch(item_name)
     if match:
         layer = int(match.group(1))
-        claimed = {check for checks in named.values() for check in checks}
-        return tuple(r for r in results if r.layer == layer and r.check not in claimed)
+        return tuple(r for r in results
+                     if r.layer == layer and CHECKS[r.check].item == LAYER_ITEM)
     raise StatsError(f"unknown audit item {item_name!r}: expected one of "
-                     f"{', '.join(named)} or layer-NN")
+                     f"{', '.join(item for items in named.values() for item in items)} "
+                     f"or {LAYER_ITEM}")
 
 
 # --- the checks ---------------------------------------------------------------

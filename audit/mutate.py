@@ -10,7 +10,7 @@ a baseline (``baseline:`` tolerances), or, when the damage changes the depth (a
 repeated range of blocks), against it as the parent of a passthrough merge
 through the damage's block order.  A mutant is *caught* when some check fails that
 the unmutated checkpoint passes, and the row says which kinds did
-(:data:`audit.report.mutations.CHECK_KINDS`): the law (its checks on the mutant,
+(``Check.evidence`` in :data:`audit.checks.CHECKS`): the law (its checks on the mutant,
 or r and ρ worse than the unmutated model's), the per-layer drift, the probe
 loss.  Its first moved layer is set against the damaged block's output layer.
 The healthy control (1% weight noise) should come out not flagged.
@@ -23,19 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from audit.checks import CHECKS, EVIDENCE
 from audit.errors import BackendError
 from audit.report.data import Report
-from audit.report.mutations import CHECK_KINDS, MutantRow, MutationReport
+from audit.report.mutations import MutantRow, MutationReport
 from audit.spec import Spec
 
-KIND_OF_CHECK = {
-    "pearson_r": "law", "rho": "law", "deviation": "law", "step": "law",
-    "baseline_pearson_r": "law", "baseline_rho": "law",
-    "merge_pearson_r": "law", "merge_rho": "law",
-    "drift": "drift", "merge_drift": "drift",
-    "baseline_loss": "loss", "merge_loss": "loss",
-}
-"""Each check's kind for the table (every check a mutant can fail)."""
 UNMUTATED = "unmutated"
 MAX_FAILURES = 3
 
@@ -109,14 +102,14 @@ def _compare(report: Report, base: Report, damage: Any, num_blocks: int, spec: S
 def _row(report: Report, base: Report, damage: Any) -> MutantRow:
     before = {(c.check, c.layer) for c in base.violations}
     new = [c for c in report.violations if (c.check, c.layer) not in before]
-    kinds = {KIND_OF_CHECK.get(c.check, "law") for c in new}
+    kinds = {CHECKS[c.check].evidence for c in new}
     comparison = report.comparisons[-1]
     expected = damage.expected_layer
     return MutantRow(
         operator=damage.operator, label=damage.label, block=damage.block,
         params={k: v for k, v in damage.params.items()}, control=damage.expected_layer is None
         and damage.block is None, caught=bool(new),
-        checks=tuple(kind for kind in CHECK_KINDS if kind in kinds),
+        checks=tuple(kind for kind in EVIDENCE if kind in kinds),
         first_moved_layer=comparison.first_moved_layer, expected_layer=expected,
         localised=expected is not None and comparison.first_moved_layer == expected,
         loss=report.loss.mean if report.loss else float("nan"),

@@ -35,7 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.errors import StatsError
-from audit.spec import NORM_KINDS, NORMALIZATIONS
+
+NORMALIZATIONS = ("init_norm", "standardize", "none")
+"""The names ``normalization`` takes, in the order of the docs."""
+NORM_KINDS = ("rms", "layer")
+"""Final-norm kinds: ``rms`` (RMSNorm) and ``layer`` (LayerNorm)."""
 
 
 @dataclass(frozen=True)

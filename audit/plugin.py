@@ -1,8 +1,9 @@
 """The pytest plugin (entry point ``pytest11: equilaw``).
 
-It only declares options, collects spec items, turns check results into pytest
-outcomes and prints the reports; every number comes from
-:class:`audit.session.AuditSession` and the core below it.
+It only declares options, collects spec items, turns the outcome the session
+gives each item into pytest's and prints the reports; every number and every
+outcome comes from :class:`audit.session.AuditSession` and the core below it,
+imported lazily (``import audit.plugin`` loads neither numpy nor yaml).
 
 Items: ``<spec name>::law-fit`` (Pearson r), ``<spec name>::law-rho`` (decay
 ratio), ``<spec name>::baseline-law`` and ``baseline-loss`` (against the spec's
@@ -36,7 +37,6 @@ from typing import Any
 import pytest
 
 from audit.errors import EquilawError
-from audit.report.text import comparison_text
 
 ITEMS_MODULE = Path(__file__).with_name("test_models.py")
 _SESSION_KEY = pytest.StashKey["AuditSession"]()
@@ -262,15 +262,9 @@ class SpecCollector(pytest.Collector):
             pytest.skip(f"{self.spec.name}: {exc}")
         except EquilawError as exc:
             raise self.CollectError(f"{self.spec.source}: {exc}") from None
-        from audit.checks import COMPARISON_ITEM_CHECKS, ITEM_CHECKS, layer_item_name
+        from audit.checks import layer_item_name
 
-        names = list(ITEM_CHECKS) + ["baseline-law", "baseline-loss"]
-        if self.spec.merge is not None:
-            names += ["merge-law", "merge-loss"]
-        if session.parity_reference(self.spec) is not None:
-            names.append("parity")
-        assert set(names) <= set(ITEM_CHECKS) | set(COMPARISON_ITEM_CHECKS)
-        for name in names:
+        for name in session.item_names(self.spec):
             yield SpecItem.from_parent(self, name=name, spec=self.spec)
         expected = set(self.spec.law.expected_deviations)
         for layer in range(1, layers + 1):
@@ -299,53 +293,17 @@ class SpecItem(pytest.Item):
         self.spec = spec
 
     def runtest(self) -> None:
-        from audit.checks import (COMPARISON_ITEM_CHECKS, COMPARISON_LAYER_CHECKS,
-                                  comparison_kind, item_results)
+        from audit.session import Outcome
 
         session = self.config.stash[_SESSION_KEY]
-        report = session.report(self.spec)
-        self._record_properties(report)
-        if self.name.startswith("baseline-"):
-            self._baseline_state(session)
-        if self.name == "parity" and self.spec.name in session.parity_errors:
-            error = session.parity_errors[self.spec.name]
-            raise ComparisonCheckFailed(f"parity with {self.spec.backends[0]} not judged: the "
-                                        f"{self.spec.backends[0]} audit failed: {error}")
-        results = item_results(report.checks, self.name)
-        if not results:
-            pytest.skip(f"{self.spec.name}: no threshold in the spec covers {self.name}")
-        failed = [check for check in results if not check.passed]
-        compared = [c for c in failed if c.check in COMPARISON_LAYER_CHECKS
-                    or self.name in COMPARISON_ITEM_CHECKS]
-        if compared:
-            kinds = {comparison_kind(c.check) for c in compared}
-            raise ComparisonCheckFailed("\n".join(
-                [c.message for c in failed]
-                + [comparison_text(cmp, self._fix(cmp.kind)) for cmp in report.comparisons
-                   if cmp.kind in kinds]))
-        if failed:
-            raise AuditCheckFailed("\n".join(check.message for check in failed))
-
-    def _fix(self, kind: str) -> str | None:
-        if kind != "baseline":
-            return None
-        from audit.compare.baseline import UPDATE_COMMAND
-
-        return f"if the change is intended, accept it: {UPDATE_COMMAND.format(name=self.spec.name)}"
-
-    def _baseline_state(self, session) -> None:
-        from audit.compare.baseline import UPDATE_COMMAND
-
-        state = session.baselines.get(self.spec.name)
-        if state is None:
-            return
-        if state.state == "error":
-            raise state.error
-        if state.state == "missing":
-            pytest.skip(f"{self.spec.name}: no baseline at {os.path.relpath(state.path)}; "
-                        f"create it with: {UPDATE_COMMAND.format(name=self.spec.name)}")
-        if state.state == "written":
-            pytest.skip(f"{self.spec.name}: baseline written to {os.path.relpath(state.path)}")
+        self._record_properties(session.report(self.spec))
+        done = session.outcome(self.spec, self.name)
+        if done.outcome is Outcome.SKIPPED:
+            pytest.skip(done.message)
+        if done.outcome is Outcome.COMPARISON_FAILED:
+            raise ComparisonCheckFailed(done.message)
+        if done.outcome is Outcome.FAILED:
+            raise AuditCheckFailed(done.message)
 
     def _record_properties(self, report) -> None:
         """Numbers CI reads from JUnit XML, as test properties."""

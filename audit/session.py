@@ -6,12 +6,15 @@ spec, its weights loaded only when the first item of that spec runs, and release
 once its report exists.  A merge's parents are opened (their paths resolved, their
 depths read, the layer map checked) before anything is measured, and measured on
 the same windows when the merged spec's first item runs.  The baseline of a spec
-is read, compared or written (``update_baselines``) right after its report.
+is read, compared or written (``update_baselines``) right after its report.  The
+session also decides each item's outcome (:meth:`AuditSession.outcome`): passed,
+skipped, a failure of the law, or a failed comparison.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.resources
 import os
 import re
@@ -45,14 +48,43 @@ def parent_spec_name(spec: Spec, label: str) -> str:
     return f"{spec.name}.parent-{slug}"
 
 
-@dataclass
-class BaselineState:
+class BaselineStatus(enum.Enum):
     """What happened to a spec's baseline in this session."""
 
-    state: str
-    """``missing`` | ``written`` | ``compared`` | ``error``."""
+    MISSING = "missing"
+    WRITTEN = "written"
+    COMPARED = "compared"
+    ERROR = "error"
+
+
+@dataclass
+class BaselineState:
+    """What happened to a spec's baseline in this session, and where it is."""
+
+    state: BaselineStatus
     path: Path | None
     error: EquilawError | None = None
+
+
+class Outcome(enum.Enum):
+    """How an item ends."""
+
+    PASSED = "passed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    """A check of the law failed (xfail when the layer is a declared deviation)."""
+    COMPARISON_FAILED = "comparison failed"
+    """A check against a baseline, a merge's parents or another backend failed: a
+    real failure even for a declared layer."""
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """An item's outcome and what it says: why it was skipped, or the failed
+    checks' messages then the comparisons' small reports."""
+
+    outcome: Outcome
+    message: str = ""
 
 
 @dataclass
@@ -86,20 +118,11 @@ class AuditSession:
         """The specs that run: one per spec file, or one per backend of a spec that
         names several (``<name>.<backend>``)."""
         if self._specs is None:
-            from audit.errors import SpecError
             from audit.spec import per_backend
 
-            specs: list[Spec] = []
-            seen: dict[str, Spec] = {}
-            for spec in load_specs(self.spec_paths):
-                for one in per_backend(spec):
-                    if one.name in seen:
-                        raise SpecError(f"spec name {one.name!r} is also used by "
-                                        f"{seen[one.name].source}", file=spec.source,
-                                        line=spec.lines.get("name"), field="name")
-                    seen[one.name] = one
-                    specs.append(one)
-            self._specs = specs
+            # load_specs checks that these names are unique.
+            self._specs = [one for spec in load_specs(self.spec_paths)
+                           for one in per_backend(spec)]
         return self._specs
 
     def parity_reference(self, spec: Spec) -> Spec | None:
@@ -177,6 +200,79 @@ class AuditSession:
             self._write(report)
         return self._reports[spec.name]
 
+    def item_names(self, spec: Spec) -> list[str]:
+        """The spec's items before its layer items: the law's, the baseline's, a
+        merge's and, for a backend after the first, parity."""
+        from audit.checks import items_of
+
+        names = [*items_of("law"), *items_of("baseline")]
+        if spec.merge is not None:
+            names += items_of("merge")
+        if self.parity_reference(spec) is not None:
+            names += items_of("parity")
+        return names
+
+    def outcome(self, spec: Spec, item: str) -> ItemOutcome:
+        """The outcome of the item ``item`` (``law-fit``, ``layer-07``...) of ``spec``,
+        measuring the spec first if needed.  Raises the spec's error, or the
+        baseline's on a baseline item."""
+        from audit.checks import comparison_kind, item_results
+
+        report = self.report(spec)
+        if item.startswith("baseline-"):
+            skipped = self._baseline_outcome(spec)
+            if skipped is not None:
+                return skipped
+        if item == "parity" and spec.name in self.parity_errors:
+            first = spec.backends[0]
+            return ItemOutcome(Outcome.COMPARISON_FAILED,
+                               f"parity with {first} not judged: the {first} audit failed: "
+                               f"{self.parity_errors[spec.name]}")
+        results = item_results(report.checks, item)
+        if not results:
+            return ItemOutcome(Outcome.SKIPPED,
+                               f"{spec.name}: no threshold in the spec covers {item}")
+        failed = [check for check in results if not check.passed]
+        kinds = {comparison_kind(c.check) for c in failed} - {None}
+        if kinds:
+            from audit.report.text import comparison_text
+
+            return ItemOutcome(Outcome.COMPARISON_FAILED, "\n".join(
+                [c.message for c in failed]
+                + [comparison_text(cmp, self._fix(spec, cmp.kind)) for cmp in report.comparisons
+                   if cmp.kind in kinds]))
+        if failed:
+            return ItemOutcome(Outcome.FAILED, "\n".join(check.message for check in failed))
+        return ItemOutcome(Outcome.PASSED)
+
+    def _baseline_outcome(self, spec: Spec) -> ItemOutcome | None:
+        """A baseline item's skip when there was nothing to compare with."""
+        from audit.compare.baseline import UPDATE_COMMAND
+
+        state = self.baselines.get(spec.name)
+        if state is None:
+            return None
+        if state.state is BaselineStatus.ERROR:
+            raise state.error
+        if state.state is BaselineStatus.MISSING:
+            return ItemOutcome(Outcome.SKIPPED,
+                               f"{spec.name}: no baseline at {os.path.relpath(state.path)}; "
+                               f"create it with: {UPDATE_COMMAND.format(name=spec.name)}")
+        if state.state is BaselineStatus.WRITTEN:
+            return ItemOutcome(Outcome.SKIPPED,
+                               f"{spec.name}: baseline written to {os.path.relpath(state.path)}")
+        return None
+
+    @staticmethod
+    def _fix(spec: Spec, kind: str) -> str | None:
+        """How to accept an intended change, for a failed comparison of ``kind``."""
+        if kind != "baseline":
+            return None
+        from audit.compare.baseline import UPDATE_COMMAND
+
+        return ("if the change is intended, accept it: "
+                f"{UPDATE_COMMAND.format(name=spec.name)}")
+
     def _parity_reference_report(self, spec: Spec) -> Report | None:
         """The first backend's report, measured before this backend's so that one
         model at a time is held; when it failed, the error is kept for the parity
@@ -213,22 +309,26 @@ class AuditSession:
         return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
-        from audit.compare.baseline import (baseline_path, compare_to_baseline, read_baseline,
-                                            write_baseline)
+        from audit.compare.baseline import (
+            baseline_path,
+            compare_to_baseline,
+            read_baseline,
+            write_baseline,
+        )
 
         try:
             path = baseline_path(spec, self.baselines_dir)
             if self.update_baselines:
                 write_baseline(report, path)
-                self.baselines[spec.name] = BaselineState("written", path)
+                self.baselines[spec.name] = BaselineState(BaselineStatus.WRITTEN, path)
             elif path.is_file():
                 shown = os.path.relpath(path)
                 report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
-                self.baselines[spec.name] = BaselineState("compared", path)
+                self.baselines[spec.name] = BaselineState(BaselineStatus.COMPARED, path)
             else:
-                self.baselines[spec.name] = BaselineState("missing", path)
+                self.baselines[spec.name] = BaselineState(BaselineStatus.MISSING, path)
         except EquilawError as exc:
-            self.baselines[spec.name] = BaselineState("error", None, exc)
+            self.baselines[spec.name] = BaselineState(BaselineStatus.ERROR, None, exc)
         return report
 
     def _write(self, report: Report) -> None:

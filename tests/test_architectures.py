@@ -21,8 +21,9 @@ import torch  # noqa: E402
 from audit.backends.architectures import ARCHITECTURES  # noqa: E402
 from audit.backends.torch_backend import TorchBackend  # noqa: E402
 from audit.errors import BackendError  # noqa: E402
+from audit.norms import NormInfo  # noqa: E402
 from audit.pipeline import run  # noqa: E402
-from audit.spec import ModelSpec, ModuleOverride, NormOverride, spec_from_dict  # noqa: E402
+from audit.spec import ModelSpec, ModuleOverride, spec_from_dict  # noqa: E402
 from audit.synthetic.tiny import FAMILIES, causal_lm, config, save_tiny_model  # noqa: E402
 
 LAYERS = 3
@@ -230,7 +231,7 @@ def test_an_unknown_architecture_runs_from_the_spec_alone(family_dirs) -> None:
         _backend(family_dirs["llama"], model=toy).info()
     backend = _backend(family_dirs["llama"], model=toy,
                        modules=ModuleOverride(blocks="stack", final_norm="out_norm"),
-                       norm=NormOverride(kind="layer", eps=1e-6))
+                       norm=NormInfo(kind="layer", eps=1e-6))
     states = backend.hidden_states(IDS)
     with torch.no_grad():
         x = toy.embed(torch.from_numpy(IDS))

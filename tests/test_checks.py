@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from audit.checks import (ITEM_CHECKS, CheckResult, Verdict, evaluate, item_names,
-                          item_results, layer_item_name)
+from audit.checks import (CHECKS, LAYER_ITEM, CheckResult, Verdict, comparison_kind, evaluate,
+                          item_names, item_results, items_of, layer_item_name)
 from audit.errors import StatsError
 from audit.law import LawFit, fit_law
 from audit.spec import LawSpec
@@ -255,13 +255,12 @@ def test_expected_layers_fail_without_violating():
     assert [(r.check, r.layer) for r in verdict.expected_failures] == [("deviation", 3), ("step", 4)]
     assert [verdict.layer_status(l) for l in (1, 2, 3, 4)] == ["ok", "ok", "expected", "expected"]
     assert all(r.expected for r in verdict.layer_results(3))
-    assert verdict.unexpected_passes == ()
 
 
-def test_declared_layer_that_conforms_is_ok_and_an_unexpected_pass():
+def test_declared_layer_that_conforms_is_ok():
     verdict = evaluate(kinked_fit(), law_with_expected(2, 3, 4))
     assert verdict.layer_status(2) == "ok"
-    assert verdict.unexpected_passes == (2,)
+    assert all(r.passed and r.expected for r in verdict.layer_results(2))
     assert verdict.passed
     # Law-level checks are never expected.
     assert not only(verdict, "pearson_r").expected
@@ -269,7 +268,6 @@ def test_declared_layer_that_conforms_is_ok_and_an_unexpected_pass():
 
 def test_verdict_helpers():
     verdict = evaluate(kinked_fit(), law_with_expected(4))
-    assert [r.check for r in verdict.law_results()] == ["pearson_r"]
     assert [r.check for r in verdict.layer_results(3)] == ["deviation", "step"]
     assert [r.check for r in verdict.layer_results(1)] == ["deviation"]
     assert verdict.layer_results(0) == ()
@@ -278,8 +276,21 @@ def test_verdict_helpers():
 
 # --- pytest items ----------------------------------------------------------------------
 
+def test_the_table_of_checks():
+    assert [items_of(kind) for kind in ("law", "baseline", "merge", "parity")] == [
+        ("law-fit", "law-rho"), ("baseline-law", "baseline-loss"), ("merge-law", "merge-loss"),
+        ("parity",)]
+    assert [name for name, check in CHECKS.items() if check.item == LAYER_ITEM] == [
+        "deviation", "step", "drift", "merge_drift"]
+    assert [name for name, check in CHECKS.items() if check.per_layer] == [
+        "deviation", "step", "drift", "merge_drift", "parity_log10_pr"]
+    assert [comparison_kind(name) for name in ("step", "drift", "merge_rho", "parity_loss")] \
+        == [None, "baseline", "merge", "parity"]
+    assert [name for name, check in CHECKS.items() if check.words] == [
+        "drift", "merge_drift", "parity_log10_pr"]
+
+
 def test_item_names_and_results():
-    assert ITEM_CHECKS == {"law-fit": ("pearson_r",), "law-rho": ("rho",)}
     assert layer_item_name(7) == "layer-07" and layer_item_name(123) == "layer-123"
     assert item_names(4) == ("law-fit", "law-rho", "layer-01", "layer-02", "layer-03", "layer-04")
     assert item_names(3, first_layer=2) == ("law-fit", "law-rho", "layer-02", "layer-03")

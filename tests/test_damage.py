@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,7 +28,6 @@ from audit.synthetic.damage import (  # noqa: E402
 )
 from audit.synthetic.tiny import causal_lm, config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 BLOCKS = 4
 IDS = torch.tensor([[1, 40, 41, 7, 90, 23, 11, 5, 77, 3, 60, 8],
                     [1, 9, 33, 150, 12, 4, 4, 18, 201, 66, 30, 2]])
@@ -446,14 +442,6 @@ def test_bad_parameters_are_value_errors(make, message) -> None:
 def test_damage_that_does_not_fit_the_model_is_a_backend_error(tiny, damage, message) -> None:
     with pytest.raises(BackendError, match=f"^{message}$"):
         tiny("gpt2").apply(damage)
-
-
-def test_importing_the_module_loads_no_heavy_library() -> None:
-    code = ("import sys, audit.synthetic.damage\n"
-            "print(','.join(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, check=True)
-    assert done.stdout.strip() == ""
 
 
 # -- the SmolLM2 family's builders, reproduced in memory ------------------------------------

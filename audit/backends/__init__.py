@@ -1,32 +1,25 @@
 """Backends: per-layer hidden states of a model, behind one protocol.
 
 ``open_backend(spec)`` picks the backend the spec names.  Backends are registered
-by dotted name so that importing this package imports no heavy library.
+by dotted name (:mod:`audit.backends.registry`) so that importing this package
+imports no heavy library.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from audit.backends.base import Backend, ModelInfo
+from audit.backends.registry import BACKENDS
 from audit.errors import BackendError
-
-if TYPE_CHECKING:
-    from audit.spec import Spec
 
 __all__ = ["BACKENDS", "Backend", "ModelInfo", "open_backend"]
 
-BACKENDS: dict[str, str] = {
-    "torch": "audit.backends.torch_backend:TorchBackend",
-    "onnx": "audit.backends.onnx_backend:OnnxBackend",
-}
-"""Backend name -> ``module:Class``; the class takes ``(model_spec, name, model=None)``,
-or builds itself with ``from_spec(spec, model=None)`` when it reads other sections."""
 
-
-def open_backend(spec: Spec, model: Any = None) -> Backend:
-    """The backend ``spec.backend`` names, for ``spec.model``; ``model`` is an
+def open_backend(spec: Any, model: Any = None) -> Backend:
+    """The backend ``spec.backend`` names (``spec`` an :class:`audit.spec.Spec`; not
+    imported here, which would make a cycle), for ``spec.model``; ``model`` is an
     already loaded model to use instead of the weights at ``spec.model.path``.
     Nothing is loaded until the backend is asked for hidden states."""
     target = BACKENDS.get(spec.backend)

@@ -47,7 +47,6 @@ from audit.errors import BackendError
 
 if TYPE_CHECKING:
     from audit.norms import NormInfo
-    from audit.spec import NormOverride
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def architecture(name: str, *, model: str | None = None) -> Architecture:
     return entry
 
 
-def final_norm_info(name: str, eps: float | None, override: NormOverride | None = None,
+def final_norm_info(name: str, eps: float | None, override: NormInfo | None = None,
                     *, model: str | None = None) -> NormInfo:
     """The :class:`~audit.norms.NormInfo` that ``init_norm`` needs.
 

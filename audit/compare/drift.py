@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.checks import CheckResult, effect_and_sigma
+from audit.checks import CHECKS, CheckResult, effect_and_sigma
 from audit.errors import ComparisonError
 from audit.internal.plus_minus import plus_minus
 from audit.report.data import DriftRow, Report
@@ -82,12 +82,6 @@ def first_moved_layer(values: np.ndarray, max_drift: float | None) -> int | None
     return moved[0] if moved else None
 
 
-DRIFT_WORDS = {"drift": ("drift", "drift"),
-               "merge_drift": ("distance outside the parents' range", "drift"),
-               "parity_log10_pr": ("log10 PR difference", "difference")}
-"""How a per-layer comparison check names its quantity in messages (long, short)."""
-
-
 def judge_layers(now: Report, ref: Reference, check: str, max_drift: float | None,
                  max_sigma: float | None, keys: tuple[str, str] = ("max_drift", "max_drift_sigma"),
                  ) -> tuple[tuple[CheckResult, ...], tuple[DriftRow, ...], int | None]:
@@ -99,7 +93,7 @@ def judge_layers(now: Report, ref: Reference, check: str, max_drift: float | Non
     for layer in range(1, len(values)):
         value, err = float(values[layer]), float(se[layer])
         source = ref.sources[layer] if ref.sources else ""
-        what, short = DRIFT_WORDS[check]
+        what, short = CHECKS[check].words
         if math.isnan(value):
             passed, sigma, why = False, math.nan, "log10 PR is undefined here or in the reference"
         elif max_drift is None and max_sigma is None:

@@ -20,9 +20,6 @@ from audit.checks import CheckResult
 SCHEMA_VERSION = 3
 OLDEST_READABLE = 2
 
-LAYER_STATUSES = ("ok", "violation", "expected", "unjudged")
-
-
 @dataclass(frozen=True)
 class LawSummary:
     """The fit of log10 PR against the layer index, with jackknife standard errors

@@ -18,11 +18,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from audit.checks import EVIDENCE
 from audit.report.data import json_floats
 
-CHECK_KINDS = ("law", "drift", "loss")
-"""What can catch a mutant, in table order: the law's own checks on the mutant or
-its r and ρ against the unmutated model; the per-layer drift; the probe loss."""
+CHECK_KINDS = EVIDENCE
+"""What can catch a mutant, in table order (``audit.checks.EVIDENCE``)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""The dataclasses a spec file becomes, one per section.
+
+A spec describes one checkpoint, the probe it is measured on, the measure, and the
+thresholds of the law.  Each key of a spec file is a field here, described once, in
+the schema (:data:`audit.spec.schema.SPEC_KEYS`, which generates docs/specs.md);
+the docstrings here describe only the fields the loader sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit.errors import SpecError
+from audit.norms import NormInfo
+
+PROBE_MODES = ("windows", "documents")
+TARGETS = ("previous", "current", "next", "next_next")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModuleOverride:
+    """The ``model.modules`` section."""
+
+    blocks: str
+    final_norm: str
+    embedding: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The ``model`` section."""
+
+    path: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    onnx: str | None = None
+    norm: NormInfo | None = None
+    modules: ModuleOverride | None = None
+    device_map: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The ``probe`` section."""
+
+    corpus: str = "python-docstrings"
+    sequences: int = 96
+    length: int = 128
+    seed: int = 0
+    batch_size: int = 8
+    shards: int = 10
+    statistics: str = "gram"
+    loss: bool = True
+    mode: str = "windows"
+    permutation: str = "equilaw"
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    """The ``law`` section: thresholds of the law; ``None`` switches a check off."""
+
+    max_pearson_r: float | None = None
+    rho: tuple[float, float] | None = None
+    max_deviation: float | None = None
+    max_deviation_sigma: float | None = None
+    min_step_fraction: float | None = None
+    expected_deviations: tuple[int, ...] = ()
+
+
+ONNX_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """The ``onnx`` section."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0
+    graph_optimization: str = "all"
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """The ``baseline`` section: tolerances; ``None`` switches a check off."""
+
+    max_pearson_r_increase: float | None = 0.02
+    max_rho_increase: float | None = 0.0005
+    max_loss_increase: float | None = 0.05
+    max_drift: float | None = 0.0008
+    max_drift_sigma: float | None = 4.0
+
+
+@dataclass(frozen=True)
+class ParitySpec:
+    """The ``parity`` section: tolerances; ``None`` switches a check off."""
+
+    max_log10_pr_difference: float | None = 1e-6
+    max_loss_difference: float | None = 2e-4
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """The ``merge`` section."""
+
+    parents: tuple[tuple[str, str], ...]
+    config: str | None = None
+    layer_map: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A spec file: its top-level keys, then what the loader sets."""
+
+    name: str
+    model: ModelSpec
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    backend: str = "torch"
+    measure: str = "token_id"
+    normalization: str = "init_norm"
+    target: str = "next"
+    law: LawSpec = field(default_factory=LawSpec)
+    onnx: OnnxSpec = field(default_factory=OnnxSpec)
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    merge: MergeSpec | None = None
+    parity: ParitySpec = field(default_factory=ParitySpec)
+    backends: tuple[str, ...] = ()
+    """Every backend the spec file names, in order, when it names several (``backend:
+    [torch, onnx]``); empty when it names one.  Set by the loader."""
+    group: str | None = None
+    """For one backend of a spec that names several: the name in the file (this
+    spec's name is ``<group>.<backend>``).  Set by :func:`per_backend`."""
+    source: str | None = None
+    """The file the spec was loaded from, or None for a spec built in code."""
+    lines: Mapping[str, int | None] = field(default_factory=dict, repr=False, compare=False)
+    """Dotted key -> line in ``source`` where it was given (for errors found later,
+    when the model is known)."""
+
+    def error(self, field: str, message: str) -> SpecError:
+        """A :class:`SpecError` naming this spec's file, the field's line and the field."""
+        return SpecError(message, file=self.source, line=self.lines.get(field), field=field)
+
+
+SECTIONS: dict[str, type] = {
+    "": Spec, "model": ModelSpec, "model.norm": NormInfo,
+    "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
+    "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
+}
+"""Each mapping of a spec file and the dataclass it becomes: the valid keys of a
+mapping are that dataclass's fields (less ``INTERNAL_FIELDS``)."""
+INTERNAL_FIELDS = frozenset({"source", "lines", "backends", "group"})
