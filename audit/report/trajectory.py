@@ -5,8 +5,9 @@ written by :mod:`audit.report.trajectory_json`, the table drawn by
 
 ``to_dict()`` / ``from_dict()`` are the JSON form
 (``reports/<name>.trajectory.json``): ``schema`` (``equilaw-trajectory/1``),
-``name``, ``spec``, ``run_dir``, ``windows_sha256`` (every step was measured on these token windows) and
-``steps``, a list sorted by step of objects with ``step``, ``pearson_r``, ``rho``,
+``name``, ``spec``, ``run_dir``, ``windows_sha256`` (every step was measured on
+these token windows) and ``steps``, a list sorted by step of objects with
+``step``, ``pearson_r``, ``rho``,
 ``loss`` (null without a head), ``pr`` (per hidden state 0..L) and ``verdict``.
 NaN is written as null.
 """
