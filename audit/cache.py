@@ -61,11 +61,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit import __version__
 from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES, sha256_files
 from audit.corpus import load_corpus
 from audit.errors import EquilawError
-from audit.stats import LayerStats
+from audit.stats.layer_stats import LayerStats
+from audit.versions import software_versions
 
 if TYPE_CHECKING:
     from audit.spec import Spec
@@ -188,9 +188,7 @@ class StatsCache:
             "measure": spec.measure,
             "normalization": spec.normalization,
             "target": spec.target,
-            "versions": {"python": platform.python_version(), "machine": platform.machine(),
-                         "numpy": np.__version__, "equilaw": __version__,
-                         **backend.versions()},
+            "versions": {"machine": platform.machine(), **software_versions(backend)},
             "code": code_sha256(),
         }
 
@@ -249,7 +247,7 @@ class StatsCache:
     def load(self, key: str) -> dict[str, Any] | None:
         """The stored parts of the measurement under ``key``: the fields of
         :class:`audit.pipeline.Measurement` but ``spec`` (``loss`` as a dict of
-        :class:`~audit.pipeline.ProbeLoss` fields, or None; ``stats`` a
+        :class:`~audit.report.data.LossSummary` fields, or None; ``stats`` a
         :class:`StoredStats`), or None when there is no entry.  An entry that is
         truncated, corrupt, of another format or of another key gives a
         :class:`CacheWarning` and None (never its numbers)."""

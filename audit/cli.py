@@ -16,9 +16,6 @@ as one HTML page (``audit.report.html``).  Errors of equilaw print
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,54 +155,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    """The ``calibrate`` verb: measure, choose thresholds, check them, write."""
-    import yaml
+    """The ``calibrate`` verb: :func:`audit.calibrate.calibrate`, then a summary."""
+    from audit.calibrate import calibrate as run_calibration
 
-    from audit.calibrate import calibrate_thresholds, relative_corpus, relative_path, spec_text
-    from audit.compare.baseline import baseline_path, write_baseline
-    from audit.pipeline import collect, judge
-    from audit.spec import NAME_PATTERN, spec_from_dict
-
-    out = Path(args.output)
-    name = args.name if args.name is not None else out.stem
-    if args.name is None and not re.fullmatch(NAME_PATTERN, name):
-        raise EquilawError(f"spec name {name!r}, from the output file name, must match "
-                           f"{NAME_PATTERN}: rename {out.name} or pass --name")
     probe = {key: value for key, value in (("sequences", args.sequences), ("length", args.length),
                                            ("shards", args.shards), ("corpus", args.corpus))
              if value is not None}
-    data: dict[str, Any] = {"name": name, "model": {"path": args.checkpoint}, "probe": probe}
-    if args.measure is not None:
-        data["measure"] = args.measure
-    spec = spec_from_dict(data)  # checks the name and the options before anything runs
-    baseline = baseline_path(dataclasses.replace(spec, source=str(out)))
-    if not args.force:
-        for path in (out, baseline):
-            if os.path.lexists(path):
-                raise EquilawError(f"{path} already exists; pass --force to overwrite it")
-
-    measurement = collect(spec, progress=_progress())
-    margin = {} if args.margin_sigma is None else {"margin_sigma": args.margin_sigma}
-    measured = judge(measurement)  # no thresholds: the numbers only
-    calibration = calibrate_thresholds(measured, **margin)
-    text = spec_text(name, relative_path(spec.model.path, out), calibration, measured,
-                     spec.probe, corpus=relative_corpus(spec.probe.corpus, out),
-                     baseline=os.path.relpath(baseline, out.parent))
-    # Judge the measurement by the spec as it will be read back: it must pass.
-    calibrated = spec_from_dict(yaml.safe_load(text), source=out)
-    report = judge(dataclasses.replace(measurement, spec=calibrated))
-    if report.verdict != "pass":
-        raise EquilawError("calibrated thresholds fail their own measurement (a bug in "
-                           "audit.calibrate): " + "; ".join(c.message for c in report.violations))
-
-    _write_atomic(out, text)
-    written = write_baseline(report, baseline)
-    law = report.law
-    declared = ", ".join(map(str, calibration.expected_deviations)) or "none"
-    print(f"spec written: {out}")
-    print(f"baseline written: {written}")
-    print(f"{name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, rho {law.rho:.5f} ± "
-          f"{law.rho_se:.2g}; declared layers: {declared}")
+    result = run_calibration(args.checkpoint, args.output, name=args.name, probe=probe,
+                             measure=args.measure, margin_sigma=args.margin_sigma,
+                             force=args.force, progress=_progress())
+    law = result.report.law
+    declared = ", ".join(map(str, result.calibration.expected_deviations)) or "none"
+    print(f"spec written: {result.spec_path}")
+    print(f"baseline written: {result.baseline_path}")
+    print(f"{result.report.name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, "
+          f"rho {law.rho:.5f} ± {law.rho_se:.2g}; declared layers: {declared}")
     return 0
 
 
@@ -244,9 +208,9 @@ def mutate(args: argparse.Namespace) -> int:
     """The ``mutate`` verb: mutants, the table, the JSON report."""
     from rich.console import Console
 
-    from audit.internal.files import write_text_atomic
     from audit.mutate import mutate as run_mutations
-    from audit.report.mutations import render
+    from audit.report.mutations_json import write_mutations
+    from audit.report.mutations_terminal import render
     from audit.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -260,11 +224,7 @@ def mutate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a block or operator the model does not have
         raise EquilawError(f"{args.spec}: {exc}") from None
     render(report, Console(width=max(150, Console().width)))
-    out = Path(args.reports) / f"{spec.name}.mutations.json"
-    try:
-        write_text_atomic(out, report.to_json())
-    except OSError as exc:
-        raise EquilawError(f"cannot write {out}: {exc}") from exc
+    out = write_mutations(report, args.reports)
     print(f"report written: {out}")
     return 0
 
@@ -273,7 +233,8 @@ def trajectory(args: argparse.Namespace) -> int:
     """The ``trajectory`` verb: audit each checkpoint, render, write."""
     from rich.console import Console
 
-    from audit.report.trajectory import render, write_trajectory
+    from audit.report.trajectory_json import write_trajectory
+    from audit.report.trajectory_terminal import render
     from audit.spec import load_spec
     from audit.trajectory import audit_run, trajectory_path
 
@@ -319,16 +280,6 @@ def _progress() -> Any:
     from audit.report.progress import RichProgress
 
     return RichProgress(Console(stderr=True))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write the spec atomically: a reader never sees a partial one."""
-    from audit.internal.files import write_text_atomic
-
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise EquilawError(f"cannot write spec {path}: {exc}") from exc
 
 
 def distributed(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         else:
             os.environ[name] = value
 
-from tiny_models import TINY_LAYERS, TINY_WIDTH
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.json, model.safetensors and tokenizer files."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tiny_models import save_tiny_model  # imports torch: only when a test asks
+    from audit.synthetic.tiny import save_tiny_model  # imports torch: only when a test asks
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama",
                            layers=TINY_LAYERS, hidden=TINY_WIDTH, seed=0)

@@ -13,7 +13,7 @@ import pytest
 from audit.backends import BACKENDS, Backend, open_backend
 from audit.errors import BackendError
 from audit.spec import ModelSpec, Spec
-from tiny_models import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE
+from audit.synthetic.tiny import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE
 
 IDS = np.array([[BOS_ID, 40, 41, 42, 43, 44], [BOS_ID, 50, 51, 52, 53, 54]], dtype=np.int64)
 

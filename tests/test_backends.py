@@ -18,7 +18,7 @@ from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
 from audit.norms import NormInfo
 from audit.spec import ModelSpec, ModuleOverride, Spec
-from tiny_models import causal_lm, config, save_tiny_model
+from audit.synthetic.tiny import causal_lm, config, save_tiny_model
 
 WORDS = ("def return class import the a of to is in for if else self value list "
          "string number file path model layer token").split()
@@ -270,7 +270,7 @@ def test_layer_count_mismatch_is_an_error(tiny_models: dict[str, Path]) -> None:
 
 
 def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
-    from tiny_models import config
+    from audit.synthetic.tiny import config
 
     folder = save_tiny_model(tmp_path / "small-vocab", cfg=config("llama", 2, 32, vocab_size=200))
     with pytest.raises(BackendError) as err:

@@ -119,7 +119,7 @@ def test_the_stored_statistics_are_the_engines(tiny_model_dir: Path) -> None:
 
 def test_off_in_memory_and_by_the_environment(
         tiny_model_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tiny_models import TINY_LAYERS, TINY_WIDTH, causal_lm, config
+    from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH, causal_lm, config
 
     spec = small_spec(tiny_model_dir)
     run(spec, cache=False)
@@ -435,7 +435,7 @@ def test_spilled_statistics_are_not_stored(tmp_path: Path) -> None:
     memory to be written: the measurement is returned uncached, with a warning."""
     import dataclasses
 
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     rng = np.random.default_rng(0)
     stats = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)

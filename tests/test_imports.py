@@ -132,7 +132,7 @@ LIGHT_IMPORTS = {
                               "onnxruntime"),
     "audit.cli, audit.calibrate": ("torch", "transformers", "gguf"),
     "audit.corpus": ("torch", "transformers", "pytest", "rich"),
-    "audit.stats": ("scipy", "torch", "sklearn", "pytest"),
+    "audit.stats.layer_stats": ("scipy", "torch", "sklearn", "pytest"),
     "audit.backends.onnx_export": ("torch", "transformers", "onnx", "onnxscript",
                                    "onnxruntime", "numpy"),
     "audit.synthetic.damage": ("torch", "transformers", "numpy"),

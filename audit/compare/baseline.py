@@ -21,10 +21,10 @@ from audit.checks import comparison_kind
 from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
                                  largest, loss_check, require_paired)
 from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
 from audit.report.data import Comparison, Report
 from audit.report.json_report import read_json, write_json_file
 from audit.spec import BaselineSpec, Spec
+from audit.stats.jackknife import jackknife_se
 
 UPDATE_COMMAND = "pytest audit/ --audit-update-baseline -k {name}"
 """How a user writes a missing baseline (in skip messages and docs)."""

@@ -8,8 +8,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.accumulators import METHODS as STATISTICS
-from audit.measures import MEASURES, PERMUTATIONS
 from audit.norms import NORM_KINDS, NORMALIZATIONS
 from audit.spec.sections import DTYPES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS, TARGETS
 from audit.spec.values import (
@@ -37,6 +35,8 @@ from audit.spec.values import (
     section,
     spec_name,
 )
+from audit.stats.measures import MEASURES, PERMUTATIONS
+from audit.stats.methods import METHODS as STATISTICS
 
 REQUIRED = dataclasses.MISSING
 """``SpecKey.default`` of a key that must be given."""
