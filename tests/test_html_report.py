@@ -28,9 +28,11 @@ from audit.report import view
 from audit.report.html import DATA_ELEMENT_ID, render_page, write_page
 from audit.report.json_report import read_json, write_json
 from audit.report.mutations import MutantRow, MutationReport
+from audit.report.mutations_json import write_mutations
 from audit.report.sources import read_report_file, read_report_files
 from audit.report.svg import nice_ticks
-from audit.report.trajectory import Trajectory, TrajectoryStep, write_trajectory
+from audit.report.trajectory import Trajectory, TrajectoryStep
+from audit.report.trajectory_json import write_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -347,10 +349,10 @@ def test_a_report_read_back_renders_identically(reports, tmp_path: Path) -> None
     fresh = [reports["baseline"], reports["merge"]]
     mutations, trajectories = [mutation_report()], [trajectory()]
     paths = [write_json(r, tmp_path / "r") for r in fresh]
-    (tmp_path / "m.mutations.json").write_text(mutations[0].to_json())
+    write_mutations(mutations[0], tmp_path)
     write_trajectory(trajectories[0], tmp_path / "t.trajectory.json")
     back = read_report_files([tmp_path / "t.trajectory.json", *paths,
-                              tmp_path / "m.mutations.json"])
+                              tmp_path / f"{mutations[0].name}.mutations.json"])
     assert render_page(back.reports, back.mutations, back.trajectories) == render_page(
         fresh, mutations, trajectories)
     assert back.mutations[0] == mutations[0]
@@ -364,7 +366,7 @@ def test_unreadable_files_are_report_errors(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ReportError, match="cannot read report .*bad.json"):
         read_report_file(bad)
-    data = json.loads(mutation_report().to_json())
+    data = mutation_report().to_dict()
     del data["mutants"][1]["block"]
     bad.write_text(json.dumps(data))
     with pytest.raises(ReportError, match=r"bad.json lacks the field mutants\[1\]\.block"):
@@ -482,9 +484,9 @@ def test_cli_renders_saved_reports(reports, tmp_path: Path,
     from audit.cli import main
 
     paths = [str(write_json(r, tmp_path)) for r in (reports["baseline"], reports["merge"])]
-    (tmp_path / "m.mutations.json").write_text(mutation_report().to_json())
+    mutations = write_mutations(mutation_report(), tmp_path)
     out, md = tmp_path / "page.html", tmp_path / "summary.md"
-    assert main(["report", *paths, str(tmp_path / "m.mutations.json"), "-o", str(out),
+    assert main(["report", *paths, str(mutations), "-o", str(out),
                  "--markdown", str(md)]) == 0
     assert out.read_text() == render_page([reports["baseline"], reports["merge"]],
                                           [mutation_report()])
