@@ -50,7 +50,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 import warnings
 import weakref
@@ -62,9 +61,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit import __version__
-from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES, sha256_files
+from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES
 from audit.corpus import load_corpus
 from audit.errors import EquilawError
+from audit.internal.files import sha256_files, write_bytes_atomic
 from audit.stats import LayerStats
 
 if TYPE_CHECKING:
@@ -240,8 +240,9 @@ class StatsCache:
         live = {k: v for k, v in index.items() if os.path.exists(k)}
         try:
             self._prepare_folder()
-            _atomic_write(self.folder / INDEX_NAME,
-                          json.dumps({"format": FORMAT, "files": live}, indent=0).encode())
+            write_bytes_atomic(self.folder / INDEX_NAME,
+                               json.dumps({"format": FORMAT, "files": live}, indent=0).encode(),
+                               prefix=_TEMP_PREFIX)
         except OSError:
             pass  # the index only saves time
 
@@ -330,7 +331,7 @@ class StatsCache:
         path = self.path(key)
         try:
             self._prepare_folder()
-            _atomic_write(path, lambda f: np.savez(f, **arrays))
+            write_bytes_atomic(path, lambda f: np.savez(f, **arrays), prefix=_TEMP_PREFIX)
         except OSError as exc:
             warnings.warn(CacheWarning(f"cannot write the statistics cache entry {path}: "
                                        f"{type(exc).__name__}: {exc}"), stacklevel=2)
@@ -343,7 +344,7 @@ class StatsCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         tag = self.folder / TAG_NAME
         if not tag.exists():
-            _atomic_write(tag, TAG.encode())
+            write_bytes_atomic(tag, TAG.encode(), prefix=_TEMP_PREFIX)
 
     def clear(self) -> int:
         """Delete what equilaw wrote here (entries, the index, left-over temporary
@@ -473,25 +474,6 @@ def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
         digest.update(a.reshape(-1).view(np.uint8))
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, content: bytes | Any) -> None:
-    """Write ``content`` (bytes, or a function of a binary file) to a temporary file
-    in ``path``'s folder and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, bytes):
-                f.write(content)
-            else:
-                content(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _parts(records: dict[str, Any], results: dict[str, np.ndarray]) -> dict[str, Any]:

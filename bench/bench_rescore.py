@@ -34,7 +34,7 @@ RESULTS = Path(__file__).with_name("results.json")
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from audit.backends import open_backend
-    from audit.backends.hf_files import sha256_files
+    from audit.internal.files import sha256_files
     from audit.cache import StatsCache, _weight_files
     from audit.pipeline import run
     from audit.spec import load_spec

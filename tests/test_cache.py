@@ -198,7 +198,7 @@ def write_corpus(folder: Path) -> Path:
 
 def test_the_files_bytes_move_the_key(tiny_model_dir: Path, tmp_path: Path) -> None:
     from audit.backends import open_backend
-    from audit.backends.hf_files import sha256_files
+    from audit.internal.files import sha256_files
     from audit.cache import _weight_files
 
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
@@ -453,7 +453,8 @@ def test_a_gguf_weights_hash_is_remembered_while_the_caches_are_on(
     """The backend's weights hash of a GGUF file goes through the cache folder's
     index: a second start reads no weight byte; with the caches off it hashes."""
     import audit.cache as cache_module
-    from audit.backends.hf_files import HuggingFaceFiles, sha256_files
+    from audit.backends.hf_files import HuggingFaceFiles
+    from audit.internal.files import sha256_files
     from audit.spec import ModelSpec
 
     hashed: list[str] = []

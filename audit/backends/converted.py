@@ -33,9 +33,10 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from audit.internal.files import staging_folder
 
 SUBFOLDER = "checkpoints"
 MANIFEST = "manifest.json"
@@ -105,8 +106,7 @@ class ConvertedCheckpoint:
         assert part in _PARTS
         target = self.folder / part
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{part}-", dir=self.folder))
+            staging = staging_folder(self.folder, f".tmp-{part}-")
         except OSError:
             return None
         try:

@@ -29,6 +29,7 @@ from audit.backends.base import ModelInfo
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
+from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
     from audit.spec import ModelSpec
@@ -37,7 +38,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _VERSIONED = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
-_CHUNK = 1 << 20
 IN_MEMORY = "<in-memory>"
 
 
@@ -68,17 +68,6 @@ def quiet_loading(tf: Any):
     finally:
         tf.logging.set_verbosity(verbosity)
         tf.logging.enable_progress_bar()
-
-
-def sha256_files(paths: list[Path]) -> str:
-    """sha256 of the files' bytes, concatenated in the given order (for one file:
-    what ``sha256sum`` prints)."""
-    digest = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while block := f.read(_CHUNK):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _remembered_sha256(path: Path) -> str:

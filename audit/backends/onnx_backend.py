@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.base import Forward
-from audit.backends.hf_files import HuggingFaceFiles, sha256_files
+from audit.backends.hf_files import HuggingFaceFiles
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
 
