@@ -61,7 +61,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit import __version__
-from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES
 from audit.corpus import load_corpus
 from audit.errors import EquilawError
 from audit.internal.files import sha256_files, write_bytes_atomic
@@ -88,9 +87,6 @@ CONVERTED = "checkpoints"
 _ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
 _TEMP_PREFIX = ".tmp-"
 _INDEXED_BYTES = 1 << 20   # smaller files are hashed every time (cheaper than the index)
-# Files of a model or tokenizer folder that are not read as config or tokenizer:
-# weights (hashed as weights) and pickles (never read).
-_NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
 
 
 class CacheError(EquilawError):
@@ -164,10 +160,9 @@ class StatsCache:
         JSON-able values; None when the model has no file identity (a model handed
         over in memory, a backend without files), which is never cached."""
         info = backend.info()
-        weights = _weight_files(backend, info)
-        if weights is None:
+        files = backend.model_files()
+        if files is None:
             return None
-        config = [p for p in _config_files(backend, info) if p not in weights]  # a GGUF is both
         corpus = load_corpus(spec.probe.corpus)
         model = asdict(spec.model)
         cls = type(backend)
@@ -181,8 +176,8 @@ class StatsCache:
                          "tokenizer": str(getattr(backend, "tokenizer_path", ""))},
             "info": {"architecture": info.architecture, "layers": info.num_layers,
                      "width": info.width, "norm": [info.norm.kind, float(info.norm.eps)]},
-            "weights": [[str(p), self.file_sha256(p)] for p in weights],
-            "config_files": [[str(p), self.file_sha256(p)] for p in config],
+            "weights": [[str(p), self.file_sha256(p)] for p in files.weights],
+            "config_files": [[str(p), self.file_sha256(p)] for p in files.config],
             "corpus": {"name": corpus.name, "sha256": corpus.sha256},
             "probe": asdict(spec.probe),
             "measure": spec.measure,
@@ -487,40 +482,3 @@ def _parts(records: dict[str, Any], results: dict[str, np.ndarray]) -> dict[str,
         "versions": records["versions"], "timing": records["timing"],
         "backend": records["backend"],
     }
-
-
-def _weight_files(backend: Any, info: Any) -> list[Path] | None:
-    """The files ``backend.weights_sha256()`` hashes (its own file choice, through
-    the same methods), or None for a model without files."""
-    if str(info.path) == IN_MEMORY or getattr(backend, "_given", None) is not None:
-        return None
-    data_files = getattr(backend, "_data_files", None)        # onnx: the file and its data
-    if callable(data_files):
-        return list(data_files())
-    path = Path(str(info.path))
-    if path.is_file():
-        return [path]                                           # GGUF
-    finder = getattr(backend, "_safetensors_files", None)
-    if path.is_dir() and callable(finder):
-        return list(finder(path))
-    return None
-
-
-def _config_files(backend: Any, info: Any) -> list[Path]:
-    """The model folder's and the tokenizer's files other than weights and pickles
-    (config.json, tokenizer files, remote code): a folder's, or a tokenizer file."""
-    places = []
-    model = Path(str(info.path))
-    if model.is_dir():
-        places.append(model)
-    tokenizer = getattr(backend, "tokenizer_path", None)
-    if tokenizer is not None and Path(tokenizer) not in places:
-        places.append(Path(tokenizer))
-    files: list[Path] = []
-    for place in places:
-        if place.is_dir():
-            files += sorted(p for p in place.iterdir() if p.is_file()
-                            and not p.name.lower().endswith(_NOT_CONFIG))
-        elif place.is_file():
-            files.append(place)
-    return files

@@ -34,8 +34,8 @@ RESULTS = Path(__file__).with_name("results.json")
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from audit.backends import open_backend
+    from audit.cache import StatsCache
     from audit.internal.files import sha256_files
-    from audit.cache import StatsCache, _weight_files
     from audit.pipeline import run
     from audit.spec import load_spec
 
@@ -72,7 +72,7 @@ def main() -> None:
 
         spec = load_spec(args.spec)
         backend = open_backend(spec)
-        files = _weight_files(backend, backend.info())
+        files = list(backend.model_files().weights)
         hashing = []
         for _ in range(3):
             start = time.perf_counter()

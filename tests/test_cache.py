@@ -199,7 +199,6 @@ def write_corpus(folder: Path) -> Path:
 def test_the_files_bytes_move_the_key(tiny_model_dir: Path, tmp_path: Path) -> None:
     from audit.backends import open_backend
     from audit.internal.files import sha256_files
-    from audit.cache import _weight_files
 
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     cache = StatsCache(tmp_path / "keys")
@@ -207,7 +206,7 @@ def test_the_files_bytes_move_the_key(tiny_model_dir: Path, tmp_path: Path) -> N
     base = key_of(spec, cache)
     backend = open_backend(spec)
     # the key hashes the files weights_sha256 hashes
-    assert sha256_files(_weight_files(backend, backend.info())) == backend.weights_sha256()
+    assert sha256_files(list(backend.model_files().weights)) == backend.weights_sha256()
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"):
         path = model / name
         original = path.read_bytes()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
-from audit.backends.base import ModelInfo
+from audit.backends.base import ModelFiles, ModelInfo
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
@@ -39,6 +39,9 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _VERSIONED = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
 IN_MEMORY = "<in-memory>"
+# Files of a model or tokenizer folder that are not read as config or tokenizer:
+# weights (hashed as weights) and pickles (never read).
+_NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
 
 
 def import_transformers() -> Any:
@@ -356,6 +359,29 @@ class HuggingFaceFiles:
                 model=self.name)
         raise BackendError(f"folder {str(folder)!r} holds no *.safetensors weights",
                            model=self.name)
+
+    def model_files(self) -> ModelFiles | None:
+        """The weights :meth:`weights_sha256` hashes and the model folder's and the
+        tokenizer's other files (config, tokenizer, remote code; no pickles); None for
+        a model handed over in memory."""
+        if self._given is not None:
+            return None
+        weights = self._weight_files()
+        places = [self.path] if self.path.is_dir() else []
+        if self.tokenizer_path not in places:
+            places.append(self.tokenizer_path)
+        config: list[Path] = []
+        for place in places:
+            if place.is_dir():
+                config += sorted(p for p in place.iterdir() if p.is_file()
+                                 and not p.name.lower().endswith(_NOT_CONFIG))
+            elif place.is_file():
+                config.append(place)
+        return ModelFiles(tuple(weights), tuple(p for p in config if p not in weights))
+
+    def _weight_files(self) -> list[Path]:
+        """The GGUF file, or the folder's ``*.safetensors`` in sorted name order."""
+        return [self.path] if self._is_gguf() else self._safetensors_files(self.path)
 
     def weights_sha256(self) -> str:
         """sha256 of the weights: the GGUF file; the folder's ``*.safetensors``

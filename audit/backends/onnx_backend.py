@@ -22,6 +22,7 @@ from audit.backends.base import Forward
 from audit.backends.hf_files import HuggingFaceFiles
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
+from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +67,7 @@ class OnnxBackend(HuggingFaceFiles):
     def onnx_path(self) -> Path:
         return resolve_model_path(self.spec.onnx, model=self.name)
 
-    def _data_files(self) -> list[Path]:
+    def _weight_files(self) -> list[Path]:
         """The ONNX file and its external-data files (``<file>.data``, if any)."""
         path = self.onnx_path
         return [path] + sorted(p for p in path.parent.glob(path.name + "*.data") if p.is_file())
@@ -122,9 +123,6 @@ class OnnxBackend(HuggingFaceFiles):
         self._session = session
         return session
 
-    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.forward(input_ids, loss=False).hidden
-
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``
         and a logits output, the next-token cross-entropy float64 [b, t-1]."""
@@ -156,7 +154,7 @@ class OnnxBackend(HuggingFaceFiles):
     def weights_sha256(self) -> str:
         """sha256 of the ONNX file and its external data, concatenated in order."""
         if self._onnx_sha256 is None:
-            self._onnx_sha256 = sha256_files(self._data_files())
+            self._onnx_sha256 = sha256_files(self._weight_files())
         return self._onnx_sha256
 
 

@@ -273,11 +273,6 @@ class TorchBackend(HuggingFaceFiles):
             return tf.AutoModelForCausalLM
         return tf.AutoModel
 
-    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
-        """``input_ids`` int64 [b, t] -> float32 [L + 1, b, t, d] (index 0: the
-        embedding output; L: the last block after the final norm)."""
-        return self.forward(input_ids, loss=False).hidden
-
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states of ``input_ids`` int64 [b, t] and, with ``loss`` and a
         head, each position's next-token cross-entropy (see :class:`Forward`)."""
