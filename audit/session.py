@@ -70,7 +70,10 @@ class AuditSession:
     """Write each audited spec's report as its baseline instead of comparing."""
     cache: Any = True
     """The statistics cache (:func:`audit.pipeline.measure`): True the default
-    folder, False none, or an :class:`audit.cache.StatsCache`."""
+    folder, False none, or an :class:`audit.cache.stats_cache.StatsCache`."""
+    cache_settings: Any = None
+    """The run's :class:`audit.cache.settings.CacheSettings` that backends get (the
+    file-hash index, the converted checkpoints); None: read from the environment."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
@@ -114,7 +117,7 @@ class AuditSession:
         if spec.name not in self._backends:
             from audit.backends import open_backend
 
-            self._backends[spec.name] = open_backend(spec)
+            self._backends[spec.name] = open_backend(spec, cache=self.cache_settings)
         return self._backends[spec.name]
 
     def num_layers(self, spec: Spec) -> int:

@@ -1,4 +1,4 @@
-"""audit.cache: a measurement kept on disk, on the tiny random Llama.  A second run
+"""audit.cache.stats_cache: a measurement kept on disk, on the tiny random Llama.  A second run
 loads no weights and tokenizes nothing and gives the same report; a new threshold
 is judged from the cache; every input of the key moves it; a damaged or foreign
 entry is detected and recomputed; the plugin's options turn the cache off and
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.cache import (FORMAT, CacheError, CacheWarning, StatsCache, StoredStats,
-                         default_folder, open_cache)
+from audit.cache.folder import CONVERTED, CacheError
+from audit.cache.settings import CacheSettings, default_folder
+from audit.cache.stats_cache import FORMAT, CacheWarning, StatsCache, StoredStats, open_cache
 from audit.pipeline import measure, run
 from audit.spec import spec_from_dict
 
@@ -130,6 +131,8 @@ def test_off_in_memory_and_by_the_environment(
     other = cache_dir.parent / "elsewhere"
     run(spec, cache=other)  # an explicit folder wins over the environment
     assert len(entries(other)) == 1 and open_cache(True) is None
+    assert open_cache(CacheSettings(other, enabled=False)) is None
+    assert open_cache(CacheSettings(other)).folder == other
 
 
 def test_default_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -240,7 +243,7 @@ def test_a_changed_weights_file_is_measured_again(
 
 def test_the_index_remembers_settled_files_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit.cache as cache_module
+    import audit.cache.index as cache_module
 
     hashed: list[str] = []
     real = cache_module.sha256_files
@@ -289,7 +292,7 @@ def change_pr(arrays: dict) -> None:
 
 
 def new_format(arrays: dict) -> None:
-    from audit.cache import _digest
+    from audit.cache.stats_cache import _digest
 
     meta = json.loads(arrays["meta"].tobytes())
     meta["format"] = 99
@@ -348,8 +351,6 @@ def test_damaged_statistics_fail_when_read(tiny_model_dir: Path, cache_dir: Path
 # -- the folder ----------------------------------------------------------------------------
 
 def test_clear_deletes_only_its_own_files(tiny_model_dir: Path, cache_dir: Path) -> None:
-    from audit.cache import CONVERTED
-
     run(small_spec(tiny_model_dir))
     (cache_dir / "notes.txt").write_text("mine")
     (cache_dir / "index.json").write_text("{}")
@@ -369,13 +370,6 @@ def test_clear_deletes_only_its_own_files(tiny_model_dir: Path, cache_dir: Path)
         StatsCache(foreign).clear()
     assert (foreign / "thesis.tex").exists()
     assert StatsCache(cache_dir.parent / "absent").clear() == 0
-
-
-def test_clear_knows_the_converted_checkpoints_folder() -> None:
-    converted = pytest.importorskip("audit.backends.converted")
-    from audit.cache import CONVERTED
-
-    assert converted.SUBFOLDER == CONVERTED
 
 
 # -- the plugin ----------------------------------------------------------------------------
@@ -451,7 +445,7 @@ def test_a_gguf_weights_hash_is_remembered_while_the_caches_are_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The backend's weights hash of a GGUF file goes through the cache folder's
     index: a second start reads no weight byte; with the caches off it hashes."""
-    import audit.cache as cache_module
+    import audit.cache.index as cache_module
     from audit.backends.hf_files import HuggingFaceFiles
     from audit.internal.files import sha256_files
     from audit.spec import ModelSpec

@@ -13,6 +13,7 @@ from audit.backends.base import Backend, ModelInfo
 from audit.errors import BackendError
 
 if TYPE_CHECKING:
+    from audit.cache.settings import CacheSettings
     from audit.spec import Spec
 
 __all__ = ["BACKENDS", "Backend", "ModelInfo", "open_backend"]
@@ -25,9 +26,10 @@ BACKENDS: dict[str, str] = {
 or builds itself with ``from_spec(spec, model=None)`` when it reads other sections."""
 
 
-def open_backend(spec: Spec, model: Any = None) -> Backend:
+def open_backend(spec: Spec, model: Any = None, cache: CacheSettings | None = None) -> Backend:
     """The backend ``spec.backend`` names, for ``spec.model``; ``model`` is an
-    already loaded model to use instead of the weights at ``spec.model.path``.
+    already loaded model to use instead of the weights at ``spec.model.path``;
+    ``cache`` the run's cache settings (default: read from the environment).
     Nothing is loaded until the backend is asked for hidden states."""
     target = BACKENDS.get(spec.backend)
     if target is None:
@@ -36,5 +38,5 @@ def open_backend(spec: Spec, model: Any = None) -> Backend:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if hasattr(cls, "from_spec"):
-        return cls.from_spec(spec, model=model)
-    return cls(spec.model, spec.name, model=model)
+        return cls.from_spec(spec, model=model, cache=cache)
+    return cls(spec.model, spec.name, model=model, cache=cache)

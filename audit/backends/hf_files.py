@@ -32,6 +32,7 @@ from audit.errors import BackendError
 from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -71,17 +72,6 @@ def quiet_loading(tf: Any):
     finally:
         tf.logging.set_verbosity(verbosity)
         tf.logging.enable_progress_bar()
-
-
-def _remembered_sha256(path: Path) -> str:
-    """sha256 of one file, remembered in the cache folder's index (by path, size,
-    mtime, ctime and inode: :meth:`audit.cache.StatsCache.file_sha256`) while the
-    caches are on, so that a GGUF file is read once, not on every start (Gemma-3's
-    253 MB take 0.45 s here); hashed every time when they are off."""
-    from audit.cache import open_cache  # here: audit.cache imports this module
-
-    store = open_cache(True)
-    return sha256_files([path]) if store is None else store.file_sha256(path)
 
 
 def sha256_state_dict(module: Any) -> str:
@@ -144,12 +134,19 @@ class HuggingFaceFiles:
     """A checkpoint's files: ``model_spec.path`` locates the weights and the
     tokenizer (``model_spec.tokenizer`` overrides the latter); ``name`` (the spec
     name) labels errors; ``model``, an already loaded model, replaces the weights
-    (its config describes it and its state dict is hashed).  Nothing here loads
-    weights; a backend subclasses this and adds ``load`` and ``forward``."""
+    (its config describes it and its state dict is hashed); ``cache``, the run's
+    cache settings (default: :meth:`CacheSettings.from_environment`, read here, once),
+    says where the file-hash index and the converted checkpoints are, and whether
+    they are used.  Nothing here loads weights; a backend subclasses this and adds
+    ``load`` and ``forward``."""
 
-    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None) -> None:
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
+                 cache: CacheSettings | None = None) -> None:
+        from audit.cache.settings import CacheSettings
+
         self.spec = model_spec
         self.name = name
+        self.cache = CacheSettings.from_environment() if cache is None else cache
         self._given = model
         self._path: Path | None = None
         self._info: ModelInfo | None = None
@@ -276,14 +273,14 @@ class HuggingFaceFiles:
 
     def _converted(self, dtype: str, gguf: Path | None = None) -> Any:
         """The converted-checkpoint cache entry of the GGUF file ``gguf`` (default:
-        the weights) loaded in ``dtype``, or None when the cache is off."""
-        from audit.backends import converted
+        the weights) loaded in ``dtype``, or None when the caches are off."""
+        from audit.cache import converted
 
-        if not converted.enabled():
+        if not self.cache.enabled:
             return None
         gguf = self.path if gguf is None else gguf
         digest = self.weights_sha256() if gguf == self.path else sha256_files([gguf])
-        return converted.ConvertedCheckpoint(converted.entry_key(digest, dtype))
+        return converted.entry(self.cache, digest, dtype)
 
     def _gguf_tokenizer(self, tf: Any, source: Path, kw: dict[str, Any]) -> Any:
         """The tokenizer transformers builds from a GGUF file, read back from the
@@ -391,10 +388,21 @@ class HuggingFaceFiles:
             if self._given is not None:
                 self._sha256 = sha256_state_dict(self._given)
             elif self._is_gguf():
-                self._sha256 = _remembered_sha256(self.path)
+                self._sha256 = self._remembered_sha256(self.path)
             else:
                 self._sha256 = sha256_files(self._safetensors_files(self.path))
         return self._sha256
+
+    def _remembered_sha256(self, path: Path) -> str:
+        """sha256 of one file, remembered in the cache folder's file-hash index
+        (:class:`audit.cache.index.FileHashIndex`) while the caches are on, so that a
+        GGUF file is read once, not on every start (Gemma-3's 253 MB take 0.45 s
+        here); hashed every time when they are off."""
+        if not self.cache.enabled:
+            return sha256_files([path])
+        from audit.cache.index import FileHashIndex
+
+        return FileHashIndex(self.cache.folder).file_sha256(path)
 
     versioned: tuple[str, ...] = _VERSIONED
     """The distributions whose versions a report records (a backend sets its own)."""

@@ -27,6 +27,7 @@ from audit.internal.files import sha256_files
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec, OnnxSpec, Spec
 
 HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
@@ -42,13 +43,13 @@ class OnnxBackend(HuggingFaceFiles):
     versioned = ("onnxruntime", "onnx", "transformers", "tokenizers")
 
     def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
-                 options: OnnxSpec | None = None) -> None:
+                 options: OnnxSpec | None = None, cache: CacheSettings | None = None) -> None:
         if model is not None:
             raise BackendError("the onnx backend runs an ONNX file (model.onnx), not a model "
                                "object", model=name)
         if model_spec.onnx is None:
             raise BackendError("backend onnx needs model.onnx, the ONNX file to run", model=name)
-        super().__init__(model_spec, name)
+        super().__init__(model_spec, name, cache=cache)
         from audit.spec import OnnxSpec
 
         self.options = options or OnnxSpec()
@@ -60,8 +61,9 @@ class OnnxBackend(HuggingFaceFiles):
         """After loading: why there is no probe loss (the file has no logits output)."""
 
     @classmethod
-    def from_spec(cls, spec: Spec, model: Any = None) -> OnnxBackend:
-        return cls(spec.model, spec.name, model=model, options=spec.onnx)
+    def from_spec(cls, spec: Spec, model: Any = None,
+                  cache: CacheSettings | None = None) -> OnnxBackend:
+        return cls(spec.model, spec.name, model=model, options=spec.onnx, cache=cache)
 
     @property
     def onnx_path(self) -> Path:

@@ -31,6 +31,7 @@ from audit.errors import BackendError
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec
 
 _HEAD_PREFIXES = ("lm_head.", "embed_out.", "output.")
@@ -89,11 +90,12 @@ class TorchBackend(HuggingFaceFiles):
 
     backend_name = "torch"
 
-    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None) -> None:
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
+                 cache: CacheSettings | None = None) -> None:
         if model_spec.dtype not in _DTYPES:
             raise BackendError(f"dtype {model_spec.dtype!r} is not one of {', '.join(_DTYPES)}",
                                model=name)
-        super().__init__(model_spec, name, model)
+        super().__init__(model_spec, name, model, cache)
         self._model: Any = None
         self._full: Any = None
         self._head: Any = None

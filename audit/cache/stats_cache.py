@@ -1,9 +1,9 @@
 """The statistics cache: a measurement kept on disk, so that re-judging a spec
 (new thresholds, a baseline update) loads no model and tokenizes nothing.
 
-One entry per measurement, ``<key>.npz`` in the cache folder (:func:`default_folder`:
-``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``;
-outside pytest's own cache, so ``-p no:cacheprovider`` keeps it).  The key is the
+One entry per measurement, ``<key>.npz`` in the cache folder
+(:class:`~audit.cache.settings.CacheSettings`; outside pytest's own cache, so
+``-p no:cacheprovider`` keeps it).  The key is the
 sha256 of a canonical JSON of everything the measurement depends on
 (:meth:`StatsCache.key_inputs`), each read from files' bytes and the spec, never
 by tokenizing: the weights' and the tokenizer and config files' sha256, the
@@ -34,10 +34,7 @@ checked against their sha256, only when :attr:`Measurement.stats` is first used
 would cost more than the whole re-judging.  Writes go to a temporary file
 renamed over the entry (atomic).
 
-Hashing a weights file costs about 0.12 s per 100 MB here, so file hashes are
-remembered in ``index.json`` by (resolved path, size, mtime_ns, ctime_ns,
-inode); a file modified less than :data:`SETTLE_SECONDS` before it was hashed is
-not remembered (its timestamp may not move on the next write).
+File hashes go through the folder's file-hash index (:mod:`audit.cache.index`).
 
 numpy and the standard library only: no backend library is imported.
 """
@@ -48,8 +45,6 @@ import hashlib
 import json
 import os
 import platform
-import re
-import shutil
 import time
 import warnings
 import weakref
@@ -61,39 +56,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit import __version__
+from audit.cache.folder import TEMP_PREFIX, CacheError, clear_folder, prepare_folder
+from audit.cache.index import FileHashIndex
+from audit.cache.settings import CacheSettings
 from audit.corpus import load_corpus
-from audit.errors import EquilawError
-from audit.internal.files import sha256_files, write_bytes_atomic
+from audit.internal.files import write_bytes_atomic
 from audit.stats import LayerStats
 
 if TYPE_CHECKING:
     from audit.spec import Spec
 
-__all__ = ["FORMAT", "CacheError", "CacheWarning", "StatsCache", "StoredStats",
-           "code_sha256", "default_folder", "off_by_environment", "open_cache"]
+__all__ = ["FORMAT", "CacheWarning", "StatsCache", "StoredStats", "code_sha256", "open_cache"]
 
 FORMAT = 2
 """The entry layout and key recipe; raising it orphans every older entry (2: the
 class-based measures' sums stored as (shard, class) pairs, not dense)."""
-SETTLE_SECONDS = 2.0
-"""A file modified more recently than this before hashing is hashed again next time."""
-TAG_NAME = "CACHEDIR.TAG"
-TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
-       "# This file is a cache directory tag created by equilaw (statistics cache).\n"
-       "# For information about cache directory tags see https://bford.info/cachedir/\n")
-INDEX_NAME = "index.json"
-CONVERTED = "checkpoints"
-"""The subfolder of :mod:`audit.backends.converted` (GGUF files converted once)."""
-_ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
-_TEMP_PREFIX = ".tmp-"
-_INDEXED_BYTES = 1 << 20   # smaller files are hashed every time (cheaper than the index)
-
-
-class CacheError(EquilawError):
-    """The statistics cache cannot be used as asked: a folder to clear that is not
-    an equilaw cache (no ``CACHEDIR.TAG`` written by equilaw), or statistics
-    arrays that fail their checksum when first read (the entry is deleted; run
-    again to recompute it)."""
 
 
 class CacheWarning(UserWarning):
@@ -101,35 +78,23 @@ class CacheWarning(UserWarning):
     recomputed, or a new entry could not be written."""
 
 
-def default_folder() -> Path:
-    """``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``."""
-    own = os.environ.get("EQUILAW_CACHE_DIR", "").strip()
-    if own:
-        return Path(own).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    if xdg and os.path.isabs(xdg):   # the XDG spec ignores relative values
-        return Path(xdg) / "equilaw"
-    return Path.home() / ".cache" / "equilaw"
-
-
-def off_by_environment() -> bool:
-    """Whether ``EQUILAW_NO_CACHE`` is set to anything but empty, 0, false or no."""
-    return os.environ.get("EQUILAW_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def open_cache(cache: Any = True) -> StatsCache | None:
-    """The cache that ``cache`` names: ``True`` the default folder (None when
-    ``EQUILAW_NO_CACHE`` is set to anything but 0/false/no), ``False`` or None
-    none, a path that folder, a :class:`StatsCache` itself."""
+    """The cache that ``cache`` names: ``True`` the environment's
+    (:meth:`CacheSettings.from_environment`; None when ``EQUILAW_NO_CACHE`` turns it
+    off), ``False`` or None none, a path that folder, a :class:`CacheSettings` its
+    folder when enabled, a :class:`StatsCache` itself."""
     if isinstance(cache, StatsCache):
         return cache
     if cache is None or cache is False:
         return None
     if cache is True:
-        return None if off_by_environment() else StatsCache(default_folder())
+        cache = CacheSettings.from_environment()
+    if isinstance(cache, CacheSettings):
+        return StatsCache(cache.folder) if cache.enabled else None
     if isinstance(cache, (str, os.PathLike)):
         return StatsCache(Path(cache))
-    raise TypeError(f"cache must be True, False, a folder or a StatsCache, got {cache!r}")
+    raise TypeError(f"cache must be True, False, a folder, CacheSettings or a StatsCache, "
+                    f"got {cache!r}")
 
 
 class StatsCache:
@@ -145,7 +110,7 @@ class StatsCache:
         self.recomputed: list[Path] = []
         self.cleared: int | None = None
         """How many files :meth:`clear` deleted; None before it runs."""
-        self._index: dict[str, list] | None = None
+        self.index = FileHashIndex(self.folder)
         self._inputs: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
@@ -198,48 +163,9 @@ class StatsCache:
         self._inputs[key] = inputs  # written into the entry's meta by store()
         return key
 
-    # ------------------------------------------------------------- file hashes
     def file_sha256(self, path: Path) -> str:
-        """sha256 of a file's bytes; remembered in ``index.json`` for files of 1 MiB
-        or more, by (resolved path, size, mtime_ns, ctime_ns, inode)."""
-        path = Path(path).resolve()
-        before = path.stat()
-        if before.st_size < _INDEXED_BYTES:
-            return sha256_files([path])
-        stamp = [before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino]
-        index = self._load_index()
-        known = index.get(str(path))
-        if known is not None and known[:4] == stamp:
-            return known[4]
-        digest = sha256_files([path])
-        after = path.stat()
-        settled = time.time_ns() - after.st_mtime_ns > SETTLE_SECONDS * 1e9
-        if settled and [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
-                        after.st_ino] == stamp:
-            index[str(path)] = stamp + [digest]
-            self._save_index(index)
-        return digest
-
-    def _load_index(self) -> dict[str, list]:
-        if self._index is None:
-            try:
-                data = json.loads((self.folder / INDEX_NAME).read_text(encoding="utf-8"))
-                files = data["files"] if data.get("format") == FORMAT else {}
-                self._index = {k: v for k, v in files.items()
-                               if isinstance(v, list) and len(v) == 5}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                self._index = {}   # missing or unreadable: hashes are recomputed
-        return self._index
-
-    def _save_index(self, index: dict[str, list]) -> None:
-        live = {k: v for k, v in index.items() if os.path.exists(k)}
-        try:
-            self._prepare_folder()
-            write_bytes_atomic(self.folder / INDEX_NAME,
-                               json.dumps({"format": FORMAT, "files": live}, indent=0).encode(),
-                               prefix=_TEMP_PREFIX)
-        except OSError:
-            pass  # the index only saves time
+        """sha256 of a file's bytes, through the folder's file-hash index."""
+        return self.index.file_sha256(path)
 
     # -------------------------------------------------------------- read, write
     def load(self, key: str) -> dict[str, Any] | None:
@@ -326,7 +252,7 @@ class StatsCache:
         path = self.path(key)
         try:
             self._prepare_folder()
-            write_bytes_atomic(path, lambda f: np.savez(f, **arrays), prefix=_TEMP_PREFIX)
+            write_bytes_atomic(path, lambda f: np.savez(f, **arrays), prefix=TEMP_PREFIX)
         except OSError as exc:
             warnings.warn(CacheWarning(f"cannot write the statistics cache entry {path}: "
                                        f"{type(exc).__name__}: {exc}"), stacklevel=2)
@@ -336,49 +262,15 @@ class StatsCache:
 
     # ------------------------------------------------------------------ folder
     def _prepare_folder(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tag = self.folder / TAG_NAME
-        if not tag.exists():
-            write_bytes_atomic(tag, TAG.encode(), prefix=_TEMP_PREFIX)
+        prepare_folder(self.folder)
 
     def clear(self) -> int:
-        """Delete what equilaw wrote here (entries, the index, left-over temporary
-        files, the converted checkpoints of :mod:`audit.backends.converted`) and
-        return how many files and folders went; other files stay.  Raises
-        :class:`CacheError` for a folder that holds anything else without an
-        equilaw ``CACHEDIR.TAG``."""
-        names = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
-        tag = self.folder / TAG_NAME
-        try:
-            tagged = tag.is_file() and "equilaw" in tag.read_text(encoding="utf-8",
-                                                                   errors="replace")
-        except OSError:
-            tagged = False
-        ours = [name for name in names if _written_here(name)]
-        if not tagged and len(ours) < len(names):
-            raise CacheError(f"refusing to clear {self.folder}: it does not look like an "
-                             f"equilaw statistics cache (no {TAG_NAME} written by equilaw); "
-                             f"point --audit-cache or EQUILAW_CACHE_DIR at the cache folder")
-        removed = 0
-        for name in ours:
-            path = self.folder / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-        self._index = None
+        """Delete what equilaw wrote in the folder (:func:`audit.cache.folder.clear_folder`)
+        and return how many files and folders went; raises :class:`CacheError`."""
+        removed = clear_folder(self.folder)
+        self.index.forget()
         self.cleared = removed
         return removed
-
-
-def _written_here(name: str) -> bool:
-    """Whether a name in the cache folder is one equilaw writes (the tag stays)."""
-    return (bool(_ENTRY.match(name)) or name in (INDEX_NAME, CONVERTED)
-            or name.startswith(_TEMP_PREFIX))
 
 
 class StoredStats(LayerStats):
@@ -432,7 +324,7 @@ class StoredStats(LayerStats):
 def code_sha256() -> str:
     """sha256 of equilaw's own source files (names and bytes; about 3 ms): any
     change of the code re-measures, where the version number might not move."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(f"{path.relative_to(root).as_posix()}\n".encode())

@@ -5,10 +5,10 @@ Loading a GGUF file costs transformers a dequantisation of every tensor and, for
 the tokenizer, a conversion of the GGUF vocabulary and merges into a fast
 tokenizer: 12 s for SmolLM2-135M and 39 s for Gemma-3-270M here, of which 16 s is
 Gemma's tokenizer.  The first load of a file writes what it built into
-``<cache folder>/checkpoints/<key>/`` (:func:`audit.cache.default_folder`, the
-statistics cache's folder): ``config.json`` and ``model.safetensors`` through
-``save_pretrained``, and the tokenizer's own files (``tokenizer.json`` and its
-config).  Later loads of the same file read those instead.
+``<cache folder>/checkpoints/<key>/`` (the folder of the run's
+:class:`~audit.cache.settings.CacheSettings`, the statistics cache's):
+``config.json`` and ``model.safetensors`` through ``save_pretrained``, and the
+tokenizer's own files (``tokenizer.json`` and its config).  Later loads of the same file read those instead.
 
 The key is the sha256 of the GGUF file's bytes with the dtype the weights were
 loaded in and the versions of transformers, gguf and torch (a new dequantiser
@@ -22,8 +22,8 @@ is removed and the GGUF file loaded again.  Bit rot inside a file of the right
 size is not detected (hashing the weights on every load would cost what the cache
 saves); ``--audit-clear-cache`` or deleting the folder removes every entry.
 
-``EQUILAW_NO_CACHE`` (any value but empty, 0, false, no) switches this cache off,
-as it does the statistics cache.
+Settings that turn the caches off (``EQUILAW_NO_CACHE``, ``--audit-no-cache``)
+turn this one off too: the backend gets no entry (:func:`entry`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from audit.cache.folder import CONVERTED, TEMP_PREFIX
+from audit.cache.settings import CacheSettings
 from audit.internal.files import staging_folder
 
-SUBFOLDER = "checkpoints"
 MANIFEST = "manifest.json"
 FORMAT = 2
 """2: tied weights are stored under the body's name (1 stored the head's)."""
@@ -59,23 +60,20 @@ def entry_key(gguf_sha256: str, dtype: str) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
-def enabled() -> bool:
-    """Whether the cache is on (``EQUILAW_NO_CACHE`` unset or 0/false/no)."""
-    from audit.cache import off_by_environment
-
-    return not off_by_environment()
+def entry(settings: CacheSettings, gguf_sha256: str, dtype: str) -> ConvertedCheckpoint | None:
+    """The entry of a GGUF file (its sha256) loaded in ``dtype`` in the settings'
+    folder, or None when the caches are off."""
+    if not settings.enabled:
+        return None
+    return ConvertedCheckpoint(entry_key(gguf_sha256, dtype), settings.folder)
 
 
 class ConvertedCheckpoint:
     """One entry: ``part`` is ``model`` or ``tokenizer``, each stored and found on
     its own (a tokenizer GGUF may be another file than the weights')."""
 
-    def __init__(self, key: str, root: Path | None = None) -> None:
-        if root is None:
-            from audit.cache import default_folder
-
-            root = default_folder()
-        self.folder = Path(root) / SUBFOLDER / key
+    def __init__(self, key: str, root: Path) -> None:
+        self.folder = Path(root) / CONVERTED / key
 
     def path(self, part: str) -> Path | None:
         """The folder of ``part`` when it is complete and its files have the sizes
@@ -106,7 +104,7 @@ class ConvertedCheckpoint:
         assert part in _PARTS
         target = self.folder / part
         try:
-            staging = staging_folder(self.folder, f".tmp-{part}-")
+            staging = staging_folder(self.folder, f"{TEMP_PREFIX}{part}-")
         except OSError:
             return None
         try:
