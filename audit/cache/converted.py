@@ -36,14 +36,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from audit.cache.folder import CONVERTED, TEMP_PREFIX
+from audit.cache.folder import CONVERTED, MANIFEST, PARTS, TEMP_PREFIX
 from audit.cache.settings import CacheSettings
 from audit.internal.files import staging_folder
 
-MANIFEST = "manifest.json"
 FORMAT = 2
 """2: tied weights are stored under the body's name (1 stored the head's)."""
-_PARTS = ("model", "tokenizer")
 
 
 def _version(dist: str) -> str:
@@ -101,7 +99,7 @@ class ConvertedCheckpoint:
         temporary folder, record its files' sizes and rename it into place.
         Returns the folder, or None when it could not be written (a full disk or
         a read-only cache never fails the audit)."""
-        assert part in _PARTS
+        assert part in PARTS
         target = self.folder / part
         try:
             staging = staging_folder(self.folder, f"{TEMP_PREFIX}{part}-")

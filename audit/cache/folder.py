@@ -9,6 +9,7 @@ tools honour and that marks the folder as equilaw's.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -28,11 +29,15 @@ ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
 """A statistics cache entry's name (:mod:`audit.cache.stats_cache`)."""
 TEMP_PREFIX = ".tmp-"
 """The prefix of every temporary file or folder equilaw makes in the cache folder."""
+PARTS = ("model", "tokenizer")
+"""The parts of a converted checkpoint, each a folder of its own."""
+MANIFEST = "manifest.json"
+"""A converted part's list of its files and their sizes."""
 
 
 class CacheError(EquilawError):
-    """The statistics cache cannot be used as asked: a folder to clear that is not
-    an equilaw cache (no ``CACHEDIR.TAG`` written by equilaw), or statistics
+    """The statistics cache cannot be used as asked: a folder to clear that holds
+    anything equilaw did not write (named in the message), or statistics
     arrays that fail their checksum when first read (the entry is deleted; run
     again to recompute it)."""
 
@@ -46,27 +51,42 @@ def prepare_folder(folder: Path) -> None:
 
 
 def clear_folder(folder: Path) -> int:
-    """Delete what equilaw wrote in ``folder`` (entries, the index, left-over
-    temporary files, the converted checkpoints) and return how many files and
-    folders went; other files stay.  Raises :class:`CacheError` for a folder that
-    holds anything else without an equilaw ``CACHEDIR.TAG``."""
-    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    tag = folder / TAG_NAME
-    try:
-        tagged = tag.is_file() and "equilaw" in tag.read_text(encoding="utf-8",
-                                                              errors="replace")
-    except OSError:
-        tagged = False
-    ours = [name for name in names if _written_here(name)]
-    if not tagged and len(ours) < len(names):
-        raise CacheError(f"refusing to clear {folder}: it does not look like an "
-                         f"equilaw statistics cache (no {TAG_NAME} written by equilaw); "
-                         f"point --audit-cache or EQUILAW_CACHE_DIR at the cache folder")
+    """Delete what equilaw provably wrote in ``folder`` and return how many files
+    and folders went; the tag stays.  Provably: each name is one equilaw writes,
+    with the shape it writes it in (a regular file, never a link; the converted
+    checkpoints' folder holding only ``<sha256>/model|tokenizer`` folders whose
+    files their manifest lists, or staging folders of plain files).  Anything else
+    (a user's ``checkpoints/`` folder, notes, a link, another tool's tag) makes the
+    whole clear refuse with :class:`CacheError`, naming it, before anything is
+    deleted."""
+    if not folder.is_dir():
+        return 0
+    ours: list[Path] = []
+    foreign: list[Path] = []
+    for path in sorted(folder.iterdir()):
+        if path.name == TAG_NAME:
+            if not _is_our_tag(path):
+                foreign.append(path)
+        elif path.name == CONVERTED and _is_plain_dir(path):
+            strangers = _foreign_checkpoints(path)
+            foreign += strangers
+            if not strangers:
+                ours.append(path)
+        elif _is_plain_file(path) and (ENTRY.match(path.name) or path.name == INDEX_NAME
+                                       or path.name.startswith(TEMP_PREFIX)):
+            ours.append(path)
+        else:
+            foreign.append(path)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise CacheError(f"refusing to clear {folder}: it holds what equilaw did not write "
+                         f"({shown}{more}); nothing was deleted: move those out, or point "
+                         f"--audit-cache or EQUILAW_CACHE_DIR at equilaw's own cache folder")
     removed = 0
-    for name in ours:
-        path = folder / name
+    for path in ours:
         try:
-            if path.is_dir() and not path.is_symlink():
+            if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink()
@@ -76,7 +96,51 @@ def clear_folder(folder: Path) -> int:
     return removed
 
 
-def _written_here(name: str) -> bool:
-    """Whether a name in the cache folder is one equilaw writes (the tag stays)."""
-    return (bool(ENTRY.match(name)) or name in (INDEX_NAME, CONVERTED)
-            or name.startswith(TEMP_PREFIX))
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _is_plain_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _is_our_tag(path: Path) -> bool:
+    try:
+        return _is_plain_file(path) and path.read_bytes() == TAG.encode()
+    except OSError:
+        return False
+
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _foreign_checkpoints(converted: Path) -> list[Path]:
+    """What in ``checkpoints/`` equilaw did not write: it writes ``<sha256>/<part>/``
+    folders of plain files that their ``manifest.json`` lists, and staging folders
+    ``<sha256>/.tmp-<part>-*`` of plain files (left by an interrupted store)."""
+    foreign: list[Path] = []
+    for entry in sorted(converted.iterdir()):
+        if not (_KEY.match(entry.name) and _is_plain_dir(entry)):
+            foreign.append(entry)
+            continue
+        for part in sorted(entry.iterdir()):
+            staging = any(part.name.startswith(f"{TEMP_PREFIX}{p}-") for p in PARTS)
+            if not (_is_plain_dir(part) and (part.name in PARTS or staging)):
+                foreign.append(part)
+                continue
+            files = sorted(part.iterdir())
+            if not all(_is_plain_file(f) for f in files):
+                foreign += [f for f in files if not _is_plain_file(f)]
+            elif not staging and not _listed(part, {f.name for f in files}):
+                foreign.append(part)
+    return foreign
+
+
+def _listed(part: Path, names: set[str]) -> bool:
+    """Whether ``names`` are a part's manifest and the files it lists."""
+    try:
+        manifest = json.loads((part / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(manifest["sizes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return names <= listed | {MANIFEST}
