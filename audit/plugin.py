@@ -144,6 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
         skip_missing_models=not named and not strict_environment(),
         baselines_dir=baselines,
         update_baselines=config.getoption("audit_update_baseline"),
+        require_baselines=strict_environment(),
         cache=_stats_cache(settings, cleared),
         cache_settings=settings,
     )
@@ -156,21 +157,24 @@ def _cache_settings(config: pytest.Config, rootdir: Path):
     caches on whatever the environment or ini say."""
     from audit.cache.folder import CacheError, clear_folder
     from audit.cache.settings import CacheSettings
+    from audit.session import strict_environment
 
-    env = CacheSettings.from_environment()
     cli = config.getoption("audit_cache")
     ini = config.getini("audit_cache")
-    folder = (Path(config.invocation_params.dir) / cli if cli
-              else rootdir / ini if ini else env.folder)
-    cleared = None
-    if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
-        try:
+    try:
+        env = CacheSettings.from_environment(require_secret=strict_environment())
+        folder = (Path(config.invocation_params.dir) / cli if cli
+                  else rootdir / ini if ini else env.folder)
+        off = config.getoption("audit_no_cache") or (
+            not cli and (not env.enabled or config.getini("audit_no_cache")))
+        settings = CacheSettings(folder, not off, env.secret, env.secret_file,
+                                 env.require_secret)
+        cleared = None
+        if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
             cleared = clear_folder(folder)
-        except CacheError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    off = config.getoption("audit_no_cache") or (
-        not cli and (not env.enabled or config.getini("audit_no_cache")))
-    return CacheSettings(folder, not off), cleared
+    except CacheError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return settings, cleared
 
 
 def _stats_cache(settings, cleared: int | None):
@@ -179,7 +183,7 @@ def _stats_cache(settings, cleared: int | None):
 
     if not settings.enabled:
         return False
-    store = StatsCache(settings.folder)
+    store = StatsCache.from_settings(settings)
     store.cleared = cleared
     return store
 
@@ -433,10 +437,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 def _cache_summary(terminalreporter, cache) -> None:
     """One line on what the statistics cache did in this process (under xdist the
     workers' caches did the work, and the controller says nothing)."""
-    if not cache or not (cache.hits or cache.stored or cache.recomputed
+    if not cache or not (cache.hits or cache.stored or cache.recomputed or cache.untrusted
                          or cache.cleared is not None):
         return
-    parts = [f"{len(cache.hits)} loaded", f"{len(cache.stored)} stored"]
+    loaded = f"{len(cache.hits)} loaded"
+    if cache.secret is not None:
+        loaded += f" ({len(cache.authenticated)} authenticated)"
+    parts = [loaded, f"{len(cache.stored)} stored"]
+    if cache.untrusted:
+        parts.append(f"{len(cache.untrusted)} not read (under CI without a cache key)")
     if cache.recomputed:
         parts.append(f"{len(cache.recomputed)} unreadable and recomputed")
     if cache.cleared is not None:

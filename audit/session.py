@@ -68,6 +68,8 @@ class AuditSession:
     """Where baselines are; None: ``baselines/`` beside each spec file."""
     update_baselines: bool = False
     """Write each audited spec's report as its baseline instead of comparing."""
+    require_baselines: bool = False
+    """A missing baseline is an error (under CI) for specs with ``baseline.required``."""
     cache: Any = True
     """The statistics cache (:func:`audit.pipeline.measure`): True the default
     folder, False none, or an :class:`audit.cache.stats_cache.StatsCache`."""
@@ -216,7 +218,8 @@ class AuditSession:
         return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
-        from audit.compare.baseline import (baseline_path, compare_to_baseline, read_baseline,
+        from audit.compare.baseline import (baseline_path, compare_to_baseline,
+                                            missing_baseline_error, read_baseline,
                                             write_baseline)
 
         try:
@@ -224,10 +227,13 @@ class AuditSession:
             if self.update_baselines:
                 write_baseline(report, path)
                 self.baselines[spec.name] = BaselineState("written", path)
-            elif path.is_file():
+            elif os.path.lexists(path):   # unreadable (a folder, a dangling link) fails
                 shown = os.path.relpath(path)
-                report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
+                report = compare_to_baseline(report, read_baseline(path, shown), spec.baseline,
+                                             shown)
                 self.baselines[spec.name] = BaselineState("compared", path)
+            elif self.require_baselines and spec.baseline.required:
+                raise missing_baseline_error(spec, path)
             else:
                 self.baselines[spec.name] = BaselineState("missing", path)
         except EquilawError as exc:

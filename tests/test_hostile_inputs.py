@@ -123,3 +123,221 @@ def test_many_foreign_names_are_counted_past_five(tmp_path: Path) -> None:
         clear_folder(folder)
     assert str(info.value) == refusal(folder, "f0.txt, f1.txt, f2.txt, f3.txt, f4.txt and 2 more")
     assert tree_sha256(tmp_path) == before
+
+
+# -- 11. gates that go green without a comparison ------------------------------------------
+
+PROBE = {"sequences": 8, "length": 16, "batch_size": 8, "shards": 2}
+
+
+def spec_file(folder: Path, model: Path, name: str = "tiny", extra: str = "") -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmodel:\n  path: {model}\nprobe: {json.dumps(PROBE)}\n"
+                    f"law:\n  max_pearson_r: 1.0\n{extra}")
+    return path
+
+
+def baseline_state(spec: Path, require: bool):
+    """The baseline state of ``spec`` after its report, in a session that writes no
+    report and reads no cache."""
+    from audit.session import AuditSession
+
+    session = AuditSession(spec_paths=[spec], reports_dir=None, skip_missing_models=False,
+                           require_baselines=require, cache=False)
+    [one] = session.specs()
+    session.report(one)
+    return session.baselines[one.name]
+
+
+def test_a_missing_baseline_fails_under_ci_naming_the_command(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path / "specs", tiny_model_dir)
+    before = tree_sha256(tmp_path)
+    state = baseline_state(spec, require=True)
+    assert state.state == "error" and str(state.error) == (
+        "no baseline at specs/baselines/tiny.json: under CI (CI=true) a missing baseline "
+        "fails, so that the gate never passes without a comparison; write it with: pytest "
+        "audit/ --audit-update-baseline -k tiny and commit it, or set `baseline: {required: "
+        f"false}}` in {spec} to compare only when a baseline exists")
+    assert tree_sha256(tmp_path) == before
+    assert baseline_state(spec, require=False).state == "missing"   # outside CI: a skip
+    optional = spec_file(tmp_path / "specs", tiny_model_dir, "opt",
+                         "baseline:\n  required: false\n")
+    assert baseline_state(optional, require=True).state == "missing"
+
+
+@pytest.mark.parametrize("case", ["folder", "dangling link", "not utf-8", "not json",
+                                  "fifo", "deep nesting"])
+def test_an_unreadable_baseline_always_fails(tiny_model_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """It used to count as missing (a skip) when a folder or a dangling link, and to
+    raise UnicodeDecodeError on bytes that are not UTF-8."""
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(tmp_path / "specs", tiny_model_dir)
+    baselines = tmp_path / "specs" / "baselines"
+    baselines.mkdir()
+    path = baselines / "tiny.json"
+    if case == "folder":
+        path.mkdir()
+        why = "it is a folder"
+    elif case == "dangling link":
+        path.symlink_to(tmp_path / "gone.json")
+        why = f"it is a link to {tmp_path / 'gone.json'}, which does not exist"
+    elif case == "not utf-8":
+        path.write_bytes(b'{"name": "\xff"}')
+        why = "byte 10 is not UTF-8"
+    elif case == "not json":
+        path.write_text("{")
+        why = ("not JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+               "(char 1))")
+    elif case == "fifo":
+        os.mkfifo(path)   # opening it would block forever
+        why = "it is not a regular file"
+    else:
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        why = "not JSON (maximum recursion depth exceeded while decoding a JSON array from a " \
+              "unicode string)"
+    before = tree_sha256(tmp_path) if case != "fifo" else None
+    for require in (False, True):
+        state = baseline_state(spec, require=require)
+        assert state.state == "error" and str(state.error) == (
+            f"the baseline specs/baselines/tiny.json is unreadable: {why}; an unreadable "
+            f"baseline fails the comparison: restore it, or delete it and write it again "
+            f"with: pytest audit/ --audit-update-baseline -k tiny")
+    if before is not None:
+        assert tree_sha256(tmp_path) == before
+
+
+def forge(entry: Path) -> None:
+    """What anyone who can write the cache folder can do: make the stored law fit
+    perfect (log10 PR falling by 0.1 per layer) and recompute the entry's checksum."""
+    import json
+
+    import numpy as np
+
+    from audit.cache.stats_cache import _digest
+
+    with np.load(entry, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    pr = arrays["result.pr"]
+    arrays["result.pr"] = 10.0 ** (2.0 - 0.1 * np.arange(pr.size)).reshape(pr.shape)
+    arrays["result.leave_one_out"] = np.broadcast_to(
+        arrays["result.pr"], arrays["result.leave_one_out"].shape).copy()
+    results = {k: v for k, v in arrays.items() if k.startswith("result.")}
+    meta = arrays["meta"].tobytes()
+    json.loads(meta)   # untouched
+    arrays["checksum"] = np.frombuffer(_digest(meta, results).encode(), dtype=np.uint8)
+    np.savez(entry, **arrays)
+
+
+def test_a_forged_cache_entry_cannot_flip_a_verdict(tiny_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """A failing spec (r must be below -0.999) passes from an entry whose checksum was
+    recomputed after its numbers were changed, when nothing authenticates it; with a
+    cache key the forgery is detected, the spec measured again, and it fails."""
+    import time
+
+    from audit.cache.stats_cache import CacheWarning, StatsCache
+    from audit.pipeline import run
+
+    spec_path = spec_file(tmp_path / "specs", tiny_model_dir)
+    spec_path.write_text(spec_path.read_text().replace("max_pearson_r: 1.0",
+                                                       "max_pearson_r: -0.999"))
+    from audit.spec import load_spec
+
+    spec = load_spec(spec_path)
+    folder = tmp_path / "cache"
+    key = b"a secret from the CI's secret store"
+    honest = run(spec, cache=StatsCache(folder, secret=key))
+    assert honest.verdict == "fail"
+    [entry] = sorted(folder.glob("*.npz"))
+    start = time.perf_counter()
+    store = StatsCache(folder, secret=key)
+    assert run(spec, cache=store).verdict == "fail" and store.authenticated == [entry]
+    assert time.perf_counter() - start < 1.0   # re-scoring from the cache stays cheap
+    forge(entry)
+    unkeyed = StatsCache(folder)   # outside CI, without a key: the forgery is served
+    assert run(spec, cache=unkeyed).verdict == "pass" and unkeyed.hits == [entry]
+    forged = tree_sha256(folder)
+    ci = StatsCache(folder, require_secret=True)   # under CI without a key: not read
+    with pytest.warns(CacheWarning) as caught:
+        again = run(spec, cache=ci)
+    assert again.verdict == "fail" and ci.untrusted == [entry] and ci.hits == []
+    assert str(caught[0].message) == (
+        f"statistics cache entry {entry} is not read: under CI an entry is used only when "
+        f"authenticated, and no key is set (EQUILAW_CACHE_KEY or EQUILAW_CACHE_KEY_FILE: "
+        f"docs/ci.md); measuring again")
+    forge(entry)   # stored again by the CI run: forge once more
+    keyed = StatsCache(folder, secret=key)
+    with pytest.warns(CacheWarning) as caught:
+        assert run(spec, cache=keyed).verdict == "fail"
+    assert str(caught[0].message) == (
+        f"statistics cache entry {entry} is unreadable (ValueError: it carries no MAC "
+        f"(written without the cache key), and a key is set); recomputing it")
+    assert keyed.recomputed == [entry] and keyed.stored == [entry]
+    forge(entry)   # now a keyed entry, forged: its MAC does not verify
+    with pytest.warns(CacheWarning, match=re.escape(
+            "(ValueError: its MAC does not verify with the cache key (written with another "
+            "key, or altered)); recomputing it")):
+        assert run(spec, cache=StatsCache(folder, secret=key)).verdict == "fail"
+    assert forged != tree_sha256(folder)
+
+
+def test_the_cache_key_comes_from_the_environment_once(tmp_path: Path) -> None:
+    from audit.cache.settings import CacheSettings
+
+    key_file = tmp_path / "keys" / "equilaw.key"
+    key_file.parent.mkdir()
+    key_file.write_text("  s3cret\n")
+    env = {"EQUILAW_CACHE_DIR": str(tmp_path / "cache"), "EQUILAW_CACHE_KEY_FILE": str(key_file)}
+    settings = CacheSettings.from_environment(env)
+    assert settings.secret == b"s3cret" and settings.secret_file == key_file
+    assert "s3cret" not in repr(settings)
+    assert CacheSettings.from_environment({**env, "EQUILAW_CACHE_KEY": "other"}).secret == b"other"
+    inside = tmp_path / "cache" / "equilaw.key"
+    inside.parent.mkdir()
+    inside.write_text("s3cret")
+    before = tree_sha256(tmp_path)
+    with pytest.raises(CacheError) as info:
+        CacheSettings.from_environment({**env, "EQUILAW_CACHE_KEY_FILE": str(inside)})
+    assert str(info.value) == (
+        f"the cache key file {inside} is inside the cache folder {tmp_path / 'cache'}: whoever "
+        f"can rewrite the entries could read or replace it; keep it outside the cache folder")
+    (tmp_path / "empty.key").write_text("\n")
+    with pytest.raises(CacheError) as info:
+        CacheSettings.from_environment({**env,
+                                        "EQUILAW_CACHE_KEY_FILE": str(tmp_path / "empty.key")})
+    assert str(info.value) == (
+        f"EQUILAW_CACHE_KEY_FILE={tmp_path / 'empty.key'}: not a file holding a key (a "
+        f"missing, empty or non-regular file)")
+    assert tree_sha256(tmp_path) != before   # only the empty key file was added
+
+
+@pytest.mark.slow   # one inner pytest run
+def test_ci_fails_the_baseline_items_of_a_spec_without_baseline(
+        pytester: pytest.Pytester, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the plugin: CI=true turns the two skips into failures naming the
+    command; the law items still judge the checkpoint; no baseline is written."""
+    from test_plugin import ITEMS
+
+    pytester.makeini("[pytest]\n")
+    spec = spec_file(pytester.path / "specs", tiny_model_dir)
+    monkeypatch.setenv("CI", "true")
+    before = tree_sha256(pytester.path / "specs")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--audit-spec", str(spec),
+                                           "--audit-no-cache", ITEMS)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # law-fit passes; law-rho and the 4 layers have no threshold in this spec: skips
+    result.assert_outcomes(failed=2, passed=1, skipped=5)
+    result.stdout.fnmatch_lines([
+        "*tiny::baseline-law (*tiny.yaml)",
+        "no baseline at specs/baselines/tiny.json: under CI (CI=true) a missing baseline fails, "
+        "so that the gate never passes without a comparison; write it with: pytest audit/ "
+        "--audit-update-baseline -k tiny and commit it, or set `baseline: {required: false}` in "
+        f"{spec} to compare only when a baseline exists"])
+    assert tree_sha256(pytester.path / "specs") == before

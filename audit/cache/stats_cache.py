@@ -24,11 +24,14 @@ An entry (``np.savez``, read with ``allow_pickle=False``) holds:
   condition numbers (what the report needs);
 - ``stats.*``: the statistics engine's arrays (:meth:`LayerStats.to_arrays`;
   about 0.8 GB for SmolLM2-135M with 10 shards);
-- ``checksum``: the sha256 of ``meta`` and the ``result.*`` arrays.
+- ``checksum``: the sha256 of ``meta`` and the ``result.*`` arrays;
+- ``mac`` (when a cache key is set): the HMAC-SHA256 of ``checksum`` under the key.
 
-Reading checks ``checksum``, the format and the key before anything is used; a
-truncated, corrupt or foreign file is reported (:class:`CacheWarning`) and the
-measurement recomputed and written again.  The statistics arrays are read, and
+Reading checks ``checksum``, the format, the key and, with a cache key, the MAC
+before anything is used; a truncated, corrupt, foreign or unauthenticated file is
+reported (:class:`CacheWarning`) and the measurement recomputed and written
+again.  A checksum alone detects damage, not a rewrite (anyone can recompute
+it); the MAC detects a rewrite by anyone without the key (docs/ci.md).  The statistics arrays are read, and
 checked against their sha256, only when :attr:`Measurement.stats` is first used
 (:class:`StoredStats`): the report does not need them, and reading 0.8 GB
 would cost more than the whole re-judging.  Writes go to a temporary file
@@ -42,6 +45,7 @@ numpy and the standard library only: no backend library is imported.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import platform
@@ -90,7 +94,7 @@ def open_cache(cache: Any = True) -> StatsCache | None:
     if cache is True:
         cache = CacheSettings.from_environment()
     if isinstance(cache, CacheSettings):
-        return StatsCache(cache.folder) if cache.enabled else None
+        return StatsCache.from_settings(cache) if cache.enabled else None
     if isinstance(cache, (str, os.PathLike)):
         return StatsCache(Path(cache))
     raise TypeError(f"cache must be True, False, a folder, CacheSettings or a StatsCache, "
@@ -100,11 +104,24 @@ def open_cache(cache: Any = True) -> StatsCache | None:
 class StatsCache:
     """The entries in ``folder`` (created on the first write).  ``hits``,
     ``stored`` and ``recomputed`` list the entry paths this object loaded, wrote
-    and found unreadable, and ``cleared`` counts what :meth:`clear` deleted, for
-    the plugin's summary line."""
+    and found unreadable, ``authenticated`` the hits whose MAC verified,
+    ``untrusted`` the entries not read because ``require_secret`` and no secret, and
+    ``cleared`` counts what :meth:`clear` deleted, for the plugin's summary line.
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    ``secret`` (the cache key): entries are written with an HMAC-SHA256 of their
+    checksum under it and read only when that verifies (the checksum covers the
+    meta, with the statistics arrays' sha256, and the result arrays: verifying
+    costs one HMAC of 64 bytes, the arrays are hashed as before, lazily).
+    ``require_secret`` without a secret: no entry is read, each spec is measured
+    (and stored)."""
+
+    def __init__(self, folder: str | os.PathLike[str], secret: bytes | None = None,
+                 require_secret: bool = False) -> None:
         self.folder = Path(folder).expanduser()
+        self.secret = secret
+        self.require_secret = require_secret
+        self.authenticated: list[Path] = []
+        self.untrusted: list[Path] = []
         self.hits: list[Path] = []
         self.stored: list[Path] = []
         self.recomputed: list[Path] = []
@@ -112,6 +129,10 @@ class StatsCache:
         """How many files :meth:`clear` deleted; None before it runs."""
         self.index = FileHashIndex(self.folder)
         self._inputs: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings) -> StatsCache:
+        return cls(settings.folder, settings.secret, settings.require_secret)
 
     def __repr__(self) -> str:
         return f"StatsCache({str(self.folder)!r})"
@@ -176,6 +197,14 @@ class StatsCache:
         truncated, corrupt, of another format or of another key gives a
         :class:`CacheWarning` and None (never its numbers)."""
         path = self.path(key)
+        if self.secret is None and self.require_secret:
+            if path.exists():
+                warnings.warn(CacheWarning(
+                    f"statistics cache entry {path} is not read: under CI an entry is used "
+                    f"only when authenticated, and no key is set (EQUILAW_CACHE_KEY or "
+                    f"EQUILAW_CACHE_KEY_FILE: docs/ci.md); measuring again"), stacklevel=2)
+                self.untrusted.append(path)
+            return None
         try:
             fid = open(path, "rb")
         except FileNotFoundError:
@@ -198,6 +227,14 @@ class StatsCache:
                                  if name.startswith("stats."))
             if stats_names != sorted(meta["stats_arrays"]):
                 raise ValueError("its statistics arrays are not those it lists")
+            if self.secret is not None:
+                if "mac" not in npz.files:
+                    raise ValueError("it carries no MAC (written without the cache key), and "
+                                     "a key is set")
+                mac = npz["mac"].tobytes().decode("ascii")
+                if not hmac.compare_digest(mac, _mac(self.secret, checksum)):
+                    raise ValueError("its MAC does not verify with the cache key (written "
+                                     "with another key, or altered)")
             parts = _parts(meta["records"], results)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 UnicodeDecodeError) as exc:
@@ -205,6 +242,8 @@ class StatsCache:
             return self._unreadable(path, f"{type(exc).__name__}: {exc}")
         parts["stats"] = StoredStats(path, fid, npz, stats_names, meta["stats_sha256"])
         self.hits.append(path)
+        if self.secret is not None:
+            self.authenticated.append(path)
         return parts
 
     def _unreadable(self, path: Path, why: str) -> None:
@@ -246,9 +285,12 @@ class StatsCache:
                         "shard_ids": [int(i) for i in m.shard_ids]},
         }
         meta_bytes = json.dumps(meta, sort_keys=True, default=_plain).encode("utf-8")
+        checksum = _digest(meta_bytes, results)
         arrays = {"meta": np.frombuffer(meta_bytes, dtype=np.uint8), **results, **stats,
-                  "checksum": np.frombuffer(_digest(meta_bytes, results).encode("ascii"),
-                                            dtype=np.uint8)}
+                  "checksum": np.frombuffer(checksum.encode("ascii"), dtype=np.uint8)}
+        if self.secret is not None:
+            arrays["mac"] = np.frombuffer(_mac(self.secret, checksum).encode("ascii"),
+                                          dtype=np.uint8)
         path = self.path(key)
         try:
             self._prepare_folder()
@@ -351,6 +393,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
+def _mac(key: bytes, checksum: str) -> str:
+    """HMAC-SHA256 of an entry's checksum under the cache key."""
+    return hmac.new(key, checksum.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
