@@ -111,7 +111,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from audit.internal.signals import terminate_as_interrupt
     from audit.session import AuditSession, default_spec_paths
+
+    config.stash[_RESTORE_SIGTERM] = terminate_as_interrupt()  # CI cancels with SIGTERM
 
 
     rootdir = Path(str(config.rootpath))
@@ -186,6 +189,15 @@ def _stats_cache(settings, cleared: int | None):
     store = StatsCache.from_settings(settings)
     store.cleared = cleared
     return store
+
+
+_RESTORE_SIGTERM = pytest.StashKey[Any]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    restore = config.stash.get(_RESTORE_SIGTERM, None)
+    if restore is not None:
+        restore()
 
 
 def _progress(config: pytest.Config, interactive: bool):

@@ -341,3 +341,144 @@ def test_ci_fails_the_baseline_items_of_a_spec_without_baseline(
         "--audit-update-baseline -k tiny and commit it, or set `baseline: {required: false}` in "
         f"{spec} to compare only when a baseline exists"])
     assert tree_sha256(pytester.path / "specs") == before
+
+
+# -- 10. temporaries left by killed processes ----------------------------------------------
+
+def ended_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_stale_temporaries_of_ended_processes_go_on_the_next_write(tmp_path: Path) -> None:
+    """A SIGKILL during a store leaves ``.tmp-*.npz`` (0.8 GB for SmolLM2) in the
+    cache, ``.NAME.json.*`` beside reports and baselines, ``.m.onnx.*/`` beside
+    exports; the next write there removes those of ended processes only."""
+    import subprocess
+    import sys
+    import time
+
+    from audit.internal.files import (_HOST, STALE_AFTER_SECONDS, staging_folder,
+                                      write_bytes_atomic, write_text_atomic)
+
+    dead, me = ended_pid(), os.getpid()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead entry": f".tmp-{dead}@{_HOST}~abcd1234.npz",
+            "dead report": f".tiny.json.{dead}@{_HOST}~abcd1234",
+            "dead export": f".m.onnx.{dead}@{_HOST}~abcd1234",
+            "live entry": f".tmp-{alive.pid}@{_HOST}~abcd1234.npz",
+            "own report": f".tiny.json.{me}@{_HOST}~abcd1234",
+            "fresh other host": f".tmp-{dead}@elsewhere~abcd1234.npz",
+            "old other host": f".tmp-{dead}@elsewhere~old12345.npz",
+            "not our form": f".tmp-{dead}-abcd1234.npz",
+            "user file": ".tiny.json.bak",
+        }
+        for label, name in names.items():
+            if label == "dead export":
+                (tmp_path / name).mkdir()
+                (tmp_path / name / "m.onnx").write_bytes(b"half")
+            else:
+                (tmp_path / name).write_bytes(b"half")
+        old = time.time() - STALE_AFTER_SECONDS - 60
+        os.utime(tmp_path / names["old other host"], (old, old))
+        write_bytes_atomic(tmp_path / ("ab" * 32 + ".npz"), b"entry", prefix=".tmp-")
+        write_text_atomic(tmp_path / "tiny.json", "{}")
+        staging_folder(tmp_path, ".m.onnx.").rmdir()
+        left = sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        alive.kill()
+        alive.wait()
+    gone = {"dead entry", "dead report", "dead export", "old other host"}
+    assert left == sorted([n for label, n in names.items() if label not in gone]
+                          + ["ab" * 32 + ".npz", "tiny.json"])
+
+
+def test_sigterm_unwinds_a_write_like_ctrl_c(tmp_path: Path) -> None:
+    """CI cancels with SIGTERM: the writer's temporary is removed, as on Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from audit.internal.files import write_bytes_atomic\n"
+        "from audit.internal.signals import terminate_as_interrupt\n"
+        "terminate_as_interrupt()\n"
+        "def slow(f):\n"
+        "    f.write(b'x' * 1000)\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "write_bytes_atomic(Path(sys.argv[1]) / 'r.json', slow)\n")
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=root,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    assert child.stdout.readline() == "writing\n"
+    assert len(list(tmp_path.iterdir())) == 1   # the temporary, being written
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    # an uncaught KeyboardInterrupt ends Python as SIGINT does (the shell sees 130)
+    assert child.returncode == -signal.SIGINT
+    assert err.endswith("KeyboardInterrupt: terminated by signal 15 (SIGTERM)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- 5. the converted-checkpoint cache -----------------------------------------------------
+
+@pytest.mark.parametrize("case", ["zeroed bytes", "empty manifest", "weights deleted",
+                                  "damaged header", "weights a link"])
+def test_a_damaged_converted_checkpoint_is_never_used(tmp_path: Path, case: str) -> None:
+    """Zeroed bytes of the same size moved r from 0.29 to 0.16 silently; a manifest
+    ``{"sizes": {}}`` with the weights deleted looked valid; a damaged safetensors
+    header gave a raw SafetensorError on every later run.  Each part is checked
+    against the sizes and sha256 its manifest recorded, and removed with a warning
+    (the caller converts the GGUF file again); nothing outside it is touched."""
+    import json
+
+    from audit.cache.converted import ConvertedCheckpoint, entry_key
+    from audit.cache.folder import CacheWarning
+
+    weights = b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}" + bytes(range(256)) * 4
+    entry = ConvertedCheckpoint(entry_key("ef" * 32, "float32"), tmp_path)
+    for part in ("model", "tokenizer"):
+        entry.store(part, lambda f: ((f / "config.json").write_text("{}"),
+                                     (f / "model.safetensors").write_bytes(weights)))
+    folder = entry.folder / "model"
+    target = folder / "model.safetensors"
+    if case == "zeroed bytes":
+        target.write_bytes(weights[:100] + bytes(200) + weights[300:])
+        why = "model.safetensors does not match its recorded sha256"
+    elif case == "empty manifest":
+        (folder / "manifest.json").write_text(json.dumps({"format": 3, "sizes": {},
+                                                          "sha256": {}}))
+        target.unlink()
+        why = "its manifest lists no files, or sizes and hashes of different files"
+    elif case == "weights deleted":
+        target.unlink()
+        why = "model.safetensors is missing or not a regular file"
+    elif case == "damaged header":
+        target.write_bytes(b"\xff" * 8 + weights[8:])
+        why = "model.safetensors does not match its recorded sha256"
+    else:
+        outside = tmp_path / "elsewhere.safetensors"
+        outside.write_bytes(weights)
+        target.unlink()
+        target.symlink_to(outside)
+        why = "model.safetensors is missing or not a regular file"
+    others = tree_sha256(entry.folder / "tokenizer")
+    with pytest.warns(CacheWarning) as caught:
+        assert entry.path("model") is None
+    assert str(caught[0].message) == (f"converted checkpoint {folder} is unusable ({why}); it "
+                                      f"is removed and built again from the GGUF file")
+    assert not folder.exists() and entry.path("tokenizer") == entry.folder / "tokenizer"
+    assert tree_sha256(entry.folder / "tokenizer") == others
+    if case == "weights a link":
+        assert (tmp_path / "elsewhere.safetensors").read_bytes() == weights

@@ -291,8 +291,8 @@ class HuggingFaceFiles:
         if folder is not None:
             try:
                 return StoredTokenizer(folder)
-            except Exception:  # noqa: BLE001 - tokenizers raises plain Exception
-                entry.discard("tokenizer")  # unreadable: rebuilt below, never trusted
+            except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+                entry.discard("tokenizer", f"{type(exc).__name__}: {exc}")  # rebuilt below
         tokenizer = tf.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name,
                                                      **kw)
         if entry is not None:

@@ -256,8 +256,11 @@ class TorchBackend(HuggingFaceFiles):
             entry = self._converted(self.spec.dtype)
             folder = entry.path("model") if entry is not None else None
             if folder is not None:  # dequantised before: read the safetensors
-                return self._auto_class(tf).from_pretrained(str(folder), use_safetensors=True,
-                                                            **kw)
+                try:
+                    return self._auto_class(tf).from_pretrained(str(folder),
+                                                                use_safetensors=True, **kw)
+                except Exception as exc:  # noqa: BLE001 - safetensors, transformers: many kinds
+                    entry.discard("model", f"{type(exc).__name__}: {exc}")   # rebuilt below
             model, loading = self._auto_class(tf).from_pretrained(
                 str(self.path.parent), gguf_file=self.path.name, **kw)
             if entry is not None:

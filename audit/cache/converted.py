@@ -17,10 +17,12 @@ entry is never read for it.  Nothing in an entry is pickle.
 
 Every part is written into a temporary folder and renamed into place once
 complete, so a crash leaves no half entry.  ``manifest.json`` records each file's
-size; a file of another size (truncated, replaced) makes the entry unusable, it
-is removed and the GGUF file loaded again.  Bit rot inside a file of the right
-size is not detected (hashing the weights on every load would cost what the cache
-saves); ``--audit-clear-cache`` or deleting the folder removes every entry.
+size and sha256; before use, every listed file must be a regular file of that
+size and hash (the hash through the folder's file-hash index: a file whose size,
+times and inode have not moved is not read again).  A part that fails (truncated,
+deleted, zeroed, a manifest that lists nothing), or that transformers or
+tokenizers cannot load although intact, is removed with a :class:`CacheWarning`
+and built again from the GGUF file: its numbers never reach the statistics.
 
 Settings that turn the caches off (``EQUILAW_NO_CACHE``, ``--audit-no-cache``)
 turn this one off too: the backend gets no entry (:func:`entry`).
@@ -33,15 +35,18 @@ import importlib.metadata
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
-from audit.cache.folder import CONVERTED, MANIFEST, PARTS, TEMP_PREFIX
+from audit.cache.folder import CONVERTED, MANIFEST, PARTS, TEMP_PREFIX, CacheWarning
+from audit.cache.index import FileHashIndex
 from audit.cache.settings import CacheSettings
-from audit.internal.files import staging_folder
+from audit.internal.files import sha256_files, staging_folder
 
-FORMAT = 2
-"""2: tied weights are stored under the body's name (1 stored the head's)."""
+FORMAT = 3
+"""2: tied weights are stored under the body's name (1 stored the head's); 3: the
+manifest records each file's sha256 too."""
 
 
 def _version(dist: str) -> str:
@@ -72,26 +77,53 @@ class ConvertedCheckpoint:
 
     def __init__(self, key: str, root: Path) -> None:
         self.folder = Path(root) / CONVERTED / key
+        self.index = FileHashIndex(root)
 
     def path(self, part: str) -> Path | None:
-        """The folder of ``part`` when it is complete and its files have the sizes
-        the manifest recorded; an entry that fails that check is removed."""
+        """The folder of ``part`` when it is complete and intact: each file the
+        manifest lists is a regular file of the recorded size and sha256 (through
+        the folder's file-hash index, so an unchanged file is read once, not on
+        every start).  A part that fails is removed with a :class:`CacheWarning`
+        and None returned: the GGUF file is converted again."""
         folder = self.folder / part
+        if not folder.exists() and not folder.is_symlink():
+            return None
         try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-            sizes = manifest["sizes"]
-            if all((folder / name).stat().st_size == size for name, size in sizes.items()):
-                return folder
-        except FileNotFoundError:
-            if not folder.exists():
-                return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-        shutil.rmtree(folder, ignore_errors=True)  # damaged: recompute, never trust
+            why = self._damage(folder)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if why is None:
+            return folder
+        self.discard(part, why)
         return None
 
-    def discard(self, part: str) -> None:
-        """Remove ``part`` (found unreadable although its sizes were right)."""
+    def _damage(self, folder: Path) -> str | None:
+        """Why the part in ``folder`` cannot be used, or None."""
+        if folder.is_symlink() or not folder.is_dir():
+            return "not a folder"
+        if not (folder / MANIFEST).is_file():
+            return "its manifest is missing"
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            return f"format {manifest.get('format')!r}, expected {FORMAT}"
+        sizes, digests = manifest["sizes"], manifest["sha256"]
+        if not sizes or set(sizes) != set(digests):
+            return "its manifest lists no files, or sizes and hashes of different files"
+        for name, size in sorted(sizes.items()):
+            file = folder / name
+            if file.is_symlink() or not file.is_file():
+                return f"{name} is missing or not a regular file"
+            if file.stat().st_size != size:
+                return f"{name} has {file.stat().st_size} bytes, its manifest says {size}"
+            if self.index.file_sha256(file) != digests[name]:
+                return f"{name} does not match its recorded sha256"
+        return None
+
+    def discard(self, part: str, why: str) -> None:
+        """Remove ``part`` (damaged, or unreadable although intact), warning why."""
+        warnings.warn(CacheWarning(f"converted checkpoint {self.folder / part} is unusable "
+                                   f"({why}); it is removed and built again from the GGUF "
+                                   f"file"), stacklevel=3)
         shutil.rmtree(self.folder / part, ignore_errors=True)
 
     def store(self, part: str, save: Any) -> Path | None:
@@ -107,9 +139,12 @@ class ConvertedCheckpoint:
             return None
         try:
             save(staging)
-            sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
-            (staging / MANIFEST).write_text(json.dumps({"format": FORMAT, "sizes": sizes}),
-                                            encoding="utf-8")
+            files = [p for p in sorted(staging.iterdir()) if p.is_file()]
+            sizes = {p.name: p.stat().st_size for p in files}
+            digests = {p.name: sha256_files([p]) for p in files}   # once per conversion
+            (staging / MANIFEST).write_text(
+                json.dumps({"format": FORMAT, "sizes": sizes, "sha256": digests}),
+                encoding="utf-8")
             os.replace(staging, target)
             return target
         except OSError:

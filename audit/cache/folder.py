@@ -42,6 +42,12 @@ class CacheError(EquilawError):
     again to recompute it)."""
 
 
+class CacheWarning(UserWarning):
+    """A cache entry was unusable (truncated, corrupt, another key's, not
+    authenticated, a damaged converted checkpoint) and is being recomputed, or a
+    new entry could not be written."""
+
+
 def prepare_folder(folder: Path) -> None:
     """Create ``folder`` and its tag."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audit import __version__
-from audit.cache.folder import TEMP_PREFIX, CacheError, clear_folder, prepare_folder
+from audit.cache.folder import (TEMP_PREFIX, CacheError, CacheWarning, clear_folder,
+                                prepare_folder)
 from audit.cache.index import FileHashIndex
 from audit.cache.settings import CacheSettings
 from audit.corpus import load_corpus
-from audit.internal.files import write_bytes_atomic
+from audit.internal.files import remove_stale_temporaries, write_bytes_atomic
 from audit.stats import LayerStats
 
 if TYPE_CHECKING:
@@ -75,11 +76,6 @@ __all__ = ["FORMAT", "CacheWarning", "StatsCache", "StoredStats", "code_sha256",
 FORMAT = 2
 """The entry layout and key recipe; raising it orphans every older entry (2: the
 class-based measures' sums stored as (shard, class) pairs, not dense)."""
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was unreadable (truncated, corrupt, another key's) and is being
-    recomputed, or a new entry could not be written."""
 
 
 def open_cache(cache: Any = True) -> StatsCache | None:
@@ -129,6 +125,7 @@ class StatsCache:
         """How many files :meth:`clear` deleted; None before it runs."""
         self.index = FileHashIndex(self.folder)
         self._inputs: dict[str, dict[str, Any]] = {}
+        self._tidied = False
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> StatsCache:
@@ -197,6 +194,9 @@ class StatsCache:
         truncated, corrupt, of another format or of another key gives a
         :class:`CacheWarning` and None (never its numbers)."""
         path = self.path(key)
+        if not self._tidied:   # entries' temporaries left by killed processes (~0.8 GB each)
+            remove_stale_temporaries(self.folder, TEMP_PREFIX)
+            self._tidied = True
         if self.secret is None and self.require_secret:
             if path.exists():
                 warnings.warn(CacheWarning(

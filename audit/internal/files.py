@@ -7,17 +7,81 @@ exports.  A file is written to a temporary name in its target's folder and
 renamed over the target (``os.replace``, atomic on one file system); a folder of
 several files is staged in a temporary folder (:func:`staging_folder`) and its
 content renamed into place by the caller.
+
+Temporaries are named by their process: ``<base><pid>@<host>~<8 random
+characters>[.ext]``.  A process killed by SIGKILL (or a crash of the machine)
+leaves its temporary behind; the next write into the same folder with the same
+base removes those of ended processes of this host, and those of other hosts
+once older than :data:`STALE_AFTER_SECONDS` (their processes cannot be asked).
+A live writer's temporary, and any name not of this form, is never touched.
+SIGTERM is turned into KeyboardInterrupt by :mod:`audit.internal.signals`, so a
+terminated write removes its own temporary as an interrupted one does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Callable
 
 _CHUNK = 1 << 20
+STALE_AFTER_SECONDS = 7 * 24 * 3600
+"""Another host's temporary is removed once its last change is this old (7 days)."""
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
+
+def _owned(base: str) -> str:
+    """The prefix of this process's temporaries of ``base``."""
+    return f"{base}{os.getpid()}@{_HOST}~"
+
+
+def _process_ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:   # PermissionError: alive, someone else's
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path, base: str) -> list[Path]:
+    """Remove the temporaries of ``base`` in ``folder`` that no live writer owns
+    (see the module's docstring) and return them; errors leave a file in place."""
+    pattern = re.compile(rf"^{re.escape(base)}(\d+)@([A-Za-z0-9.-]+)~[a-z0-9_]{{8}}"
+                         rf"(\.[A-Za-z0-9]+)?$")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        pid, host = int(match[1]), match[2]
+        try:
+            if host == _HOST:
+                if pid == os.getpid() or not _process_ended(pid):
+                    continue
+            elif time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER_SECONDS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            else:
+                continue   # a link or special file is not a temporary equilaw made
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 def sha256_files(paths: list[Path]) -> str:
@@ -34,13 +98,16 @@ def sha256_files(paths: list[Path]) -> str:
 def write_bytes_atomic(path: str | os.PathLike, content: bytes | Callable[[IO[bytes]], None],
                        prefix: str | None = None, public: bool = False) -> Path:
     """Write ``content`` (bytes, or a function that writes a binary file) to a
-    temporary file in ``path``'s folder (named ``prefix`` + random, default
-    ``.<name>.``) and rename it over ``path``; the folder must exist.  ``public``
+    temporary file in ``path``'s folder (named from ``prefix``, default
+    ``.<name>.``, by process) and rename it over ``path``; the folder must exist.
+    Stale temporaries of the same prefix there are removed first.  ``public``
     gives the file the mode the umask gives (mkstemp's private 0600 is for
     secrets, not reports or specs).  Raises OSError; on failure nothing is left
     behind."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}." if prefix is None else prefix,
+    base = f".{target.name}." if prefix is None else prefix
+    remove_stale_temporaries(target.parent, base)
+    fd, tmp = tempfile.mkstemp(prefix=_owned(base),
                                suffix=target.suffix if prefix is not None else "",
                                dir=target.parent)
     try:
@@ -73,8 +140,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def staging_folder(parent: Path, prefix: str) -> Path:
-    """A new empty folder ``parent/<prefix><random>`` (created with its parents),
-    where files that must appear together are written before the caller renames
-    them into place; the caller removes it."""
+    """A new empty folder in ``parent`` (created with its parents), named from
+    ``prefix`` by process, where files that must appear together are written
+    before the caller renames them into place; the caller removes it.  Stale
+    staging folders of the same prefix there are removed first."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    remove_stale_temporaries(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=_owned(prefix), dir=parent))
