@@ -115,6 +115,8 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
     lines += ["baseline:  # tolerances against the baseline (defaults; docs/specs.md#baseline)"]
     for f in dataclasses.fields(BaselineSpec):
         value = getattr(BaselineSpec(), f.name)
+        if isinstance(value, bool):
+            continue  # `required`, not a tolerance: its default (true) stays
         if f.name == "max_drift_sigma" and probe.shards < 2:
             value = None  # one shard gives no paired standard errors
         lines.append(f"  {f.name}: {'null' if value is None else _number(value)}")

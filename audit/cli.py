@@ -147,11 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 2
+    from audit.internal.signals import terminate_as_interrupt
+
+    restore = terminate_as_interrupt()   # a cancelled job unwinds, removing its temporaries
     try:
         return args.func(args)
     except EquilawError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        restore()
 
 
 def calibrate(args: argparse.Namespace) -> int:

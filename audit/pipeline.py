@@ -7,9 +7,9 @@
   (checks, report data) → :class:`~audit.report.data.Report`.
 
 :func:`measure` is :func:`collect` through the statistics cache
-(:mod:`audit.cache`); :func:`run` is :func:`judge` of :func:`measure`.  Comparisons
-(baselines, merges) judge two measurements' reports against each other and never
-re-run a model (``audit.compare``).
+(:mod:`audit.cache.stats_cache`); :func:`run` is :func:`judge` of :func:`measure`.
+Comparisons (baselines, merges) judge two measurements' reports against each
+other and never re-run a model (``audit.compare``).
 """
 
 from __future__ import annotations
@@ -89,16 +89,17 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
 def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
             backend: Any = None, cache: Any = True) -> Measurement:
     """:func:`collect`, through the statistics cache: an entry for the same inputs
-    (:meth:`audit.cache.StatsCache.key_inputs`) gives the measurement without
-    loading weights or tokenizing; otherwise :func:`collect` runs and its
-    measurement is stored.  ``cache``: ``True`` the default folder
-    (:func:`audit.cache.default_folder`; off when ``EQUILAW_NO_CACHE`` is set),
-    ``False`` off, a folder, or an :class:`audit.cache.StatsCache`.  A model
+    (:meth:`audit.cache.stats_cache.StatsCache.key_inputs`) gives the measurement
+    without loading weights or tokenizing; otherwise :func:`collect` runs and its
+    measurement is stored.  ``cache``: ``True`` the environment's settings
+    (:meth:`audit.cache.settings.CacheSettings.from_environment`; off when
+    ``EQUILAW_NO_CACHE`` is set), ``False`` off, a folder, a ``CacheSettings``, or
+    an :class:`audit.cache.stats_cache.StatsCache`.  A model
     handed over in memory (``model``, or a backend made from one) is never cached:
     it has no file identity, and hashing its state dict costs about as much as
     re-judging should.  Spec rules that need the model's depth are checked first,
     as :func:`collect` does."""
-    from audit.cache import open_cache
+    from audit.cache.stats_cache import open_cache
 
     store = open_cache(cache)
     if store is None or model is not None:

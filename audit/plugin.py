@@ -119,7 +119,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from audit.internal.signals import terminate_as_interrupt
     from audit.session import AuditSession, default_spec_paths
+
+    config.stash[_RESTORE_SIGTERM] = terminate_as_interrupt()  # CI cancels with SIGTERM
 
 
     rootdir = Path(str(config.rootpath))
@@ -144,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Only the default specs skip when their model package is absent: a spec named
     # on purpose must not turn a release gate green by a typo.
     named = bool(cli) or bool(config.getini("audit_specs"))
+    settings, cleared = _cache_settings(config, rootdir)
     config.stash[_SESSION_KEY] = AuditSession(
         spec_paths=[Path(p) for p in paths],
         reports_dir=(rootdir / reports) if reports else None,
@@ -151,46 +155,57 @@ def pytest_configure(config: pytest.Config) -> None:
         skip_missing_models=not named and not strict_environment(),
         baselines_dir=baselines,
         update_baselines=config.getoption("audit_update_baseline"),
-        cache=_stats_cache(config, rootdir),
+        require_baselines=strict_environment(),
+        cache=_stats_cache(settings, cleared),
+        cache_settings=settings,
     )
 
 
-def _stats_cache(config: pytest.Config, rootdir: Path):
-    """The session's statistics cache, or False; emptied first with
-    ``--audit-clear-cache`` (by the controller only, under xdist).  A folder named
-    on the command line turns the cache on whatever the environment or ini say."""
-    from audit.cache import CacheError, StatsCache, default_folder, off_by_environment
+def _cache_settings(config: pytest.Config, rootdir: Path):
+    """The session's cache settings, made once from the options, the ini and the
+    environment; the cache folder is emptied first with ``--audit-clear-cache`` (by
+    the controller only, under xdist).  A folder named on the command line turns the
+    caches on whatever the environment or ini say."""
+    from audit.cache.folder import CacheError, clear_folder
+    from audit.cache.settings import CacheSettings
+    from audit.session import strict_environment
 
     cli = config.getoption("audit_cache")
     ini = config.getini("audit_cache")
-    folder = (Path(config.invocation_params.dir) / cli if cli
-              else rootdir / ini if ini else default_folder())
-    store = StatsCache(folder)
-    if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
-        try:
-            store.clear()
-        except CacheError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    off = config.getoption("audit_no_cache") or (
-        not cli and (off_by_environment() or config.getini("audit_no_cache")))
-    # The converted-checkpoint cache (audit/backends/converted.py) reads the
-    # environment: give it the same folder and switch for this run.
-    saved = {name: os.environ.get(name) for name in ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE")}
-    config.stash[_SAVED_ENV_KEY] = saved
-    os.environ["EQUILAW_CACHE_DIR"] = str(folder)
-    os.environ["EQUILAW_NO_CACHE"] = "1" if off else "0"
-    return False if off else store
+    try:
+        env = CacheSettings.from_environment(require_secret=strict_environment())
+        folder = (Path(config.invocation_params.dir) / cli if cli
+                  else rootdir / ini if ini else env.folder)
+        off = config.getoption("audit_no_cache") or (
+            not cli and (not env.enabled or config.getini("audit_no_cache")))
+        settings = CacheSettings(folder, not off, env.secret, env.secret_file,
+                                 env.require_secret)
+        cleared = None
+        if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
+            cleared = clear_folder(folder)
+    except CacheError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return settings, cleared
 
 
-_SAVED_ENV_KEY = pytest.StashKey[dict]()
+def _stats_cache(settings, cleared: int | None):
+    """The session's statistics cache in the settings' folder, or False when off."""
+    from audit.cache.stats_cache import StatsCache
+
+    if not settings.enabled:
+        return False
+    store = StatsCache.from_settings(settings)
+    store.cleared = cleared
+    return store
+
+
+_RESTORE_SIGTERM = pytest.StashKey[Any]()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for name, value in config.stash.get(_SAVED_ENV_KEY, {}).items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    restore = config.stash.get(_RESTORE_SIGTERM, None)
+    if restore is not None:
+        restore()
 
 
 def _progress(config: pytest.Config, interactive: bool):
@@ -403,10 +418,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 def _cache_summary(terminalreporter, cache) -> None:
     """One line on what the statistics cache did in this process (under xdist the
     workers' caches did the work, and the controller says nothing)."""
-    if not cache or not (cache.hits or cache.stored or cache.recomputed
+    if not cache or not (cache.hits or cache.stored or cache.recomputed or cache.untrusted
                          or cache.cleared is not None):
         return
-    parts = [f"{len(cache.hits)} loaded", f"{len(cache.stored)} stored"]
+    loaded = f"{len(cache.hits)} loaded"
+    if cache.secret is not None:
+        loaded += f" ({len(cache.authenticated)} authenticated)"
+    parts = [loaded, f"{len(cache.stored)} stored"]
+    if cache.untrusted:
+        parts.append(f"{len(cache.untrusted)} not read (under CI without a cache key)")
     if cache.recomputed:
         parts.append(f"{len(cache.recomputed)} unreadable and recomputed")
     if cache.cleared is not None:

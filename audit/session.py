@@ -100,9 +100,14 @@ class AuditSession:
     """Where baselines are; None: ``baselines/`` beside each spec file."""
     update_baselines: bool = False
     """Write each audited spec's report as its baseline instead of comparing."""
+    require_baselines: bool = False
+    """A missing baseline is an error (under CI) for specs with ``baseline.required``."""
     cache: Any = True
     """The statistics cache (:func:`audit.pipeline.measure`): True the default
-    folder, False none, or an :class:`audit.cache.StatsCache`."""
+    folder, False none, or an :class:`audit.cache.stats_cache.StatsCache`."""
+    cache_settings: Any = None
+    """The run's :class:`audit.cache.settings.CacheSettings` that backends get (the
+    file-hash index, the converted checkpoints); None: read from the environment."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
@@ -137,7 +142,7 @@ class AuditSession:
         if spec.name not in self._backends:
             from audit.backends import open_backend
 
-            self._backends[spec.name] = open_backend(spec)
+            self._backends[spec.name] = open_backend(spec, cache=self.cache_settings)
         return self._backends[spec.name]
 
     def num_layers(self, spec: Spec) -> int:
@@ -312,6 +317,7 @@ class AuditSession:
         from audit.compare.baseline import (
             baseline_path,
             compare_to_baseline,
+            missing_baseline_error,
             read_baseline,
             write_baseline,
         )
@@ -321,10 +327,13 @@ class AuditSession:
             if self.update_baselines:
                 write_baseline(report, path)
                 self.baselines[spec.name] = BaselineState(BaselineStatus.WRITTEN, path)
-            elif path.is_file():
+            elif os.path.lexists(path):   # unreadable (a folder, a dangling link) fails
                 shown = os.path.relpath(path)
-                report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
+                report = compare_to_baseline(report, read_baseline(path, shown), spec.baseline,
+                                             shown)
                 self.baselines[spec.name] = BaselineState(BaselineStatus.COMPARED, path)
+            elif self.require_baselines and spec.baseline.required:
+                raise missing_baseline_error(spec, path)
             else:
                 self.baselines[spec.name] = BaselineState(BaselineStatus.MISSING, path)
         except EquilawError as exc:

@@ -92,7 +92,7 @@ def test_dynamic_batch_and_sequence_match_torch(exports: dict[str, ExportResult]
                                                 model_dirs: dict[str, Path], arch: str) -> None:
     ids = random_ids(3, 11)                                   # traced on [2, 8], checked on [2, 16]
     got = np.stack(session(exports[arch].path).run(HIDDEN, {"input_ids": ids}))
-    want = TorchBackend(ModelSpec(path=str(model_dirs[arch])), arch).hidden_states(ids)
+    want = TorchBackend(ModelSpec(path=str(model_dirs[arch])), arch).forward(ids, loss=False).hidden
     assert got.shape == want.shape == (TINY_LAYERS + 1, 3, 11, TINY_WIDTH)
     assert np.max(np.abs(got - want)) < 1e-5
 

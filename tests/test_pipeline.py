@@ -137,7 +137,7 @@ def _direct_pr(spec: Spec) -> list[float]:
     stream = tokenize_corpus(load_corpus(spec.probe.corpus), backend.encode)
     windows = token_windows(stream, LENGTH, SEQUENCES, 0, bos_id=backend.bos_token_id)  # [n, t]
     assert windows.shape == (SEQUENCES, LENGTH) and (windows[:, 0] == 1).all()
-    hidden = np.concatenate([backend.hidden_states(windows[i:i + BATCH])
+    hidden = np.concatenate([backend.forward(windows[i:i + BATCH], loss=False).hidden
                              for i in range(0, SEQUENCES, BATCH)], axis=1)   # [L+1, n, t, d]
     hidden = apply_normalization("init_norm", hidden, info.norm)
     j, t = example_positions(LENGTH, "next")

@@ -339,6 +339,14 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "standard error (from the per-shard differences). With `max_drift` also set, a "
          "layer fails only when it exceeds both. Needs `probe.shards` >= 2.",
          "baseline:\n  max_drift_sigma: 4", "> 0"),
+    _key("baseline.required", "boolean", boolean,
+         "Under CI (`CI=true`) a missing baseline fails `NAME::baseline-law` and "
+         "`NAME::baseline-loss`, naming the command that writes it, so that a gate never "
+         "passes without a comparison. `false` lets them skip instead (a spec compared "
+         "only when a baseline exists). Outside CI a missing baseline always skips; an "
+         "unreadable one (a folder, a dangling link, bytes that are not a report) always "
+         "fails.",
+         "baseline:\n  required: false"),
     _key("parity", "mapping", section("parity"),
          "Tolerances of `NAME.BACKEND::parity`, the agreement of each backend after the "
          "first with the first when `backend` is a list. A tolerance that is null is not "
