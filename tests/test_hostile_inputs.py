@@ -13,6 +13,7 @@ import pytest
 
 from audit.cache.folder import CacheError, clear_folder
 from audit.cache.stats_cache import StatsCache
+from audit.session import BaselineStatus
 
 
 def tree_sha256(folder: Path) -> str:
@@ -158,16 +159,16 @@ def test_a_missing_baseline_fails_under_ci_naming_the_command(
     spec = spec_file(tmp_path / "specs", tiny_model_dir)
     before = tree_sha256(tmp_path)
     state = baseline_state(spec, require=True)
-    assert state.state == "error" and str(state.error) == (
+    assert state.state is BaselineStatus.ERROR and str(state.error) == (
         "no baseline at specs/baselines/tiny.json: under CI (CI=true) a missing baseline "
         "fails, so that the gate never passes without a comparison; write it with: pytest "
         "audit/ --audit-update-baseline -k tiny and commit it, or set `baseline: {required: "
         f"false}}` in {spec} to compare only when a baseline exists")
     assert tree_sha256(tmp_path) == before
-    assert baseline_state(spec, require=False).state == "missing"   # outside CI: a skip
+    assert baseline_state(spec, require=False).state is BaselineStatus.MISSING   # outside CI: a skip
     optional = spec_file(tmp_path / "specs", tiny_model_dir, "opt",
                          "baseline:\n  required: false\n")
-    assert baseline_state(optional, require=True).state == "missing"
+    assert baseline_state(optional, require=True).state is BaselineStatus.MISSING
 
 
 @pytest.mark.parametrize("case", ["folder", "dangling link", "not utf-8", "not json",
@@ -204,7 +205,7 @@ def test_an_unreadable_baseline_always_fails(tiny_model_dir: Path, tmp_path: Pat
     before = tree_sha256(tmp_path) if case != "fifo" else None
     for require in (False, True):
         state = baseline_state(spec, require=require)
-        assert state.state == "error" and str(state.error) == (
+        assert state.state is BaselineStatus.ERROR and str(state.error) == (
             f"the baseline specs/baselines/tiny.json is unreadable: {why}; an unreadable "
             f"baseline fails the comparison: restore it, or delete it and write it again "
             f"with: pytest audit/ --audit-update-baseline -k tiny")
@@ -363,8 +364,13 @@ def test_stale_temporaries_of_ended_processes_go_on_the_next_write(tmp_path: Pat
     import sys
     import time
 
-    from audit.internal.files import (_HOST, STALE_AFTER_SECONDS, staging_folder,
-                                      write_bytes_atomic, write_text_atomic)
+    from audit.internal.files import (
+        _HOST,
+        STALE_AFTER_SECONDS,
+        staging_folder,
+        write_bytes_atomic,
+        write_text_atomic,
+    )
 
     dead, me = ended_pid(), os.getpid()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
