@@ -1,0 +1,226 @@
+"""A stored baseline's token record: what a later run needs of the reference's
+next-token distributions to compare a candidate with it, without the reference.
+
+Per scored token (the probe loss's positions, in the probe's batch order) the record
+keeps the reference's k most probable tokens (ids and float64 log-probabilities,
+most probable first), the log of the probability mass outside them (``tail_logp``),
+the correct token and its log-probability, and the top token.  Never the logits:
+about (12 k + 32) bytes a token, a few MB for the default probe at k = 32.
+
+Against a record, with S the stored ids, P the reference's and Q the candidate's
+distributions, the KL is the coarse-grained
+
+    KL_S(P ‖ Q) = Σ_{v ∈ S} P_v log(P_v / Q_v) + P_tail log(P_tail / Q_tail),
+
+P_tail = 1 − Σ_S P_v, Q_tail = 1 − Σ_S Q_v (Q_tail summed over the ids outside S,
+not subtracted, so no precision is lost).  It is KL between the two distributions
+merged into the k + 1 cells {v} ∪ {tail}, so the log-sum inequality makes it a
+lower bound of the exact KL(P ‖ Q) for any candidate, quantised head included, and
+equal to it when k is the vocabulary.  The reverse KL_S(Q ‖ P) bounds KL(Q ‖ P) the
+same way.  Same-top, Δp and both NLLs are exact.
+
+Files are ``.npz`` archives of plain arrays, read with ``allow_pickle=False``; the
+``meta`` entry is a JSON string (format, k, vocabulary, and what the caller adds,
+e.g. the windows' digest).  Written through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audit.compare.divergence import TokenFigures, log_softmax
+from audit.errors import ComparisonError
+
+RECORD_FORMAT = "equilaw-token-record/1"
+TOP_K = 32
+"""The default k (``divergence.top_k``)."""
+_ARRAYS = ("top_ids", "top_logp", "tail_logp", "target", "target_logp", "top", "shard")
+_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True, eq=False)
+class TokenRecord:
+    """The reference's figures for n scored tokens (see the module docstring)."""
+
+    top_ids: np.ndarray
+    """int32 [n, k]: the k most probable ids, most probable first (ties: lowest id)."""
+    top_logp: np.ndarray
+    """float64 [n, k]: their log-probabilities."""
+    tail_logp: np.ndarray
+    """float64 [n]: log of the mass outside ``top_ids`` (−inf when k = V)."""
+    target: np.ndarray
+    """int32 [n]: the correct next token."""
+    target_logp: np.ndarray
+    """float64 [n]: its log-probability under the reference."""
+    top: np.ndarray
+    """int32 [n]: the reference's argmax (``numpy.argmax`` of its logits)."""
+    shard: np.ndarray
+    """int32 [n]: the token's jackknife shard."""
+    meta: dict = field(default_factory=dict)
+    """``format``, ``top_k``, ``vocab_size`` and the caller's entries (JSON types)."""
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.top_ids.shape[1])
+
+    def rows(self, start: int, stop: int) -> TokenRecord:
+        """Tokens ``start..stop-1`` (views)."""
+        return TokenRecord(**{name: getattr(self, name)[start:stop] for name in _ARRAYS},
+                           meta=self.meta)
+
+    @staticmethod
+    def concatenate(parts: list[TokenRecord], meta: dict | None = None) -> TokenRecord:
+        """One record of ``parts`` in order (all with one k)."""
+        if not parts:
+            raise ValueError("no token record to concatenate")
+        if len({p.top_k for p in parts}) != 1:
+            raise ValueError("token records of different k cannot be concatenated")
+        return TokenRecord(**{name: np.concatenate([getattr(p, name) for p in parts])
+                              for name in _ARRAYS},
+                           meta=dict(parts[0].meta if meta is None else meta))
+
+
+def record_tokens(ref_logits: np.ndarray, targets: np.ndarray, shard,
+                  top_k: int = TOP_K) -> TokenRecord:
+    """The record of n scored tokens from the reference's logits [n, V] (any float
+    dtype), the correct tokens int [n] and the shard (one id or int [n]).  ``top_k``
+    is capped at V."""
+    logits = np.asarray(ref_logits)
+    y = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if logits.ndim != 2 or y.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits must be [n, V] with n targets: got {logits.shape} and "
+                         f"{y.shape[0]} targets")
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    n, vocab = logits.shape
+    k = min(top_k, vocab)
+    top_ids = np.empty((n, k), dtype=np.int32)
+    top_logp = np.empty((n, k))
+    tail_logp = np.empty(n)
+    target_logp = np.empty(n)
+    step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        lp = log_softmax(logits[rows])                                  # [c, V]
+        c = lp.shape[0]
+        order = _top_ids(lp, k)                                         # [c, k]
+        top_ids[rows] = order
+        top_logp[rows] = np.take_along_axis(lp, order, axis=1)
+        tail_logp[rows] = _outside_logsumexp(lp, order)
+        target_logp[rows] = lp[np.arange(c), y[rows]]
+    meta = {"format": RECORD_FORMAT, "top_k": k, "vocab_size": int(vocab)}
+    return TokenRecord(top_ids=top_ids, top_logp=top_logp, tail_logp=tail_logp,
+                       target=y.astype(np.int32), target_logp=target_logp,
+                       top=np.argmax(logits, axis=1).astype(np.int32),
+                       shard=np.broadcast_to(np.asarray(shard, dtype=np.int32), (n,)).copy(),
+                       meta=meta)
+
+
+def _top_ids(lp: np.ndarray, k: int) -> np.ndarray:
+    """The k largest entries' ids per row, largest first, ties by lowest id
+    (a partition, then a sort of the k)."""
+    if k < lp.shape[1]:
+        ids = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+        ids.sort(axis=1)
+    else:
+        ids = np.broadcast_to(np.arange(lp.shape[1]), lp.shape)
+    order = np.argsort(-np.take_along_axis(lp, ids, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1)
+
+
+def _outside_logsumexp(lp: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """log Σ_{v ∉ ids[r]} exp(lp[r, v]) per row r: −inf where nothing is left."""
+    rest = lp.copy()
+    np.put_along_axis(rest, ids, -np.inf, axis=1)
+    top = rest.max(axis=1)
+    finite = np.isfinite(top)
+    out = np.full(lp.shape[0], -np.inf)
+    if finite.any():
+        r = rest[finite] - top[finite, None]
+        out[finite] = np.log(np.exp(r).sum(axis=1)) + top[finite]
+    return out
+
+
+def _cell_kl(a_logp: np.ndarray, b_logp: np.ndarray) -> np.ndarray:
+    """Σ exp(a) (a − b) over the last axis, a cell with zero mass counting 0."""
+    mass = np.exp(a_logp)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(mass > 0, mass * (a_logp - b_logp), 0.0)
+    return terms.sum(axis=-1)
+
+
+def bound_figures(record: TokenRecord, model_logits: np.ndarray) -> TokenFigures:
+    """The figures of a candidate's logits [n, V] against ``record`` (n tokens): KLs
+    are the coarse-grained lower bounds, the rest exact.  :class:`ComparisonError`
+    when the vocabulary differs from the record's."""
+    logits = np.asarray(model_logits)
+    n = len(record)
+    vocab = record.meta.get("vocab_size")
+    if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] != vocab:
+        raise ComparisonError(f"the candidate's logits have shape {logits.shape}; the token "
+                              f"record holds {n} tokens over a vocabulary of {vocab}",
+                              fields=("vocab_size",))
+    kld, rev, dp, nll_model = (np.empty(n) for _ in range(4))
+    step = max(1, _CHUNK_ELEMENTS // max(int(vocab), 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        lq = log_softmax(logits[rows])                                  # [c, V]
+        ids = record.top_ids[rows].astype(np.int64)
+        lq_cells = np.concatenate([np.take_along_axis(lq, ids, axis=1),
+                                   _outside_logsumexp(lq, ids)[:, None]], axis=1)
+        lp_cells = np.concatenate([record.top_logp[rows], record.tail_logp[rows, None]], axis=1)
+        kld[rows] = _cell_kl(lp_cells, lq_cells)
+        rev[rows] = _cell_kl(lq_cells, lp_cells)
+        at = lq[np.arange(lq.shape[0]), record.target[rows].astype(np.int64)]
+        nll_model[rows] = -at
+        dp[rows] = np.exp(at) - np.exp(record.target_logp[rows])
+    same = np.argmax(logits, axis=1) == record.top
+    return TokenFigures(kld=kld, kld_reverse=rev, same_top=same, dp=dp,
+                        nll_ref=-record.target_logp.astype(np.float64), nll_model=nll_model)
+
+
+def save_token_record(record: TokenRecord, path: str | os.PathLike) -> Path:
+    """Write ``record`` as a compressed ``.npz`` (no pickled object) through a
+    temporary file and a rename; returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: np.ascontiguousarray(getattr(record, name)) for name in _ARRAYS}
+    meta = {**record.meta, "format": RECORD_FORMAT, "top_k": record.top_k}
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, meta=np.array(json.dumps(meta, sort_keys=True)),
+                                **arrays)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+def load_token_record(path: str | os.PathLike) -> TokenRecord:
+    """Read a record written by :func:`save_token_record` (``allow_pickle=False``);
+    :class:`ComparisonError` naming the file when it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            arrays = {name: archive[name] for name in _ARRAYS}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ComparisonError(f"{str(path)!r} is not a readable token record: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if meta.get("format") != RECORD_FORMAT:
+        raise ComparisonError(f"{str(path)!r} has token-record format {meta.get('format')!r}, "
+                              f"this equilaw reads {RECORD_FORMAT!r}: regenerate the baseline")
+    return TokenRecord(**arrays, meta=meta)
