@@ -67,6 +67,22 @@ def test_forward_shapes_dtypes_fresh_arrays_and_determinism(backend) -> None:
     assert backend.head_note is None
 
 
+def test_next_token_logits_are_what_the_probe_loss_scores(backend) -> None:
+    """float32 [b, t-1, V], fresh; -log_softmax at the next token is the probe loss."""
+    logits = backend.next_token_logits(IDS)
+    b, t = IDS.shape
+    assert logits.shape == (b, t - 1, VOCAB_SIZE) and logits.dtype == np.float32
+    assert logits.flags.writeable
+    x = logits.astype(np.float64)
+    lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+    nll = lse - np.take_along_axis(x, IDS[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(nll, backend.forward(IDS, loss=True).token_nll, rtol=0, atol=2e-5)
+    logits[...] = 0
+    assert np.array_equal(backend.next_token_logits(IDS), x.astype(np.float32))
+    with pytest.raises(BackendError, match=r"input_ids must be an integer array"):
+        backend.next_token_logits(IDS.astype(np.float32))
+
+
 def test_bad_input_is_a_backend_error(backend) -> None:
     with pytest.raises(BackendError, match=r"input_ids must be an integer array \[batch, tokens\]"):
         backend.forward(np.zeros(5, dtype=np.int64), loss=False)

@@ -105,6 +105,14 @@ class Backend(Protocol):
         has a language-model head, the next-token cross-entropy per position."""
         ...
 
+    def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """``input_ids`` int64 [b, t] -> float32 [b, t - 1, V]: the language-model
+        head's logits (soft-capped where the model caps them) at the positions the
+        probe loss scores, position j predicting token j + 1, for comparing two
+        models' output distributions (:mod:`audit.compare.outputs`).  A fresh array
+        the caller owns; :class:`~audit.errors.BackendError` without a head."""
+        ...
+
     @property
     def head_note(self) -> str | None:
         """After loading: why the model has no language-model head, or None."""

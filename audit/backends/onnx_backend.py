@@ -153,6 +153,25 @@ class OnnxBackend(HuggingFaceFiles):
         nll = _token_nll(outs[-1], ids)
         return Forward(hidden, nll, time.perf_counter() - start)
 
+    def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """float32 [b, t-1, V]: the ``logits`` output at the probe loss's positions
+        (see :class:`~audit.backends.base.Backend`)."""
+        import numpy as np
+
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
+                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        session = self.load()
+        if self.head_note is not None:
+            raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feed = {"input_ids": ids}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = np.ones_like(ids)
+        (logits,) = session.run([LOGITS], feed)                        # [b, t, V]
+        return np.array(logits[:, :-1], dtype=np.float32)
+
     def weights_sha256(self) -> str:
         """sha256 of the ONNX file and its external data, concatenated in order."""
         if self._onnx_sha256 is None:

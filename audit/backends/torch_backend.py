@@ -313,6 +313,36 @@ class TorchBackend(HuggingFaceFiles):
             nll = self._token_nll(last, tensor)
             return Forward(hidden, nll, time.perf_counter() - start)
 
+    def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """float32 [b, t-1, V]: the head's logits at the probe loss's positions (see
+        :class:`~audit.backends.base.Backend`); only the last hidden state is kept."""
+        import numpy as np
+
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
+                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        self.load()
+        if self._head is None:
+            raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
+        with torch.inference_mode():
+            last = self.layer_states(tensor, sink=lambda layer, state: None)[-1]
+            rows = [self._window_logits(last[row, :-1]).cpu().numpy()
+                    for row in range(ids.shape[0])]
+        return np.stack(rows) if rows else np.empty((0, ids.shape[1] - 1, 0), np.float32)
+
+    def _window_logits(self, last: Any) -> Any:
+        """float32 logits [t-1, V] of one window's final hidden states [t-1, d]."""
+        import torch
+
+        logits = self._head(last).to(torch.float32)
+        if self._softcap is not None:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
     def _token_nll(self, last: Any, ids: Any) -> np.ndarray:
         """Next-token cross-entropy, float64 [b, t-1], from the final hidden state
         [b, t, d]; one window's logits [t, V] at a time."""
@@ -320,9 +350,7 @@ class TorchBackend(HuggingFaceFiles):
 
         out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64)
         for row in range(ids.shape[0]):
-            logits = self._head(last[row, :-1]).to(torch.float32)          # [t-1, V]
-            if self._softcap is not None:
-                logits = torch.tanh(logits / self._softcap) * self._softcap
+            logits = self._window_logits(last[row, :-1])                  # [t-1, V]
             out[row] = torch.nn.functional.cross_entropy(
                 logits, ids[row, 1:].to(logits.device), reduction="none").to(torch.float64).cpu()
         return out.numpy()
