@@ -22,9 +22,9 @@ pytest.importorskip("transformers")
 from audit.backends.architectures import ARCHITECTURES  # noqa: E402
 from audit.errors import BackendError  # noqa: E402
 from audit.synthetic.damage import (  # noqa: E402
-    BLOCK_OPERATORS, LAYOUTS, OPERATORS, AddNoise, Damage, ReinitBlock, RepeatBlocks,
+    BLOCK_OPERATORS, LAYOUTS, OPERATORS, AddNoise, Damage, Quantize, ReinitBlock, RepeatBlocks,
     ScaleAttention, ScaleFinalNorm, ScaleMLP, ScaleNorm, SwapBlocks, ZeroBlock, default_blocks,
-    default_spread, depth, layout,
+    default_spread, depth, layout, quantize_groups,
 )
 from audit.synthetic.tiny import causal_lm, config  # noqa: E402
 
@@ -257,6 +257,54 @@ def test_noise_moves_every_tensor_by_the_stated_fraction_of_its_std(tiny, arch) 
     assert changed(after, model.apply(AddNoise(0.01, seed=1)).state_dict()) == set(after)
 
 
+def test_group_quantisation_exact_values() -> None:
+    """3 bits: qmax 3; groups of 2 along the last axis, the last one shorter; round
+    half to even (−0.5 / (1/3) = −1.5 -> −2)."""
+    w = np.array([[1.0, -0.5, 0.25, 0.1, -2.0],
+                  [0.0, 0.0, 3.0, 1.0, 0.0]])
+    want = np.array([[1.0, -2 / 3, 0.25, 0.25 / 3, -2.0],
+                     [0.0, 0.0, 3.0, 1.0, 0.0]], dtype=np.float32)
+    got = quantize_groups(w, bits=3, group=2)
+    assert got.dtype == np.float32 and got.shape == w.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(quantize_groups(w.T, bits=3, group=2, axis=0), want.T)
+    on_grid = np.array([[0.0, 127.0, 1.0, -5.0, 0.0]])  # scale 1 at 8 bits: unchanged
+    np.testing.assert_array_equal(quantize_groups(on_grid, bits=8, group=5), on_grid)
+
+
+def test_group_quantisation_is_idempotent_and_its_error_shrinks_with_bits() -> None:
+    w = np.random.default_rng(0).normal(0, 0.02, (64, 96)).astype(np.float32)
+    errors = []
+    for bits in (3, 4, 8):
+        once = quantize_groups(w, bits)
+        np.testing.assert_allclose(quantize_groups(once, bits), once, rtol=1e-6, atol=0)
+        assert np.unique(once[0, :32]).size <= 2 ** bits - 1
+        errors.append(float(np.sqrt(np.mean((once - w) ** 2))))
+    assert errors[0] > errors[1] > 10 * errors[2] > 0
+    with pytest.raises(ValueError, match="bits must be an integer >= 2, got 1"):
+        Quantize(bits=1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_quantize_touches_every_2d_weight_and_nothing_else(tiny, arch) -> None:
+    model = tiny(arch)
+    damage = Quantize(bits=4, group=8)
+    assert damage.block is None and damage.expected_layer is None
+    assert damage.label == "every 2-D weight quantised to 4 bits (groups of 8)"
+    after = model.apply(damage).state_dict()
+    two_d = {k for k, v in model.weights.items() if v.ndim == 2}
+    assert changed(model.weights, after) == two_d
+    embed = "model.embed_tokens.weight" if arch == "llama" else "transformer.wte.weight"
+    np.testing.assert_array_equal(after[embed].numpy(),
+                                  quantize_groups(model.weights[embed].numpy(), 4, 8))
+    if arch == "gpt2":  # Conv1D weights are [in, out]: groups run down axis 0
+        key = "transformer.h.0.mlp.c_fc.weight"
+        np.testing.assert_array_equal(after[key].numpy(), quantize_groups(
+            model.weights[key].numpy(), 4, 8, axis=0))
+    twice = damage.apply(model.apply(damage)).state_dict()
+    assert all(torch.allclose(twice[k], after[k], rtol=1e-6, atol=0) for k in after)
+
+
 # -- where the hidden states first move ----------------------------------------------------
 
 STATE_CASES = [ReinitBlock(1), ZeroBlock(1), SwapBlocks(1, 2), ScaleMLP(1), ScaleAttention(1),
@@ -405,7 +453,7 @@ def test_every_mutant_of_the_spread_moves_first_where_it_says(tiny) -> None:
 
 def test_operators_are_frozen_hashable_descriptions() -> None:
     assert set(OPERATORS) == {"reinit", "zero", "swap", "scale_mlp", "scale_attention",
-                              "scale_norm", "scale_final_norm", "noise", "repeat"}
+                              "scale_norm", "scale_final_norm", "noise", "quantize", "repeat"}
     assert all(OPERATORS[name].operator == name for name in OPERATORS)
     damage = ScaleNorm(3, "input", 0.5)
     assert damage.params == {"block": 3, "norm": "input", "factor": 0.5}

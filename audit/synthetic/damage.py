@@ -474,6 +474,70 @@ class AddNoise(Damage):
             param.copy_(torch.from_numpy(noise))
 
 
+def quantize_groups(weight: Any, bits: int, group: int = 32, axis: int = -1) -> Any:
+    """Symmetric round-to-nearest group quantisation of a numpy array, returned
+    dequantised as float32 of the same shape: along ``axis`` (the input dimension),
+    each run of ``group`` consecutive values (the last run may be shorter) gets
+    ``scale = max |w| / (2^(bits−1) − 1)`` and becomes ``round(w / scale) × scale``
+    (numpy's round, half to even; a run of zeros stays zero), computed in float64.
+    Q8_0 / Q4_0-like (without their float16 scales)."""
+    import numpy as np
+
+    _require_index("bits", bits, low=2)
+    _require_index("group", group, low=1)
+    w = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, -1)
+    width = w.shape[-1]
+    pad = -width % group
+    runs = np.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, pad)]).reshape(*w.shape[:-1], -1, group)
+    qmax = 2 ** (bits - 1) - 1
+    scale = np.abs(runs).max(axis=-1, keepdims=True) / qmax          # [..., groups, 1]
+    safe = np.where(scale > 0, scale, 1.0)
+    out = np.clip(np.round(runs / safe), -qmax, qmax) * scale
+    out = out.reshape(*w.shape[:-1], -1)[..., :width]
+    return np.ascontiguousarray(np.moveaxis(out, -1, axis), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Quantize(Damage):
+    """Every 2-D weight, the embedding and the head included (tied ones once),
+    quantised by :func:`quantize_groups` at ``bits`` bits in groups of ``group``
+    along the input dimension (the last axis of ``nn.Linear`` and ``nn.Embedding``
+    weights, the first of GPT-2's ``Conv1D``), then cast back to the weight's
+    dtype; norms, biases and buffers untouched.  Quantisation gates can be tested
+    without GGUF tools.  ``expected_layer`` is None: the embedding changes."""
+
+    operator: ClassVar[str] = "quantize"
+    bits: int = 4
+    group: int = 32
+
+    def __post_init__(self) -> None:
+        _require_index("bits", self.bits, low=2)
+        _require_index("group", self.group, low=1)
+
+    @property
+    def block(self) -> None:
+        """No block: every 2-D weight is touched."""
+        return None
+
+    @property
+    def label(self) -> str:
+        return f"every 2-D weight quantised to {self.bits} bits (groups of {self.group})"
+
+    def _damage(self, mutant: Any, where: Layout) -> None:
+        import torch
+
+        seen: set[int] = set()
+        for module in mutant.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.nn.Parameter) or weight.ndim != 2 \
+                    or id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            axis = 0 if type(module).__name__ == "Conv1D" else -1  # GPT-2: [in, out]
+            w = weight.detach().to("cpu", torch.float32).numpy()
+            weight.copy_(torch.from_numpy(quantize_groups(w, self.bits, self.group, axis)))
+
+
 @dataclass(frozen=True)
 class RepeatBlocks(Damage):
     """A passthrough merge: blocks ``[start, end)`` inserted again right after block
@@ -514,7 +578,7 @@ class RepeatBlocks(Damage):
 
 OPERATORS: dict[str, type[Damage]] = {cls.operator: cls for cls in (
     ReinitBlock, ZeroBlock, SwapBlocks, ScaleMLP, ScaleAttention, ScaleNorm, ScaleFinalNorm,
-    AddNoise, RepeatBlocks)}
+    AddNoise, Quantize, RepeatBlocks)}
 """Operator name -> its dataclass."""
 
 BLOCK_OPERATORS = ("reinit", "zero", "swap", "scale_mlp", "scale_attention", "scale_norm",
