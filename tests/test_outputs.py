@@ -15,6 +15,7 @@ from audit.backends import open_backend
 from audit.compare.divergence import PERCENTILES
 from audit.compare.outputs import (
     accumulate_outputs,
+    accumulate_several,
     compare_outputs,
     compare_outputs_with_bound,
     compare_with_record,
@@ -115,3 +116,12 @@ def test_a_record_of_other_windows_is_refused(pair) -> None:
     short = record.rows(0, 50)
     with pytest.raises(ComparisonError, match="tokens differ from the probe's at token 45"):
         compare_with_record(noisy, short, windows, batch_size=5)
+
+
+def test_several_models_in_one_pass_equal_one_at_a_time(pair) -> None:
+    healthy, noisy, windows = pair
+    accs = accumulate_several({"noisy": noisy, "self": healthy}, healthy, windows,
+                              batch_size=5, top_k=8)
+    alone, bound = compare_outputs_with_bound(noisy, healthy, windows, top_k=8, batch_size=5)
+    assert accs["noisy"][0].result() == alone and accs["noisy"][1].result() == bound
+    assert accs["self"][0].result().kld_mean == 0.0 == accs["self"][1].result().kld_mean

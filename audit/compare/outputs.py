@@ -14,7 +14,7 @@ The backends give logits through ``next_token_logits``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -50,27 +50,44 @@ def _same_tokenizer(model: Any, reference: Any) -> None:
                               fields=("tokenizer",))
 
 
-def _pairs(model: Any, reference: Any, probe: Any,
-           batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(reference logits, model logits, targets, shards) per batch."""
-    _same_tokenizer(model, reference)
-    for batch in probe.batches(batch_size):
-        ref = _logits(reference, batch.ids)
-        mod = _logits(model, batch.ids)
-        if ref.shape != mod.shape:
-            raise ComparisonError(f"the model's logits have {mod.shape[-1]} words, the "
-                                  f"reference's {ref.shape[-1]}", fields=("vocab_size",))
-        yield (ref, mod, *_scored(batch))
+def accumulate_several(models: Mapping[str, Any], reference_backend: Any, windows: Any, *,
+                       batch_size: int = 8, shards: int | None = None,
+                       top_k: int | None = None
+                       ) -> dict[str, tuple[DivergenceAccumulator, DivergenceAccumulator | None]]:
+    """Every model of ``models`` (name -> backend) against one reference in one
+    lockstep pass: each batch's reference logits are computed once.  Per name, the
+    exact accumulator and, when ``top_k`` is given, the one against the reference's
+    token record at ``top_k`` (its KLs the stored baseline's lower bound), from the
+    same forward passes."""
+    g = _shard_count(windows, shards)
+    for model in models.values():
+        _same_tokenizer(model, reference_backend)
+    accs = {name: (DivergenceAccumulator(g),
+                   None if top_k is None else DivergenceAccumulator(g, kld_is_bound=True))
+            for name in models}
+    for batch in windows.batches(batch_size):
+        ref = _logits(reference_backend, batch.ids)                       # [n, V]
+        targets, shard = _scored(batch)
+        record = None if top_k is None else record_tokens(ref, targets, shard, top_k)
+        for name, model in models.items():
+            mod = _logits(model, batch.ids)
+            if ref.shape != mod.shape:
+                raise ComparisonError(f"{name}'s logits have {mod.shape[-1]} words, the "
+                                      f"reference's {ref.shape[-1]}", fields=("vocab_size",))
+            exact, bound = accs[name]
+            exact.update(token_figures(ref, mod, targets), shard)
+            if bound is not None:
+                bound.update(bound_figures(record, mod), shard)
+            del mod
+    return accs
 
 
 def accumulate_outputs(model_backend: Any, reference_backend: Any, windows: Any, *,
                        batch_size: int = 8, shards: int | None = None) -> DivergenceAccumulator:
     """The accumulator behind :func:`compare_outputs` (its per-token values kept)."""
-    acc = DivergenceAccumulator(_shard_count(windows, shards))
-    for ref, mod, targets, shard in _pairs(model_backend, reference_backend, windows,
-                                           batch_size):
-        acc.update(token_figures(ref, mod, targets), shard)
-    return acc
+    accs = accumulate_several({"model": model_backend}, reference_backend, windows,
+                              batch_size=batch_size, shards=shards)
+    return accs["model"][0]
 
 
 def compare_outputs(model_backend: Any, reference_backend: Any, windows: Any, *,
@@ -90,12 +107,9 @@ def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windo
     """:func:`compare_outputs` and, from the same forward passes, the comparison
     against the reference's token record at ``top_k`` (its KL the lower bound):
     (exact, bound), to measure how close the stored baseline's KL comes."""
-    g = _shard_count(windows, shards)
-    exact, bound = DivergenceAccumulator(g), DivergenceAccumulator(g, kld_is_bound=True)
-    for ref, mod, targets, shard in _pairs(model_backend, reference_backend, windows,
-                                           batch_size):
-        exact.update(token_figures(ref, mod, targets), shard)
-        bound.update(bound_figures(record_tokens(ref, targets, shard, top_k), mod), shard)
+    exact, bound = accumulate_several({"model": model_backend}, reference_backend, windows,
+                                      batch_size=batch_size, shards=shards,
+                                      top_k=top_k)["model"]
     return exact.result(), bound.result()
 
 
