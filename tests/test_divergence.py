@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +176,13 @@ def test_judge_unknown_se_counts_as_beyond_and_marks_a_bound() -> None:
         "KLD mean 0.06 ± nan nats (a lower bound from the stored token record) > max_kld_mean "
         "0.05: standard error unknown, counted as beyond max_sigma 4.0"]
     assert judge_divergence(r, DivergenceThresholds(max_kld_mean=0.07)) == []
+
+
+def test_the_comparison_modules_import_no_heavy_library() -> None:
+    code = ("import sys, audit.compare.divergence, audit.compare.token_record, "
+            "audit.compare.outputs\n"
+            "print(','.join(m for m in ('torch', 'transformers', 'onnxruntime') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

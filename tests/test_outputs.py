@@ -22,7 +22,7 @@ from audit.compare.outputs import (
     record_reference,
 )
 from audit.corpus import load_corpus
-from audit.errors import ComparisonError
+from audit.errors import BackendError, ComparisonError
 from audit.probe import probe_input
 from audit.spec import ModelSpec, ProbeSpec, Spec
 from audit.synthetic.damage import AddNoise
@@ -125,3 +125,11 @@ def test_several_models_in_one_pass_equal_one_at_a_time(pair) -> None:
     alone, bound = compare_outputs_with_bound(noisy, healthy, windows, top_k=8, batch_size=5)
     assert accs["noisy"][0].result() == alone and accs["noisy"][1].result() == bound
     assert accs["self"][0].result().kld_mean == 0.0 == accs["self"][1].result().kld_mean
+
+
+def test_a_model_without_a_head_has_no_logits_to_compare(pair) -> None:
+    healthy, _, windows = pair
+    body = healthy.with_model(healthy.causal_lm.model)  # the base model, no LM head
+    with pytest.raises(BackendError, match="no logits to compare: the model handed over has "
+                                           "no language-model head"):
+        compare_outputs(body, healthy, windows)
