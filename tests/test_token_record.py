@@ -30,9 +30,10 @@ def _pair(n: int = 30, vocab: int = VOCAB, scale: float = 1.0, seed: int = 0):
     return ref, ref + rng.normal(0, scale, (n, vocab)), rng.integers(0, vocab, n)
 
 
-def _check_bound(ref: np.ndarray, mod: np.ndarray, y: np.ndarray, k: int) -> None:
+def _check_bound(ref: np.ndarray, mod: np.ndarray, y: np.ndarray, k: int,
+                 mass: float | None = None, max_k: int = 8) -> None:
     exact = token_figures(ref, mod, y)
-    bound = bound_figures(record_tokens(ref, y, 0, top_k=k), mod)
+    bound = bound_figures(record_tokens(ref, y, 0, top_k=k, mass=mass, max_k=max_k), mod)
     slack = 1e-12 * (1.0 + exact.kld)
     assert np.all(bound.kld <= exact.kld + slack)
     assert np.all(bound.kld_reverse <= exact.kld_reverse + 1e-12 * (1.0 + exact.kld_reverse))
@@ -120,3 +121,38 @@ def test_bad_files_and_vocabularies_are_comparison_errors(tmp_path) -> None:
     ref, mod, y = _pair(n=3)
     with pytest.raises(ComparisonError, match=r"holds 3 tokens over a vocabulary of 40"):
         bound_figures(record_tokens(ref, y, 0), mod[:, :-1])
+
+
+@given(ref=_logits, mod=_logits, k=st.integers(1, 4), max_k=st.integers(1, VOCAB),
+       mass=st.floats(0.01, 1.0), target=st.integers(0, VOCAB - 1))
+def test_adaptive_bound_never_exceeds_the_exact_kl(ref, mod, k, max_k, mass, target) -> None:
+    _check_bound(ref, mod, np.full(3, target), k, mass=mass, max_k=max_k)
+
+
+def test_adaptive_k_keeps_as_many_ids_as_reach_the_mass() -> None:
+    p = np.array([[0.5, 0.3, 0.1, 0.05, 0.05], [0.9, 0.04, 0.03, 0.02, 0.01]])
+    record = record_tokens(np.log(p), np.array([0, 1]), 0, top_k=1, mass=0.85, max_k=4)
+    np.testing.assert_array_equal(record.top_ids, [[0, 1, 2], [0, -1, -1]])
+    assert record.top_logp[1, 1] == -np.inf and record.meta["mass"] == 0.85
+    assert record.tail_logp[0] == pytest.approx(np.log(0.1), rel=1e-12)
+    assert record.tail_logp[1] == pytest.approx(np.log(0.1), rel=1e-12)
+    capped = record_tokens(np.log(p), np.array([0, 1]), 0, top_k=1, mass=1.0, max_k=2)
+    np.testing.assert_array_equal(capped.top_ids, [[0, 1], [0, 1]])
+
+
+def test_adaptive_k_tightens_the_bound_on_flat_distributions(tmp_path) -> None:
+    ref, mod, y = _pair(n=60, vocab=400, scale=0.5, seed=5)
+    ref[:30] *= 0.1                                           # half the tokens nearly flat
+    exact = token_figures(ref, mod, y).kld.mean()
+    fixed = bound_figures(record_tokens(ref, y, 0, top_k=8), mod).kld.mean()
+    record = record_tokens(ref, y, 0, top_k=8, mass=0.9, max_k=300)
+    adaptive = bound_figures(record, mod).kld.mean()
+    assert fixed < adaptive <= exact and adaptive / exact > 0.85 > fixed / exact
+    kept = (record.top_ids >= 0).sum(axis=1)
+    assert kept[:30].mean() > 4 * kept[30:].mean() and kept.min() >= 8
+    back = load_token_record(save_token_record(record, tmp_path / "r.npz"))
+    np.testing.assert_array_equal(back.top_ids, record.top_ids)
+    assert bound_figures(back, mod).kld.mean() == adaptive
+    both = TokenRecord.concatenate([record_tokens(ref[:2], y[:2], 0), record.rows(2, 60)])
+    assert both.top_k == record.top_k and np.all(both.top_ids[:2, 32:] == -1)
+    assert np.all(both.top_logp[:2, 32:] == -np.inf)

@@ -52,13 +52,14 @@ def _same_tokenizer(model: Any, reference: Any) -> None:
 
 def accumulate_several(models: Mapping[str, Any], reference_backend: Any, windows: Any, *,
                        batch_size: int = 8, shards: int | None = None,
-                       top_k: int | None = None
+                       top_k: int | None = None, mass: float | None = None
                        ) -> dict[str, tuple[DivergenceAccumulator, DivergenceAccumulator | None]]:
     """Every model of ``models`` (name -> backend) against one reference in one
     lockstep pass: each batch's reference logits are computed once.  Per name, the
     exact accumulator and, when ``top_k`` is given, the one against the reference's
-    token record at ``top_k`` (its KLs the stored baseline's lower bound), from the
-    same forward passes."""
+    token record at ``top_k`` (its KLs the stored baseline's lower bound; ``mass``:
+    adaptive k, :func:`~audit.compare.token_record.record_tokens`), from the same
+    forward passes."""
     g = _shard_count(windows, shards)
     for model in models.values():
         _same_tokenizer(model, reference_backend)
@@ -68,7 +69,8 @@ def accumulate_several(models: Mapping[str, Any], reference_backend: Any, window
     for batch in windows.batches(batch_size):
         ref = _logits(reference_backend, batch.ids)                       # [n, V]
         targets, shard = _scored(batch)
-        record = None if top_k is None else record_tokens(ref, targets, shard, top_k)
+        record = (None if top_k is None
+                  else record_tokens(ref, targets, shard, top_k, mass=mass))
         for name, model in models.items():
             mod = _logits(model, batch.ids)
             if ref.shape != mod.shape:
@@ -101,23 +103,24 @@ def compare_outputs(model_backend: Any, reference_backend: Any, windows: Any, *,
 
 
 def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windows: Any, *,
-                               top_k: int = TOP_K, batch_size: int = 8,
-                               shards: int | None = None
+                               top_k: int = TOP_K, mass: float | None = None,
+                               batch_size: int = 8, shards: int | None = None
                                ) -> tuple[DivergenceResult, DivergenceResult]:
     """:func:`compare_outputs` and, from the same forward passes, the comparison
     against the reference's token record at ``top_k`` (its KL the lower bound):
     (exact, bound), to measure how close the stored baseline's KL comes."""
     exact, bound = accumulate_several({"model": model_backend}, reference_backend, windows,
                                       batch_size=batch_size, shards=shards,
-                                      top_k=top_k)["model"]
+                                      top_k=top_k, mass=mass)["model"]
     return exact.result(), bound.result()
 
 
 def record_reference(reference_backend: Any, windows: Any, *, top_k: int = TOP_K,
-                     batch_size: int = 8) -> TokenRecord:
+                     mass: float | None = None, batch_size: int = 8) -> TokenRecord:
     """The reference's token record over ``windows``, in batch order; its ``meta``
     names the windows (``windows_sha256``) and the tokenizer (``vocab_sha256``)."""
-    parts = [record_tokens(_logits(reference_backend, batch.ids), *_scored(batch), top_k)
+    parts = [record_tokens(_logits(reference_backend, batch.ids), *_scored(batch), top_k,
+                           mass=mass)
              for batch in windows.batches(batch_size)]
     if not parts:
         raise ComparisonError("the probe gives no scored token to record")

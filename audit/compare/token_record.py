@@ -17,7 +17,10 @@ not subtracted, so no precision is lost).  It is KL between the two distribution
 merged into the k + 1 cells {v} ∪ {tail}, so the log-sum inequality makes it a
 lower bound of the exact KL(P ‖ Q) for any candidate, quantised head included, and
 equal to it when k is the vocabulary.  The reverse KL_S(Q ‖ P) bounds KL(Q ‖ P) the
-same way.  Same-top, Δp and both NLLs are exact.
+same way.  Same-top, Δp and both NLLs are exact.  What the bound misses is the KL
+inside the tail, so a token whose top k hold little mass (a flat distribution)
+loses most: with ``mass`` a token keeps more ids, as many as hold that probability
+(adaptive k, at most ``max_k``; shorter rows padded with −1, which compress away).
 
 Files are ``.npz`` archives of plain arrays, read with ``allow_pickle=False``; the
 ``meta`` entry is a JSON string (format, k, vocabulary, and what the caller adds,
@@ -40,6 +43,8 @@ from audit.errors import ComparisonError
 RECORD_FORMAT = "equilaw-token-record/1"
 TOP_K = 32
 """The default k (``divergence.top_k``)."""
+MAX_K = 1024
+"""The most ids a token keeps with adaptive k (``mass``)."""
 _ARRAYS = ("top_ids", "top_logp", "tail_logp", "target", "target_logp", "top", "shard")
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -49,9 +54,10 @@ class TokenRecord:
     """The reference's figures for n scored tokens (see the module docstring)."""
 
     top_ids: np.ndarray
-    """int32 [n, k]: the k most probable ids, most probable first (ties: lowest id)."""
+    """int32 [n, k]: the k most probable ids, most probable first (ties: lowest id);
+    with adaptive k, a row keeping fewer is padded with −1."""
     top_logp: np.ndarray
-    """float64 [n, k]: their log-probabilities."""
+    """float64 [n, k]: their log-probabilities (−inf at padding)."""
     tail_logp: np.ndarray
     """float64 [n]: log of the mass outside ``top_ids`` (−inf when k = V)."""
     target: np.ndarray
@@ -70,6 +76,7 @@ class TokenRecord:
 
     @property
     def top_k(self) -> int:
+        """Columns of ``top_ids``: the most ids any token keeps."""
         return int(self.top_ids.shape[1])
 
     def rows(self, start: int, stop: int) -> TokenRecord:
@@ -79,32 +86,49 @@ class TokenRecord:
 
     @staticmethod
     def concatenate(parts: list[TokenRecord], meta: dict | None = None) -> TokenRecord:
-        """One record of ``parts`` in order (all with one k)."""
+        """One record of ``parts`` in order (narrower ones padded: −1, −inf)."""
         if not parts:
             raise ValueError("no token record to concatenate")
-        if len({p.top_k for p in parts}) != 1:
-            raise ValueError("token records of different k cannot be concatenated")
-        return TokenRecord(**{name: np.concatenate([getattr(p, name) for p in parts])
+        width = max(p.top_k for p in parts)
+
+        def column(p: TokenRecord, name: str) -> np.ndarray:
+            values = getattr(p, name)
+            if name not in ("top_ids", "top_logp") or values.shape[1] == width:
+                return values
+            pad = -1 if name == "top_ids" else -np.inf
+            return np.pad(values, ((0, 0), (0, width - values.shape[1])), constant_values=pad)
+
+        return TokenRecord(**{name: np.concatenate([column(p, name) for p in parts])
                               for name in _ARRAYS},
                            meta=dict(parts[0].meta if meta is None else meta))
 
 
 def record_tokens(ref_logits: np.ndarray, targets: np.ndarray, shard,
-                  top_k: int = TOP_K) -> TokenRecord:
+                  top_k: int = TOP_K, *, mass: float | None = None,
+                  max_k: int = MAX_K) -> TokenRecord:
     """The record of n scored tokens from the reference's logits [n, V] (any float
-    dtype), the correct tokens int [n] and the shard (one id or int [n]).  ``top_k``
-    is capped at V."""
+    dtype), the correct tokens int [n] and the shard (one id or int [n]).
+
+    Each token keeps its ``top_k`` most probable ids; with ``mass`` (in (0, 1]) more
+    where they hold less than that probability, as many as reach it, at most
+    ``max_k`` (adaptive k: flat distributions are where a short record loses most
+    KL).  Rows shorter than the longest are padded with id −1 and log-prob −inf.
+    Both counts are capped at V."""
     logits = np.asarray(ref_logits)
     y = np.asarray(targets, dtype=np.int64).reshape(-1)
     if logits.ndim != 2 or y.shape[0] != logits.shape[0]:
         raise ValueError(f"logits must be [n, V] with n targets: got {logits.shape} and "
                          f"{y.shape[0]} targets")
-    if not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    for name, value in (("top_k", top_k), ("max_k", max_k)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if mass is not None and not 0 < mass <= 1:
+        raise ValueError(f"mass must lie in (0, 1], got {mass!r}")
     n, vocab = logits.shape
     k = min(top_k, vocab)
-    top_ids = np.empty((n, k), dtype=np.int32)
-    top_logp = np.empty((n, k))
+    width = k if mass is None else min(max(k, max_k), vocab)
+    top_ids = np.full((n, width), -1, dtype=np.int32)
+    top_logp = np.full((n, width), -np.inf)
     tail_logp = np.empty(n)
     target_logp = np.empty(n)
     step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
@@ -112,14 +136,25 @@ def record_tokens(ref_logits: np.ndarray, targets: np.ndarray, shard,
         rows = slice(start, min(n, start + step))
         lp = log_softmax(logits[rows])                                  # [c, V]
         c = lp.shape[0]
-        order = _top_ids(lp, k)                                         # [c, k]
+        order = _top_ids(lp, width)                                     # [c, width]
+        logp = np.take_along_axis(lp, order, axis=1)
+        if mass is not None and width > k:
+            # keep j + 1 ids where the first j hold less than ``mass`` (at least k)
+            short = np.cumsum(np.exp(logp), axis=1) < mass              # [c, width]
+            keep = np.clip(short.sum(axis=1) + 1, k, width)
+            padded = np.arange(width)[None, :] >= keep[:, None]
+            order = np.where(padded, -1, order)
+            logp = np.where(padded, -np.inf, logp)
         top_ids[rows] = order
-        top_logp[rows] = np.take_along_axis(lp, order, axis=1)
+        top_logp[rows] = logp
         tail_logp[rows] = _outside_logsumexp(lp, order)
         target_logp[rows] = lp[np.arange(c), y[rows]]
+    used = int((top_ids >= 0).sum(axis=1).max()) if n else k
     meta = {"format": RECORD_FORMAT, "top_k": k, "vocab_size": int(vocab)}
-    return TokenRecord(top_ids=top_ids, top_logp=top_logp, tail_logp=tail_logp,
-                       target=y.astype(np.int32), target_logp=target_logp,
+    if mass is not None:
+        meta.update(mass=float(mass), max_k=int(width))
+    return TokenRecord(top_ids=top_ids[:, :used].copy(), top_logp=top_logp[:, :used].copy(),
+                       tail_logp=tail_logp, target=y.astype(np.int32), target_logp=target_logp,
                        top=np.argmax(logits, axis=1).astype(np.int32),
                        shard=np.broadcast_to(np.asarray(shard, dtype=np.int32), (n,)).copy(),
                        meta=meta)
@@ -137,10 +172,17 @@ def _top_ids(lp: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(ids, order, axis=1)
 
 
+def _unpadded(ids: np.ndarray) -> np.ndarray:
+    """``ids`` [c, k] with each padding −1 replaced by the row's first id (a repeat
+    changes no set, and column 0 is never padding)."""
+    return np.where(ids >= 0, ids, ids[:, :1]).astype(np.int64)
+
+
 def _outside_logsumexp(lp: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """log Σ_{v ∉ ids[r]} exp(lp[r, v]) per row r: −inf where nothing is left."""
+    """log Σ_{v ∉ ids[r]} exp(lp[r, v]) per row r (padding −1 ignored): −inf where
+    nothing is left."""
     rest = lp.copy()
-    np.put_along_axis(rest, ids, -np.inf, axis=1)
+    np.put_along_axis(rest, _unpadded(ids), -np.inf, axis=1)
     top = rest.max(axis=1)
     finite = np.isfinite(top)
     out = np.full(lp.shape[0], -np.inf)
@@ -174,9 +216,9 @@ def bound_figures(record: TokenRecord, model_logits: np.ndarray) -> TokenFigures
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         lq = log_softmax(logits[rows])                                  # [c, V]
-        ids = record.top_ids[rows].astype(np.int64)
-        lq_cells = np.concatenate([np.take_along_axis(lq, ids, axis=1),
-                                   _outside_logsumexp(lq, ids)[:, None]], axis=1)
+        ids = record.top_ids[rows]
+        lq_top = np.where(ids >= 0, np.take_along_axis(lq, _unpadded(ids), axis=1), -np.inf)
+        lq_cells = np.concatenate([lq_top, _outside_logsumexp(lq, ids)[:, None]], axis=1)
         lp_cells = np.concatenate([record.top_logp[rows], record.tail_logp[rows, None]], axis=1)
         kld[rows] = _cell_kl(lp_cells, lq_cells)
         rev[rows] = _cell_kl(lq_cells, lp_cells)
@@ -194,7 +236,7 @@ def save_token_record(record: TokenRecord, path: str | os.PathLike) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.ascontiguousarray(getattr(record, name)) for name in _ARRAYS}
-    meta = {**record.meta, "format": RECORD_FORMAT, "top_k": record.top_k}
+    meta = {**record.meta, "format": RECORD_FORMAT}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
