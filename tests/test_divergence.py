@@ -21,7 +21,7 @@ from audit.compare.divergence import (
     judge_divergence,
     token_figures,
 )
-from audit.jackknife import jackknife_se
+from audit.stats.jackknife import jackknife_se
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ per-token ``kld`` and ``dp`` (two floats a token) for exact percentiles.  Its
 - mean and RMS Δp; ln(PPL(Q)/PPL(P)) = mean(nll_model − nll_ref).
 
 Every standard error of a mean is the jackknife over shards
-(:func:`audit.jackknife.jackknife_se`): each figure recomputed with one shard's
+(:func:`audit.stats.jackknife.jackknife_se`): each figure recomputed with one shard's
 tokens left out.  The 99th percentile's SE is the same delete-a-shard jackknife
 (a shard is ~1/g of the tokens, large enough for a quantile's jackknife).
 
@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from audit.jackknife import jackknife_se
+from audit.stats.jackknife import jackknife_se
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("max", 100.0), ("99.9", 99.9), ("99", 99.0), ("95", 95.0), ("90", 90.0),
