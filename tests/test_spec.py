@@ -18,6 +18,7 @@ from audit.norms import NormInfo
 from audit.spec import (
     SPEC_KEYS,
     BaselineSpec,
+    DivergenceSpec,
     MergeSpec,
     ModuleOverride,
     OnnxSpec,
@@ -25,6 +26,7 @@ from audit.spec import (
     LawSpec,
     ModelSpec,
     ProbeSpec,
+    ReferenceModelSpec,
     Spec,
     load_spec,
     load_specs,
@@ -129,7 +131,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nx-shared: &probe {sequences: 4, length: 8}\n"
             "probe:\n  <<: *probe\n  length: 16\nlaw:\n  expected_deviations: [3, 4]\n")
     path = write(tmp_path, text)
-    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge, parity"
+    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge, parity, divergence, reference_model"
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nprobe: &probe\n  sequences: 4\n  length: 8\n"
             "law:\n  expected_deviations: [3, 4]\n")
     spec = load_spec(write(tmp_path, text))
@@ -615,7 +617,8 @@ def _dataclass_paths(cls, prefix=""):
     types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormInfo,
              "model.modules": ModuleOverride,
              "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
-             "parity": ParitySpec}
+             "parity": ParitySpec, "divergence": DivergenceSpec,
+             "reference_model": ReferenceModelSpec}
     for f in dataclasses.fields(cls):
         if f.name in ("source", "lines", "backends", "group"):
             continue
@@ -630,7 +633,29 @@ def test_spec_keys_describe_exactly_the_dataclass_fields():
     assert SPEC_KEYS["probe.shards"].default == 10
     assert [key for key, spec_key in SPEC_KEYS.items() if spec_key.required] == [
         "name", "model", "model.path", "model.norm.kind", "model.norm.eps",
-        "model.modules.blocks", "model.modules.final_norm", "merge.parents"]
+        "model.modules.blocks", "model.modules.final_norm", "reference_model.path",
+        "merge.parents"]
+
+
+def test_divergence_defaults_are_the_measured_thresholds_and_reference_model_resolves(tmp_path):
+    from audit.compare.divergence import DEFAULT_THRESHOLDS
+
+    spec = load_spec(write(tmp_path, MINIMAL))
+    assert spec.reference_model is None
+    assert (spec.divergence.max_kld_mean, spec.divergence.max_kld_p99,
+            spec.divergence.min_same_top, spec.divergence.max_rms_dp,
+            spec.divergence.max_sigma, spec.divergence.top_k) == (0.05, 0.5, 0.9, 0.1, 4.0, 32)
+    assert spec.divergence.max_kld_mean == DEFAULT_THRESHOLDS.max_kld_mean
+    text = MINIMAL + "reference_model: {path: ../orig}\ndivergence:\n  min_same_top: null\n"
+    spec = load_spec(write(tmp_path, text))
+    assert spec.reference_model == ReferenceModelSpec(path=str(tmp_path.parent / "orig"))
+    assert spec.divergence == DivergenceSpec(min_same_top=None)
+    assert load_spec(write(tmp_path, MINIMAL + "reference_model: pkg://m/f.gguf\n")
+                     ).reference_model == ReferenceModelSpec(path="pkg://m/f.gguf")
+    path = write(tmp_path, MINIMAL + "reference_model: {}\n")
+    assert error_of(path).endswith("reference_model.path: missing required key")
+    path = write(tmp_path, MINIMAL + "divergence:\n  min_same_top: 1.5\n")
+    assert error_of(path).endswith("divergence.min_same_top: must be in [0, 1], got 1.5")
 
 
 def _merge(base: dict, extra: dict) -> dict:

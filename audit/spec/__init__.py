@@ -17,6 +17,7 @@ from audit.spec.sections import (
     PROBE_MODES,
     TARGETS,
     BaselineSpec,
+    DivergenceSpec,
     LawSpec,
     MergeSpec,
     ModelSpec,
@@ -24,6 +25,7 @@ from audit.spec.sections import (
     OnnxSpec,
     ParitySpec,
     ProbeSpec,
+    ReferenceModelSpec,
     Spec,
 )
 from audit.spec.values import BACKENDS, BUILTIN_CORPORA, MODEL_SCHEMES, NAME_PATTERN
@@ -31,7 +33,7 @@ from audit.spec.values import BACKENDS, BUILTIN_CORPORA, MODEL_SCHEMES, NAME_PAT
 __all__ = [
     "BACKENDS", "BUILTIN_CORPORA", "DTYPES", "MODEL_SCHEMES", "NAME_PATTERN",
     "ONNX_OPTIMIZATIONS", "PROBE_MODES", "REQUIRED", "SPEC_KEYS", "TARGETS",
-    "BaselineSpec", "LawSpec", "MergeSpec", "ModelSpec", "ModuleOverride", "OnnxSpec",
-    "ParitySpec", "ProbeSpec", "Spec", "SpecKey", "check_against_model", "load_spec",
+    "BaselineSpec", "DivergenceSpec", "LawSpec", "MergeSpec", "ModelSpec", "ModuleOverride", "OnnxSpec",
+    "ParitySpec", "ProbeSpec", "ReferenceModelSpec", "Spec", "SpecKey", "check_against_model", "load_spec",
     "load_specs", "per_backend", "spec_from_dict", "spec_reference_markdown",
 ]

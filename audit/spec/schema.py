@@ -31,6 +31,7 @@ from audit.spec.values import (
     nullable,
     parent_paths,
     providers,
+    reference_model_section,
     rho_range,
     section,
     spec_name,
@@ -362,6 +363,68 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(when both have a probe loss; a backend without one fails the check unless it "
          "is null).",
          "parity:\n  max_loss_difference: 2.0e-4", "> 0"),
+    _key("divergence", "mapping", section("divergence"),
+         "Tolerances of `NAME::divergence`, the comparison of the model's next-token "
+         "distribution with a reference's, token by token on the probe windows, as "
+         "llama.cpp's `llama-perplexity --kl-divergence` measures it: against "
+         "`reference_model` (exact) or against the token record stored beside the "
+         "baseline (its KL a lower bound). A figure fails only when it is beyond its "
+         "tolerance AND by more than `max_sigma` standard errors; a tolerance that is null "
+         "is not checked. The defaults lie between what a conversion or 8-bit quantisation "
+         "changes and what 4-bit quantisation changes, measured on SmolLM2-135M's default "
+         "probe (12,192 tokens) against the healthy model with group-32 round-to-nearest "
+         "quantisation, embedding included (tests/test_divergence_smollm2.py; README, "
+         "\"Output divergence\"): 8 bits and the 1 %-noise sibling pass, 4 and 3 bits fail "
+         "every figure by 20 to 100 σ.",
+         "divergence:\n  max_kld_mean: 0.05\n  min_same_top: 0.9"),
+    _key("divergence.max_kld_mean", "number or null", nullable(finite_number(gt=0)),
+         "The mean KL(reference ‖ model) over the scored tokens, in nats, must be <= this. "
+         "Measured: 8 bits 0.00152 ± 0.00003, 1 % noise 0.0068, 4 bits 0.525, 3 bits 2.45 "
+         "(llama.cpp's Llama-3-8B: q8_0 0.00136, q4_K_M 0.031, q2_K 0.445).",
+         "divergence:\n  max_kld_mean: 0.05", "> 0"),
+    _key("divergence.max_kld_p99", "number or null", nullable(finite_number(gt=0)),
+         "The 99th percentile of the per-token KL, in nats, must be <= this. Measured: "
+         "8 bits 0.0080, 1 % noise 0.031, 4 bits 2.01, 3 bits 7.61.",
+         "divergence:\n  max_kld_p99: 0.5", "> 0"),
+    _key("divergence.min_same_top", "number or null", nullable(finite_number(lo=0, hi=1)),
+         "The fraction of scored tokens whose most probable next token is the "
+         "reference's must be >= this (its SE the larger of the binomial and the shard "
+         "jackknife's). Measured: 8 bits 97.9 %, 1 % noise 94.9 %, 4 bits 63.3 %, "
+         "3 bits 24.7 %.",
+         "divergence:\n  min_same_top: 0.9", "in [0, 1]"),
+    _key("divergence.max_rms_dp", "number or null", nullable(finite_number(gt=0)),
+         "The RMS change Δp of the correct token's probability must be <= this. Measured: "
+         "8 bits 0.0083, 1 % noise 0.019, 4 bits 0.153, 3 bits 0.331.",
+         "divergence:\n  max_rms_dp: 0.1", "> 0"),
+    _key("divergence.max_sigma", "number", finite_number(gt=0),
+         "A figure fails only when it lies beyond its tolerance by more than this many "
+         "jackknife standard errors (an unknown SE, with one shard, counts as beyond), as "
+         "`baseline.max_drift_sigma` does for drift.",
+         "divergence:\n  max_sigma: 4", "> 0"),
+    _key("divergence.top_k", "integer", integer(1),
+         "How many top log-probabilities per scored token the token record beside a "
+         "baseline keeps (`--audit-update-baseline` writes `baselines/NAME.tokens.npz`): "
+         "against it, same-top and Δp are exact and KL is a lower bound (measured on "
+         "SmolLM2 at k = 32: 0.72 to 0.82 of the exact KL). A larger k tightens the bound "
+         "and grows the file.",
+         "divergence:\n  top_k: 64", ">= 1"),
+    _key("reference_model", "mapping or null, or a string (short for `{path: STRING}`)",
+         nullable(reference_model_section),
+         "A checkpoint whose next-token distribution this model's is judged against "
+         "(`NAME::divergence`, tolerances under `divergence`): the unquantised original of "
+         "a GGUF, the PyTorch checkpoint of an ONNX file, a merge re-made by a trusted "
+         "pipeline. It runs on torch in the same session on the same windows, in lockstep "
+         "with the model, and its own report is written to `reports/NAME.reference.json`. "
+         "(`probe.permutation: reference` is another thing: the authors' permutation.) "
+         "A reference that cannot be found is an error before anything is measured; the "
+         "model's own path is allowed (KL 0).",
+         "reference_model:\n  path: ../checkpoints/smollm2"),
+    _key("reference_model.path", "string", model_path,
+         "Where the reference's weights are, in any form `model.path` accepts (relative to "
+         "the spec file's folder). The model's tokenizer settings (`model.tokenizer`), "
+         "device and dtype apply to it too.",
+         "reference_model:\n  path: ../checkpoints/smollm2",
+         "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("merge", "mapping or null", nullable(section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "

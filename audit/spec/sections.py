@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from audit.compare.divergence import DEFAULT_THRESHOLDS
+from audit.compare.token_record import TOP_K
 from audit.errors import SpecError
 from audit.norms import NormInfo
 
@@ -114,6 +116,25 @@ class MergeSpec:
 
 
 @dataclass(frozen=True)
+class DivergenceSpec:
+    """The ``divergence`` section: tolerances; ``None`` switches a figure off."""
+
+    max_kld_mean: float | None = DEFAULT_THRESHOLDS.max_kld_mean
+    max_kld_p99: float | None = DEFAULT_THRESHOLDS.max_kld_p99
+    min_same_top: float | None = DEFAULT_THRESHOLDS.min_same_top
+    max_rms_dp: float | None = DEFAULT_THRESHOLDS.max_rms_dp
+    max_sigma: float = DEFAULT_THRESHOLDS.max_sigma
+    top_k: int = TOP_K
+
+
+@dataclass(frozen=True)
+class ReferenceModelSpec:
+    """The ``reference_model`` section."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Spec:
     """A spec file: its top-level keys, then what the loader sets."""
 
@@ -129,6 +150,8 @@ class Spec:
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     merge: MergeSpec | None = None
     parity: ParitySpec = field(default_factory=ParitySpec)
+    divergence: DivergenceSpec = field(default_factory=DivergenceSpec)
+    reference_model: ReferenceModelSpec | None = None
     backends: tuple[str, ...] = ()
     """Every backend the spec file names, in order, when it names several (``backend:
     [torch, onnx]``); empty when it names one.  Set by the loader."""
@@ -150,6 +173,7 @@ SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormInfo,
     "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
     "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
+    "divergence": DivergenceSpec, "reference_model": ReferenceModelSpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
 mapping are that dataclass's fields (less ``INTERNAL_FIELDS``)."""

@@ -305,6 +305,17 @@ def model_section(value: Any, field: str, line: int | None, ctx: Context) -> Mod
     return build("model", value, line, ctx)
 
 
+def reference_model_section(value: Any, field: str, line: int | None, ctx: Context) -> Any:
+    """``reference_model: {path: CHECKPOINT}``, or ``reference_model: CHECKPOINT``."""
+    if isinstance(value, str):
+        ctx.lines[f"{field}.path"] = line
+        return SECTIONS[field](path=model_path(value, f"{field}.path", line, ctx))
+    if not isinstance(value, dict):
+        raise ctx.error(field, line, f"expected a mapping ({{path: CHECKPOINT}}) or a string "
+                                     f"(the checkpoint path), got {describe(value)}")
+    return build(field, value, line, ctx)
+
+
 def _section_keys(prefix: str) -> list[str]:
     return [f.name for f in dataclasses.fields(SECTIONS[prefix]) if f.name not in INTERNAL_FIELDS]
 
