@@ -78,10 +78,13 @@ CHECKS: dict[str, Check] = {check.name: check for check in (
     Check("parity_loss", "parity", "parity", False),
     Check("parity_log10_pr", "parity", "parity", True, None,
           ("log10 PR difference", "difference")),
+    Check("divergence", "divergence", "divergence", False),
 )}
 """Every check, the law's first, then the comparisons' (baseline, merge, parity):
-the one table the plugin, the session, the mutation report and the messages read."""
-KINDS = ("law", "baseline", "merge", "parity")
+the one table the plugin, the session, the mutation report and the messages read.
+``divergence`` judges the next-token distribution against the reference model or
+the stored baseline's token record (:mod:`audit.compare.output_gate`)."""
+KINDS = ("law", "baseline", "merge", "parity", "divergence")
 """``Check.kind``, in the order of :data:`CHECKS`."""
 EVIDENCE = ("law", "drift", "loss")
 """What can catch a mutant, in the mutation report's order: the law's own checks on

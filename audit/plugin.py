@@ -23,7 +23,9 @@ JUnit XML (``--junitxml``) gets test properties: on ``law-fit``
 ``equilaw.pearson_r``, ``equilaw.rho``, ``equilaw.probe_loss`` and
 ``equilaw.violating_layers``; on each comparison item
 ``equilaw.first_moved_layer``, ``equilaw.largest_drift`` and
-``equilaw.largest_drift_layer``.
+``equilaw.largest_drift_layer``; on ``divergence`` (the first gated source: the
+reference model, else the stored baseline) ``equilaw.kld_mean`` (nats),
+``equilaw.kld_p99``, ``equilaw.same_top`` (a fraction) and ``equilaw.rms_dp``.
 """
 
 from __future__ import annotations
@@ -340,6 +342,17 @@ class SpecItem(pytest.Item):
                 ("equilaw.probe_loss", report.loss.mean if report.loss else ""),
                 ("equilaw.violating_layers", ",".join(map(str, layers))),
             ]
+        if self.name == "divergence":
+            for row in report.divergence:
+                if row.gated:
+                    r = row.result
+                    self.user_properties += [
+                        ("equilaw.kld_mean", value(r.kld_mean)),
+                        ("equilaw.kld_p99", value(r.kld_p99)),
+                        ("equilaw.same_top", value(r.same_top)),
+                        ("equilaw.rms_dp", value(r.rms_dp)),
+                    ]
+                    break
         kind = self.name.partition("-")[0]
         for cmp in report.comparisons:
             if cmp.kind == kind:

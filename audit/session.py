@@ -118,6 +118,9 @@ class AuditSession:
     parity_errors: dict[str, EquilawError] = field(default_factory=dict)
     """Spec name -> why its parity could not be judged (the first backend failed)."""
     written: list[Path] = field(default_factory=list)
+    _divergence_errors: dict[str, EquilawError] = field(default_factory=dict)
+    _divergence_notes: dict[str, str] = field(default_factory=dict)
+    _token_records: dict[str, Any] = field(default_factory=dict)
 
     def specs(self) -> list[Spec]:
         """The specs that run: one per spec file, or one per backend of a spec that
@@ -155,6 +158,8 @@ class AuditSession:
         check_against_model(spec, layers)
         if spec.merge is not None and spec.name not in self._layer_maps:
             self._prepare_merge(spec, layers)
+        if spec.reference_model is not None:
+            self._open_reference(spec)
         return layers
 
     def _prepare_merge(self, spec: Spec, layers: int) -> None:
@@ -190,6 +195,7 @@ class AuditSession:
         if spec.name not in self._reports:
             try:
                 reference = self._parity_reference_report(spec)
+                divergence = self._divergences(spec)
                 report = self._measure(spec)
                 if spec.merge is not None:
                     report = self._compare_to_parents(spec, report)
@@ -201,6 +207,9 @@ class AuditSession:
                 self._errors[spec.name] = exc
                 raise
             report = self._baseline(spec, report)
+            from audit.compare.output_gate import attach_divergence
+
+            report = attach_divergence(report, divergence, spec.divergence)
             self._reports[spec.name] = report
             self._write(report)
         return self._reports[spec.name]
@@ -210,7 +219,7 @@ class AuditSession:
         merge's and, for a backend after the first, parity."""
         from audit.checks import items_of
 
-        names = [*items_of("law"), *items_of("baseline")]
+        names = [*items_of("law"), *items_of("baseline"), *items_of("divergence")]
         if spec.merge is not None:
             names += items_of("merge")
         if self.parity_reference(spec) is not None:
@@ -226,6 +235,10 @@ class AuditSession:
         report = self.report(spec)
         if item.startswith("baseline-"):
             skipped = self._baseline_outcome(spec)
+            if skipped is not None:
+                return skipped
+        if item == "divergence":
+            skipped = self._divergence_outcome(spec, report)
             if skipped is not None:
                 return skipped
         if item == "parity" and spec.name in self.parity_errors:
@@ -319,13 +332,14 @@ class AuditSession:
             compare_to_baseline,
             missing_baseline_error,
             read_baseline,
-            write_baseline,
         )
 
         try:
             path = baseline_path(spec, self.baselines_dir)
             if self.update_baselines:
-                write_baseline(report, path)
+                from audit.compare.output_gate import write_baseline_with_record
+
+                write_baseline_with_record(report, path, self._token_records.pop(spec.name, None))
                 self.baselines[spec.name] = BaselineState(BaselineStatus.WRITTEN, path)
             elif os.path.lexists(path):   # unreadable (a folder, a dangling link) fails
                 shown = os.path.relpath(path)
@@ -339,6 +353,114 @@ class AuditSession:
         except EquilawError as exc:
             self.baselines[spec.name] = BaselineState(BaselineStatus.ERROR, None, exc)
         return report
+
+    def reference_spec(self, spec: Spec) -> Spec:
+        """The spec ``reference_model`` runs under: the spec's probe and model settings
+        (tokenizer, device, dtype) with the reference's path, on torch, named
+        ``<spec>.reference`` (its report ``reports/<spec>.reference.json``)."""
+        return dataclasses.replace(
+            spec, name=f"{spec.name}.reference", merge=None, reference_model=None,
+            backend="torch", backends=(), group=None,
+            model=dataclasses.replace(spec.model, path=spec.reference_model.path, onnx=None))
+
+    def _open_reference(self, spec: Spec) -> None:
+        """Resolve the reference model before anything is measured: a SpecError
+        naming ``reference_model.path`` when it cannot be found."""
+        from audit.errors import ModelUnavailableError
+
+        try:
+            self.backend(self.reference_spec(spec)).info()
+        except ModelUnavailableError as exc:
+            raise spec.error("reference_model.path", f"reference model at "
+                             f"{spec.reference_model.path}: {exc.reason}") from None
+
+    def _divergences(self, spec: Spec) -> list:
+        """The model's next-token distribution against the reference model (whose own
+        report is measured and written here), each merge parent and the stored
+        baseline's token record, in lockstep on the probe windows while the model's
+        backend is open; under ``update_baselines``, the token record the baseline
+        gets.  A measurement served from the statistics cache has no logits: these
+        always run the models.  A comparison that cannot be made is kept for the
+        ``divergence`` item."""
+        from audit.compare.output_gate import token_record_path
+        from audit.compare.outputs import compare_outputs, compare_with_record, record_reference
+        from audit.compare.token_record import load_token_record
+        from audit.corpus import load_corpus
+        from audit.probe import probe_input
+        from audit.report.data import DivergenceRow
+
+        self.num_layers(spec)
+        try:
+            from audit.compare.baseline import baseline_path
+
+            record = token_record_path(baseline_path(spec, self.baselines_dir))
+        except EquilawError:
+            record = None
+        stored = record is not None and not self.update_baselines and record.exists()
+        wanted = self.update_baselines and record is not None
+        if not (stored or wanted or spec.reference_model or self._parents.get(spec.name)):
+            return []
+        model = self.backend(spec)
+        model.load()
+        if model.head_note is not None:
+            self._divergence_notes[spec.name] = (f"{spec.name}: no next-token distribution to "
+                                                 f"compare: {model.head_note}")
+            return []
+        windows = probe_input(spec, load_corpus(spec.probe.corpus), model)
+        batch, rows = spec.probe.batch_size, []
+        try:
+            if spec.reference_model is not None:
+                reference = self.reference_spec(spec)
+                result = compare_outputs(model, self.backend(reference), windows, batch_size=batch)
+                rows.append(DivergenceRow("reference_model", spec.reference_model.path, True,
+                                          result))
+                self._write(self._measure(reference))
+            for label, parent in self._parents.get(spec.name, {}).items():
+                rows.append(DivergenceRow(f"parent:{label}", parent.model.path, False,
+                                          compare_outputs(model, self.backend(parent), windows,
+                                                          batch_size=batch)))
+            if wanted:
+                self._token_records[spec.name] = record_reference(
+                    model, windows, top_k=spec.divergence.top_k, batch_size=batch)
+            elif stored:
+                result = compare_with_record(model, load_token_record(record), windows,
+                                             batch_size=batch)
+                rows.append(DivergenceRow("baseline", os.path.relpath(record), True, result))
+        except EquilawError as exc:
+            self._divergence_errors[spec.name] = exc
+        return rows
+
+    def _divergence_outcome(self, spec: Spec, report: Report) -> ItemOutcome | None:
+        """The divergence item's skip when nothing gates it, or its error."""
+        from audit.checks import item_results
+        from audit.compare.baseline import UPDATE_COMMAND
+        from audit.compare.output_gate import token_record_path
+
+        if spec.name in self._divergence_errors:
+            raise self._divergence_errors[spec.name]
+        if item_results(report.checks, "divergence"):
+            return None
+        if spec.name in self._divergence_notes:
+            return ItemOutcome(Outcome.SKIPPED, self._divergence_notes[spec.name])
+        state = self.baselines.get(spec.name)
+        command = UPDATE_COMMAND.format(name=spec.name)
+        if state is None or state.state is BaselineStatus.ERROR:
+            why = "no baseline" if state is None else f"the baseline failed: {state.error}"
+            return ItemOutcome(Outcome.SKIPPED, f"{spec.name}: no reference_model and {why}")
+        shown = os.path.relpath(token_record_path(state.path))
+        if state.state is BaselineStatus.WRITTEN:
+            return ItemOutcome(Outcome.SKIPPED, f"{spec.name}: baseline token record written "
+                                                f"to {shown}")
+        if state.state is BaselineStatus.MISSING:
+            return ItemOutcome(Outcome.SKIPPED,
+                               f"{spec.name}: no baseline at {os.path.relpath(state.path)} and "
+                               f"no reference_model to judge the next-token distribution "
+                               f"against; create the baseline and its token record with: "
+                               f"{command}")
+        return ItemOutcome(Outcome.SKIPPED,
+                           f"{spec.name}: the baseline {os.path.relpath(state.path)} has no "
+                           f"token record ({shown}) to judge the next-token distribution "
+                           f"against; write it with: {command}")
 
     def _write(self, report: Report) -> None:
         if self.reports_dir is not None:

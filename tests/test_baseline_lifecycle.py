@@ -67,18 +67,25 @@ def test_lifecycle(inner, pytester: pytest.Pytester, tiny_model_dir: Path,
     result = inner("--audit-spec", str(specs), "--audit-update-baseline", "-k", "tiny-a", ITEMS)
     assert result.ret == 0
     result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *tiny-a: baseline written to specs/baselines/tiny-a.json"])
-    assert sorted(p.name for p in baselines.iterdir()) == ["tiny-a.json"]
+    assert sorted(p.name for p in baselines.iterdir()) == ["tiny-a.json", "tiny-a.tokens.npz"]
     written = json.loads((baselines / "tiny-a.json").read_text())
-    assert written["schema_version"] == 3 and written["comparisons"] == []
+    assert written["schema_version"] == 4 and written["comparisons"] == []
+    assert written["divergence"] == []
     assert len(written["layers"][1]["log10_pr_loo"]) == 4
 
     # compared: the same weights pass, with zero drift everywhere
     xml = pytester.path / "junit.xml"
     result = inner("--audit-spec", str(spec_a), f"--junitxml={xml}", ITEMS)
     assert result.ret == 0
-    result.assert_outcomes(passed=4 + TINY_LAYERS)
+    result.assert_outcomes(passed=5 + TINY_LAYERS)
     report = json.loads((inner.reports / "tiny-a.json").read_text())
     (comparison,) = report["comparisons"]
+    (divergence,) = report["divergence"]
+    assert divergence["source"] == "baseline" and divergence["kld_is_bound"] is True
+    assert divergence["kld_mean"] == 0 and divergence["same_top"] == 1
+    props = _properties(xml, "tiny-a::divergence")
+    assert (props["equilaw.kld_mean"], props["equilaw.same_top"]) == ("0.0", "1.0")
+    assert (props["equilaw.kld_p99"], props["equilaw.rms_dp"]) == ("0.0", "0.0")
     assert comparison["first_moved_layer"] is None and comparison["largest_drift"] == 0
     props = _properties(xml, "tiny-a::law-fit")
     assert float(props["equilaw.pearson_r"]) == pytest.approx(report["law"]["pearson_r"])
@@ -118,7 +125,8 @@ def test_lifecycle(inner, pytester: pytest.Pytester, tiny_model_dir: Path,
                       .replace("sequences: 16", "sequences: 12"))
     result = inner("--audit-spec", str(spec_a), ITEMS)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=2 + TINY_LAYERS, failed=2)
+    # the token record was made on the other windows: the divergence item fails too
+    result.assert_outcomes(passed=2 + TINY_LAYERS, failed=3)
     result.stdout.fnmatch_lines(["*the baseline specs/baselines/tiny-a.json was measured on "
                                  "another setup (probe.sequences: 16 there, 12 here; windows "
                                  "sha256: *"])

@@ -286,6 +286,8 @@ def test_the_table_of_checks():
         "deviation", "step", "drift", "merge_drift", "parity_log10_pr"]
     assert [comparison_kind(name) for name in ("step", "drift", "merge_rho", "parity_loss")] \
         == [None, "baseline", "merge", "parity"]
+    assert items_of("divergence") == ("divergence",) and comparison_kind("divergence") == \
+        "divergence"
     assert [name for name, check in CHECKS.items() if check.words] == [
         "drift", "merge_drift", "parity_log10_pr"]
 
@@ -311,8 +313,8 @@ def test_item_names_and_results():
     with pytest.raises(StatsError) as info:
         item_results(verdict, "layer-x")
     assert str(info.value) == ("unknown audit item 'layer-x': expected one of law-fit, law-rho, "
-                               "baseline-law, baseline-loss, merge-law, merge-loss, parity or "
-                               "layer-NN")
+                               "baseline-law, baseline-loss, merge-law, merge-loss, parity, "
+                               "divergence or layer-NN")
 
 
 def test_results_are_frozen():

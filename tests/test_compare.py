@@ -173,7 +173,7 @@ def test_baseline_round_trip_on_disk(tmp_path) -> None:
     assert fingerprint(back) == fingerprint(then)
     again = compare_to_baseline(make_report("x"), back, TOL, "b.json")
     assert again.comparisons[0].rows == compared.comparisons[0].rows
-    assert json.loads(path.read_text())["schema_version"] == 3
+    assert json.loads(path.read_text())["schema_version"] == 4
 
 
 def test_merge_range_index_by_index_and_through_a_passthrough_map() -> None:

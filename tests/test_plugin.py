@@ -72,7 +72,7 @@ def inner(pytester: pytest.Pytester, tmp_path: Path):
 
 
 _ITEM_ID = re.compile(r"(?:^|::)([a-z0-9._-]+::(?:law-fit|law-rho|baseline-law|baseline-loss|"
-                      r"merge-law|merge-loss|parity|layer-\d+))$")
+                      r"divergence|merge-law|merge-loss|parity|layer-\d+))$")
 
 
 def _names(result: pytest.RunResult) -> list[str]:
@@ -87,7 +87,7 @@ def test_collect_only_gives_the_item_ids_without_loading(
     result = inner("--audit-spec", str(spec), "--collect-only", "-q", ITEMS)
     assert result.ret == 0
     assert _names(result) == ["tiny-a::law-fit", "tiny-a::law-rho", "tiny-a::baseline-law",
-                              "tiny-a::baseline-loss"] + [
+                              "tiny-a::baseline-loss", "tiny-a::divergence"] + [
         f"tiny-a::layer-{layer:02d}" for layer in range(1, TINY_LAYERS + 1)]
     assert inner.loads() == []  # collection reads the config only
     assert not inner.reports.exists()
@@ -110,9 +110,10 @@ def test_pass_fail_xfail_xpass_reports_and_one_load_per_spec(
     layers = TINY_LAYERS
     # good: law-fit, law-rho and every layer but 3 pass, 3 XPASSes; bad: law-fit and
     # every layer but 2 fail, 2 xfails, law-rho is skipped (no rho threshold); neither
-    # has a baseline yet: baseline-law and baseline-loss skip, saying how to write one
+    # has a baseline yet: baseline-law, baseline-loss and divergence skip, saying how to
+    # write one
     result.assert_outcomes(passed=2 + layers - 1, xpassed=1, failed=1 + layers - 1, xfailed=1,
-                           skipped=1 + 4)
+                           skipped=1 + 6)
     result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *tiny-good: no baseline at *baselines/tiny-good.json; "
                                  "create it with: pytest audit/ --audit-update-baseline -k tiny-good"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -222,7 +223,7 @@ def test_two_backends_give_items_reports_and_a_parity_item_each(
     collected = inner("--audit-spec", str(pytester.path / "tiny-p.yaml"), "--collect-only", "-q",
                       ITEMS)
     layers = [f"layer-{layer:02d}" for layer in range(1, TINY_LAYERS + 1)]
-    per_backend = ["law-fit", "law-rho", "baseline-law", "baseline-loss"]
+    per_backend = ["law-fit", "law-rho", "baseline-law", "baseline-loss", "divergence"]
     assert _names(collected) == (
         [f"tiny-p.torch::{n}" for n in per_backend + layers]
         + [f"tiny-p.onnx::{n}" for n in per_backend + ["parity"] + layers])
@@ -267,7 +268,7 @@ def test_xdist_keeps_each_spec_on_one_worker_and_prints_every_report(
              for name in ("tiny-a", "tiny-b", "tiny-c")]
     args = [arg for spec in specs for arg in ("--audit-spec", str(spec))]
     result = inner("-n", "2", *args, ITEMS)
-    result.assert_outcomes(passed=3 * (2 + TINY_LAYERS), skipped=3 * 2)
+    result.assert_outcomes(passed=3 * (2 + TINY_LAYERS), skipped=3 * 3)
     # A worker that runs any item of a spec loads its model: one load per spec in
     # the whole run means every spec's items ran on one worker.
     loads = {path.stem: json.loads(path.read_text())

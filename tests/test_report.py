@@ -307,7 +307,7 @@ def test_report_keeps_leave_one_out_log10_pr_with_shard_ids(report: Report) -> N
         from audit.stats.jackknife import jackknife_se
         assert jackknife_se(np.array(row.log10_pr_loo)) == pytest.approx(row.log10_pr_se, rel=1e-12)
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
-    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["shard_ids"] == list(range(SHARDS))
+    assert data["schema_version"] == SCHEMA_VERSION == 4 and data["shard_ids"] == list(range(SHARDS))
     back = Report.from_dict(data)
     assert back.to_dict() == report.to_dict() and _render(back) == _render(report)
 

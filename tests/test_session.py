@@ -26,7 +26,7 @@ def session_with(report) -> AuditSession:
 
 def test_items_of_a_plain_spec():
     assert session_with(synthetic_report()).item_names(SPEC) == [
-        "law-fit", "law-rho", "baseline-law", "baseline-loss"]
+        "law-fit", "law-rho", "baseline-law", "baseline-loss", "divergence"]
 
 
 def test_a_law_failure_is_failed_and_a_drift_makes_it_a_comparison_failure():

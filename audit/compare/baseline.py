@@ -53,8 +53,9 @@ def missing_baseline_error(spec: Spec, path: Path) -> ComparisonError:
 
 
 def write_baseline(report: Report, path: str | os.PathLike) -> Path:
-    """Write ``report`` (without its own comparisons) as a baseline, atomically."""
-    plain = dataclasses.replace(report, comparisons=(), checks=tuple(
+    """Write ``report`` (without its own comparisons and divergences) as a baseline,
+    atomically."""
+    plain = dataclasses.replace(report, comparisons=(), divergence=(), checks=tuple(
         c for c in report.checks if comparison_kind(c.check) is None))
     return write_json_file(plain, path)
 

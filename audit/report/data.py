@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from audit.checks import CheckResult
+from audit.compare.divergence import DivergenceResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OLDEST_READABLE = 2
 
 @dataclass(frozen=True)
@@ -126,6 +127,45 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class DivergenceRow:
+    """This checkpoint's next-token distribution against one reference's, token by
+    token on the probe windows (llama.cpp's ``--kl-divergence`` figures)."""
+
+    source: str
+    """``reference_model``, ``baseline`` (its stored token record: the KLs are lower
+    bounds) or ``parent:<label>`` (a merge's parent)."""
+    reference: str
+    """The reference checkpoint's path, or the token record's file."""
+    gated: bool
+    """Judged by the ``divergence`` item (the reference model, the stored baseline);
+    a merge's parents are reported, not judged."""
+    result: DivergenceResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: ``source``, ``reference``, ``gated``, then the result's
+        fields (:meth:`DivergenceResult.to_dict`)."""
+        return {"source": self.source, "reference": self.reference, "gated": self.gated,
+                **self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> DivergenceRow:
+        data = dict(data)
+        head = {key: _required(data, key, where) for key in ("source", "reference", "gated")}
+        for key in head:
+            del data[key]
+        for key in ("kld_percentiles", "dp_percentiles"):
+            data[key] = {k: math.nan if v is None else v
+                         for k, v in _required(data, key, where).items()}
+        plain = {f.name: (math.nan if data.get(f.name, 0) is None else data.get(f.name))
+                 for f in fields(DivergenceResult) if f.name in data}
+        missing = [f.name for f in fields(DivergenceResult)
+                   if f.name not in data and f.default is dataclasses.MISSING]
+        if missing:
+            raise _MissingField(f"{where}.{missing[0]}")
+        return cls(result=DivergenceResult.from_dict(plain), **head)
+
+
+@dataclass(frozen=True)
 class LayerRow:
     """One hidden state's numbers.  ``index`` 0 is the embedding output."""
 
@@ -198,6 +238,10 @@ class Report:
     """The jackknife shards of every ``log10_pr_loo`` and ``loss.leave_one_out``."""
     comparisons: tuple[Comparison, ...] = ()
     """Against a baseline and/or a merge's parents; their checks are in ``checks``."""
+    divergence: tuple[DivergenceRow, ...] = ()
+    """The next-token distribution against each reference it was compared with (the
+    reference model, the stored baseline's token record, each merge parent); the
+    gated ones' checks (``divergence``) are in ``checks``.  Schema 4."""
 
     @property
     def violations(self) -> tuple[CheckResult, ...]:
@@ -215,6 +259,8 @@ class Report:
                 value = [_check_to_dict(c) for c in value]
             elif f.name == "probe":
                 value = dict(value)
+            elif f.name == "divergence":
+                value = [row.to_dict() for row in value]
             else:
                 value = _plain(value)
             out[f.name] = value
@@ -261,6 +307,10 @@ class Report:
                 kwargs["comparisons"] = tuple(
                     _comparison_from_dict(c, f"comparisons[{i}]")
                     for i, c in enumerate(_required(data, "comparisons")))
+            if version >= 4:
+                kwargs["divergence"] = tuple(
+                    DivergenceRow.from_dict(row, f"divergence[{i}]")
+                    for i, row in enumerate(_required(data, "divergence")))
         except _MissingField as exc:
             raise ReportError(f"{where}report field {exc.args[0]} is missing") from None
         except (TypeError, AttributeError) as exc:

@@ -1,7 +1,7 @@
 """A compact Markdown summary of a run for a CI job page (GitHub's
 ``$GITHUB_STEP_SUMMARY``, ``--audit-markdown PATH``): one table, a row per spec
-with its verdict, r, ρ, the probe loss then → now, the first moved layer and the
-failing checks.
+with its verdict, r, ρ, the probe loss then → now, the first moved layer, the mean
+KLD and same top against each divergence reference, and the failing checks.
 
 Every number is a report field (or :mod:`audit.report.view`'s); every string from a
 report is escaped for a Markdown table cell that GitHub renders with HTML allowed:
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from audit.errors import ReportError
 from audit.report.data import Report
-from audit.report.view import CHECK_WORDS
+from audit.report.view import CHECK_WORDS, divergence_lines
 
 COLUMNS = ("spec", "verdict", "Pearson r", "ρ", "probe loss then → now (nats)",
-           "first moved layer", "failing checks")
+           "first moved layer", "KLD / same top", "failing checks")
 MAX_CHECKS = 3
 """Failing checks named per row; the rest are counted."""
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~])")
@@ -57,13 +57,16 @@ def row(report: Report) -> tuple[str, ...]:
     moved = "; ".join(f"{cell(c.kind)}: "
                       + ("none" if c.first_moved_layer is None else str(c.first_moved_layer))
                       for c in report.comparisons) or "—"
+    divergence = "; ".join(
+        f"{cell(d.source)}: {_num(d.kld_mean, 6)}{' (bound)' if d.bound else ''} / "
+        f"{_num(d.same_top_percent, 2)} %" for d in divergence_lines(report)) or "—"
     failing = report.violations
     checks = "; ".join(f"{cell(CHECK_WORDS.get(c.check, c.check))}: {cell(c.message)}"
                        for c in failing[:MAX_CHECKS])
     if len(failing) > MAX_CHECKS:
         checks += f"; and {len(failing) - MAX_CHECKS} more"
     return (cell(report.name), verdict, _pm(law.pearson_r, law.pearson_r_se, 4),
-            _pm(law.rho, law.rho_se, 5), loss, moved, checks or "—")
+            _pm(law.rho, law.rho_se, 5), loss, moved, divergence, checks or "—")
 
 
 def markdown_summary(reports: Sequence[Report], html_path: str | None = None) -> str:

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from audit.internal.plus_minus import plus_minus
-from audit.report.data import Comparison, LayerRow, Report
+from audit.report.data import Comparison, DivergenceRow, LayerRow, Report
 
 STATUS_STYLE = {"ok": "green", "violation": "bold red", "expected": "yellow", "unjudged": "dim"}
 PLOT_WIDTH = 28
@@ -92,6 +92,35 @@ def _comparison(c: Comparison) -> Any:
     return Group(head, table)
 
 
+_PERCENTILE_LABELS = (("max", "Maximum"), ("99.9", "99.9%  "), ("99", "99.0%  "),
+                      ("95", "95.0%  "), ("90", "90.0%  "), ("median", "Median "),
+                      ("10", "10.0%  "), ("5", " 5.0%  "), ("1", " 1.0%  "), ("min", "Minimum"))
+"""llama.cpp's row labels of the percentiles, by :data:`PERCENTILES` name."""
+
+
+def divergence_text(row: DivergenceRow) -> str:
+    """One divergence in llama.cpp's ``--kl-divergence`` summary layout (Δp and
+    same top in percent, as it prints them)."""
+    from audit.compare.output_gate import source_words
+
+    r = row.result
+    gated = "gated" if row.gated else "reported, not gated"
+    bound = ("; KL: a lower bound from the stored token record (same top and Δp exact)"
+             if r.kld_is_bound else "")
+    lines = [f"divergence from {source_words(row)} ({gated}; {r.tokens} tokens{bound})",
+             f"Mean    ln(PPL(Q)/PPL(base)): {r.ln_ppl_ratio:10.6f} ± {r.ln_ppl_ratio_se:10.6f}",
+             "", "====== KL divergence statistics ======",
+             f"Mean    KLD: {r.kld_mean:10.6f} ± {r.kld_mean_se:10.6f}"]
+    lines += [f"{label} KLD: {r.kld_percentiles[key]:10.6f}" for key, label in _PERCENTILE_LABELS]
+    lines += ["", "====== Token probability statistics ======",
+              f"Mean    Δp: {100 * r.dp_mean:8.3f} ± {100 * r.dp_mean_se:.3f} %"]
+    lines += [f"{label} Δp: {100 * r.dp_percentiles[key]:8.3f}%"
+              for key, label in _PERCENTILE_LABELS]
+    lines += [f"RMS Δp    : {100 * r.rms_dp:8.3f} ± {100 * r.rms_dp_se:.3f} %",
+              f"Same top p: {100 * r.same_top:8.3f} ± {100 * r.same_top_se:.3f} %"]
+    return "\n".join(lines)
+
+
 def render(report: Report, console: Any) -> None:
     """Print the report on a ``rich.console.Console``."""
     from rich.panel import Panel
@@ -148,6 +177,8 @@ def render(report: Report, console: Any) -> None:
         parts.append(Text(f"probe loss: none ({report.loss_note})", style="dim"))
     for comparison in report.comparisons:
         parts.append(_comparison(comparison))
+    for row in report.divergence:
+        parts.append(Text(divergence_text(row)))
     if report.warnings:
         parts.append(Text("".join(f"warning: {w}\n" for w in report.warnings), style="magenta"))
     from rich.console import Group

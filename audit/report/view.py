@@ -32,6 +32,7 @@ CHECK_WORDS = {
     "merge_pearson_r": "Pearson r against the parents", "merge_rho": "ρ against the parents",
     "merge_loss": "probe loss against the parents", "parity_loss": "probe loss across backends",
     "parity_log10_pr": "log10 PR across backends",
+    "divergence": "next-token distribution (KLD, same top, Δp)",
 }
 """What each check judges, in words (the banner's list of failing checks)."""
 TRAJECTORY_CURVES = 4
@@ -147,6 +148,38 @@ class LossRow:
 
 
 @dataclass(frozen=True)
+class DivergenceLine:
+    """One row of a spec's divergence table: llama.cpp's figures against one
+    reference, same top and RMS Δp in percent."""
+
+    source: str
+    """``reference_model``, ``baseline`` or ``parent:<label>``."""
+    label: str
+    gated: bool
+    bound: bool
+    """The KLs are the stored token record's lower bound."""
+    kld_mean: float
+    kld_mean_se: float
+    kld_p99: float
+    same_top_percent: float
+    same_top_percent_se: float
+    rms_dp_percent: float
+    ln_ppl_ratio: float
+    tokens: int
+
+
+def divergence_lines(report: Report) -> tuple[DivergenceLine, ...]:
+    from audit.compare.output_gate import source_words
+
+    return tuple(DivergenceLine(row.source, source_words(row), row.gated, row.result.kld_is_bound,
+                                row.result.kld_mean, row.result.kld_mean_se, row.result.kld_p99,
+                                100 * row.result.same_top, 100 * row.result.same_top_judged_se,
+                                100 * row.result.rms_dp, row.result.ln_ppl_ratio,
+                                row.result.tokens)
+                 for row in report.divergence)
+
+
+@dataclass(frozen=True)
 class ComparisonView:
     comparison: Comparison
     drift: Chart
@@ -166,6 +199,7 @@ class SpecView:
     comparisons: tuple[ComparisonView, ...]
     loss: tuple[LossRow, ...]
     provenance: tuple[tuple[str, str], ...]
+    divergence: tuple[DivergenceLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -391,7 +425,7 @@ def spec_view(report: Report, anchor: str) -> SpecView:
     return SpecView(report, anchor, counts(report), shown, more, law_chart(report),
                     tuple(ComparisonView(c, drift_chart(report, c), drift_tolerance(report, c))
                           for c in report.comparisons),
-                    loss_rows(report), provenance(report))
+                    loss_rows(report), provenance(report), divergence_lines(report))
 
 
 def mutation_view(report: MutationReport, anchor: str) -> MutationView:

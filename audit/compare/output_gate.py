@@ -1,0 +1,113 @@
+"""The divergence gate: a report's :class:`~audit.report.data.DivergenceRow` s judged
+by the spec's ``divergence:`` tolerances, and the stored baseline's token record
+written beside its JSON.
+
+The session (:class:`audit.session.AuditSession`) runs the models
+(:mod:`audit.compare.outputs`); this module turns the figures into the report's rows
+and the ``divergence`` check (one per gated row, :data:`audit.checks.CHECKS`),
+whose message is :func:`~audit.compare.divergence.judge_divergence`'s: the figure,
+its SE and the tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from pathlib import Path
+
+from audit.checks import CheckResult
+from audit.compare.baseline import write_baseline
+from audit.compare.divergence import DivergenceThresholds, judge_divergence
+from audit.compare.token_record import TokenRecord, save_token_record
+from audit.errors import ReportError
+from audit.internal.files import staging_folder
+from audit.report.data import DivergenceRow, Report
+from audit.spec import DivergenceSpec
+
+SOURCES = ("reference_model", "baseline")
+"""The gated sources, in the order their checks appear; a merge parent's row is
+``parent:<label>``, reported and not gated."""
+
+
+def thresholds(spec: DivergenceSpec) -> DivergenceThresholds:
+    """The ``divergence:`` section as :func:`judge_divergence` takes it."""
+    return DivergenceThresholds(max_kld_mean=spec.max_kld_mean, max_kld_p99=spec.max_kld_p99,
+                                min_same_top=spec.min_same_top, max_rms_dp=spec.max_rms_dp,
+                                max_sigma=spec.max_sigma)
+
+
+def source_words(row: DivergenceRow) -> str:
+    """``reference model PATH``, ``baseline token record FILE``, ``parent LABEL``."""
+    if row.source.startswith("parent:"):
+        return f"parent {row.source.partition(':')[2]}"
+    noun = "reference model" if row.source == "reference_model" else "baseline token record"
+    return f"{noun} {row.reference}"
+
+
+def divergence_check(row: DivergenceRow, spec: DivergenceSpec) -> CheckResult:
+    """The ``divergence`` check of one gated row: failed when any figure is beyond
+    its tolerance by more than ``max_sigma`` SEs; the message lists each such figure
+    (or, passing, the mean KLD and same-top)."""
+    r = row.result
+    failures = judge_divergence(r, thresholds(spec))
+    head = f"divergence from {source_words(row)}"
+    if failures:
+        message = "\n".join(f"{head}: {line}" for line in failures)
+    else:
+        bound = " (a lower bound)" if r.kld_is_bound else ""
+        message = (f"{head}: KLD mean {r.kld_mean:.6g} ± {r.kld_mean_se:.2g} nats{bound}, "
+                   f"same top {100 * r.same_top:.2f} % ± {100 * r.same_top_judged_se:.2g}: "
+                   f"within the divergence tolerances")
+    return CheckResult("divergence", None, r.kld_mean, r.kld_mean_se, spec.max_kld_mean,
+                       math.nan, spec.max_sigma, not failures, False, message)
+
+
+def attach_divergence(report: Report, rows: list[DivergenceRow], spec: DivergenceSpec) -> Report:
+    """``report`` with its divergence rows, and one ``divergence`` check per gated
+    row; the verdict fails when a check fails."""
+    if not rows:
+        return report
+    checks = report.checks + tuple(divergence_check(row, spec) for row in rows if row.gated)
+    verdict = "fail" if any(c.violation for c in checks) else "pass"
+    return dataclasses.replace(report, checks=checks, verdict=verdict,
+                               divergence=report.divergence + tuple(rows))
+
+
+def token_record_path(baseline: str | os.PathLike) -> Path:
+    """``<baseline stem>.tokens.npz`` beside the baseline JSON."""
+    path = Path(baseline)
+    return path.with_name(f"{path.stem}.tokens.npz")
+
+
+def write_baseline_with_record(report: Report, path: str | os.PathLike,
+                               record: TokenRecord | None) -> Path:
+    """Write the baseline JSON and, when given, its token record beside it: both are
+    written in a staging folder, then renamed into place, the record first; when the
+    JSON's rename fails the record is removed again, so the two land together or
+    not at all.  Without a record, a record left by an earlier baseline is removed
+    (it would describe another model)."""
+    target = Path(path)
+    beside = token_record_path(target)
+    if record is None:
+        written = write_baseline(report, target)
+        if os.path.lexists(beside):
+            os.unlink(beside)
+        return written
+    stage = staging_folder(target.parent, f".{target.stem}.baseline.")
+    try:
+        staged_json = write_baseline(report, stage / target.name)
+        staged_record = save_token_record(record, stage / beside.name)
+        os.replace(staged_record, beside)
+        try:
+            os.replace(staged_json, target)
+        except BaseException:
+            os.unlink(beside)
+            raise
+    except OSError as exc:
+        raise ReportError(f"cannot write the baseline {target} and its token record "
+                          f"{beside.name}: {exc}") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return target

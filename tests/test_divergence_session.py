@@ -1,0 +1,184 @@
+"""The divergence gate through the audit session on the tiny random Llama: a
+reference model at the model's own path (KL 0, passing, its report written), a
+damaged copy against the healthy reference (the item fails with
+judge_divergence's messages), a missing reference (a SpecError before anything is
+measured), and the stored baseline's token record (written with the baseline, both
+or neither; compared: same top 1, KL 0; absent: the item skips naming the command)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from audit.compare.divergence import judge_divergence
+from audit.compare.output_gate import thresholds, token_record_path
+from audit.compare.token_record import load_token_record
+from audit.errors import ReportError, SpecError
+from audit.report.data import Report
+from audit.report.html import render_page
+from audit.report.markdown import markdown_summary
+from audit.report.terminal import render
+from audit.session import AuditSession, Outcome
+from audit.spec import load_spec
+from test_merge_session import family  # noqa: F401 (a fixture)
+
+PROBE = "probe:\n  sequences: 12\n  length: 16\n  shards: 4\nlaw:\n  max_pearson_r: 1.0\n"
+
+
+def _spec(folder: Path, model: Path, extra: str = "", name: str = "tiny-div") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmodel: {model}\n{PROBE}{extra}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sharpened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with its final norm ×8: the same top token, far sharper
+    next-token distributions."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("tiny-sharpened")
+    for item in tiny_model_dir.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] * np.float32(8)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_a_reference_at_the_models_own_path_gives_kl_zero_and_passes(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, tiny_model_dir, f"reference_model: {tiny_model_dir}\n"))
+    session = AuditSession([Path(spec.source)], tmp_path / "reports", baselines_dir=tmp_path)
+    assert "divergence" in session.item_names(spec)
+    report = session.report(spec)
+    (row,) = report.divergence
+    assert (row.source, row.gated) == ("reference_model", True)
+    assert row.result.kld_mean == 0.0 and row.result.same_top == 1.0
+    assert row.result.rms_dp == 0.0 and row.result.tokens == 12 * 15
+    assert session.outcome(spec, "divergence").outcome is Outcome.PASSED
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        "tiny-div.json", "tiny-div.reference.json"]
+    reference = json.loads((tmp_path / "reports" / "tiny-div.reference.json").read_text())
+    assert reference["model"]["resolved_path"] == report.model["resolved_path"]
+    back = Report.from_dict(report.to_dict())
+    assert back.divergence == report.divergence and back.to_dict()["schema_version"] == 4
+    console = Console(record=True, width=120)
+    render(report, console)
+    shown = console.export_text()
+    assert f"divergence from reference model {tiny_model_dir} (gated; 180 tokens)" in shown
+    for line in ("====== KL divergence statistics ======", "Mean    KLD:   0.000000 ±   0.000000",
+                 "99.9%   KLD:   0.000000", "====== Token probability statistics ======",
+                 "RMS Δp    :    0.000 ± 0.000 %", "Same top p:  100.000 ± 0.000 %"):
+        assert line in shown
+
+
+def test_a_damaged_model_against_a_healthy_reference_fails_with_the_figures(
+        tiny_model_dir: Path, sharpened_dir: Path, tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, sharpened_dir, f"reference_model: {tiny_model_dir}\n"))
+    session = AuditSession([Path(spec.source)], None, baselines_dir=tmp_path)
+    report = session.report(spec)
+    (row,) = report.divergence
+    assert row.result.kld_mean > 0.05 and row.result.kld_mean / row.result.kld_mean_se > 8
+    failures = judge_divergence(row.result, thresholds(spec.divergence))
+    assert failures and failures[0].startswith(f"KLD mean {row.result.kld_mean:.6g} ± ")
+    done = session.outcome(spec, "divergence")
+    assert done.outcome is Outcome.COMPARISON_FAILED
+    assert done.message == "\n".join(f"divergence from reference model {tiny_model_dir}: {line}"
+                                     for line in failures)
+    assert report.verdict == "fail"
+    page = render_page([report])
+    assert "<th>next-token divergence from</th>" in page
+    assert f"<td class=\"n\">{row.result.kld_p99:.6f}</td>" in page
+    (line,) = markdown_summary([report]).splitlines()[4:5]
+    assert (f"| reference\\_model: {row.result.kld_mean:.6f} / "
+            f"{100 * row.result.same_top:.2f} % |") in line
+
+
+def test_a_missing_reference_is_a_spec_error_before_anything_is_measured(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, tiny_model_dir, "reference_model:\n  path: ./nowhere\n"))
+    session = AuditSession([Path(spec.source)], tmp_path / "reports")
+    with pytest.raises(SpecError) as info:
+        session.num_layers(spec)
+    nowhere = tmp_path / "nowhere"
+    assert str(info.value) == (f"{spec.source}:10: reference_model.path: reference model at "
+                               f"{nowhere}: model path '{nowhere}' does not exist")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_the_baseline_token_record_round_trip(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, tiny_model_dir, "divergence:\n  top_k: 8\n"))
+    baselines = tmp_path / "baselines"
+    # no baseline: the item skips naming the command that writes both files
+    session = AuditSession([Path(spec.source)], None, baselines_dir=baselines)
+    done = session.outcome(spec, "divergence")
+    assert done.outcome is Outcome.SKIPPED and done.message.endswith(
+        "create the baseline and its token record with: "
+        "pytest audit/ --audit-update-baseline -k tiny-div")
+    writer = AuditSession([Path(spec.source)], None, baselines_dir=baselines,
+                          update_baselines=True)
+    assert writer.outcome(spec, "divergence").message.startswith(
+        "tiny-div: baseline token record written to ")
+    assert sorted(p.name for p in baselines.iterdir()) == ["tiny-div.json", "tiny-div.tokens.npz"]
+    record = load_token_record(baselines / "tiny-div.tokens.npz")
+    assert len(record) == 12 * 15 and record.top_k == 8
+    assert "divergence" not in json.loads((baselines / "tiny-div.json").read_text()) or \
+        json.loads((baselines / "tiny-div.json").read_text())["divergence"] == []
+    reader = AuditSession([Path(spec.source)], None, baselines_dir=baselines)
+    report = reader.report(spec)
+    (row,) = report.divergence
+    assert (row.source, row.gated, row.result.kld_is_bound) == ("baseline", True, True)
+    assert row.result.same_top == 1.0 and row.result.kld_mean == 0.0
+    assert row.result.rms_dp == 0.0
+    assert reader.outcome(spec, "divergence").outcome is Outcome.PASSED
+    # a baseline without its record: skipped, naming the command
+    os.unlink(baselines / "tiny-div.tokens.npz")
+    done = AuditSession([Path(spec.source)], None, baselines_dir=baselines).outcome(
+        spec, "divergence")
+    assert done.outcome is Outcome.SKIPPED and "has no token record" in done.message
+    assert done.message.endswith("write it with: pytest audit/ --audit-update-baseline "
+                                 "-k tiny-div")
+
+
+def test_the_baseline_and_its_record_land_together_or_not_at_all(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec(_spec(tmp_path, tiny_model_dir))
+    baselines = tmp_path / "baselines"
+    real = os.replace
+
+    def fail_on_json(src, dst):
+        if Path(dst) == baselines / "tiny-div.json":
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_json)
+    writer = AuditSession([Path(spec.source)], None, baselines_dir=baselines,
+                          update_baselines=True)
+    writer.report(spec)
+    with pytest.raises(ReportError, match="tiny-div.tokens.npz: disk full"):
+        writer.outcome(spec, "baseline-law")
+    assert list(baselines.iterdir()) == []
+    assert token_record_path(baselines / "tiny-div.json") == baselines / "tiny-div.tokens.npz"
+
+
+def test_merge_parents_each_get_a_reported_row(family, tmp_path: Path) -> None:
+    from test_merge_session import BASE, NOISY, _spec as merge_spec
+
+    spec = load_spec(merge_spec(tmp_path, family["average"], {f'"{BASE}"': family["base"],
+                                                               NOISY: family["noisy"]}))
+    session = AuditSession([Path(spec.source)], None, baselines_dir=tmp_path)
+    report = session.report(spec)
+    rows = {row.source: row for row in report.divergence}
+    assert sorted(rows) == [f"parent:{BASE}", f"parent:{NOISY}"]
+    assert not any(row.gated for row in rows.values())
+    for row in rows.values():
+        assert 0 < row.result.kld_mean < 0.05 and row.result.tokens == 16 * 23
+    assert not [c for c in report.checks if c.check == "divergence"]
+    done = session.outcome(spec, "divergence")
+    assert done.outcome is Outcome.SKIPPED and "no baseline" in done.message
