@@ -451,6 +451,7 @@ def test_markdown_summary_matches_the_report_numbers(reports, monkeypatch) -> No
         assert cells[2] == f"{law.pearson_r:.4f} ± {law.pearson_r_se:.4f}"
         assert cells[3] == f"{law.rho:.5f} ± {law.rho_se:.5f}"
     assert rows[0][4] == f"{shown[0].loss.mean:.4f}" and rows[0][5] == "—" and rows[0][6] == "—"
+    assert rows[0][7] == "—"  # no divergence measured
     (cmp,) = shown[1].comparisons
     assert rows[1][4] == f"baseline: {cmp.loss_then:.4f} → {cmp.loss_now:.4f}"
     assert rows[1][5] == "baseline: 3"
@@ -474,7 +475,7 @@ def test_markdown_cells_escape_what_data_holds() -> None:
     (bad, *_), _, _ = hostile_reports()
     text = markdown_summary([bad])
     assert "<" not in text and "evil&lt;img src=x onerror=alert\\(1\\)&gt;" in text
-    assert len(_table(text)[0]) == 7  # the | of |deviation| does not split the cell
+    assert len(_table(text)[0]) == 8  # the | of |deviation| does not split the cell
 
 
 # -- the command line and the plugin -------------------------------------------------------

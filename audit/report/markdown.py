@@ -1,7 +1,7 @@
 """A compact Markdown summary of a run for a CI job page (GitHub's
 ``$GITHUB_STEP_SUMMARY``, ``--audit-markdown PATH``): one table, a row per spec
-with its verdict, r, ρ, the probe loss then → now, the first moved layer, the mean
-KLD and same top against each divergence reference, and the failing checks.
+with its verdict, r, ρ, the probe loss then → now, the first moved layer, the
+failing checks, and the mean KLD and same top against each divergence reference.
 
 Every number is a report field (or :mod:`audit.report.view`'s); every string from a
 report is escaped for a Markdown table cell that GitHub renders with HTML allowed:
@@ -23,7 +23,7 @@ from audit.report.data import Report
 from audit.report.view import CHECK_WORDS, divergence_lines
 
 COLUMNS = ("spec", "verdict", "Pearson r", "ρ", "probe loss then → now (nats)",
-           "first moved layer", "KLD / same top", "failing checks")
+           "first moved layer", "failing checks", "KLD / same top")
 MAX_CHECKS = 3
 """Failing checks named per row; the rest are counted."""
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~])")
@@ -66,7 +66,7 @@ def row(report: Report) -> tuple[str, ...]:
     if len(failing) > MAX_CHECKS:
         checks += f"; and {len(failing) - MAX_CHECKS} more"
     return (cell(report.name), verdict, _pm(law.pearson_r, law.pearson_r_se, 4),
-            _pm(law.rho, law.rho_se, 5), loss, moved, divergence, checks or "—")
+            _pm(law.rho, law.rho_se, 5), loss, moved, checks or "—", divergence)
 
 
 def markdown_summary(reports: Sequence[Report], html_path: str | None = None) -> str:
