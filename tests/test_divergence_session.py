@@ -182,3 +182,18 @@ def test_merge_parents_each_get_a_reported_row(family, tmp_path: Path) -> None:
     assert not [c for c in report.checks if c.check == "divergence"]
     done = session.outcome(spec, "divergence")
     assert done.outcome is Outcome.SKIPPED and "no baseline" in done.message
+
+
+def test_a_measurement_served_from_the_cache_still_runs_the_models(
+        tiny_model_dir: Path, sharpened_dir: Path, tmp_path: Path) -> None:
+    from audit.cache.stats_cache import StatsCache
+
+    spec = load_spec(_spec(tmp_path, sharpened_dir, f"reference_model: {tiny_model_dir}\n"))
+    cache = StatsCache(tmp_path / "cache")
+    first = AuditSession([Path(spec.source)], None, baselines_dir=tmp_path, cache=cache)
+    (measured,) = first.report(spec).divergence
+    assert cache.hits == [] and len(cache.stored) == 2    # the model's and the reference's
+    again = AuditSession([Path(spec.source)], None, baselines_dir=tmp_path, cache=cache)
+    (served,) = again.report(spec).divergence
+    assert len(cache.hits) == 2
+    assert served == measured and served.result.kld_mean > 0.05
