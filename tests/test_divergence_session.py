@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from test_merge_session import family  # noqa: F401 (a fixture)
 
 from audit.compare.divergence import judge_divergence
 from audit.compare.output_gate import thresholds, token_record_path
@@ -25,7 +26,6 @@ from audit.report.markdown import markdown_summary
 from audit.report.terminal import render
 from audit.session import AuditSession, Outcome
 from audit.spec import load_spec
-from test_merge_session import family  # noqa: F401 (a fixture)
 
 PROBE = "probe:\n  sequences: 12\n  length: 16\n  shards: 4\nlaw:\n  max_pearson_r: 1.0\n"
 
@@ -167,8 +167,9 @@ def test_the_baseline_and_its_record_land_together_or_not_at_all(
     assert token_record_path(baselines / "tiny-div.json") == baselines / "tiny-div.tokens.npz"
 
 
-def test_merge_parents_each_get_a_reported_row(family, tmp_path: Path) -> None:
-    from test_merge_session import BASE, NOISY, _spec as merge_spec
+def test_merge_parents_each_get_a_reported_row(family, tmp_path: Path) -> None:  # noqa: F811
+    from test_merge_session import BASE, NOISY
+    from test_merge_session import _spec as merge_spec
 
     spec = load_spec(merge_spec(tmp_path, family["average"], {f'"{BASE}"': family["base"],
                                                                NOISY: family["noisy"]}))
