@@ -78,7 +78,7 @@ CHECKS: dict[str, Check] = {check.name: check for check in (
     Check("parity_loss", "parity", "parity", False),
     Check("parity_log10_pr", "parity", "parity", True, None,
           ("log10 PR difference", "difference")),
-    Check("divergence", "divergence", "divergence", False),
+    Check("divergence", "divergence", "divergence", False, "divergence"),
 )}
 """Every check, the law's first, then the comparisons' (baseline, merge, parity):
 the one table the plugin, the session, the mutation report and the messages read.
@@ -86,10 +86,10 @@ the one table the plugin, the session, the mutation report and the messages read
 the stored baseline's token record (:mod:`audit.compare.output_gate`)."""
 KINDS = ("law", "baseline", "merge", "parity", "divergence")
 """``Check.kind``, in the order of :data:`CHECKS`."""
-EVIDENCE = ("law", "drift", "loss")
+EVIDENCE = ("law", "drift", "loss", "divergence")
 """What can catch a mutant, in the mutation report's order: the law's own checks on
 the mutant or its r and ρ against the unmutated model; the per-layer drift; the
-probe loss."""
+probe loss; the next-token divergence from the unmutated model."""
 
 
 def items_of(kind: str) -> tuple[str, ...]:

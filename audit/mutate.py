@@ -12,7 +12,9 @@ through the damage's block order.  A mutant is *caught* when some check fails th
 the unmutated checkpoint passes, and the row says which kinds did
 (``Check.evidence`` in :data:`audit.checks.CHECKS`): the law (its checks on the mutant,
 or r and ρ worse than the unmutated model's), the per-layer drift, the probe
-loss.  Its first moved layer is set against the damaged block's output layer.
+loss, the next-token divergence from the unmutated model (run in lockstep on the
+same windows, judged by the spec's ``divergence:`` tolerances; its KLD and same top
+are in the row).  Its first moved layer is set against the damaged block's output layer.
 The healthy control (1% weight noise) should come out not flagged.
 """
 
@@ -63,6 +65,12 @@ def mutate(spec: Spec, damages: Sequence[Any] | None = None, *,
         damages = dmg.default_spread(num_blocks, blocks,
                                      operators=operators or dmg.BLOCK_OPERATORS, factor=factor,
                                      noise=noise, seed=seed)
+    windows = None
+    if backend.head_note is None:
+        from audit.corpus import load_corpus
+        from audit.probe import probe_input
+
+        windows = probe_input(spec, load_corpus(spec.probe.corpus), backend)
     rows = []
     for damage in damages:
         mutant = damage.apply(model)
@@ -70,8 +78,10 @@ def mutate(spec: Spec, damages: Sequence[Any] | None = None, *,
                                                    else f"-{damage.block}")
         report = judge(collect(dataclasses.replace(spec, name=name),
                                backend=backend.with_model(mutant)))
-        del mutant
         compared = _compare(report, base, damage, num_blocks, spec)
+        if windows is not None:
+            compared = _divergence(compared, backend, mutant, windows, spec)
+        del mutant
         rows.append(_row(compared, base, damage))
         row = rows[-1]
         say(f"{damage.operator:16} {'' if row.block is None else row.block:>4}  "
@@ -99,6 +109,18 @@ def _compare(report: Report, base: Report, damage: Any, num_blocks: int, spec: S
     return compare_to_parents(report, {UNMUTATED: base}, layer_map, spec.baseline)
 
 
+def _divergence(report: Report, backend: Any, mutant: Any, windows: Any, spec: Spec) -> Report:
+    """The mutant's next-token distribution against the unmutated model's, gated."""
+    from audit.compare.output_gate import attach_divergence
+    from audit.compare.outputs import compare_outputs
+    from audit.report.data import DivergenceRow
+
+    result = compare_outputs(backend.with_model(mutant), backend, windows,
+                             batch_size=spec.probe.batch_size)
+    return attach_divergence(report, [DivergenceRow("reference_model", UNMUTATED, True, result)],
+                             spec.divergence)
+
+
 def _row(report: Report, base: Report, damage: Any) -> MutantRow:
     before = {(c.check, c.layer) for c in base.violations}
     new = [c for c in report.violations if (c.check, c.layer) not in before]
@@ -114,4 +136,6 @@ def _row(report: Report, base: Report, damage: Any) -> MutantRow:
         localised=expected is not None and comparison.first_moved_layer == expected,
         loss=report.loss.mean if report.loss else float("nan"),
         pearson_r=report.law.pearson_r, rho=report.law.rho,
-        failures=tuple(c.message for c in new[:MAX_FAILURES]))
+        failures=tuple(c.message for c in new[:MAX_FAILURES]),
+        kld_mean=report.divergence[-1].result.kld_mean if report.divergence else float("nan"),
+        same_top=report.divergence[-1].result.same_top if report.divergence else float("nan"))

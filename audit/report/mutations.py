@@ -9,7 +9,7 @@ written by :mod:`audit.report.mutations_json`, the table drawn by
 objects with ``operator``, ``block``, ``caught``, ``checks``, ``first_moved_layer``,
 ``expected_layer``, ``loss`` and also ``label``, ``params``, ``control``,
 ``localised``, ``pearson_r``, ``rho``, ``failures`` (the first failed checks'
-messages).  NaN is written as null (as in every report).
+messages), ``kld_mean`` and ``same_top`` (against the unmutated model).  NaN is written as null (as in every report).
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ class MutantRow:
     rho: float
     failures: tuple[str, ...] = ()
     """The first few failed checks' messages."""
+    kld_mean: float = math.nan
+    """Mean KL(unmutated ‖ mutant) over the probe's scored tokens, nats (NaN without a
+    head)."""
+    same_top: float = math.nan
+    """The fraction of scored tokens whose top token agrees with the unmutated model's."""
 
 
 @dataclass(frozen=True)

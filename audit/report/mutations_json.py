@@ -30,7 +30,9 @@ def write_mutations(report: MutationReport, directory: str | os.PathLike) -> Pat
         raise ReportError(f"cannot write {out}: {exc}") from exc
 
 
-_MUTANT_FLOATS = ("loss", "pearson_r", "rho")
+_MUTANT_FLOATS = ("loss", "pearson_r", "rho", "kld_mean", "same_top")
+_OPTIONAL = ("failures", "kld_mean", "same_top")
+"""Fields a row may lack (older files): they take their defaults."""
 
 
 def mutation_report_from_dict(data: Any, source: str | None = None) -> MutationReport:
@@ -51,8 +53,8 @@ def mutation_report_from_dict(data: Any, source: str | None = None) -> MutationR
     for i, row in enumerate(need(data, "mutants", "mutants")):
         kwargs = {}
         for f in fields(MutantRow):
-            if f.name == "failures" and isinstance(row, dict) and f.name not in row:
-                continue  # optional: written by every version, defaulted all the same
+            if f.name in _OPTIONAL and isinstance(row, dict) and f.name not in row:
+                continue  # optional: defaulted
             value = need(row, f.name, f"mutants[{i}].{f.name}")
             if f.name in _MUTANT_FLOATS:
                 value = number(value)

@@ -25,7 +25,7 @@ def render(report: MutationReport, console: Any) -> None:
         f"probe loss {_num(u.get('loss'))} nats"))
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for column in ("operator", "block", "damage", "verdict", "caught by", "first moved",
-                   "expected", "r", "loss"):
+                   "expected", "r", "loss", "KLD", "same top"):
         table.add_column(column, justify="left" if column in ("operator", "damage", "verdict",
                                                               "caught by") else "right",
                          no_wrap=column != "damage", overflow="fold")
@@ -40,7 +40,8 @@ def render(report: MutationReport, console: Any) -> None:
             moved = Text(moved, "green" if row.localised else "yellow")
         table.add_row(row.operator, "-" if row.block is None else str(row.block), row.label,
                       verdict, ", ".join(row.checks) or "-", moved, expected,
-                      _num(row.pearson_r, 3), _num(row.loss, 3))
+                      _num(row.pearson_r, 3), _num(row.loss, 3), _num(row.kld_mean, 4),
+                      _num(row.same_top, 3))
     console.print(table)
     flagged = report.control_flagged
     console.print(Text.assemble(
