@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from audit.errors import ReportError
+from audit.internal import safe_read
 from audit.report.data import json_floats
 
 SCHEMA = "equilaw-trajectory/1"
@@ -97,11 +98,10 @@ class Trajectory:
 
 
 def read_trajectory(path: str | os.PathLike) -> Trajectory:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read trajectory {os.fspath(path)}: {exc}") from None
+    def error(_field: str | None, _line: int | None, message: str) -> ReportError:
+        return ReportError(f"cannot read trajectory {os.fspath(path)}: {message}")
+
+    data = safe_read.read_json(path, "trajectory", error)
     return Trajectory.from_dict(data, os.fspath(path))
 
 
