@@ -142,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _model_section(checkpoint: str) -> dict[str, Any]:
+    """The model section for a checkpoint named on the command line: whoever types
+    ``assemble://MODULE`` there asks for that package's code to run, so the opt-in
+    that a spec file must state (``model.allow_package_code``) is given here."""
+    section: dict[str, Any] = {"path": checkpoint}
+    if checkpoint.startswith("assemble://"):
+        section["allow_package_code"] = True
+    return section
+
+
 def calibrate(args: argparse.Namespace) -> int:
     """The ``calibrate`` verb: measure, choose thresholds, check them, write."""
     import yaml
@@ -159,7 +169,8 @@ def calibrate(args: argparse.Namespace) -> int:
     probe = {key: value for key, value in (("sequences", args.sequences), ("length", args.length),
                                            ("shards", args.shards), ("corpus", args.corpus))
              if value is not None}
-    data: dict[str, Any] = {"name": name, "model": {"path": args.checkpoint}, "probe": probe}
+    data: dict[str, Any] = {"name": name, "model": _model_section(args.checkpoint),
+                            "probe": probe}
     if args.measure is not None:
         data["measure"] = args.measure
     spec = spec_from_dict(data)  # checks the name and the options before anything runs
@@ -204,7 +215,7 @@ def export_onnx(args: argparse.Namespace) -> int:
         spec = load_spec(args.source)
         model, name = spec.model, spec.name
     else:  # the checkpoint argument resolves as calibrate's does; the name only labels errors
-        model = spec_from_dict({"name": "export", "model": {"path": args.source}}).model
+        model = spec_from_dict({"name": "export", "model": _model_section(args.source)}).model
         name = out.stem
     tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
     result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,
