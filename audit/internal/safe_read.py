@@ -175,7 +175,20 @@ def read_json(path: str | os.PathLike, what: str, error: ErrorFactory) -> Any:
     return loads_json(read_text(path, what, error), what, error)
 
 
-_REPR = reprlib.Repr()
+class _ShortRepr(reprlib.Repr):
+    """``reprlib.Repr`` that also caps subclasses of list, tuple, dict and str (the
+    YAML loader's ``LineList`` and ``LineDict``): reprlib dispatches on the exact type
+    name and would fall back to the full ``repr`` of a subclass."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        for base in (dict, list, tuple, str):
+            if isinstance(x, base) and type(x) is not base:
+                return super().repr1(base(x), level) if base is str else \
+                    getattr(self, f"repr_{base.__name__}")(x, level)
+        return super().repr1(x, level)
+
+
+_REPR = _ShortRepr()
 _REPR.maxlevel = 3
 _REPR.maxstring = MAX_QUOTE
 _REPR.maxother = MAX_QUOTE
