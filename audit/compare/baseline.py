@@ -19,7 +19,7 @@ from typing import Any
 
 from audit.checks import comparison_kind
 from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
-                                 largest, loss_check, require_paired)
+                                 largest, loss_check, require_fits, require_paired)
 from audit.errors import ComparisonError
 from audit.jackknife import jackknife_se
 from audit.report.data import Comparison, Report
@@ -104,6 +104,7 @@ def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
     """``now`` with its comparison against the baseline ``then`` attached."""
     # A baseline from before schema 3 lacks the window hash too: say what to do first.
     require_paired(now, then, f"the baseline {reference}")
+    require_fits(now, then, f"the baseline {reference}")
     check_comparable(now, then, f"the baseline {reference}")
     log10, loo = curve(then)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)

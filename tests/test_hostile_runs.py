@@ -1,0 +1,104 @@
+"""Hostile files met during a run (issue 29, items 3 and 8): a baseline that does not
+fit the model fails only the baseline items, with one clear message, while the law
+items run and the report is written; two outputs of one run that would land on the
+same file are refused before anything is measured.  Each case checks the exact
+message and that the spec folder (spec, baselines) is unchanged on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from test_report import LAYERS, synthetic_report
+
+from audit.compare.baseline import write_baseline
+from audit.errors import ComparisonError, EquilawError, ReportError
+from audit.session import AuditSession, BaselineStatus, Outcome
+
+
+def folder_sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fewer_layers(data: dict) -> None:
+    data["layers"] = data["layers"][:5]
+
+
+def _more_layers(data: dict) -> None:
+    extra = [dict(data["layers"][-1], index=len(data["layers"]) + i) for i in range(4)]
+    data["layers"] = data["layers"] + extra
+
+
+def _string_pearson_r(data: dict) -> None:
+    data["law"]["pearson_r"] = "-0.97"
+
+
+def _short_loo(data: dict) -> None:
+    data["layers"][3]["log10_pr_loo"] = data["layers"][3]["log10_pr_loo"][:2]
+
+
+def _spec_not_a_mapping(data: dict) -> None:
+    data["spec"] = "synth"
+
+
+BASELINE = "the baseline specs/baselines/synth.json does not fit this model: "
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    (_fewer_layers, ComparisonError, BASELINE + f"layers describe 4 layers, this model has "
+                                                f"{LAYERS}; regenerate it"),
+    (_more_layers, ComparisonError, BASELINE + f"layers describe 10 layers, this model has "
+                                               f"{LAYERS}; regenerate it"),
+    (_string_pearson_r, ComparisonError, BASELINE + "law.pearson_r is '-0.97', not a number; "
+                                                    "regenerate it"),
+    (_short_loo, ComparisonError, BASELINE + "layers[3].log10_pr_loo has 2 values for 5 shards; "
+                                             "regenerate it"),
+    (_spec_not_a_mapping, ComparisonError, BASELINE + "spec is str, not a mapping; "
+                                                      "regenerate it"),
+    ("deep", ReportError, "cannot read report {path}: report nests lists or mappings more "
+                          "than 64 levels deep"),
+], ids=["fewer-layers", "more-layers", "string-pearson-r", "short-loo", "spec-string", "deep"])
+def test_a_baseline_that_does_not_fit_fails_only_the_baseline_items(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage, error, message: str) -> None:
+    specs = tmp_path / "specs"
+    (specs / "baselines").mkdir(parents=True)
+    (specs / "synth.yaml").write_text(
+        "name: synth\nmodel: /models/synth\nprobe:\n  sequences: 16\n  length: 8\n"
+        "  shards: 5\nlaw:\n  max_pearson_r: -0.9\n  rho: [0.7, 0.9]\n  max_deviation: 0.05\n"
+        "  min_step_fraction: 0.5\n")
+    baseline = specs / "baselines" / "synth.json"
+    if damage == "deep":
+        baseline.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        write_baseline(synthetic_report(bump=0.0), baseline)
+        data = json.loads(baseline.read_text())
+        damage(data)
+        baseline.write_text(json.dumps(data))
+    before = folder_sha256(specs)
+    monkeypatch.chdir(tmp_path)
+    session = AuditSession([specs], tmp_path / "reports")
+    measured = []
+    monkeypatch.setattr(session, "_measure",
+                        lambda spec: measured.append(spec.name) or synthetic_report())
+    spec = session.specs()[0]
+    # the law items run and judge as without a baseline (layer 4 is bumped off the line)
+    assert session.outcome(spec, "law-fit").outcome is Outcome.PASSED
+    assert session.outcome(spec, "layer-04").outcome is Outcome.FAILED
+    assert session.outcome(spec, "layer-01").outcome is Outcome.PASSED
+    for item in ("baseline-law", "baseline-loss"):
+        with pytest.raises(error) as err:
+            session.outcome(spec, item)
+        assert str(err.value) == message.format(path=Path("specs/baselines/synth.json").resolve())
+    assert session.baselines["synth"].state is BaselineStatus.ERROR
+    assert measured == ["synth"]  # measured once, not once per item
+    written = json.loads((tmp_path / "reports" / "synth.json").read_text())
+    assert (written["verdict"], written["comparisons"]) == ("fail", [])
+    assert folder_sha256(specs) == before
+    assert issubclass(error, EquilawError)
