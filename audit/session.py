@@ -17,12 +17,12 @@ import dataclasses
 import enum
 import importlib.resources
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from audit.errors import EquilawError
+from audit.outputs import parent_spec_name
 from audit.report.data import Report
 from audit.spec import Spec, load_specs
 
@@ -38,14 +38,6 @@ def default_spec_paths(rootdir: Path | None) -> list[Path]:
 def strict_environment() -> bool:
     """Under CI a missing model package fails the run instead of skipping."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def parent_spec_name(spec: Spec, label: str) -> str:
-    """The report name of a merge parent: ``<spec>.parent-<label as a file name>``
-    (lowercase, every run of other characters one '-'), so its report stays in the
-    reports folder whatever the label holds."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.") or "parent"
-    return f"{spec.name}.parent-{slug}"
 
 
 class BaselineStatus(enum.Enum):
@@ -118,11 +110,14 @@ class AuditSession:
         """The specs that run: one per spec file, or one per backend of a spec that
         names several (``<name>.<backend>``)."""
         if self._specs is None:
+            from audit.outputs import check_specs
             from audit.spec import per_backend
 
-            # load_specs checks that these names are unique.
-            self._specs = [one for spec in load_specs(self.spec_paths)
-                           for one in per_backend(spec)]
+            # load_specs checks that these names are unique; check_specs that no two
+            # files the run writes (reports, parents' reports, baselines) are one.
+            specs = [one for spec in load_specs(self.spec_paths) for one in per_backend(spec)]
+            check_specs(specs, self.reports_dir, self.baselines_dir)
+            self._specs = specs
         return self._specs
 
     def parity_reference(self, spec: Spec) -> Spec | None:

@@ -1,7 +1,8 @@
 """Hostile files met during a run (issue 29, items 3 and 8): a baseline that does not
 fit the model fails only the baseline items, with one clear message, while the law
 items run and the report is written; two outputs of one run that would land on the
-same file are refused before anything is measured.  Each case checks the exact
+same file are refused before anything is measured (at collection, when the session
+loads its specs).  Each case checks the exact
 message and that the spec folder (spec, baselines) is unchanged on disk."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 from test_report import LAYERS, synthetic_report
 
 from audit.compare.baseline import write_baseline
-from audit.errors import ComparisonError, EquilawError, ReportError
+from audit.errors import ComparisonError, EquilawError, ReportError, SpecError
+from audit.outputs import Output
 from audit.session import AuditSession, BaselineStatus, Outcome
 
 
@@ -102,3 +104,78 @@ def test_a_baseline_that_does_not_fit_fails_only_the_baseline_items(
     assert (written["verdict"], written["comparisons"]) == ("fail", [])
     assert folder_sha256(specs) == before
     assert issubclass(error, EquilawError)
+
+
+# -- item 8: one owner per file ---------------------------------------------------------
+
+def _specs_folder(tmp_path: Path, files: dict[str, str]) -> Path:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name, text in files.items():
+        (specs / name).write_text(text)
+    return specs
+
+
+def _refused(tmp_path: Path, specs: Path, baselines: Path | None = None) -> str:
+    before = folder_sha256(tmp_path)
+    session = AuditSession([specs], tmp_path / "reports", baselines_dir=baselines)
+    with pytest.raises(SpecError) as err:
+        session.specs()
+    assert folder_sha256(tmp_path) == before and not (tmp_path / "reports").exists()
+    return str(err.value)
+
+
+def test_a_spec_named_like_a_merge_parents_report_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    specs = _specs_folder(tmp_path, {
+        "m-parent.yaml": "name: m.parent-a\nmodel: /models/a\n",
+        "m.yaml": "name: m\nmodel: /models/m\nmerge:\n  parents:\n    a: /models/a\n"
+                  "    b: /models/b\n"})
+    assert _refused(tmp_path, specs) == (
+        f"{specs / 'm.yaml'}:5: merge.parents.a: reports/m.parent-a.json would be written as "
+        "the report of parent 'a' of spec 'm' and as the report of spec 'm.parent-a': every "
+        "file a run writes has one owner; rename one of them")
+
+
+def test_a_spec_named_like_another_specs_mutation_report_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    specs = _specs_folder(tmp_path, {"a.yaml": "name: x\nmodel: /models/x\n",
+                                     "b.yaml": "name: x.mutations\nmodel: /models/x\n"})
+    assert _refused(tmp_path, specs) == (
+        f"{specs / 'b.yaml'}:1: name: reports/x.mutations.json would be written as the report "
+        "of spec 'x.mutations' and as the mutation report of spec 'x': every file a run writes "
+        "has one owner; rename one of them")
+
+
+def test_baselines_in_the_reports_folder_are_refused(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report would overwrite the baseline it was just compared with."""
+    monkeypatch.chdir(tmp_path)
+    specs = _specs_folder(tmp_path, {"a.yaml": "name: x\nmodel: /models/x\n"})
+    assert _refused(tmp_path, specs, baselines=tmp_path / "reports") == (
+        f"{specs / 'a.yaml'}:1: name: reports/x.json would be written as the baseline of spec "
+        "'x' and as the report of spec 'x': every file a run writes has one owner; rename one "
+        "of them")
+
+
+def test_distinct_outputs_pass_and_list_every_file(tmp_path: Path) -> None:
+    from audit.outputs import check_one_owner, spec_outputs
+
+    specs = _specs_folder(tmp_path, {
+        "m.yaml": "name: m\nmodel: /models/m\nmerge:\n  parents:\n    a: /models/a\n"
+                  "    B c: /models/b\n"})
+    session = AuditSession([specs], tmp_path / "reports")
+    (spec,) = session.specs()
+    outputs = spec_outputs(spec, tmp_path / "reports")
+    assert [str(o.path.relative_to(tmp_path)) for o in outputs] == [
+        "reports/m.json", "reports/m.reference.json", "reports/m.mutations.json",
+        "reports/m.trajectory.json", "reports/m.parent-a.json", "reports/m.parent-b-c.json",
+        "specs/baselines/m.json"]
+    with pytest.raises(SpecError) as err:  # the run's own files (an HTML page) count too
+        check_one_owner([Output(tmp_path / "reports" / "m.json", "the HTML page of the run"),
+                         *outputs])
+    assert err.value.field == "name" and err.value.reason.endswith(
+        "as the report of spec 'm' and as the HTML page of the run: every file a run writes "
+        "has one owner; rename one of them")
