@@ -226,6 +226,26 @@ def test_deeply_nested_config_json(unchanged: Path) -> None:
                               "more than 64 levels deep")
 
 
+@pytest.mark.parametrize("blocks", [0, 100_000_000])
+def test_gguf_block_count_out_of_range(unchanged: Path, blocks: int) -> None:
+    gguf = pytest.importorskip("gguf")
+    path = unchanged / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(blocks)
+    writer.add_embedding_length(16)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    snapshot(unchanged)
+    from audit.backends.gguf_meta import gguf_model_info
+
+    with pytest.raises(BackendError) as err:
+        gguf_model_info(path, model="m")
+    assert str(err.value) == (f"model m: GGUF file {str(path)!r}: llama.block_count must be an "
+                              f"integer in 1..1024, got {blocks}")
+
+
 def test_a_sane_config_still_reads(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({**LLAMA, "num_hidden_layers": 1024}))
     info = info_of(tmp_path)

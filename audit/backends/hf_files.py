@@ -11,7 +11,8 @@ Safety rules, enforced here:
 - ``trust_remote_code`` is passed only when the spec sets it;
 - ``config.json`` is untrusted input: read as a regular file with bounded nesting
   (:mod:`audit.internal.safe_read`), a JSON object, its layer count and width
-  integers in 1..:data:`MAX_LAYERS` and 1..:data:`MAX_WIDTH`.
+  integers in 1..:data:`~audit.backends.base.MAX_LAYERS` and
+  1..:data:`~audit.backends.base.MAX_WIDTH`.
 
 transformers is imported lazily, inside methods: importing this module costs nothing.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
-from audit.backends.base import ModelInfo
+from audit.backends.base import MAX_LAYERS, MAX_WIDTH, ModelInfo, dimension_problem
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
@@ -42,15 +43,6 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _VERSIONED = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
 _CHUNK = 1 << 20
-
-MAX_LAYERS = 1024
-"""Most blocks a model may have.  The deepest released language models have 126
-(Llama-3.1-405B) and 96 (GPT-3); equilaw keeps a d x d Gram matrix and a report row
-per layer, so a config claiming 10**8 layers would allocate and loop until killed.
-Eight times the deepest known model leaves room and still fails at once."""
-MAX_WIDTH = 65536
-"""Widest hidden state accepted: four times Llama-3.1-405B's 16384.  One float64
-Gram matrix of this width is 32 GiB; a hostile width must fail before any is made."""
 IN_MEMORY = "<in-memory>"
 
 
@@ -239,11 +231,10 @@ class HuggingFaceFiles:
         out = []
         for keys, limit in ((_LAYER_KEYS, MAX_LAYERS), (_WIDTH_KEYS, MAX_WIDTH)):
             key = next(k for k in keys if cfg.get(k) is not None)
-            value = cfg[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise BackendError(f"{where}: {key} must be an integer in 1..{limit}, got "
-                                   f"{safe_read.short_repr(value)}", model=self.name)
-            out.append(value)
+            problem = dimension_problem(cfg[key], key, limit)
+            if problem is not None:
+                raise BackendError(f"{where}: {problem}", model=self.name)
+            out.append(cfg[key])
         return out[0], out[1]
 
     def _info_from_folder(self, folder: Path) -> ModelInfo:
