@@ -12,12 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_report import LAYERS, synthetic_report
 
-from audit.compare.baseline import write_baseline
+from audit.compare.baseline import compare_to_baseline, read_baseline, write_baseline
 from audit.errors import ComparisonError, EquilawError, ReportError, SpecError
 from audit.outputs import Output
 from audit.session import AuditSession, BaselineStatus, Outcome
+from audit.spec import BaselineSpec
 
 
 def folder_sha256(folder: Path) -> str:
@@ -50,6 +53,7 @@ def _spec_not_a_mapping(data: dict) -> None:
     data["spec"] = "synth"
 
 
+SPEC_BASELINE = BaselineSpec()
 BASELINE = "the baseline specs/baselines/synth.json does not fit this model: "
 
 
@@ -104,6 +108,41 @@ def test_a_baseline_that_does_not_fit_fails_only_the_baseline_items(
     assert (written["verdict"], written["comparisons"]) == ("fail", [])
     assert folder_sha256(specs) == before
     assert issubclass(error, EquilawError)
+
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8))
+_junk = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+_PATHS = [("law", "pearson_r"), ("law", "rho"), ("layers",), ("layers", 2),
+          ("layers", 2, "log10_pr"), ("layers", 2, "log10_pr_loo"), ("layers", 2, "index"),
+          ("layers", 2, "log10_pr_loo", 1), ("shard_ids",), ("shard_ids", 0), ("probe",),
+          ("probe", "tokenizer"), ("probe", "windows_sha256"), ("spec",), ("spec", "probe"),
+          ("corpus",), ("loss",), ("loss", "mean"), ("loss", "leave_one_out"), ("versions",),
+          ("model",), ("model", "layers"), ("warnings",), ("checks",)]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _junk), min_size=1, max_size=3))
+def test_a_junk_baseline_is_compared_or_refused(tmp_path_factory, edits) -> None:
+    """Any baseline the reader accepts is compared, or refused with the project's error:
+    never a numpy or attribute error from inside the comparison."""
+    now = synthetic_report()
+    data = synthetic_report(bump=0.0).to_dict()
+    for path, value in edits:
+        node = data
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    baseline = tmp_path_factory.mktemp("junk") / "synth.json"
+    baseline.write_text(json.dumps(data))
+    try:
+        then = read_baseline(baseline)
+        compare_to_baseline(now, then, SPEC_BASELINE, "synth.json")
+    except EquilawError:
+        pass
 
 
 # -- item 8: one owner per file ---------------------------------------------------------
