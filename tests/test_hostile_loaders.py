@@ -47,19 +47,20 @@ def folder_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture
-def unchanged(tmp_path: Path) -> Iterator[Path]:
-    """``tmp_path``, whose contents the test sets up first and which must be the same
-    after the test as when :func:`snapshot` was last called."""
-    yield tmp_path
-    assert folder_sha256(tmp_path) == _snapshots[tmp_path]
-
-
 _snapshots: dict[Path, str] = {}
 
 
 def snapshot(folder: Path) -> None:
+    """Record ``folder``'s checksum once the test has set it up."""
     _snapshots[folder] = folder_sha256(folder)
+
+
+@pytest.fixture
+def unchanged(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, which must hold after the test what it held at :func:`snapshot`
+    (every test using it takes one)."""
+    yield tmp_path
+    assert folder_sha256(tmp_path) == _snapshots.pop(tmp_path)
 
 
 @pytest.fixture
@@ -130,8 +131,7 @@ def test_a_small_alias_bomb_gives_a_short_message(unchanged: Path) -> None:
     ("name: m\nmodel: " + "{a: " * 100 + "1" + "}" * 100 + "\n", 2,
      "lists or mappings nested more than 64 levels deep"),
     ("name: m\nmodel: &m [*m]\n", 2, "recursive alias (an anchor used inside itself)"),
-    ("a: &a [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n"
-     "b: &b [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n", 2,
+    (f"a: &a {'[' * 40}1{']' * 40}\nb: &b {'[' * 40}*a{']' * 40}\n", 2,
      "aliases nest lists or mappings more than 64 levels deep"),
 ])
 def test_deep_or_recursive_yaml_in_a_spec(unchanged: Path, text: str, line: int,
@@ -263,10 +263,10 @@ def fifo(path: Path) -> Path:
 FIFO_MESSAGE = ("is a FIFO (named pipe), not a regular file: equilaw reads a {what} only "
                 "from a regular file (reading a FIFO (named pipe) can block forever)")
 
-pytestmark_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 
 
-@pytestmark_fifo
+@needs_fifo
 def test_fifo_as_spec_mergekit_config_baseline_or_trajectory(unchanged: Path,
                                                              no_hang: None) -> None:
     spec, config = fifo(unchanged / "s.yaml"), fifo(unchanged / "mergekit_config.yml")
@@ -288,7 +288,7 @@ def test_fifo_as_spec_mergekit_config_baseline_or_trajectory(unchanged: Path,
         FIFO_MESSAGE.format(what="trajectory")
 
 
-@pytestmark_fifo
+@needs_fifo
 def test_fifo_as_corpus_file_or_inside_a_corpus_folder(unchanged: Path, no_hang: None) -> None:
     lone = fifo(unchanged / "c.txt")
     folder = unchanged / "docs"
@@ -302,7 +302,7 @@ def test_fifo_as_corpus_file_or_inside_a_corpus_folder(unchanged: Path, no_hang:
         assert str(err.value) == f"{named}: " + FIFO_MESSAGE.format(what="corpus file")
 
 
-@pytestmark_fifo
+@needs_fifo
 def test_fifo_as_model_file_or_inside_a_model_folder(unchanged: Path, no_hang: None) -> None:
     gguf = fifo(unchanged / "m.gguf")
     folder = unchanged / "ckpt"

@@ -225,7 +225,8 @@ def load_text(text: str, what: str, error: ErrorFactory) -> tuple[Any, int | Non
     except DuplicateKeyError as exc:
         field = "".join(f"[{part}]" if isinstance(part, int) and not isinstance(part, bool)
                         else f".{part}" for part in exc.path).lstrip(".")
-        raise error(field, exc.line, f"duplicate key (first given on line {exc.first_line})") from None
+        raise error(field, exc.line,
+                    f"duplicate key (first given on line {exc.first_line})") from None
     except BoundError as exc:
         mark = exc.problem_mark
         raise error(None, mark.line + 1 if mark else None, exc.problem) from None
