@@ -327,6 +327,22 @@ def test_fifo_as_model_file_or_inside_a_model_folder(unchanged: Path, no_hang: N
             info_of(where)
 
 
+@needs_fifo
+def test_fifo_in_a_stored_tokenizer_cache_entry(unchanged: Path, no_hang: None) -> None:
+    """The converted-checkpoint cache's stored tokenizer: a FIFO is refused (its
+    caller then discards the entry and rebuilds it)."""
+    pytest.importorskip("tokenizers")
+    from audit.backends.hf_files import StoredTokenizer
+
+    fifo(unchanged / "tokenizer_config.json")
+    (unchanged / "tokenizer.json").write_text("{}")
+    snapshot(unchanged)
+    with pytest.raises(BackendError) as err:
+        StoredTokenizer(unchanged)
+    assert str(err.value) == (f"stored tokenizer {str(unchanged / 'tokenizer_config.json')!r}: "
+                              + FIFO_MESSAGE.format(what="tokenizer config"))
+
+
 # -- item 9: code execution from a spec ------------------------------------------------
 
 @pytest.fixture

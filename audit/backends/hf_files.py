@@ -133,7 +133,17 @@ class StoredTokenizer:
     def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer
 
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        def error_in(name: str) -> safe_read.ErrorFactory:
+            return lambda _field, _line, message: BackendError(
+                f"stored tokenizer {str(folder / name)!r}: {message}")
+
+        # A cache entry is untrusted: regular files only, nesting bounded.
+        config = safe_read.read_json(folder / "tokenizer_config.json", "tokenizer config",
+                                     error_in("tokenizer_config.json"))
+        if not isinstance(config, dict):
+            raise error_in("tokenizer_config.json")(None, None, "not a JSON object")
+        safe_read.require_regular(folder / "tokenizer.json", "tokenizer file",
+                                  error_in("tokenizer.json"))
         self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.class_name = str(config.get("tokenizer_class") or "TokenizersBackend")
         bos = config.get("bos_token")
