@@ -242,6 +242,7 @@ def mutate(args: argparse.Namespace) -> int:
 
     from audit.internal.files import write_text_atomic
     from audit.mutate import mutate as run_mutations
+    from audit.outputs import report_file
     from audit.report.mutations import render
     from audit.spec import load_spec
 
@@ -256,7 +257,7 @@ def mutate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a block or operator the model does not have
         raise EquilawError(f"{args.spec}: {exc}") from None
     render(report, Console(width=max(150, Console().width)))
-    out = Path(args.reports) / f"{spec.name}.mutations.json"
+    out = report_file(args.reports, spec.name, "mutations")
     try:
         write_text_atomic(out, report.to_json())
     except OSError as exc:

@@ -31,9 +31,18 @@ from pathlib import Path
 from audit.errors import EquilawError, SpecError
 from audit.spec import Spec
 
-REPORT_SUFFIXES = {"reference": "reference model", "mutations": "mutation report",
-                   "trajectory": "trajectory"}
+REPORT_SUFFIXES = {"reference": "report of the reference model",
+                   "mutations": "mutation report", "trajectory": "trajectory"}
 """``NAME.<suffix>.json`` files a spec owns besides its report, and what they hold."""
+
+
+def report_file(reports_dir: str | os.PathLike, name: str, kind: str | None = None) -> Path:
+    """``REPORTS/<name>.json``, or ``REPORTS/<name>.<kind>.json`` for a kind of
+    :data:`REPORT_SUFFIXES`: the one definition of these names, used by their
+    writers and by :func:`spec_outputs`."""
+    if kind is not None and kind not in REPORT_SUFFIXES:
+        raise ValueError(f"unknown report kind {kind!r}")
+    return Path(reports_dir) / (f"{name}.json" if kind is None else f"{name}.{kind}.json")
 
 
 def parent_spec_name(spec: Spec, label: str) -> str:
@@ -64,14 +73,13 @@ def spec_outputs(spec: Spec, reports_dir: str | os.PathLike | None,
 
     out: list[Output] = []
     if reports_dir is not None:
-        folder = Path(reports_dir)
-        out.append(Output(folder / f"{spec.name}.json", f"the report of spec {spec.name!r}",
-                          spec, "name"))
-        for suffix, what in REPORT_SUFFIXES.items():
-            out.append(Output(folder / f"{spec.name}.{suffix}.json",
+        out.append(Output(report_file(reports_dir, spec.name),
+                          f"the report of spec {spec.name!r}", spec, "name"))
+        for kind, what in REPORT_SUFFIXES.items():
+            out.append(Output(report_file(reports_dir, spec.name, kind),
                               f"the {what} of spec {spec.name!r}", spec, "name"))
         for label, _path in spec.merge.parents if spec.merge is not None else ():
-            out.append(Output(folder / f"{parent_spec_name(spec, label)}.json",
+            out.append(Output(report_file(reports_dir, parent_spec_name(spec, label)),
                               f"the report of parent {label!r} of spec {spec.name!r}",
                               spec, f"merge.parents.{label}"))
     try:
