@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_plugin import ITEMS, inner  # noqa: F401 (inner: a fixture)
 from test_report import LAYERS, synthetic_report
 
 from audit.compare.baseline import compare_to_baseline, read_baseline, write_baseline
@@ -111,8 +112,8 @@ def test_a_baseline_that_does_not_fit_fails_only_the_baseline_items(
 
 
 _scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8))
-_junk = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
-                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+_junk = st.recursive(_scalars, lambda kids: st.lists(kids, max_size=4)
+                     | st.dictionaries(st.text(max_size=6), kids, max_size=3), max_leaves=12)
 _PATHS = [("law", "pearson_r"), ("law", "rho"), ("layers",), ("layers", 2),
           ("layers", 2, "log10_pr"), ("layers", 2, "log10_pr_loo"), ("layers", 2, "index"),
           ("layers", 2, "log10_pr_loo", 1), ("shard_ids",), ("shard_ids", 0), ("probe",),
@@ -218,3 +219,22 @@ def test_distinct_outputs_pass_and_list_every_file(tmp_path: Path) -> None:
     assert err.value.field == "name" and err.value.reason.endswith(
         "as the report of spec 'm' and as the HTML page of the run: every file a run writes "
         "has one owner; rename one of them")
+
+
+def test_pytest_refuses_the_collision_at_collection(inner,  # noqa: F811 (the fixture)
+                                                    pytester: pytest.Pytester) -> None:
+    """Through pytest: the run stops at collection, nothing measured or written (the
+    models named do not even exist)."""
+    specs = pytester.path / "specs"
+    specs.mkdir()
+    (specs / "m-parent.yaml").write_text("name: m.parent-a\nmodel: /models/a\n")
+    (specs / "m.yaml").write_text("name: m\nmodel: /models/m\nmerge:\n  parents:\n"
+                                  "    a: /models/a\n    b: /models/b\n")
+    before = folder_sha256(specs)
+    result = inner("--audit-spec", str(specs), ITEMS)
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error stops the run
+    result.stdout.fnmatch_lines([
+        "*m.yaml:5: merge.parents.a: *m.parent-a.json would be written as the report of "
+        "parent 'a' of spec 'm' and as the report of spec 'm.parent-a': every file a run "
+        "writes has one owner; rename one of them"])
+    assert folder_sha256(specs) == before and not inner.reports.exists()
