@@ -122,7 +122,7 @@ _PATHS = [("law", "pearson_r"), ("law", "rho"), ("layers",), ("layers", 2),
           ("model",), ("model", "layers"), ("warnings",), ("checks",)]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(deadline=None, suppress_health_check=list(HealthCheck))
 @given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _junk), min_size=1, max_size=3))
 def test_a_junk_baseline_is_compared_or_refused(tmp_path_factory, edits) -> None:
     """Any baseline the reader accepts is compared, or refused with the project's error:
