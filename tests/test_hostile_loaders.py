@@ -126,6 +126,20 @@ def test_a_small_alias_bomb_gives_a_short_message(unchanged: Path) -> None:
     assert len(err.value.reason) < 150 and len(short_repr("x" * 10**6)) == MAX_QUOTE
 
 
+def test_a_huge_shared_value_as_a_layer_map_parent_is_quoted_short() -> None:
+    """10**6 references to one list (what aliases build within the bound) quoted by
+    an error message: capped, never the full repr."""
+    from audit.compare.layer_map import layer_map_from_entries
+
+    huge = [["x" * 1000] * 1000] * 1000
+    with pytest.raises(SpecError) as err:
+        layer_map_from_entries([{"parent": huge, "layer": 1}], ["a"], {"a": 4}, file="s.yaml",
+                               line=3)
+    assert str(err.value) == (
+        "s.yaml:3: merge.layer_map[0].parent: unknown parent [['" + "x" * 37 + "..."
+        + "x" * 37 + "...; known parents: a")
+
+
 @pytest.mark.parametrize("text, line, message", [
     ("name: m\nmodel: " + "[" * 5000 + "]" * 5000 + "\n", 2,
      "lists or mappings nested more than 64 levels deep"),

@@ -260,11 +260,11 @@ def _entry_source(item: Any, labels: list[str], where: _Where, field: str, line:
     for key in [key for key in ("parent", "layer") if key not in item]:
         raise where.error(f"{field}.{key}", line, "missing required key")
     label, layer = item["parent"], item["layer"]
-    if label not in labels:
-        close = difflib.get_close_matches(str(label), labels, n=1)
+    if not isinstance(label, str) or label not in labels:
+        close = difflib.get_close_matches(label, labels, n=1) if isinstance(label, str) else []
         hint = f"did you mean {close[0]!r}?" if close else f"known parents: {', '.join(labels)}"
         raise where.error(f"{field}.parent", _line(item, "parent", line),
-                          f"unknown parent {label!r}; {hint}")
+                          f"unknown parent {short_repr(label)}; {hint}")
     depth = where.depth(label)
     if not _is_int(layer) or not 1 <= layer <= depth:
         raise where.error(f"{field}.layer", _line(item, "layer", line),
