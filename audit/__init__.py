@@ -4,7 +4,7 @@ The core (specs, corpora, statistics, the law fit, checks, report data) is plain
 Python and numpy.  Heavy libraries load only when a backend runs a model.
 """
 
-__version__ = "0.1.0"
+from audit.versions import __version__
 
 __all__ = ["run", "__version__"]
 

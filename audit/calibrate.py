@@ -1,435 +1,92 @@
-"""Calibrate a spec: thresholds a stated margin outside what one measurement shows.
-
-``calibrate_thresholds(report)`` reads the law fit and the per-layer rows of a
-:class:`~audit.report.data.Report` (any thresholds it was judged with are ignored)
-and returns a :class:`Calibration`; ``spec_text(...)`` writes it as a commented
-YAML spec that :func:`audit.spec.load_spec` reads and that the same checkpoint, on
-the same probe, passes.  Nothing here runs a model or touches the disk: the
-``equilaw calibrate`` command (``audit.cli``) measures and writes.
-
-Units: r and ρ are unitless; deviations and steps are in decades of PR (log10 PR);
-``min_step_fraction`` is in units of |mean step|.  k is ``margin_sigma`` (default
-3) and "se" a jackknife standard error; a margin is always the wider of k se and
-an absolute floor, so a threshold sits outside the measured value by both.
-
-Declared deviant layers (``law.expected_deviations``), among the judged layers
-1..L (layer 0, the embedding output, is never judged): layer l is declared when
-
-- |deviation_l| > 4 × median |deviation| over the judged layers AND
-  |deviation_l| / se_l > 6, or
-- step_l < −3 × |mean step| AND step_l / se_l < −2: the layer loses, clearly and
-  significantly, what an average layer gains (layers 2..L: layer 1 has no step).
-
-An unknown standard error (a probe with one shard) declares nothing.  A declared
-layer is exempt from the per-layer thresholds, which may still be wide enough for
-it: pytest then shows it as XPASS, which is harmless (and tells that it is within
-the tolerance of the others).
-
-Thresholds (the non-declared layers only enter the per-layer ones):
-
-- ``max_pearson_r`` = r + max(k·se_r, 0.01), at most 1;
-- ``rho`` = [ρ − m, ρ + m], m = max(k·se_ρ, 0.001); lo stays > 0;
-- ``max_deviation`` = max(max_l (|deviation_l| + max(k·se_l, 0.005)), 0.01) over
-  non-declared layers; ``max_deviation_sigma`` = 6 (the declaration rule's σ; off
-  when the probe has one shard): a layer fails only beyond both;
-- ``min_step_fraction`` = min(min_l (step_l − max(k·se_l, 0.5·|mean step|)) /
-  |mean step|, −1) over non-declared layers 2..L; off when the mean step is 0.
-
-Every threshold is then rounded outward on a fixed decimal grid (r and deviation
-to 0.001, ρ to 0.0001, the step fraction to 0.01): up for an upper bound, down
-for a lower bound, so the rounding only widens the margin.
-"""
+"""Calibrate a spec in one call: measure a checkpoint once, choose thresholds a
+stated margin outside what it shows (:mod:`audit.thresholds`), write them as a
+commented spec (:mod:`audit.calibrated_spec`) that the same measurement must pass
+when read back, and write its baseline.  ``equilaw calibrate`` parses its
+arguments and calls :func:`calibrate`."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Callable, Mapping
+import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from audit.backends.locate import split_scheme
-from audit.errors import StatsError
-from audit.report.data import LayerRow, Report
-from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
-
-MARGIN_SIGMA = 3.0
-"""k: standard errors between a measured value and its threshold."""
-MARGIN_R = 0.01
-"""Absolute margin of ``max_pearson_r`` (unitless)."""
-MARGIN_RHO = 0.001
-"""Absolute margin of each end of ``rho`` (unitless)."""
-MARGIN_DEVIATION = 0.005
-"""Absolute margin of ``max_deviation`` (decades of PR)."""
-MARGIN_STEP = 0.5
-"""Absolute margin of ``min_step_fraction`` (units of |mean step|)."""
-FLOOR_DEVIATION = 0.01
-"""``max_deviation`` is never below this (decades of PR)."""
-CEILING_STEP_FRACTION = -1.0
-"""``min_step_fraction`` is never above this: a layer may lose up to one mean step."""
-DECLARE_MEDIAN_FACTOR = 4.0
-"""Declared when |deviation| > this × median |deviation| (and beyond DEVIATION_SIGMA)."""
-DEVIATION_SIGMA = 6.0
-"""σ of the deviation rule for declaring a layer, and the ``max_deviation_sigma`` written."""
-DECLARE_STEP_FACTOR = 3.0
-"""Declared when step < −this × |mean step| (and beyond DECLARE_STEP_SIGMA)."""
-DECLARE_STEP_SIGMA = 2.0
-"""Declared when step / its standard error < −this (and below the step factor)."""
-DECIMALS = {"max_pearson_r": 3, "rho": 4, "max_deviation": 3, "min_step_fraction": 2}
-"""The decimal grid each threshold is rounded outward to."""
+from audit import pipeline
+from audit.backends.locate import command_line_model
+from audit.calibrated_spec import relative_corpus, relative_path, spec_text
+from audit.compare.baseline import baseline_path, write_baseline
+from audit.errors import EquilawError
+from audit.internal.files import write_text_atomic
+from audit.report.data import Report
+from audit.spec import NAME_PATTERN, spec_from_dict
+from audit.thresholds import Calibration, calibrate_thresholds
 
 
 @dataclass(frozen=True)
-class Threshold:
-    """One calibrated threshold and what it came from."""
+class Calibrated:
+    """What :func:`calibrate` wrote and measured."""
 
-    key: str
-    """The ``law`` key: ``max_pearson_r``, ``rho``, ``max_deviation`` or ``min_step_fraction``."""
-    value: float | tuple[float, float]
-    """The threshold written (after outward rounding); ``rho`` is (lo, hi)."""
-    measured: float
-    """The value it sits outside: r, ρ, the largest |deviation| (decades), or the
-    most negative step in units of |mean step|."""
-    stderr: float
-    """Jackknife standard error of ``measured`` (same units); NaN when unknown."""
-    margin: float
-    """max(k·stderr, absolute margin), in the units of ``measured``."""
-    layer: int | None = None
-    """The layer that set a per-layer threshold (None at law level, or when the
-    floor or ceiling decided)."""
+    spec_path: Path
+    baseline_path: Path
+    report: Report
+    """The measurement judged by the calibrated spec (it passes)."""
+    calibration: Calibration
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Thresholds of the law chosen from one measurement (see the module docstring)."""
+def calibrate(checkpoint: str, output: str | os.PathLike, *, name: str | None = None,
+              probe: dict[str, Any] | None = None, measure: str | None = None,
+              margin_sigma: float | None = None, force: bool = False,
+              progress: Any = None) -> Calibrated:
+    """Measure ``checkpoint`` (a folder, a .gguf file, ``pkg://`` or ``assemble://``)
+    and write the calibrated spec ``output`` and its baseline
+    ``<output's folder>/baselines/<name>.json``.
 
-    max_pearson_r: Threshold
-    rho: Threshold
-    max_deviation: Threshold
-    max_deviation_sigma: float | None
-    """DEVIATION_SIGMA, or None when the probe gives no standard errors."""
-    min_step_fraction: Threshold | None
-    """None when the mean step is 0 or undefined (the check is then off)."""
-    expected_deviations: tuple[int, ...]
-    """Declared deviant layers, ascending."""
-    reasons: Mapping[int, str]
-    """Why each declared layer was declared (one line each)."""
-    margin_sigma: float
-    """k."""
-    absolute: Mapping[str, float]
-    """The absolute margin of each threshold, by law key, in its units (the floor
-    of each margin)."""
+    ``name``: the spec's name (default: ``output``'s file name without suffix);
+    ``probe``: ``probe`` keys of the spec (``sequences``, ``length``, ``shards``,
+    ``corpus``; defaults otherwise); ``measure``: the spec's measure;
+    ``margin_sigma``: k of :func:`audit.thresholds.calibrate_thresholds`; ``force``:
+    overwrite an existing spec or baseline; ``progress`` as :func:`audit.pipeline.run`
+    takes it.  Names and options are checked, and existing files refused, before
+    anything is measured.  Raises :class:`~audit.errors.EquilawError` subclasses."""
+    out = Path(output)
+    if name is None:
+        name = out.stem
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise EquilawError(f"spec name {name!r}, from the output file name, must match "
+                               f"{NAME_PATTERN}: rename {out.name} or pass --name")
+    data: dict[str, Any] = {"name": name, "model": command_line_model(checkpoint),
+                            "probe": dict(probe or {})}
+    if measure is not None:
+        data["measure"] = measure
+    spec = spec_from_dict(data)  # checks the name and the options before anything runs
+    baseline = baseline_path(dataclasses.replace(spec, source=str(out)))
+    if not force:
+        for path in (out, baseline):
+            if os.path.lexists(path):
+                raise EquilawError(f"{path} already exists; pass --force to overwrite it")
 
-    def law(self) -> dict[str, Any]:
-        """The ``law`` mapping of a spec, as ``audit.spec.spec_from_dict`` takes it."""
-        return {
-            "max_pearson_r": self.max_pearson_r.value,
-            "rho": list(self.rho.value),  # type: ignore[arg-type]
-            "max_deviation": self.max_deviation.value,
-            "max_deviation_sigma": self.max_deviation_sigma,
-            "min_step_fraction": None if self.min_step_fraction is None
-            else self.min_step_fraction.value,
-            "expected_deviations": list(self.expected_deviations),
-        }
+    measurement = pipeline.collect(spec, progress=progress)
+    margin = {} if margin_sigma is None else {"margin_sigma": margin_sigma}
+    measured = pipeline.judge(measurement)  # no thresholds: the numbers only
+    calibration = calibrate_thresholds(measured, **margin)
+    text = spec_text(name, relative_path(spec.model.path, out), calibration, measured,
+                     spec.probe, corpus=relative_corpus(spec.probe.corpus, out),
+                     baseline=os.path.relpath(baseline, out.parent))
+    # Judge the measurement by the spec as it will be read back: it must pass.
+    calibrated = spec_from_dict(yaml.safe_load(text), source=out)
+    report = pipeline.judge(dataclasses.replace(measurement, spec=calibrated))
+    if report.verdict != "pass":
+        raise EquilawError("calibrated thresholds fail their own measurement (a bug in "
+                           "audit.calibrate): " + "; ".join(c.message for c in report.violations))
 
-
-def calibrate_thresholds(report: Report, margin_sigma: float = MARGIN_SIGMA, *,
-                         margin_r: float = MARGIN_R, margin_rho: float = MARGIN_RHO,
-                         margin_deviation: float = MARGIN_DEVIATION,
-                         margin_step: float = MARGIN_STEP) -> Calibration:
-    """Thresholds that ``report``'s checkpoint passes by a margin (module docstring).
-
-    ``margin_sigma`` is k (>= 0); the ``margin_*`` are the absolute margins in the
-    units of each threshold.  Raises :class:`StatsError` when the fit is undefined
-    (a judged layer's PR is not positive and finite, or the curve is flat).
-    """
-    if not (math.isfinite(margin_sigma) and margin_sigma >= 0):
-        raise StatsError(f"margin_sigma must be a finite number >= 0, got {margin_sigma!r}")
-    law = report.law
-    judged = [row for row in report.layers if row.index >= law.first_layer]
-    undefined = [row.index for row in judged if not math.isfinite(row.log10_pr)]
-    if undefined:
-        raise StatsError(f"cannot calibrate {report.name!r}: PR is not a positive finite number "
-                         f"at layer{'s' * (len(undefined) > 1)} {', '.join(map(str, undefined))}")
-    if not (math.isfinite(law.pearson_r) and math.isfinite(law.rho)):
-        raise StatsError(f"cannot calibrate {report.name!r}: the law fit is undefined "
-                         "(log10 PR is flat over the judged layers)")
-
-    def margin(se: float, floor: float) -> float:
-        return max(margin_sigma * se, floor) if math.isfinite(se) else floor
-
-    reasons = declared_layers(report)
-    undeclared = [row for row in judged if row.index not in reasons]
-
-    m_r = margin(law.pearson_r_se, margin_r)
-    r_max = min(_outward(law.pearson_r + m_r, DECIMALS["max_pearson_r"], up=True), 1.0)
-    m_rho = margin(law.rho_se, margin_rho)
-    lo = _outward(law.rho - m_rho, DECIMALS["rho"], up=False)
-    if lo <= 0:  # a range that reaches 0 or below: keep it positive, below ρ
-        lo = min(10.0 ** -DECIMALS["rho"], law.rho / 2)
-    hi = _outward(law.rho + m_rho, DECIMALS["rho"], up=True)
-
-    return Calibration(
-        max_pearson_r=Threshold("max_pearson_r", r_max, law.pearson_r, law.pearson_r_se, m_r),
-        rho=Threshold("rho", (lo, hi), law.rho, law.rho_se, m_rho),
-        max_deviation=_deviation_threshold(undeclared, margin, margin_deviation),
-        max_deviation_sigma=DEVIATION_SIGMA if report.shards >= 2 else None,
-        min_step_fraction=_step_threshold(undeclared, law.mean_step, margin, margin_step),
-        expected_deviations=tuple(sorted(reasons)),
-        reasons=dict(sorted(reasons.items())),
-        margin_sigma=float(margin_sigma),
-        absolute={"max_pearson_r": margin_r, "rho": margin_rho,
-                  "max_deviation": margin_deviation, "min_step_fraction": margin_step},
-    )
-
-
-def declared_layers(report: Report) -> dict[int, str]:
-    """Judged layers the declaration rule picks (module docstring), with the reason."""
-    law = report.law
-    judged = [row for row in report.layers if row.index >= law.first_layer]
-    median = float(np.median([abs(row.deviation) for row in judged]))
-    bound = DECLARE_STEP_FACTOR * abs(law.mean_step)
-    out: dict[int, str] = {}
-    for row in judged:
-        why = []
-        dev_sigma = _ratio(abs(row.deviation), row.deviation_se)
-        if abs(row.deviation) > DECLARE_MEDIAN_FACTOR * median and dev_sigma > DEVIATION_SIGMA:
-            why.append(f"deviation {row.deviation:+.4f} ± {row.deviation_se:.2g} "
-                       f"({_ratio(abs(row.deviation), median):.1f} × median |deviation|, "
-                       f"{dev_sigma:.1f} σ)")
-        step_sigma = _ratio(row.step, row.step_se)
-        if row.index > law.first_layer and row.step < -bound and step_sigma < -DECLARE_STEP_SIGMA:
-            why.append(f"step {row.step:+.4f} ± {row.step_se:.2g} "
-                       f"({_ratio(row.step, abs(law.mean_step)):.1f} × |mean step|, "
-                       f"{step_sigma:.1f} σ)")
-        if why:
-            out[row.index] = "; ".join(why)
-    return out
-
-
-def _ratio(value: float, scale: float) -> float:
-    """value / scale; NaN when the scale is unknown, ±inf when it is 0."""
-    if not math.isfinite(scale) or not math.isfinite(value):
-        return math.nan
-    if scale == 0:
-        return math.copysign(math.inf, value) if value != 0 else math.nan
-    return value / scale
-
-
-Margin = Callable[[float, float], float]
-"""margin(se, absolute) -> max(k·se, absolute), or absolute when se is unknown."""
-
-
-def _deviation_threshold(rows: list[LayerRow], margin: Margin, floor_margin: float) -> Threshold:
-    if not rows:
-        return Threshold("max_deviation", _outward(FLOOR_DEVIATION, DECIMALS["max_deviation"], up=True),
-                         math.nan, math.nan, math.nan)
-    worst = max(rows, key=lambda row: abs(row.deviation) + margin(row.deviation_se, floor_margin))
-    m = margin(worst.deviation_se, floor_margin)
-    value = max(abs(worst.deviation) + m, FLOOR_DEVIATION)
-    return Threshold("max_deviation", _outward(value, DECIMALS["max_deviation"], up=True),
-                     abs(worst.deviation), worst.deviation_se, m,
-                     worst.index if value > FLOOR_DEVIATION else None)
-
-
-def _step_threshold(rows: list[LayerRow], mean_step: float, margin: Margin,
-                    floor_margin: float) -> Threshold | None:
-    scale = abs(mean_step)
-    if not (math.isfinite(scale) and scale > 0):
-        return None
-    stepped = [row for row in rows if math.isfinite(row.step)]
-    if not stepped:
-        return Threshold("min_step_fraction", CEILING_STEP_FRACTION, math.nan, math.nan, math.nan)
-    # In units of |mean step|: the fraction each layer would need, margin included.
-    def need(row: LayerRow) -> float:
-        return row.step / scale - margin(row.step_se / scale, floor_margin)
-    worst = min(stepped, key=need)
-    value = min(need(worst), CEILING_STEP_FRACTION)
-    return Threshold("min_step_fraction", _outward(value, DECIMALS["min_step_fraction"], up=False),
-                     worst.step / scale, worst.step_se / scale,
-                     margin(worst.step_se / scale, floor_margin),
-                     worst.index if value < CEILING_STEP_FRACTION else None)
-
-
-def _outward(value: float, decimals: int, *, up: bool) -> float:
-    """``value`` rounded to ``decimals`` places, up (ceiling) or down (floor): the
-    result is >= value going up and <= value going down, as floats.  The shortest
-    decimal that reads back as ``value`` is rounded (so 0.01 stays 0.01, although
-    the float 0.01 lies a little above 1/100); float() is monotone, and reads that
-    decimal back as ``value``, so the result never moves inward."""
-    grid = Decimal(1).scaleb(-decimals)
-    exact = Decimal(repr(float(value)))
-    return float(exact.quantize(grid, rounding=ROUND_CEILING if up else ROUND_FLOOR))
-
-
-# --- the spec file -------------------------------------------------------------------
-
-def relative_path(path: str, spec_file: str | os.PathLike) -> str:
-    """``model.path`` as a spec at ``spec_file`` should spell it: a filesystem path
-    relative to the spec's folder; ``pkg://`` and ``assemble://`` paths as given.
-    Reads nothing on disk."""
-    scheme = split_scheme(path)
-    if scheme and scheme[0] in MODEL_SCHEMES:
-        return path
-    folder = os.path.dirname(os.path.abspath(os.fspath(spec_file)))
-    return os.path.relpath(os.path.abspath(os.path.expanduser(path)), folder)
-
-
-def relative_corpus(corpus: str, spec_file: str | os.PathLike) -> str:
-    """``probe.corpus`` as a spec at ``spec_file`` should spell it: a built-in name
-    as given, a path relative to the spec's folder."""
-    return corpus if corpus in BUILTIN_CORPORA else relative_path(corpus, spec_file)
-
-
-def spec_text(name: str, model_path: str, calibration: Calibration, report: Report,
-              probe: ProbeSpec, *, corpus: str | None = None, baseline: str | None = None,
-              today: date | None = None) -> str:
-    """A commented YAML spec auditing ``model_path`` with ``calibration``'s thresholds.
-
-    ``report`` is the measurement the thresholds came from (for the header and
-    ``measure``, ``normalization``, ``target``, the model's device and dtype);
-    ``probe`` the probe it was measured on, with ``corpus`` the text to write for
-    ``probe.corpus`` (default ``probe.corpus``: pass it relative to the spec's
-    folder, as ``model_path``); ``baseline`` where its baseline is, for the header;
-    ``today`` the date stated (default: today, UTC).
-    """
-    law = report.law
-    when = (today or datetime.now(timezone.utc).date()).isoformat()
-    model = report.model
-    shape = ", ".join(str(part) for part in (
-        model.get("architecture"), model.get("layers") and f"{model['layers']} layers",
-        model.get("width") and f"width {model['width']}") if part)
-    k, a = f"{calibration.margin_sigma:g}", calibration.absolute
-    declared = [f"  layer {layer}: {why}" for layer, why in calibration.reasons.items()]
-    header = [
-        f"{name}: calibrated by `equilaw calibrate` on {when} (UTC).",
-        f"Checkpoint: {model_path}",
-        f"  ({shape}; weights sha256 {model.get('sha256')})",
-        f"Measured: Pearson r {law.pearson_r:.4f}{_pm(law.pearson_r_se, '.4f')}, "
-        f"rho {law.rho:.5f}{_pm(law.rho_se, '.5f')},",
-        f"  mean step {law.mean_step:.5f}{_pm(law.mean_step_se, '.5f')} decades per layer, "
-        f"PR {law.pr_first:.4f} -> {law.pr_last:.4f} (layers {law.first_layer} -> "
-        f"{len(report.layers) - 1}).",
-        f"Probe: {report.corpus.get('name')} (sha256 {report.corpus.get('sha256')}),",
-        f"  {probe.sequences} windows of {probe.length} tokens, seed {probe.seed}, "
-        f"{probe.shards} jackknife shards;",
-        f"  windows sha256 {report.probe.get('windows_sha256')}.",
-        f"Margins: the wider of k = {k} standard errors (se) and an absolute margin;",
-        "  thresholds rounded outward (r, deviation to 0.001; rho to 0.0001; step",
-        "  fraction to 0.01).  Deviations and steps are in decades of PR:",
-        f"  max_pearson_r = r + max({k} se, {a['max_pearson_r']:g}), at most 1;",
-        f"  rho = [rho - m, rho + m], m = max({k} se, {a['rho']:g}), lo > 0;",
-        f"  max_deviation = max over undeclared layers of |deviation| + max({k} se, "
-        f"{a['max_deviation']:g}),",
-        f"    at least {FLOOR_DEVIATION:g}; max_deviation_sigma = {DEVIATION_SIGMA:g} "
-        "(a layer fails only beyond both);",
-        f"  min_step_fraction = min over undeclared layers of (step - max({k} se, "
-        f"{a['min_step_fraction']:g} |mean step|))",
-        f"    / |mean step|, at most {CEILING_STEP_FRACTION:g}.",
-        f"Declared deviant layers (layer 0 is never judged): |deviation| > "
-        f"{DECLARE_MEDIAN_FACTOR:g} × median |deviation|",
-        f"  and > {DEVIATION_SIGMA:g} se, or step < -{DECLARE_STEP_FACTOR:g} × |mean step| "
-        f"and < -{DECLARE_STEP_SIGMA:g} se:",
-        *(declared or ["  none"]),
-    ]
-    if baseline is not None:
-        header.append(f"Baseline: {baseline}")
-
-    lines = [*("# " + line for line in header), f"name: {_scalar(name)}", "model:",
-             f"  path: {_scalar(model_path)}"]
-    spec_model = report.spec.get("model", {})
-    lines += [f"  device: {_scalar(spec_model.get('device', 'cpu'))}",
-              f"  dtype: {_scalar(spec_model.get('dtype', 'float32'))}"]
-    if spec_model.get("allow_package_code"):
-        lines.append("  allow_package_code: true  # assemble:// runs the package's assemble()")
-    if spec_model.get("trust_remote_code"):
-        lines.append("  trust_remote_code: true")
-    if spec_model.get("tokenizer"):
-        lines.append(f"  tokenizer: {_scalar(spec_model['tokenizer'])}")
-    if spec_model.get("norm"):
-        lines += ["  norm:", f"    kind: {spec_model['norm']['kind']}",
-                  f"    eps: {_number(spec_model['norm']['eps'])}"]
-    lines += [f"backend: {_scalar(report.backend)}", "probe:",
-              f"  corpus: {_scalar(corpus if corpus is not None else probe.corpus)}",
-              f"  sequences: {probe.sequences}", f"  length: {probe.length}",
-              f"  seed: {probe.seed}", f"  batch_size: {probe.batch_size}",
-              f"  shards: {probe.shards}", f"  statistics: {probe.statistics}",
-              f"  loss: {'true' if probe.loss else 'false'}",
-              f"measure: {report.measure}", f"normalization: {report.normalization}",
-              f"target: {report.target}", "law:"]
-    lines += _law_lines(calibration)
-    lines += ["baseline:  # tolerances against the baseline (defaults; docs/specs.md#baseline)"]
-    for f in dataclasses.fields(BaselineSpec):
-        value = getattr(BaselineSpec(), f.name)
-        if f.name == "max_drift_sigma" and probe.shards < 2:
-            value = None  # one shard gives no paired standard errors
-        lines.append(f"  {f.name}: {'null' if value is None else _number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _law_lines(c: Calibration) -> list[str]:
-    r, rho, dev, step = c.max_pearson_r, c.rho, c.max_deviation, c.min_step_fraction
-    lo, hi = rho.value  # type: ignore[misc]
-    rows = [
-        (f"max_pearson_r: {_number(r.value)}",
-         f"measured r {r.measured:.4f}{_pm(r.stderr, '.4f')}; margin {r.margin:.4f}"),
-        (f"rho: [{_number(lo)}, {_number(hi)}]",
-         f"measured rho {rho.measured:.5f}{_pm(rho.stderr, '.5f')}; margin {rho.margin:.5f}"),
-    ]
-    if math.isnan(dev.measured):
-        rows.append((f"max_deviation: {_number(dev.value)}", "every judged layer is declared: the floor"))
-    else:
-        where = f"layer {dev.layer}" if dev.layer is not None else "the floor decided"
-        rows.append((f"max_deviation: {_number(dev.value)}",
-                     f"largest undeclared |deviation| {dev.measured:.4f}{_pm(dev.stderr, '.4f')} "
-                     f"({where}); margin {dev.margin:.4f}"))
-    if c.max_deviation_sigma is None:
-        rows.append(("max_deviation_sigma: null", "off: one shard gives no standard errors"))
-    else:
-        rows.append((f"max_deviation_sigma: {_number(c.max_deviation_sigma)}",
-                     "fixed: fail only beyond both deviation thresholds"))
-    if step is None:
-        rows.append(("min_step_fraction: null", "off: the mean step is 0 or undefined"))
-    elif math.isnan(step.measured):
-        rows.append((f"min_step_fraction: {_number(step.value)}", "no undeclared step: the ceiling"))
-    else:
-        where = f"layer {step.layer}" if step.layer is not None else f"capped at {_number(CEILING_STEP_FRACTION)}"
-        rows.append((f"min_step_fraction: {_number(step.value)}",
-                     f"lowest undeclared step / |mean step| {step.measured:.2f}"
-                     f"{_pm(step.stderr, '.2f')} ({where}); margin {step.margin:.2f}"))
-    declared = ", ".join(map(str, c.expected_deviations))
-    rows.append((f"expected_deviations: [{declared}]",
-                 "declared: see the header" if declared else "none declared"))
-    width = max(len(key) for key, _ in rows) + 2
-    return [f"  {key:<{width}}# {comment}" for key, comment in rows]
-
-
-def _number(value: float) -> str:
-    """A YAML number in fixed-point notation (YAML reads ``1e-05`` as a string)."""
-    text = format(Decimal(repr(float(value))).normalize(), "f")
-    return text if "." in text else text + ".0"
-
-
-def _scalar(text: str) -> str:
-    """``text`` as a YAML scalar: plain when it reads back as itself, else quoted."""
     try:
-        plain_ok = yaml.safe_load(f"k: {text}") == {"k": text}
-    except yaml.YAMLError:
-        plain_ok = False
-    if plain_ok and "#" not in text:
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _pm(se: float, spec: str) -> str:
-    return "" if not math.isfinite(se) else f" ± {se:{spec}}"
-
-
-__all__ = ["Calibration", "Threshold", "calibrate_thresholds", "declared_layers",
-           "relative_corpus", "relative_path", "spec_text"]
+        write_text_atomic(out, text)  # a reader never sees a partial spec
+    except OSError as exc:
+        raise EquilawError(f"cannot write spec {out}: {exc}") from exc
+    written = write_baseline(report, baseline)
+    return Calibrated(spec_path=out, baseline_path=written, report=report,
+                      calibration=calibration)

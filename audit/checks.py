@@ -7,7 +7,7 @@ layer (``deviation``, ``step``).  Nothing is printed or asserted here; the pytes
 layer and the report renderers read the results.  :data:`CHECKS` is the one table
 of every check's name, item and kind, the comparisons' included.
 
-Rules (METHOD.md, "Definitions every part of the code shares"):
+Rules (docs/method.md, "Definitions every part of the code shares"):
 
 - pearson_r passes iff r <= max_pearson_r; rho passes iff lo <= rho <= hi.
 - deviation (layers first..L): the layer fails iff every threshold that is set is
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.errors import StatsError
+from audit.internal.plus_minus import plus_minus
 from audit.law import LawFit
 from audit.spec import LawSpec
 
@@ -237,7 +238,7 @@ def _check_pearson_r(fit: LawFit, threshold: float) -> CheckResult:
         message = f"pearson_r NaN: {_why_fit_undefined(fit)}; max_pearson_r {threshold!r}"
     else:
         passed = r <= threshold
-        message = (f"pearson_r {r:.4f}{_pm(se, '.2g')} {'<=' if passed else '>'} "
+        message = (f"pearson_r {r:.4f}{plus_minus(se, '.2g')} {'<=' if passed else '>'} "
                    f"max_pearson_r {threshold!r}")
     return CheckResult("pearson_r", None, r, se, threshold, math.nan, None, passed, False, message)
 
@@ -250,7 +251,7 @@ def _check_rho(fit: LawFit, lo: float, hi: float) -> CheckResult:
         message = f"rho NaN: {_why_fit_undefined(fit)}; range {bounds}"
     else:
         passed = lo <= rho <= hi
-        message = f"rho {rho:.5f}{_pm(se, '.2g')} {'in' if passed else 'outside'} {bounds}"
+        message = f"rho {rho:.5f}{plus_minus(se, '.2g')} {'in' if passed else 'outside'} {bounds}"
     return CheckResult("rho", None, rho, se, (lo, hi), math.nan, None, passed, False, message)
 
 
@@ -266,7 +267,7 @@ def _check_deviation(fit: LawFit, layer: int, max_deviation: float | None,
                            False, expected, f"{head} NaN: {_why_fit_undefined(fit)}")
     passed, sigma, deciding = effect_and_sigma(dev, se, max_deviation, max_sigma,
                                                "deviation", "max_deviation", "max_deviation_sigma")
-    message = f"{head} {dev:+.3g}{_pm(se, '.2g')}: {deciding}"
+    message = f"{head} {dev:+.3g}{plus_minus(se, '.2g')}: {deciding}"
     return CheckResult("deviation", layer, dev, se, max_deviation, sigma, max_sigma, passed,
                        expected, message)
 
@@ -314,22 +315,17 @@ def _check_step(fit: LawFit, layer: int, fraction: float, expected: bool) -> Che
         message = f"{head} NaN: {_why_pr_undefined(fit, undefined)}"
         passed = False
     elif math.isnan(threshold):
-        message = (f"{head} {step:.3g}{_pm(se, '.2g')}, threshold {rule} is NaN: the mean "
+        message = (f"{head} {step:.3g}{plus_minus(se, '.2g')}, threshold {rule} is NaN: the mean "
                    f"step is undefined ({_why_pr_undefined(fit, fit.undefined_layers())})")
         passed = False
     else:
         passed = step >= threshold
-        message = (f"{head} {step:.3g}{_pm(se, '.2g')} {'>=' if passed else '<'} "
+        message = (f"{head} {step:.3g}{plus_minus(se, '.2g')} {'>=' if passed else '<'} "
                    f"{rule} = {threshold:.3g}")
     return CheckResult("step", layer, step, se, threshold, math.nan, None, passed, expected, message)
 
 
 # --- messages -----------------------------------------------------------------
-
-def _pm(se: float, spec: str) -> str:
-    """' ± se', or nothing when the standard error is unknown."""
-    return "" if math.isnan(se) else f" ± {se:{spec}}"
-
 
 def _why_fit_undefined(fit: LawFit) -> str:
     undefined = fit.undefined_layers()

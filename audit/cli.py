@@ -8,16 +8,14 @@ stated margin (``audit.calibrate``), and its baseline as
 with every hidden state (``audit.backends.onnx_export``); ``equilaw mutate SPEC``
 audits damaged in-memory copies of the spec's checkpoint (``audit.mutate``);
 ``equilaw trajectory SPEC RUN_DIR`` audits a training run's checkpoints
-(``audit.trajectory``).  Errors of equilaw print
+(``audit.trajectory``); ``equilaw report FILES -o FILE.html`` renders saved reports
+as one HTML page (``audit.report.html``).  Errors of equilaw print
 ``equilaw: error: MESSAGE`` on stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     traj.add_argument("--reports", metavar="DIR", default="reports",
                       help="where <name>.trajectory.json goes (default: reports)")
     traj.set_defaults(func=trajectory)
+    page = verbs.add_parser(
+        "report", help="render saved reports as one self-contained HTML page",
+        description="Render audit reports (<name>.json), mutation reports "
+                    "(<name>.mutations.json) and trajectories (<name>.trajectory.json) as one "
+                    "self-contained HTML page, the page --audit-html writes at the end of a "
+                    "run, and optionally the run's Markdown summary table.")
+    page.add_argument("files", nargs="+", metavar="REPORT.json",
+                      help="report files of any of the three kinds, shown in this order")
+    page.add_argument("-o", "--output", required=True, metavar="FILE.html",
+                      help="the HTML file to write")
+    page.add_argument("--markdown", metavar="FILE.md", default=None,
+                      help="also write the Markdown summary of the audit reports")
+    page.add_argument("--title", default="equilaw report", help="the page's title")
+    page.set_defaults(func=report)
     dist = verbs.add_parser(
         "distributed", help="audit a spec across processes or machines (under torchrun)",
         description="Run under torchrun: every rank measures its share of the probe's "
@@ -135,79 +147,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 2
+    from audit.internal.signals import terminate_as_interrupt
+
+    restore = terminate_as_interrupt()   # a cancelled job unwinds, removing its temporaries
     try:
         return args.func(args)
     except EquilawError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _model_section(checkpoint: str) -> dict[str, Any]:
-    """The model section for a checkpoint named on the command line: whoever types
-    ``assemble://MODULE`` there asks for that package's code to run, so the opt-in
-    that a spec file must state (``model.allow_package_code``) is given here."""
-    section: dict[str, Any] = {"path": checkpoint}
-    if checkpoint.startswith("assemble://"):
-        section["allow_package_code"] = True
-    return section
+    finally:
+        restore()
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    """The ``calibrate`` verb: measure, choose thresholds, check them, write."""
-    import yaml
+    """The ``calibrate`` verb: :func:`audit.calibrate.calibrate`, then a summary."""
+    from audit.calibrate import calibrate as run_calibration
 
-    from audit.calibrate import calibrate_thresholds, relative_corpus, relative_path, spec_text
-    from audit.compare.baseline import baseline_path, write_baseline
-    from audit.pipeline import collect, judge
-    from audit.spec import NAME_PATTERN, spec_from_dict
-
-    out = Path(args.output)
-    name = args.name if args.name is not None else out.stem
-    if args.name is None and not re.fullmatch(NAME_PATTERN, name):
-        raise EquilawError(f"spec name {name!r}, from the output file name, must match "
-                           f"{NAME_PATTERN}: rename {out.name} or pass --name")
     probe = {key: value for key, value in (("sequences", args.sequences), ("length", args.length),
                                            ("shards", args.shards), ("corpus", args.corpus))
              if value is not None}
-    data: dict[str, Any] = {"name": name, "model": _model_section(args.checkpoint),
-                            "probe": probe}
-    if args.measure is not None:
-        data["measure"] = args.measure
-    spec = spec_from_dict(data)  # checks the name and the options before anything runs
-    baseline = baseline_path(dataclasses.replace(spec, source=str(out)))
-    if not args.force:
-        for path in (out, baseline):
-            if os.path.lexists(path):
-                raise EquilawError(f"{path} already exists; pass --force to overwrite it")
-
-    measurement = collect(spec, progress=_progress())
-    margin = {} if args.margin_sigma is None else {"margin_sigma": args.margin_sigma}
-    measured = judge(measurement)  # no thresholds: the numbers only
-    calibration = calibrate_thresholds(measured, **margin)
-    text = spec_text(name, relative_path(spec.model.path, out), calibration, measured,
-                     spec.probe, corpus=relative_corpus(spec.probe.corpus, out),
-                     baseline=os.path.relpath(baseline, out.parent))
-    # Judge the measurement by the spec as it will be read back: it must pass.
-    calibrated = spec_from_dict(yaml.safe_load(text), source=out)
-    report = judge(dataclasses.replace(measurement, spec=calibrated))
-    if report.verdict != "pass":
-        raise EquilawError("calibrated thresholds fail their own measurement (a bug in "
-                           "audit.calibrate): " + "; ".join(c.message for c in report.violations))
-
-    _write_atomic(out, text)
-    written = write_baseline(report, baseline)
-    law = report.law
-    declared = ", ".join(map(str, calibration.expected_deviations)) or "none"
-    print(f"spec written: {out}")
-    print(f"baseline written: {written}")
-    print(f"{name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, rho {law.rho:.5f} ± "
-          f"{law.rho_se:.2g}; declared layers: {declared}")
+    result = run_calibration(args.checkpoint, args.output, name=args.name, probe=probe,
+                             measure=args.measure, margin_sigma=args.margin_sigma,
+                             force=args.force, progress=_progress())
+    law = result.report.law
+    declared = ", ".join(map(str, result.calibration.expected_deviations)) or "none"
+    print(f"spec written: {result.spec_path}")
+    print(f"baseline written: {result.baseline_path}")
+    print(f"{result.report.name}: r {law.pearson_r:.4f} ± {law.pearson_r_se:.2g}, "
+          f"rho {law.rho:.5f} ± {law.rho_se:.2g}; declared layers: {declared}")
     return 0
 
 
 def export_onnx(args: argparse.Namespace) -> int:
     """The ``export-onnx`` verb: export, validate, print a summary."""
     from audit.backends import onnx_export
+    from audit.backends.locate import command_line_model
     from audit.spec import load_spec, spec_from_dict
 
     out = Path(args.output)
@@ -215,7 +189,8 @@ def export_onnx(args: argparse.Namespace) -> int:
         spec = load_spec(args.source)
         model, name = spec.model, spec.name
     else:  # the checkpoint argument resolves as calibrate's does; the name only labels errors
-        model = spec_from_dict({"name": "export", "model": _model_section(args.source)}).model
+        model = spec_from_dict({"name": "export",
+                                "model": command_line_model(args.source)}).model
         name = out.stem
     tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
     result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,
@@ -240,10 +215,9 @@ def mutate(args: argparse.Namespace) -> int:
     """The ``mutate`` verb: mutants, the table, the JSON report."""
     from rich.console import Console
 
-    from audit.internal.files import write_text_atomic
     from audit.mutate import mutate as run_mutations
-    from audit.outputs import report_file
-    from audit.report.mutations import render
+    from audit.report.mutations_json import write_mutations
+    from audit.report.mutations_terminal import render
     from audit.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -257,11 +231,7 @@ def mutate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a block or operator the model does not have
         raise EquilawError(f"{args.spec}: {exc}") from None
     render(report, Console(width=max(150, Console().width)))
-    out = report_file(args.reports, spec.name, "mutations")
-    try:
-        write_text_atomic(out, report.to_json())
-    except OSError as exc:
-        raise EquilawError(f"cannot write {out}: {exc}") from exc
+    out = write_mutations(report, args.reports)
     print(f"report written: {out}")
     return 0
 
@@ -270,7 +240,8 @@ def trajectory(args: argparse.Namespace) -> int:
     """The ``trajectory`` verb: audit each checkpoint, render, write."""
     from rich.console import Console
 
-    from audit.report.trajectory import render, write_trajectory
+    from audit.report.trajectory_json import write_trajectory
+    from audit.report.trajectory_terminal import render
     from audit.spec import load_spec
     from audit.trajectory import audit_run, trajectory_path
 
@@ -281,6 +252,22 @@ def trajectory(args: argparse.Namespace) -> int:
     out = trajectory_path(spec, args.reports)
     write_trajectory(result, out)
     print(f"trajectory written: {out}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """The ``report`` verb: read the files, write the page (and the summary)."""
+    from audit.report.html import write_page
+    from audit.report.markdown import write_markdown
+    from audit.report.sources import read_report_files
+
+    inputs = read_report_files(args.files)
+    path = write_page(args.output, inputs.reports, inputs.mutations, inputs.trajectories,
+                      title=args.title)
+    print(f"HTML report written: {path}")
+    if args.markdown:
+        print(f"Markdown summary written: "
+              f"{write_markdown(args.markdown, inputs.reports, html_path=str(path))}")
     return 0
 
 
@@ -300,16 +287,6 @@ def _progress() -> Any:
     from audit.report.progress import RichProgress
 
     return RichProgress(Console(stderr=True))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write the spec atomically: a reader never sees a partial one."""
-    from audit.internal.files import write_text_atomic
-
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise EquilawError(f"cannot write spec {path}: {exc}") from exc
 
 
 def distributed(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Probe corpora: the frozen built-in corpus, user files, and deterministic windows.
 
 A corpus is an ordered tuple of documents and a sha256 that identifies it across
-machines.  METHOD.md ("Data points") fixes how it becomes model input: the documents
+machines.  docs/method.md ("Data points") fixes how it becomes model input: the documents
 are joined with a blank line (``"\\n\\n"``) and tokenized as ONE stream; a window is
 ``length`` consecutive tokens of that stream, preceded by the tokenizer's BOS token
 where it has one (the BOS counts towards ``length``); the stream is cut into

@@ -5,7 +5,7 @@ model over its share of the sequences. The share is by jackknife shard: rank r t
 the sequences of shards s with s mod world = r, so a shard's sums come whole from one
 rank. Each rank accumulates its own statistics and probe-loss sums. Rank 0 then
 receives every other rank's arrays and merges them.
-:meth:`LayerStats.merge <audit.stats.LayerStats.merge>` converts sums taken around
+:meth:`LayerStats.merge <audit.stats.layer_stats.LayerStats.merge>` converts sums taken around
 different shifts exactly, and matches class slots by token id, which is why arrays
 are gathered and merged rather than summed with ``all_reduce``. Rank 0 then fits
 and judges as a single process does. PR and its standard errors equal the
@@ -40,7 +40,7 @@ from audit.errors import EquilawError
 if TYPE_CHECKING:
     from audit.report.data import Report
     from audit.spec import Spec
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
 __all__ = ["Part", "init_from_environment", "run"]
 
@@ -100,7 +100,7 @@ def _pack(stats: LayerStats, loss_sum: np.ndarray, loss_count: np.ndarray) -> np
 
 
 def _unpack(payload: np.ndarray) -> tuple[LayerStats, np.ndarray, np.ndarray]:
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     with np.load(io.BytesIO(payload.tobytes()), allow_pickle=False) as npz:
         arrays = {k[len("stats."):]: npz[k] for k in npz.files if k.startswith("stats.")}

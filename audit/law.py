@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit.errors import StatsError
-from audit.jackknife import jackknife_se
+from audit.stats.jackknife import jackknife_se
+from audit.stats.measures import log10_or_nan
 
 _SCALARS = ("slope", "intercept", "pearson_r", "r_squared", "rho", "mean_step")
 _ARRAYS = ("pr", "log10_pr", "fitted", "deviation", "step")
@@ -87,12 +88,6 @@ class LawFit:
         """The layers the law is fitted on and judged at: first_layer..L."""
         return range(self.first_layer, self.num_layers + 1)
 
-    @property
-    def pr_ratio(self) -> float:
-        """PR_L / PR_first: the overall ratio the reference code prints."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(self.pr[-1] / self.pr[self.first_layer])
-
     def undefined_layers(self) -> tuple[int, ...]:
         """Judged layers whose PR is not a positive finite number (their log10 is
         NaN, and so is every fitted quantity)."""
@@ -162,17 +157,6 @@ def fit_law(values, first_layer: int = 1, leave_one_out=None) -> LawFit:
         fields[key] = _frozen(point[key])
         fields[key + "_se"] = _frozen(se[key])
     return LawFit(first_layer=first_layer, shards=shards, **fields)
-
-
-def log10_or_nan(values) -> np.ndarray:
-    """log10 of PR values (any shape), NaN where PR is 0, negative, infinite or NaN:
-    such a PR has no meaningful log, and NaN (not -inf) makes everything downstream
-    say "undefined" the same way.  The law fit and the reports' per-shard values
-    both use it."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log10(np.asarray(values, dtype=np.float64))
-    out[~np.isfinite(out)] = np.nan
-    return out
 
 
 def _fit_curve(pr: np.ndarray, first: int) -> dict[str, np.ndarray | float]:

@@ -3,36 +3,35 @@
 - :func:`collect`: spec → corpus → probe sequences (:mod:`audit.probe`) → backend →
   statistics and probe loss, as a :class:`Measurement` (what was measured and on
   which tokens);
-- :func:`judge`: measurement → law fit → checks → :class:`~audit.report.data.Report`.
+- :func:`judge`: measurement → law fit → :func:`audit.report.build.build_report`
+  (checks, report data) → :class:`~audit.report.data.Report`.
 
 :func:`measure` is :func:`collect` through the statistics cache
-(:mod:`audit.cache`); :func:`run` is :func:`judge` of :func:`measure`.  Comparisons
-(baselines, merges) judge two measurements' reports against each other and never
-re-run a model (``audit.compare``).
+(:mod:`audit.cache.stats_cache`); :func:`run` is :func:`judge` of :func:`measure`.
+Comparisons (baselines, merges) judge two measurements' reports against each
+other and never re-run a model (``audit.compare``).
 """
 
 from __future__ import annotations
 
 import math
-import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from audit import __version__
-from audit.checks import evaluate
 from audit.corpus import load_corpus
-from audit.law import LawFit, fit_law, log10_or_nan
+from audit.law import fit_law
 from audit.norms import NormInfo, apply_normalization
 from audit.probe import example_slices, probe_input
-# Re-exported: they lived here before audit.probe, and callers import them from here.
-from audit.probe import TARGET_OFFSETS, example_positions, windows_sha256  # noqa: F401
-from audit.report.data import LawSummary, LayerRow, LossSummary, Report
-from audit.jackknife import jackknife_se
+from audit.report.build import build_report
+from audit.report.data import LossSummary, Report
 from audit.spec import Spec, check_against_model
-from audit.stats import LayerStats
+from audit.stats.jackknife import jackknife_se
+from audit.stats.layer_stats import LayerStats
+from audit.versions import software_versions
+
 
 class Progress(Protocol):
     """What :func:`run` tells about its progress (the plugin draws a bar from it)."""
@@ -42,20 +41,6 @@ class Progress(Protocol):
     def advance(self, tokens: int) -> None: ...
 
     def stop(self) -> None: ...
-
-
-@dataclass(frozen=True, eq=False)
-class ProbeLoss:
-    """The model's own next-token cross-entropy on the probe windows."""
-
-    mean: float
-    """Mean nats per predicted token (every position but each window's last)."""
-    stderr: float
-    """Jackknife standard error over the shards (NaN with one shard)."""
-    leave_one_out: tuple[float, ...]
-    """The mean with each shard of ``shard_ids`` left out."""
-    tokens: int
-    """Predicted tokens the mean is over."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +58,7 @@ class Measurement:
     shard_ids: tuple[int, ...]
     ranks: np.ndarray
     conditions: np.ndarray
-    loss: ProbeLoss | None
+    loss: LossSummary | None
     loss_note: str | None
     """Why there is no loss (switched off, or no head); None when there is one."""
     model: dict[str, Any]
@@ -104,16 +89,17 @@ def run(spec: Spec, model: Any = None, progress: Progress | None = None,
 def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
             backend: Any = None, cache: Any = True) -> Measurement:
     """:func:`collect`, through the statistics cache: an entry for the same inputs
-    (:meth:`audit.cache.StatsCache.key_inputs`) gives the measurement without
-    loading weights or tokenizing; otherwise :func:`collect` runs and its
-    measurement is stored.  ``cache``: ``True`` the default folder
-    (:func:`audit.cache.default_folder`; off when ``EQUILAW_NO_CACHE`` is set),
-    ``False`` off, a folder, or an :class:`audit.cache.StatsCache`.  A model
+    (:meth:`audit.cache.stats_cache.StatsCache.key_inputs`) gives the measurement
+    without loading weights or tokenizing; otherwise :func:`collect` runs and its
+    measurement is stored.  ``cache``: ``True`` the environment's settings
+    (:meth:`audit.cache.settings.CacheSettings.from_environment`; off when
+    ``EQUILAW_NO_CACHE`` is set), ``False`` off, a folder, a ``CacheSettings``, or
+    an :class:`audit.cache.stats_cache.StatsCache`.  A model
     handed over in memory (``model``, or a backend made from one) is never cached:
     it has no file identity, and hashing its state dict costs about as much as
     re-judging should.  Spec rules that need the model's depth are checked first,
     as :func:`collect` does."""
-    from audit.cache import open_cache
+    from audit.cache.stats_cache import open_cache
 
     store = open_cache(cache)
     if store is None or model is not None:
@@ -130,8 +116,8 @@ def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
     if parts is not None:
         loss = parts.pop("loss")
         if loss is not None:
-            loss = ProbeLoss(mean=loss["mean"], stderr=loss["stderr"],
-                             leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
+            loss = LossSummary(mean=loss["mean"], stderr=loss["stderr"],
+                               leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
         return Measurement(spec=spec, loss=loss, **parts)
     measurement = collect(spec, progress=progress, backend=backend)
     store.store(key, measurement)
@@ -234,20 +220,20 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
                 "sequences": spec.probe.sequences, "length": spec.probe.length},
         probe={"mode": probe.mode, "windows_sha256": probe.sha256,
                "tokenizer": backend.tokenizer_info()},
-        versions={"python": platform.python_version(), "numpy": np.__version__,
-                  "equilaw": __version__, **backend.versions()},
+        versions=software_versions(backend),
         timing=timing,
         backend=getattr(backend, "backend_name", spec.backend),
     )
 
 
-def _probe_loss(total: np.ndarray, count: np.ndarray, shard_ids: tuple[int, ...]) -> ProbeLoss:
+def _probe_loss(total: np.ndarray, count: np.ndarray,
+                shard_ids: tuple[int, ...]) -> LossSummary:
     """Mean nats per token and its jackknife over the filled shards."""
     n = float(count.sum())
     loo = tuple(float((total.sum() - total[i]) / (n - count[i])) for i in shard_ids)
     se = jackknife_se(np.array(loo)) if len(loo) >= 2 else math.nan
-    return ProbeLoss(mean=float(total.sum() / n), stderr=float(se), leave_one_out=loo,
-                     tokens=int(n))
+    return LossSummary(mean=float(total.sum() / n), stderr=float(se), leave_one_out=loo,
+                       tokens=int(n))
 
 
 def judge(measurement: Measurement) -> Report:
@@ -261,119 +247,8 @@ def judge(measurement: Measurement) -> Report:
         shard_ids=m.shard_ids, leave_one_out=m.leave_one_out, backend=m.backend)
 
 
-# Relative precision of PR above which a layer's condition number earns a warning.
-PRECISION_WARNING = 1e-8
-# PR's relative precision is about κ^power × eps for each way of accumulating.
-_PRECISION_POWER = {"gram": 2, "qr": 1}
-
-
-def build_report(spec: Spec, fit: LawFit, *, ranks: np.ndarray, conditions: np.ndarray,
-                 model: dict[str, Any], corpus: dict[str, Any], versions: dict[str, str],
-                 timing: dict[str, float], probe: dict[str, Any] | None = None,
-                 loss: ProbeLoss | None = None, loss_note: str | None = None,
-                 shard_ids: tuple[int, ...] = (),
-                 leave_one_out: np.ndarray | None = None, backend: str | None = None) -> Report:
-    """Judge ``fit`` against ``spec.law`` and assemble the report; ``ranks`` int [L+1]
-    and ``conditions`` float [L+1] are the features' rank and condition number per
-    layer, ``leave_one_out`` [g, L+1] the PR curves with each of ``shard_ids`` left
-    out; the dicts are stored as the report's fields of the same names.
-    :func:`judge` ends here; tests build reports from synthetic fits."""
-    verdict = evaluate(fit, spec.law)
-    loo_log10 = (np.full((0, len(fit.pr)), np.nan) if leave_one_out is None
-                 else log10_or_nan(leave_one_out))
-    return Report(
-        name=spec.name,
-        spec=_spec_dict(spec),
-        model=model,
-        corpus=corpus,
-        measure=spec.measure,
-        normalization=spec.normalization,
-        target=spec.target,
-        backend=backend or spec.backend,
-        seeds={"probe": spec.probe.seed, "shuffle": spec.probe.seed},
-        versions=versions,
-        law=_law_summary(fit),
-        layers=_layer_rows(fit, ranks, conditions, verdict, loo_log10),
-        checks=verdict.results,
-        verdict="pass" if verdict.passed else "fail",
-        timing=timing,
-        shards=spec.probe.shards,
-        statistics=spec.probe.statistics,
-        warnings=_numeric_warnings(spec, ranks, conditions, model.get("width")),
-        probe=dict(probe or {}),
-        loss=None if loss is None else LossSummary(
-            mean=loss.mean, stderr=loss.stderr, leave_one_out=loss.leave_one_out, tokens=loss.tokens),
-        loss_note=loss_note,
-        shard_ids=tuple(int(i) for i in shard_ids),
-    )
-
-
-
-def _numeric_warnings(spec: Spec, ranks: np.ndarray, conditions: np.ndarray,
-                      width: int | None) -> tuple[str, ...]:
-    """Layers whose condition number limits PR's precision beyond
-    :data:`PRECISION_WARNING`, and layers whose features lost rank."""
-    method = spec.probe.statistics
-    eps = float(np.finfo(np.float64).eps)
-    out = []
-    for layer, (rank, kappa) in enumerate(zip(ranks, conditions)):
-        precision = float(kappa) ** _PRECISION_POWER[method] * eps
-        if np.isfinite(kappa) and precision > PRECISION_WARNING:
-            hint = "; probe.statistics: qr would give about {:.0e}".format(float(kappa) * eps) \
-                if method == "gram" else ""
-            exact = (f"PR is exact only to about {precision:.0e} relative" if precision < 0.1
-                     else "PR may carry no correct digit")
-            out.append(f"layer {layer}: condition number {kappa:.1e} of the centred, "
-                       f"column-scaled features: {exact} with statistics: {method}{hint}")
-        if width is not None and rank < width:
-            out.append(f"layer {layer}: features have rank {rank} < width {width} (constant "
-                       f"or dependent dimensions): PR is the minimum-norm least-squares value")
-    return tuple(out)
-
-
 def _norm_info(spec: Spec, info: Any) -> NormInfo:
     """The spec's ``model.norm`` override, else the backend's own description."""
     if spec.model.norm is not None:
         return NormInfo(kind=spec.model.norm.kind, eps=spec.model.norm.eps)
     return info.norm
-
-
-def _law_summary(fit: LawFit) -> LawSummary:
-    return LawSummary(
-        slope=fit.slope, slope_se=fit.slope_se, intercept=fit.intercept,
-        intercept_se=fit.intercept_se, pearson_r=fit.pearson_r, pearson_r_se=fit.pearson_r_se,
-        r_squared=fit.r_squared, r_squared_se=fit.r_squared_se, rho=fit.rho, rho_se=fit.rho_se,
-        mean_step=fit.mean_step, mean_step_se=fit.mean_step_se, first_layer=fit.first_layer,
-        pr_first=float(fit.pr[fit.first_layer]), pr_last=float(fit.pr[-1]),
-    )
-
-
-def _layer_rows(fit: LawFit, ranks: np.ndarray, conditions: np.ndarray,
-                verdict, loo_log10: np.ndarray) -> tuple[LayerRow, ...]:
-    rows = []
-    for layer in range(len(fit.pr)):
-        status = "unjudged" if layer < fit.first_layer else verdict.layer_status(layer)
-        rows.append(LayerRow(
-            index=layer, pr=float(fit.pr[layer]), pr_se=float(fit.pr_se[layer]),
-            log10_pr=float(fit.log10_pr[layer]), log10_pr_se=float(fit.log10_pr_se[layer]),
-            fitted=float(fit.fitted[layer]), fitted_se=float(fit.fitted_se[layer]),
-            deviation=float(fit.deviation[layer]), deviation_se=float(fit.deviation_se[layer]),
-            step=float(fit.step[layer]), step_se=float(fit.step_se[layer]),
-            rank=int(ranks[layer]), condition=float(conditions[layer]), status=status,
-            log10_pr_loo=tuple(float(v) for v in loo_log10[:, layer]),
-        ))
-    return tuple(rows)
-
-
-def _spec_dict(spec: Spec) -> dict[str, Any]:
-    data = asdict(spec)
-    data.pop("lines", None)
-    if data.get("merge") is not None:
-        merge = data["merge"]
-        merge["parents"] = {label: path for label, path in merge["parents"]}
-        if merge["layer_map"] is not None:
-            merge["layer_map"] = list(merge["layer_map"])
-    if data["law"]["rho"] is not None:
-        data["law"]["rho"] = list(data["law"]["rho"])
-    data["law"]["expected_deviations"] = list(data["law"]["expected_deviations"])
-    return data

@@ -68,6 +68,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "audit_no_cache; environment: EQUILAW_NO_CACHE=1)")
     group.addoption("--audit-clear-cache", action="store_true", default=False,
                     help="delete the statistics cache's entries before the run")
+    group.addoption("--audit-html", metavar="PATH", default=None,
+                    help="write one self-contained HTML page of every spec's report at the end "
+                         "of the run, whatever its outcome (ini: audit_html)")
+    group.addoption("--audit-markdown", metavar="PATH", default=None,
+                    help="write a Markdown summary table of the run (also appended to "
+                         "$GITHUB_STEP_SUMMARY when set; ini: audit_markdown)")
+    parser.addini("audit_html", default="", help="file for the run's HTML report")
+    parser.addini("audit_markdown", default="", help="file for the run's Markdown summary")
     parser.addini("audit_baselines", default="", help="folder of baselines")
     parser.addini("audit_cache", default="", help="folder of the statistics cache")
     parser.addini("audit_no_cache", type="bool", default=False,
@@ -111,7 +119,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from audit.internal.signals import terminate_as_interrupt
     from audit.session import AuditSession, default_spec_paths
+
+    config.stash[_RESTORE_SIGTERM] = terminate_as_interrupt()  # CI cancels with SIGTERM
 
 
     rootdir = Path(str(config.rootpath))
@@ -136,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Only the default specs skip when their model package is absent: a spec named
     # on purpose must not turn a release gate green by a typo.
     named = bool(cli) or bool(config.getini("audit_specs"))
+    settings, cleared = _cache_settings(config, rootdir)
     config.stash[_SESSION_KEY] = AuditSession(
         spec_paths=[Path(p) for p in paths],
         reports_dir=(rootdir / reports) if reports else None,
@@ -143,46 +155,69 @@ def pytest_configure(config: pytest.Config) -> None:
         skip_missing_models=not named and not strict_environment(),
         baselines_dir=baselines,
         update_baselines=config.getoption("audit_update_baseline"),
-        cache=_stats_cache(config, rootdir),
+        require_baselines=strict_environment(),
+        cache=_stats_cache(settings, cleared),
+        cache_settings=settings,
+        run_outputs=_run_outputs(config),
     )
 
 
-def _stats_cache(config: pytest.Config, rootdir: Path):
-    """The session's statistics cache, or False; emptied first with
-    ``--audit-clear-cache`` (by the controller only, under xdist).  A folder named
-    on the command line turns the cache on whatever the environment or ini say."""
-    from audit.cache import CacheError, StatsCache, default_folder, off_by_environment
+def _run_outputs(config: pytest.Config) -> tuple[Any, ...]:
+    """The run's own files (the HTML page, the Markdown summary), for the one-owner
+    check of :mod:`audit.outputs`."""
+    from audit.outputs import Output
+
+    named = {"audit_html": "the HTML page of the run",
+             "audit_markdown": "the Markdown summary of the run"}
+    return tuple(Output(path, what) for name, what in named.items()
+                 if (path := _output_path(config, name)) is not None)
+
+
+def _cache_settings(config: pytest.Config, rootdir: Path):
+    """The session's cache settings, made once from the options, the ini and the
+    environment; the cache folder is emptied first with ``--audit-clear-cache`` (by
+    the controller only, under xdist).  A folder named on the command line turns the
+    caches on whatever the environment or ini say."""
+    from audit.cache.folder import CacheError, clear_folder
+    from audit.cache.settings import CacheSettings
+    from audit.session import strict_environment
 
     cli = config.getoption("audit_cache")
     ini = config.getini("audit_cache")
-    folder = (Path(config.invocation_params.dir) / cli if cli
-              else rootdir / ini if ini else default_folder())
-    store = StatsCache(folder)
-    if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
-        try:
-            store.clear()
-        except CacheError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    off = config.getoption("audit_no_cache") or (
-        not cli and (off_by_environment() or config.getini("audit_no_cache")))
-    # The converted-checkpoint cache (audit/backends/converted.py) reads the
-    # environment: give it the same folder and switch for this run.
-    saved = {name: os.environ.get(name) for name in ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE")}
-    config.stash[_SAVED_ENV_KEY] = saved
-    os.environ["EQUILAW_CACHE_DIR"] = str(folder)
-    os.environ["EQUILAW_NO_CACHE"] = "1" if off else "0"
-    return False if off else store
+    try:
+        env = CacheSettings.from_environment(require_secret=strict_environment())
+        folder = (Path(config.invocation_params.dir) / cli if cli
+                  else rootdir / ini if ini else env.folder)
+        off = config.getoption("audit_no_cache") or (
+            not cli and (not env.enabled or config.getini("audit_no_cache")))
+        settings = CacheSettings(folder, not off, env.secret, env.secret_file,
+                                 env.require_secret)
+        cleared = None
+        if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
+            cleared = clear_folder(folder)
+    except CacheError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return settings, cleared
 
 
-_SAVED_ENV_KEY = pytest.StashKey[dict]()
+def _stats_cache(settings, cleared: int | None):
+    """The session's statistics cache in the settings' folder, or False when off."""
+    from audit.cache.stats_cache import StatsCache
+
+    if not settings.enabled:
+        return False
+    store = StatsCache.from_settings(settings)
+    store.cleared = cleared
+    return store
+
+
+_RESTORE_SIGTERM = pytest.StashKey[Any]()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for name, value in config.stash.get(_SAVED_ENV_KEY, {}).items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    restore = config.stash.get(_RESTORE_SIGTERM, None)
+    if restore is not None:
+        restore()
 
 
 def _progress(config: pytest.Config, interactive: bool):
@@ -337,9 +372,12 @@ class SpecItem(pytest.Item):
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """On an xdist worker: send this worker's reports, and the report files it
-    wrote, to the controller."""
+    wrote, to the controller.  Elsewhere: write the run's HTML page and Markdown
+    summary."""
     output = getattr(session.config, "workeroutput", None)
     audit = session.config.stash.get(_SESSION_KEY, None)
+    if output is None and audit is not None:
+        _write_pages(session, audit)
     if output is None or audit is None:
         return
     output[_WORKER_REPORTS] = {"reports": [report.to_dict() for report in audit.reports],
@@ -392,12 +430,66 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 def _cache_summary(terminalreporter, cache) -> None:
     """One line on what the statistics cache did in this process (under xdist the
     workers' caches did the work, and the controller says nothing)."""
-    if not cache or not (cache.hits or cache.stored or cache.recomputed
+    if not cache or not (cache.hits or cache.stored or cache.recomputed or cache.untrusted
                          or cache.cleared is not None):
         return
-    parts = [f"{len(cache.hits)} loaded", f"{len(cache.stored)} stored"]
+    loaded = f"{len(cache.hits)} loaded"
+    if cache.secret is not None:
+        loaded += f" ({len(cache.authenticated)} authenticated)"
+    parts = [loaded, f"{len(cache.stored)} stored"]
+    if cache.untrusted:
+        parts.append(f"{len(cache.untrusted)} not read (under CI without a cache key)")
     if cache.recomputed:
         parts.append(f"{len(cache.recomputed)} unreadable and recomputed")
     if cache.cleared is not None:
         parts.append(f"{cache.cleared} files cleared first")
     terminalreporter.write_line(f"statistics cache {cache.folder}: {', '.join(parts)}")
+
+
+def _write_pages(session: pytest.Session, audit) -> None:
+    """``--audit-html``, ``--audit-markdown`` and GitHub's job summary
+    (``$GITHUB_STEP_SUMMARY``, appended to), written once per run by the controller
+    at the end, whatever the items' outcomes; a run that audited nothing writes the
+    files asked for by name, not the job summary; a run whose files the one-owner
+    check refused (:mod:`audit.outputs`) writes none."""
+    config = session.config
+    if audit.outputs_refused is not None:  # two outputs on one path: write neither
+        return
+    html, markdown = (_output_path(config, name) for name in ("audit_html", "audit_markdown"))
+    job_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    received, _ = config.stash.get(_RECEIVED_KEY, ([], []))
+    reports = sorted(received, key=lambda r: r.name) + audit.reports
+    if not (html or markdown or (job_summary and reports)):
+        return
+    from audit.report.html import write_page
+    from audit.report.markdown import write_markdown
+
+    shown = os.path.relpath(html) if html else None
+    lines = []
+    try:
+        if html:
+            lines.append(f"HTML report written: {os.path.relpath(write_page(html, reports))}")
+        if markdown:
+            path = write_markdown(markdown, reports, html_path=shown)
+            lines.append(f"Markdown summary written: {os.path.relpath(path)}")
+        if job_summary and reports:
+            write_markdown(job_summary, reports, append=True, html_path=shown)
+    except EquilawError as exc:
+        lines.append(f"equilaw: error: {exc}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None and lines:
+        if terminal._tw.width_of_current_line:  # after the last item's progress
+            terminal._tw.line()
+        for line in lines:
+            terminal.write_line(line)
+
+
+def _output_path(config: pytest.Config, name: str) -> Path | None:
+    """A file named on the command line (relative to where pytest started) or in the
+    ini file (relative to the rootdir), or None."""
+    cli, ini = config.getoption(name), config.getini(name)
+    if cli:
+        return Path(config.invocation_params.dir) / cli
+    return Path(str(config.rootpath)) / ini if ini else None

@@ -1,7 +1,7 @@
 """The probe's model input: the token sequences a model reads, their batches and
 jackknife shards, and the digest that identifies them.
 
-``probe.mode`` chooses how a corpus becomes sequences (METHOD.md, "Data points"):
+``probe.mode`` chooses how a corpus becomes sequences (docs/method.md, "Data points"):
 
 - ``windows`` (equilaw's default): the documents are joined and tokenized as one
   stream without special tokens, and ``sequences`` windows of ``length`` tokens,

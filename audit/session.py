@@ -92,9 +92,20 @@ class AuditSession:
     """Where baselines are; None: ``baselines/`` beside each spec file."""
     update_baselines: bool = False
     """Write each audited spec's report as its baseline instead of comparing."""
+    require_baselines: bool = False
+    """A missing baseline is an error (under CI) for specs with ``baseline.required``."""
     cache: Any = True
     """The statistics cache (:func:`audit.pipeline.measure`): True the default
-    folder, False none, or an :class:`audit.cache.StatsCache`."""
+    folder, False none, or an :class:`audit.cache.stats_cache.StatsCache`."""
+    cache_settings: Any = None
+    """The run's :class:`audit.cache.settings.CacheSettings` that backends get (the
+    file-hash index, the converted checkpoints); None: read from the environment."""
+    run_outputs: tuple[Any, ...] = ()
+    """Files the run writes besides the specs' own (:class:`audit.outputs.Output`: the
+    HTML page, the Markdown summary), in the one-owner check."""
+    outputs_refused: EquilawError | None = None
+    """Why the one-owner check refused this run's files: then none is written, the
+    run's own pages included."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
@@ -116,7 +127,11 @@ class AuditSession:
             # load_specs checks that these names are unique; check_specs that no two
             # files the run writes (reports, parents' reports, baselines) are one.
             specs = [one for spec in load_specs(self.spec_paths) for one in per_backend(spec)]
-            check_specs(specs, self.reports_dir, self.baselines_dir)
+            try:
+                check_specs(specs, self.reports_dir, self.baselines_dir, self.run_outputs)
+            except EquilawError as exc:
+                self.outputs_refused = exc
+                raise
             self._specs = specs
         return self._specs
 
@@ -132,7 +147,7 @@ class AuditSession:
         if spec.name not in self._backends:
             from audit.backends import open_backend
 
-            self._backends[spec.name] = open_backend(spec)
+            self._backends[spec.name] = open_backend(spec, cache=self.cache_settings)
         return self._backends[spec.name]
 
     def num_layers(self, spec: Spec) -> int:
@@ -307,6 +322,7 @@ class AuditSession:
         from audit.compare.baseline import (
             baseline_path,
             compare_to_baseline,
+            missing_baseline_error,
             read_baseline,
             write_baseline,
         )
@@ -316,10 +332,13 @@ class AuditSession:
             if self.update_baselines:
                 write_baseline(report, path)
                 self.baselines[spec.name] = BaselineState(BaselineStatus.WRITTEN, path)
-            elif path.is_file():
+            elif os.path.lexists(path):   # unreadable (a folder, a dangling link) fails
                 shown = os.path.relpath(path)
-                report = compare_to_baseline(report, read_baseline(path), spec.baseline, shown)
+                report = compare_to_baseline(report, read_baseline(path, shown), spec.baseline,
+                                             shown)
                 self.baselines[spec.name] = BaselineState(BaselineStatus.COMPARED, path)
+            elif self.require_baselines and spec.baseline.required:
+                raise missing_baseline_error(spec, path)
             else:
                 self.baselines[spec.name] = BaselineState(BaselineStatus.MISSING, path)
         except EquilawError as exc:

@@ -21,7 +21,8 @@ from pathlib import Path
 from audit.errors import ReportError, SpecError
 from audit.outputs import report_file
 from audit.report.data import Report
-from audit.report.trajectory import Trajectory, TrajectoryStep, read_trajectory, write_trajectory
+from audit.report.trajectory import Trajectory, TrajectoryStep
+from audit.report.trajectory_json import read_trajectory, write_trajectory
 from audit.spec import Spec
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

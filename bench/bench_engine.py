@@ -14,8 +14,9 @@ chunk by chunk from seeded generators, so both sides see identical values.
   bound of any Gram-based engine on float32 features: the reference's time over
   it is the largest speed-up such an engine can reach on this machine);
 * engine: ``LayerStats(("token_id",), shards=S, method=M)`` fed chunk by chunk,
-  then ``residuals`` (and, for S > 1, ``stderr``, as the audit uses it), for
-  M = ``gram`` (the default) and ``qr``;
+  then ``residuals`` (and, for S > 1, the jackknife standard errors of
+  ``leave_one_out``, as the audit uses them), for M = ``gram`` (the default) and
+  ``qr``;
 * single layer: sklearn against a centred float64 Gram plus Cholesky on one
   layer's 50,000 × 576 features, the comparison behind the issue's estimate.
 
@@ -23,7 +24,7 @@ chunk by chunk from seeded generators, so both sides see identical values.
 features with 33 hidden states of width 4096 (``--tokens-7b``, default 20,000
 tokens, in batches of 1,024), fed to ``LayerStats(("token_id",), shards=10)``
 (default storage: at this size it spills closed shards to disk), then
-``residuals`` and ``stderr``; and, on the 31 × 576 features above (20,000
+``residuals`` and the standard errors; and, on the 31 × 576 features above (20,000
 tokens, 10 shards), the largest relative differences of PR and of its standard
 errors between ``storage="spill"`` and ``storage="memory"``.  It writes
 ``engine.memory_gib_7b``, ``engine.seconds_memory_7b`` and ``engine.memory_7b``
@@ -108,6 +109,16 @@ def _chunks(tokens: int):
     return [(i, min(CHUNK, tokens - lo)) for i, lo in enumerate(range(0, tokens, CHUNK))]
 
 
+def _stderr(stats, measure: str = "token_id") -> tuple[np.ndarray, np.ndarray]:
+    """Jackknife standard errors of the measure and of its log10 per layer, as the
+    pipeline computes them from the leave-one-shard-out values."""
+    from audit.stats.jackknife import jackknife_se
+    from audit.stats.measures import log10_or_nan
+
+    loo = stats.leave_one_out(measure)
+    return jackknife_se(loo), jackknife_se(log10_or_nan(loo))
+
+
 def worker_reference(tokens: int) -> dict:
     from sklearn.linear_model import LinearRegression
 
@@ -131,7 +142,7 @@ def worker_reference(tokens: int) -> dict:
 
 def worker_engine(tokens: int, shards: int, method: str = "gram") -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     base = _rss()
@@ -148,7 +159,7 @@ def worker_engine(tokens: int, shards: int, method: str = "gram") -> dict:
     start = time.perf_counter()
     pr = stats.residuals("token_id")
     if shards > 1:
-        stats.stderr("token_id")
+        _stderr(stats)
     seconds += time.perf_counter() - start
     return {"seconds": seconds, "peak_bytes": _peak() - base, "pr": pr.tolist()}
 
@@ -159,7 +170,7 @@ def worker_memory_7b(tokens: int, shards: int, layers: int = LAYERS_7B,
     blocks of batches (as audit.pipeline feeds them), then PR and its standard
     errors.  Peak memory is measured while feeding and overall."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model(layers=layers, width=width)
     base = _rss()
@@ -178,14 +189,14 @@ def worker_memory_7b(tokens: int, shards: int, layers: int = LAYERS_7B,
     peak_feeding = _peak() - base
     start = time.perf_counter()
     pr = stats.residuals("token_id")
-    se = stats.stderr("token_id")
+    se, _ = _stderr(stats)
     seconds_results = time.perf_counter() - start
     spill_bytes = max(spill_bytes, _folder_bytes(stats.spill_folder))
     result = {"seconds": seconds_update + seconds_results, "seconds_update": seconds_update,
               "seconds_results": seconds_results, "peak_bytes": _peak() - base,
               "peak_bytes_feeding": peak_feeding, "spill_bytes": spill_bytes,
               "spilled": stats.spilled, "storage": stats.storage,
-              "pr": pr.tolist(), "stderr": se.pr.tolist()}
+              "pr": pr.tolist(), "stderr": se.tolist()}
     stats.close()
     result["wall_seconds"] = time.perf_counter() - start_all
     return result
@@ -200,7 +211,7 @@ def worker_spill_equality(tokens: int, shards: int) -> dict:
     ``storage="spill"``: the largest relative differences of PR and of its
     standard errors (of PR and of log10 PR)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     both = {storage: LayerStats(("token_id",), shards=shards, storage=storage)
@@ -210,7 +221,7 @@ def worker_spill_equality(tokens: int, shards: int) -> dict:
         x, y = chunk(model, index, n)
         for stats in both.values():
             stats.update(x, y, shard=index * shards // len(chunks))
-    values = {storage: (stats.residuals("token_id"), stats.stderr("token_id"))
+    values = {storage: (stats.residuals("token_id"), _stderr(stats))
               for storage, stats in both.items()}
     (pr_m, se_m), (pr_s, se_s) = values["memory"], values["spill"]
 
@@ -218,8 +229,8 @@ def worker_spill_equality(tokens: int, shards: int) -> dict:
         return float(np.max(np.abs(a - b) / np.abs(b)))
 
     return {"seconds": 0.0, "peak_bytes": 0, "pr": [],
-            "max_rel_diff_pr": rel(pr_s, pr_m), "max_rel_diff_stderr": rel(se_s.pr, se_m.pr),
-            "max_rel_diff_stderr_log10": rel(se_s.log10_pr, se_m.log10_pr),
+            "max_rel_diff_pr": rel(pr_s, pr_m), "max_rel_diff_stderr": rel(se_s[0], se_m[0]),
+            "max_rel_diff_stderr_log10": rel(se_s[1], se_m[1]),
             "spilled": both["spill"].spilled}
 
 
@@ -249,7 +260,7 @@ def worker_floor_ratio(tokens: int, rounds: int = 3) -> dict:
     time of the float64 copy of the features (``x.astype(float64)``), which the
     floor leaves out and the engine cannot (it subtracts the shift on the way)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from audit.stats import LayerStats
+    from audit.stats.layer_stats import LayerStats
 
     model = _model()
     chunks = [(chunk(model, index, n)) for index, n in _chunks(tokens)]
@@ -424,7 +435,8 @@ def main() -> None:
         "seconds_gram_floor_float32": floor32["seconds"],
         # The largest speed-up a Gram-based engine could reach here: the reference's
         # time over the Gram products alone (float32 products are not accurate
-        # enough on real hidden states, see audit/stats.py; float64 is what we do).
+        # enough on real hidden states, see README.md, "Precision and limits";
+        # float64 is what we do).
         "speedup_ceiling_float64": ref["seconds"] / floor["seconds"],
         "speedup_ceiling_float32": ref["seconds"] / floor32["seconds"],
         "qr": {

@@ -1,5 +1,5 @@
 """Benchmark: how long an audit of a GGUF checkpoint takes to start, the first time
-and again (the converted-checkpoint cache, audit/backends/converted.py).
+and again (the converted-checkpoint cache, audit/cache/converted.py).
 
 For each default spec in ``model_specs/``, two fresh Python processes share one
 empty cache folder.  Each imports torch, transformers, the model family's

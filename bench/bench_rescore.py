@@ -1,9 +1,9 @@
-"""Benchmark: re-judging a spec from the statistics cache (audit.cache).
+"""Benchmark: re-judging a spec from the statistics cache (audit.cache.stats_cache).
 
 Audits the default SmolLM2 spec once into a fresh cache folder (cold: the model
 runs and the entry is written), then measures, in this process, the time from the
 spec file to the report with the cache warm: ``load_spec`` then ``audit.pipeline.run``
-with a new :class:`~audit.cache.StatsCache` each time (as a new pytest session
+with a new :class:`~audit.cache.stats_cache.StatsCache` each time (as a new pytest session
 has), no weights loaded and nothing tokenized.  The figure is the median of
 ``--runs`` warm runs.  Also records what hashing the weights file costs (the
 index in the cache folder spares it) and how long writing the entry took.
@@ -34,8 +34,8 @@ RESULTS = Path(__file__).with_name("results.json")
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from audit.backends import open_backend
-    from audit.backends.hf_files import sha256_files
-    from audit.cache import StatsCache, _weight_files
+    from audit.cache.stats_cache import StatsCache
+    from audit.internal.files import sha256_files
     from audit.pipeline import run
     from audit.spec import load_spec
 
@@ -72,7 +72,7 @@ def main() -> None:
 
         spec = load_spec(args.spec)
         backend = open_backend(spec)
-        files = _weight_files(backend, backend.info())
+        files = list(backend.model_files().weights)
         hashing = []
         for _ in range(3):
             start = time.perf_counter()

@@ -7,7 +7,7 @@ deterministic order: sorted module names, then each module's docstring, then its
 public members in sorted name order (a class is followed by its own members).
 
 The output is shipped inside the package and never regenerated at run time
-(METHOD.md, "Data points"): docstrings differ between Python versions, so a corpus
+(docs/method.md, "Data points"): docstrings differ between Python versions, so a corpus
 rebuilt on another machine would make reports incomparable.  After regenerating,
 record the printed sha256 in ``audit/corpus.py`` (``BUILTIN_CORPORA``).
 

@@ -31,20 +31,28 @@ settings.load_profile(
 
 pytest_plugins = ["pytester", "trained_fixtures"]
 
-_CACHE_ENV = ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE")
+_CACHE_ENV = ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE", "EQUILAW_CACHE_KEY",
+              "EQUILAW_CACHE_KEY_FILE", "CI")
 _saved_cache_env: dict[str, str | None] = {}
+STRICT = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+"""Whether the suite runs under CI (real-model tests then fail instead of skipping)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """The statistics cache (audit.cache) is off in the test suite, so that each test
     measures what it asserts, and its folder is a fresh temporary one, never the
-    user's; subprocesses and inner pytest runs inherit both.  tests/test_cache.py
-    turns it on, in folders of its own."""
+    user's, with no cache key; subprocesses and inner pytest runs inherit both.
+    tests/test_cache.py turns it on, in folders of its own.  ``CI`` is taken out of
+    the environment (:data:`STRICT` keeps it for this suite): the inner pytest runs
+    audit tiny specs that have no baselines, which CI=true would fail; the tests of
+    CI's rules set it themselves."""
     import tempfile
 
     _saved_cache_env.update((name, os.environ.get(name)) for name in _CACHE_ENV)
     os.environ["EQUILAW_CACHE_DIR"] = tempfile.mkdtemp(prefix="equilaw-cache-")
     os.environ["EQUILAW_NO_CACHE"] = "1"
+    for name in ("EQUILAW_CACHE_KEY", "EQUILAW_CACHE_KEY_FILE", "CI"):
+        os.environ.pop(name, None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -59,7 +67,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         else:
             os.environ[name] = value
 
-from tiny_models import TINY_LAYERS, TINY_WIDTH
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +76,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.json, model.safetensors and tokenizer files."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tiny_models import save_tiny_model  # imports torch: only when a test asks
+    from audit.synthetic.tiny import save_tiny_model  # imports torch: only when a test asks
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama",
                            layers=TINY_LAYERS, hidden=TINY_WIDTH, seed=0)
@@ -79,12 +87,11 @@ def model_or_skip(path: str) -> Path:
     test, or fails it under CI=true (CI must run every real-model test)."""
     from audit.backends.locate import resolve_model_path
     from audit.errors import ModelUnavailableError
-    from audit.session import strict_environment
 
     try:
         return resolve_model_path(path, allow_package_code=True)  # the shipped specs' models
     except ModelUnavailableError as exc:
-        if strict_environment():
+        if STRICT:
             pytest.fail(f"CI=true and a real model is missing: {exc}")
         pytest.skip(str(exc))
 

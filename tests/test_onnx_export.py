@@ -25,8 +25,7 @@ from audit.backends.torch_backend import TorchBackend  # noqa: E402
 from audit.cli import main  # noqa: E402
 from audit.errors import BackendError, ModelUnavailableError  # noqa: E402
 from audit.spec import ModelSpec  # noqa: E402
-
-from tiny_models import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE  # noqa: E402
+from audit.synthetic.tiny import BOS_ID, TINY_LAYERS, TINY_WIDTH, VOCAB_SIZE  # noqa: E402
 
 ARCHS = ("llama", "gpt2")
 HIDDEN = [f"hidden_states.{i}" for i in range(TINY_LAYERS + 1)]
@@ -35,7 +34,7 @@ HIDDEN = [f"hidden_states.{i}" for i in range(TINY_LAYERS + 1)]
 @pytest.fixture(scope="module")
 def model_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The session's tiny Llama (tests/conftest.py) and a tiny GPT-2 of the same shape."""
-    from tiny_models import save_tiny_model
+    from audit.synthetic.tiny import save_tiny_model
 
     return {"llama": tiny_model_dir,
             "gpt2": save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2")}
@@ -93,7 +92,7 @@ def test_dynamic_batch_and_sequence_match_torch(exports: dict[str, ExportResult]
                                                 model_dirs: dict[str, Path], arch: str) -> None:
     ids = random_ids(3, 11)                                   # traced on [2, 8], checked on [2, 16]
     got = np.stack(session(exports[arch].path).run(HIDDEN, {"input_ids": ids}))
-    want = TorchBackend(ModelSpec(path=str(model_dirs[arch])), arch).hidden_states(ids)
+    want = TorchBackend(ModelSpec(path=str(model_dirs[arch])), arch).forward(ids, loss=False).hidden
     assert got.shape == want.shape == (TINY_LAYERS + 1, 3, 11, TINY_WIDTH)
     assert np.max(np.abs(got - want)) < 1e-5
 

@@ -15,7 +15,6 @@ from test_compare import make_report
 from audit.checks import item_results
 from audit.compare.parity import compare_backends
 from audit.errors import ComparisonError
-from audit.pipeline import ProbeLoss
 from audit.report.text import comparison_text
 from audit.spec import ParitySpec
 

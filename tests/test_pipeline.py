@@ -11,10 +11,11 @@ import pytest
 
 from audit.corpus import BUILTIN_CORPORA, load_corpus, token_windows, tokenize_corpus
 from audit.norms import apply_normalization
+from audit.pipeline import run
+from audit.probe import example_positions
 from audit.report.data import Report
-from audit.pipeline import example_positions, run
 from audit.spec import Spec, spec_from_dict
-from tiny_models import TINY_LAYERS, TINY_WIDTH
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 SEQUENCES, LENGTH, SHARDS, BATCH = 24, 32, 4, 8
 LAW = {"max_pearson_r": -0.9, "rho": [0.5, 1.0], "max_deviation": 0.02,
@@ -136,7 +137,7 @@ def _direct_pr(spec: Spec) -> list[float]:
     stream = tokenize_corpus(load_corpus(spec.probe.corpus), backend.encode)
     windows = token_windows(stream, LENGTH, SEQUENCES, 0, bos_id=backend.bos_token_id)  # [n, t]
     assert windows.shape == (SEQUENCES, LENGTH) and (windows[:, 0] == 1).all()
-    hidden = np.concatenate([backend.hidden_states(windows[i:i + BATCH])
+    hidden = np.concatenate([backend.forward(windows[i:i + BATCH], loss=False).hidden
                              for i in range(0, SEQUENCES, BATCH)], axis=1)   # [L+1, n, t, d]
     hidden = apply_normalization("init_norm", hidden, info.norm)
     j, t = example_positions(LENGTH, "next")
@@ -180,7 +181,7 @@ def test_qr_statistics_give_the_same_numbers(tiny_model_dir: Path, report: Repor
 
 
 def test_loaded_model_gives_the_same_numbers(report: Report, spec: Spec) -> None:
-    from tiny_models import causal_lm, config
+    from audit.synthetic.tiny import causal_lm, config
 
     model = causal_lm(config("llama", TINY_LAYERS, TINY_WIDTH), seed=0)
     given = run(spec, model=model)
@@ -212,7 +213,7 @@ def test_probe_loss_is_the_models_own_cross_entropy(report: Report, spec: Spec) 
     import torch
 
     from audit.backends import open_backend
-    from tiny_models import causal_lm, config
+    from audit.synthetic.tiny import causal_lm, config
 
     backend = open_backend(spec)
     windows = token_windows(tokenize_corpus(load_corpus(spec.probe.corpus), backend.encode),

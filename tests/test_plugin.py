@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import audit.plugin
-from tiny_models import TINY_LAYERS
+from audit.synthetic.tiny import TINY_LAYERS
 
 ITEMS = str(Path(audit.plugin.__file__).with_name("test_models.py"))
 

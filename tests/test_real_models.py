@@ -1,7 +1,7 @@
 """The shipped default specs on real pretrained checkpoints, and an end-to-end
 check that the audit catches a conversion bug in a real model.
 
-Numbers to compare with come from ../shared/METHOD.md ("Measured here",
+Numbers to compare with come from docs/method.md ("Measured here",
 "Where the damage shows"); the probe corpus of this project differs from the one
 those were measured on, so agreement is asserted within stated tolerances.
 These tests load real models (tens of seconds each): marked slow, run in CI.

@@ -19,7 +19,7 @@ from audit.norms import NormInfo, apply_normalization
 from audit.probe import (ProbeInput, documents_sha256, example_positions, min_length,
                          probe_input, windows_sha256)
 from audit.spec import ModelSpec, Spec, load_spec, spec_from_dict
-from tiny_models import TINY_LAYERS, TINY_WIDTH
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 BOS = 1
 SEED = 666          # the reference's seed
@@ -209,7 +209,7 @@ def gpt2_style_tokenizer():
     but adds no special token by default."""
     from tokenizers import processors
 
-    from tiny_models import byte_tokenizer
+    from audit.synthetic.tiny import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A",
@@ -220,7 +220,7 @@ def gpt2_style_tokenizer():
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers")
-    from tiny_models import save_tiny_model
+    from audit.synthetic.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2",
                            layers=TINY_LAYERS, hidden=TINY_WIDTH, seed=0,
@@ -257,7 +257,7 @@ def models() -> dict[str, object]:
     (the reference pads, equilaw does not) by about 1e-7; in float64 both sides'
     features agree once rounded to float32."""
     pytest.importorskip("torch")
-    from tiny_models import causal_lm, config
+    from audit.synthetic.tiny import causal_lm, config
 
     return {arch: causal_lm(config(arch, TINY_LAYERS, TINY_WIDTH), seed=0).double()
             for arch in ("llama", "gpt2")}

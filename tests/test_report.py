@@ -15,9 +15,9 @@ import pytest
 
 from audit.errors import ReportError
 from audit.law import fit_law
+from audit.report.build import build_report
 from audit.report.data import SCHEMA_VERSION, Report
 from audit.report.json_report import read_json, report_path, write_json
-from audit.pipeline import build_report
 from audit.spec import spec_from_dict
 
 LAYERS = 6
@@ -304,7 +304,7 @@ def test_report_keeps_leave_one_out_log10_pr_with_shard_ids(report: Report) -> N
     for row in report.layers:
         assert len(row.log10_pr_loo) == SHARDS
         # the jackknife of the kept values is the reported standard error
-        from audit.jackknife import jackknife_se
+        from audit.stats.jackknife import jackknife_se
         assert jackknife_se(np.array(row.log10_pr_loo)) == pytest.approx(row.log10_pr_se, rel=1e-12)
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["schema_version"] == SCHEMA_VERSION == 3 and data["shard_ids"] == list(range(SHARDS))

@@ -1,4 +1,4 @@
-"""Tests for audit.stats.LayerStats: streaming results equal direct computations
+"""Tests for audit.stats.layer_stats.LayerStats: streaming results equal direct computations
 on the materialised arrays (numpy.linalg.lstsq with an intercept column, explicit
 scatter matrices), whatever the batching, shard assignment and merges."""
 
@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit.errors import StatsError
-from audit.stats import MEASURES, METHODS, LayerStats, StdErr
+from audit.stats.layer_stats import LayerStats
+from audit.stats.measures import MEASURES
+from audit.stats.methods import METHODS
 
 ALL = MEASURES
 
@@ -340,7 +342,7 @@ def test_results_follow_later_updates(method):
 
 # ------------------------------------------------------------------ jackknife
 @pytest.mark.parametrize("method", METHODS)
-def test_stderr_equals_brute_force_jackknife(method):
+def test_leave_one_out_equals_brute_force(method):
     rng = np.random.default_rng(7)
     shards, layers, d = 5, 2, 4
     x, y = make_data(rng, layers, 150, d, 6, mean=10.0)
@@ -354,23 +356,17 @@ def test_stderr_equals_brute_force_jackknife(method):
         brute = np.array([[reference(measure, x[layer][part != s], y[part != s])
                            for layer in range(layers)] for s in range(shards)])
         np.testing.assert_allclose(loo, brute, rtol=1e-8)
-        se = stats.stderr(measure)
-        assert isinstance(se, StdErr)
-        for values, got in ((brute, se.pr), (np.log10(brute), se.log10_pr)):
-            want = np.sqrt((shards - 1) / shards
-                           * np.sum((values - values.mean(axis=0)) ** 2, axis=0))
-            np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_stderr_skips_empty_shards_and_is_nan_with_one_shard(method):
+def test_leave_one_out_skips_empty_shards_and_is_empty_with_one_shard(method):
     rng = np.random.default_rng(1)
     x, y = make_data(rng, 1, 90, 3, 4)
     stats = LayerStats(shards=6, method=method)
     for s in (0, 2, 5):  # shards 1, 3, 4 stay empty
         stats.update(x[:, s * 15:(s + 1) * 15 + 15], y[s * 15:(s + 1) * 15 + 15], shard=s)
     assert stats.leave_one_out("token_id").shape == (3, 1)
-    assert np.isfinite(stats.stderr("token_id").pr).all()
+    assert stats.filled_shards == (0, 2, 5)
     parts = [np.arange(90)[s * 15:(s + 1) * 15 + 15] for s in (0, 2, 5)]
     for j in range(3):
         rows = np.concatenate([p for i, p in enumerate(parts) if i != j])
@@ -378,12 +374,10 @@ def test_stderr_skips_empty_shards_and_is_nan_with_one_shard(method):
             lstsq_pr(x[0, rows], y[rows].astype(float)), rel=1e-10)
     single = LayerStats(shards=1, method=method)
     single.update(x, y)
-    se = single.stderr("token_id")
-    assert np.isnan(se.pr).all() and np.isnan(se.log10_pr).all()
-    assert single.leave_one_out("token_id").shape == (0, 1)
+    assert single.leave_one_out("token_id").shape == (0, 1) and single.filled_shards == ()
     one_used = LayerStats(shards=4)
     one_used.update(x, y, shard=2)
-    assert np.isnan(one_used.stderr("token_id").pr).all()
+    assert one_used.leave_one_out("token_id").shape == (0, 1) and one_used.filled_shards == ()
 
 
 # ---------------------------------------------------------------------- merge
@@ -468,7 +462,7 @@ def test_arrays_round_trip_through_npz(tmp_path, measures, method):
         np.testing.assert_array_equal(back.to_arrays()[key], value)
     for measure in measures:
         np.testing.assert_array_equal(back.residuals(measure), stats.residuals(measure))
-        np.testing.assert_array_equal(back.stderr(measure).pr, stats.stderr(measure).pr)
+        np.testing.assert_array_equal(back.leave_one_out(measure), stats.leave_one_out(measure))
     empty = LayerStats.from_arrays(LayerStats(measures, shards=2, method=method).to_arrays())
     assert empty.count == 0 and empty.layers is None and empty.method == method
 
@@ -844,7 +838,8 @@ def test_errors(method):
     _raises("unknown method 'svd'; valid methods: gram, qr", LayerStats, method="svd")
     stats = LayerStats(("token_id",), shards=2, method=method)
     _raises("no examples: call update() before asking for results", stats.residuals, "token_id")
-    _raises("no examples: call update() before asking for results", stats.stderr, "token_id")
+    _raises("no examples: call update() before asking for results", stats.leave_one_out,
+            "token_id")
     bad = x.copy()
     bad[1, 3, 2] = np.nan
     err = _raises("layer 1: features contain NaN or infinite values", stats.update, bad, y)
@@ -975,8 +970,6 @@ def _assert_same_results(a: LayerStats, b: LayerStats, rtol: float = 1e-12) -> N
     for measure in a.measures:
         np.testing.assert_allclose(b.residuals(measure), a.residuals(measure), rtol=rtol)
         np.testing.assert_allclose(b.leave_one_out(measure), a.leave_one_out(measure), rtol=rtol)
-        for got, want in zip(vars(b.stderr(measure)).values(), vars(a.stderr(measure)).values()):
-            np.testing.assert_allclose(got, want, rtol=rtol)
     assert b.rank().tolist() == a.rank().tolist()
     np.testing.assert_allclose(b.condition(), a.condition(), rtol=rtol)
 
@@ -1093,7 +1086,7 @@ def test_spill_folder_is_removed(tmp_path):
     gc.collect()
     assert _spill_folders(tmp_path) == []
 
-    code = ("import numpy as np; from audit.stats import LayerStats; "
+    code = ("import numpy as np; from audit.stats.layer_stats import LayerStats; "
             f"s = LayerStats(shards=2, storage='spill', spill_dir={str(tmp_path)!r}); "
             "s.update(np.random.default_rng(0).normal(size=(2, 9, 3)), np.arange(9), shard=0); "
             "s.update(np.random.default_rng(1).normal(size=(2, 9, 3)), np.arange(9), shard=1); "
@@ -1145,7 +1138,7 @@ def test_storage_options_are_validated(tmp_path, monkeypatch):
             LayerStats, spill_dir=str(tmp_path / "nope"))
     _raises("spill_dir must be an existing folder, got 3", LayerStats, spill_dir=3)
     assert LayerStats().storage == "auto" and not LayerStats().spilled
-    monkeypatch.setattr("audit.accumulators.shutil.disk_usage",
+    monkeypatch.setattr("audit.stats.spilled_gram.shutil.disk_usage",
                         lambda path: type("usage", (), {"free": 479})())
     spill = LayerStats(shards=2, storage="spill", spill_dir=tmp_path)
     x = np.random.default_rng(0).normal(size=(2, 20, 5))
@@ -1168,8 +1161,8 @@ def test_auto_storage_spills_above_the_threshold(tmp_path, monkeypatch):
         return stats
 
     assert not fed(shards=2).spilled  # 2 × 3 × 25 × 8 = 1200 bytes
-    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1199)
+    monkeypatch.setattr("audit.stats.layer_stats.AUTO_SPILL_BYTES", 1199)
     assert fed(shards=2).spilled and "spilled" in repr(fed(shards=2))
     assert not fed(shards=1).spilled and not fed(shards=2, method="qr").spilled
-    monkeypatch.setattr("audit.stats.AUTO_SPILL_BYTES", 1200)
+    monkeypatch.setattr("audit.stats.layer_stats.AUTO_SPILL_BYTES", 1200)
     assert not fed(shards=2).spilled

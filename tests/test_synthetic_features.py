@@ -36,7 +36,9 @@ from hypothesis import strategies as st
 from audit.errors import StatsError
 from audit.law import fit_law
 from audit.spec import LawSpec
-from audit.stats import MEASURES, METHODS, LayerStats
+from audit.stats.layer_stats import LayerStats
+from audit.stats.measures import MEASURES
+from audit.stats.methods import METHODS
 from audit.synthetic.features import (BREAKS, BrokenLayer, PlantedLaw, SyntheticFeatures,
                                       planted_features)
 
@@ -339,9 +341,6 @@ def test_jackknife_does_not_depend_on_batches_order_or_merges(seed, d, n, vocab,
             np.testing.assert_allclose(stats.leave_one_out(measure),
                                        reference.leave_one_out(measure), rtol=1e-8,
                                        err_msg=measure)
-            for got, want in zip(dataclasses.astuple(stats.stderr(measure)),
-                                 dataclasses.astuple(reference.stderr(measure))):
-                np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=measure)
 
 
 # ------------------------------------------------------------------ the generator

@@ -16,10 +16,11 @@ import pytest
 from audit.cli import main
 from audit.errors import ReportError, SpecError
 from audit.pipeline import run
-from audit.report.trajectory import SCHEMA, Trajectory, read_trajectory
+from audit.report.trajectory import SCHEMA, Trajectory
+from audit.report.trajectory_json import read_trajectory
 from audit.spec import spec_from_dict
+from audit.synthetic.tiny import TINY_LAYERS, save_tiny_model
 from audit.trajectory import append, audit_run, find_checkpoints
-from tiny_models import TINY_LAYERS, save_tiny_model
 
 PROBE = {"sequences": 12, "length": 24, "shards": 3}
 

@@ -8,19 +8,23 @@ imports no heavy library.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.backends.base import Backend, ModelInfo
 from audit.backends.registry import BACKENDS
 from audit.errors import BackendError
 
+if TYPE_CHECKING:
+    from audit.cache.settings import CacheSettings
+
 __all__ = ["BACKENDS", "Backend", "ModelInfo", "open_backend"]
 
 
-def open_backend(spec: Any, model: Any = None) -> Backend:
+def open_backend(spec: Any, model: Any = None, cache: CacheSettings | None = None) -> Backend:
     """The backend ``spec.backend`` names (``spec`` an :class:`audit.spec.Spec`; not
     imported here, which would make a cycle), for ``spec.model``; ``model`` is an
-    already loaded model to use instead of the weights at ``spec.model.path``.
+    already loaded model to use instead of the weights at ``spec.model.path``;
+    ``cache`` the run's cache settings (default: read from the environment).
     Nothing is loaded until the backend is asked for hidden states."""
     target = BACKENDS.get(spec.backend)
     if target is None:
@@ -29,5 +33,5 @@ def open_backend(spec: Any, model: Any = None) -> Backend:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if hasattr(cls, "from_spec"):
-        return cls.from_spec(spec, model=model)
-    return cls(spec.model, spec.name, model=model)
+        return cls.from_spec(spec, model=model, cache=cache)
+    return cls(spec.model, spec.name, model=model, cache=cache)

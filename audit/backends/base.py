@@ -8,6 +8,7 @@ transformers and onnxruntime.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # NormInfo lives with the normalisations that use it.
@@ -43,7 +44,7 @@ class ModelInfo:
     ``model_type`` (``llama``, ``gemma3_text``, ``gpt2``) or a GGUF file's
     ``general.architecture`` (``llama``, ``gemma3``, ``gpt2``)."""
     num_layers: int
-    """L, the number of blocks: ``hidden_states`` has L + 1 entries (0 = embeddings)."""
+    """L, the number of blocks: :attr:`Forward.hidden` has L + 1 entries (0 = embeddings)."""
     width: int
     """d, the width of every hidden state."""
     norm: NormInfo
@@ -51,6 +52,19 @@ class ModelInfo:
     path: str
     """The resolved weights location: a folder or a .gguf file, or ``<in-memory>``
     for a model handed over already loaded."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files whose bytes identify a model (what the statistics cache's key
+    hashes), listed without reading them."""
+
+    weights: tuple[Path, ...]
+    """The files :meth:`Backend.weights_sha256` hashes, in its order: a GGUF file,
+    a folder's ``*.safetensors``, an ONNX file and its external data."""
+    config: tuple[Path, ...]
+    """The model folder's and the tokenizer's other files (``config.json``,
+    tokenizer files, remote code; never weights or pickles), sorted."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +88,8 @@ class Backend(Protocol):
 
     ``backend_name`` (a class attribute) is the name the registry and reports use.
     ``info``, ``encode``, ``encode_document``, ``bos_token_id``, ``tokenizer_info``,
-    ``weights_sha256`` and ``versions`` never load weights; ``hidden_states`` and
-    ``forward`` load them on their first call, once.
+    ``model_files``, ``weights_sha256`` and ``versions`` never load weights;
+    ``forward`` loads them on its first call, once.
     """
 
     backend_name: str
@@ -100,13 +114,8 @@ class Backend(Protocol):
         ...
 
     def load(self) -> Any:
-        """Load the weights once (later calls do nothing more); ``hidden_states``
+        """Load the weights once (later calls do nothing more); ``forward``
         calls it too, so calling it first only separates load time from run time."""
-        ...
-
-    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
-        """``input_ids`` int64 [b, t] -> float32 [L + 1, b, t, d]; index 0 is the
-        embedding output, L the last block's output after the final norm."""
         ...
 
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
@@ -122,6 +131,11 @@ class Backend(Protocol):
     def tokenizer_info(self) -> dict[str, Any]:
         """What identifies the tokenizer (source, class, vocabulary size and sha256,
         BOS id), for the report's probe record."""
+        ...
+
+    def model_files(self) -> ModelFiles | None:
+        """The files that identify the model, or None for a model without files
+        (handed over in memory): such a model is never cached."""
         ...
 
     def weights_sha256(self) -> str:

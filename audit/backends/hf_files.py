@@ -29,21 +29,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
-from audit.backends.base import MAX_LAYERS, MAX_WIDTH, ModelInfo, dimension_problem
+from audit.backends.base import (MAX_LAYERS, MAX_WIDTH, ModelFiles, ModelInfo,
+                                 dimension_problem)
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
 from audit.internal import safe_read
+from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _VERSIONED = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate")
-_CHUNK = 1 << 20
 IN_MEMORY = "<in-memory>"
+# Files of a model or tokenizer folder that are not read as config or tokenizer:
+# weights (hashed as weights) and pickles (never read).
+_NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
 
 
 def import_transformers() -> Any:
@@ -73,28 +78,6 @@ def quiet_loading(tf: Any):
     finally:
         tf.logging.set_verbosity(verbosity)
         tf.logging.enable_progress_bar()
-
-
-def sha256_files(paths: list[Path]) -> str:
-    """sha256 of the files' bytes, concatenated in the given order (for one file:
-    what ``sha256sum`` prints)."""
-    digest = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while block := f.read(_CHUNK):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _remembered_sha256(path: Path) -> str:
-    """sha256 of one file, remembered in the cache folder's index (by path, size,
-    mtime, ctime and inode: :meth:`audit.cache.StatsCache.file_sha256`) while the
-    caches are on, so that a GGUF file is read once, not on every start (Gemma-3's
-    253 MB take 0.45 s here); hashed every time when they are off."""
-    from audit.cache import open_cache  # here: audit.cache imports this module
-
-    store = open_cache(True)
-    return sha256_files([path]) if store is None else store.file_sha256(path)
 
 
 def sha256_state_dict(module: Any) -> str:
@@ -167,12 +150,19 @@ class HuggingFaceFiles:
     """A checkpoint's files: ``model_spec.path`` locates the weights and the
     tokenizer (``model_spec.tokenizer`` overrides the latter); ``name`` (the spec
     name) labels errors; ``model``, an already loaded model, replaces the weights
-    (its config describes it and its state dict is hashed).  Nothing here loads
-    weights; a backend subclasses this and adds ``load`` and ``forward``."""
+    (its config describes it and its state dict is hashed); ``cache``, the run's
+    cache settings (default: :meth:`CacheSettings.from_environment`, read here, once),
+    says where the file-hash index and the converted checkpoints are, and whether
+    they are used.  Nothing here loads weights; a backend subclasses this and adds
+    ``load`` and ``forward``."""
 
-    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None) -> None:
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
+                 cache: CacheSettings | None = None) -> None:
+        from audit.cache.settings import CacheSettings
+
         self.spec = model_spec
         self.name = name
+        self.cache = CacheSettings.from_environment() if cache is None else cache
         self._given = model
         self._path: Path | None = None
         self._info: ModelInfo | None = None
@@ -323,14 +313,14 @@ class HuggingFaceFiles:
 
     def _converted(self, dtype: str, gguf: Path | None = None) -> Any:
         """The converted-checkpoint cache entry of the GGUF file ``gguf`` (default:
-        the weights) loaded in ``dtype``, or None when the cache is off."""
-        from audit.backends import converted
+        the weights) loaded in ``dtype``, or None when the caches are off."""
+        from audit.cache import converted
 
-        if not converted.enabled():
+        if not self.cache.enabled:
             return None
         gguf = self.path if gguf is None else gguf
         digest = self.weights_sha256() if gguf == self.path else sha256_files([gguf])
-        return converted.ConvertedCheckpoint(converted.entry_key(digest, dtype))
+        return converted.entry(self.cache, digest, dtype)
 
     def _gguf_tokenizer(self, tf: Any, source: Path, kw: dict[str, Any]) -> Any:
         """The tokenizer transformers builds from a GGUF file, read back from the
@@ -341,8 +331,8 @@ class HuggingFaceFiles:
         if folder is not None:
             try:
                 return StoredTokenizer(folder)
-            except Exception:  # noqa: BLE001 - tokenizers raises plain Exception
-                entry.discard("tokenizer")  # unreadable: rebuilt below, never trusted
+            except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+                entry.discard("tokenizer", f"{type(exc).__name__}: {exc}")  # rebuilt below
         tokenizer = tf.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name,
                                                      **kw)
         if entry is not None:
@@ -407,6 +397,29 @@ class HuggingFaceFiles:
         raise BackendError(f"folder {str(folder)!r} holds no *.safetensors weights",
                            model=self.name)
 
+    def model_files(self) -> ModelFiles | None:
+        """The weights :meth:`weights_sha256` hashes and the model folder's and the
+        tokenizer's other files (config, tokenizer, remote code; no pickles); None for
+        a model handed over in memory."""
+        if self._given is not None:
+            return None
+        weights = self._weight_files()
+        places = [self.path] if self.path.is_dir() else []
+        if self.tokenizer_path not in places:
+            places.append(self.tokenizer_path)
+        config: list[Path] = []
+        for place in places:
+            if place.is_dir():
+                config += sorted(p for p in place.iterdir() if p.is_file()
+                                 and not p.name.lower().endswith(_NOT_CONFIG))
+            elif place.is_file():
+                config.append(place)
+        return ModelFiles(tuple(weights), tuple(p for p in config if p not in weights))
+
+    def _weight_files(self) -> list[Path]:
+        """The GGUF file, or the folder's ``*.safetensors`` in sorted name order."""
+        return [self.path] if self._is_gguf() else self._safetensors_files(self.path)
+
     def weights_sha256(self) -> str:
         """sha256 of the weights: the GGUF file; the folder's ``*.safetensors``
         concatenated in sorted name order (one file: its ``sha256sum``); or, for a
@@ -415,10 +428,21 @@ class HuggingFaceFiles:
             if self._given is not None:
                 self._sha256 = sha256_state_dict(self._given)
             elif self._is_gguf():
-                self._sha256 = _remembered_sha256(self.path)
+                self._sha256 = self._remembered_sha256(self.path)
             else:
                 self._sha256 = sha256_files(self._safetensors_files(self.path))
         return self._sha256
+
+    def _remembered_sha256(self, path: Path) -> str:
+        """sha256 of one file, remembered in the cache folder's file-hash index
+        (:class:`audit.cache.index.FileHashIndex`) while the caches are on, so that a
+        GGUF file is read once, not on every start (Gemma-3's 253 MB take 0.45 s
+        here); hashed every time when they are off."""
+        if not self.cache.enabled:
+            return sha256_files([path])
+        from audit.cache.index import FileHashIndex
+
+        return FileHashIndex(self.cache.folder).file_sha256(path)
 
     versioned: tuple[str, ...] = _VERSIONED
     """The distributions whose versions a report records (a backend sets its own)."""

@@ -60,6 +60,17 @@ ALLOW_KEY = "model.allow_package_code"
 """The spec key that lets ``assemble://`` run a package's code."""
 
 
+def command_line_model(checkpoint: str) -> dict[str, object]:
+    """The ``model`` section of a spec for a checkpoint named on the command line
+    (``calibrate``, ``export-onnx``): whoever types ``assemble://MODULE`` there asks
+    for that package's code to run, so the opt-in a spec file must state
+    (``model.allow_package_code``) is given."""
+    section: dict[str, object] = {"path": checkpoint}
+    if (split_scheme(checkpoint) or ("",))[0] == "assemble":
+        section["allow_package_code"] = True
+    return section
+
+
 def resolve_model_path(path: str, base_dir: str | Path | None = None, *,
                        model: str | None = None, allow_package_code: bool = False) -> Path:
     """Return the absolute file or folder that ``path`` names.

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.base import Forward
-from audit.backends.hf_files import HuggingFaceFiles, sha256_files
+from audit.backends.hf_files import HuggingFaceFiles
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
+from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec, OnnxSpec, Spec
 
 HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
@@ -41,13 +43,13 @@ class OnnxBackend(HuggingFaceFiles):
     versioned = ("onnxruntime", "onnx", "transformers", "tokenizers")
 
     def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
-                 options: OnnxSpec | None = None) -> None:
+                 options: OnnxSpec | None = None, cache: CacheSettings | None = None) -> None:
         if model is not None:
             raise BackendError("the onnx backend runs an ONNX file (model.onnx), not a model "
                                "object", model=name)
         if model_spec.onnx is None:
             raise BackendError("backend onnx needs model.onnx, the ONNX file to run", model=name)
-        super().__init__(model_spec, name)
+        super().__init__(model_spec, name, cache=cache)
         from audit.spec import OnnxSpec
 
         self.options = options or OnnxSpec()
@@ -59,15 +61,16 @@ class OnnxBackend(HuggingFaceFiles):
         """After loading: why there is no probe loss (the file has no logits output)."""
 
     @classmethod
-    def from_spec(cls, spec: Spec, model: Any = None) -> OnnxBackend:
-        return cls(spec.model, spec.name, model=model, options=spec.onnx)
+    def from_spec(cls, spec: Spec, model: Any = None,
+                  cache: CacheSettings | None = None) -> OnnxBackend:
+        return cls(spec.model, spec.name, model=model, options=spec.onnx, cache=cache)
 
     @property
     def onnx_path(self) -> Path:
         return resolve_model_path(self.spec.onnx, model=self.name,
                                   allow_package_code=self.spec.allow_package_code)
 
-    def _data_files(self) -> list[Path]:
+    def _weight_files(self) -> list[Path]:
         """The ONNX file and its external-data files (``<file>.data``, if any)."""
         path = self.onnx_path
         return [path] + sorted(p for p in path.parent.glob(path.name + "*.data") if p.is_file())
@@ -123,9 +126,6 @@ class OnnxBackend(HuggingFaceFiles):
         self._session = session
         return session
 
-    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.forward(input_ids, loss=False).hidden
-
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``
         and a logits output, the next-token cross-entropy float64 [b, t-1]."""
@@ -157,7 +157,7 @@ class OnnxBackend(HuggingFaceFiles):
     def weights_sha256(self) -> str:
         """sha256 of the ONNX file and its external data, concatenated in order."""
         if self._onnx_sha256 is None:
-            self._onnx_sha256 = sha256_files(self._data_files())
+            self._onnx_sha256 = sha256_files(self._weight_files())
         return self._onnx_sha256
 
 

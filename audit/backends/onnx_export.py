@@ -30,7 +30,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.errors import BackendError
+from audit.internal.files import staging_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,8 +149,7 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
         external_data = _parameter_bytes(graph) > EXTERNAL_DATA_BYTES
 
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        folder = staging_folder(output.parent, f".{output.name}.")
     except OSError as exc:
         raise BackendError(f"cannot write into {str(output.parent)!r}: {exc}", model=name) from exc
     try:

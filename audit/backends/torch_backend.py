@@ -31,6 +31,7 @@ from audit.errors import BackendError
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec
 
 _HEAD_PREFIXES = ("lm_head.", "embed_out.", "output.")
@@ -89,11 +90,12 @@ class TorchBackend(HuggingFaceFiles):
 
     backend_name = "torch"
 
-    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None) -> None:
+    def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
+                 cache: CacheSettings | None = None) -> None:
         if model_spec.dtype not in _DTYPES:
             raise BackendError(f"dtype {model_spec.dtype!r} is not one of {', '.join(_DTYPES)}",
                                model=name)
-        super().__init__(model_spec, name, model)
+        super().__init__(model_spec, name, model, cache)
         self._model: Any = None
         self._full: Any = None
         self._head: Any = None
@@ -254,8 +256,11 @@ class TorchBackend(HuggingFaceFiles):
             entry = self._converted(self.spec.dtype)
             folder = entry.path("model") if entry is not None else None
             if folder is not None:  # dequantised before: read the safetensors
-                return self._auto_class(tf).from_pretrained(str(folder), use_safetensors=True,
-                                                            **kw)
+                try:
+                    return self._auto_class(tf).from_pretrained(str(folder),
+                                                                use_safetensors=True, **kw)
+                except Exception as exc:  # noqa: BLE001 - safetensors, transformers: many kinds
+                    entry.discard("model", f"{type(exc).__name__}: {exc}")   # rebuilt below
             model, loading = self._auto_class(tf).from_pretrained(
                 str(self.path.parent), gguf_file=self.path.name, **kw)
             if entry is not None:
@@ -272,11 +277,6 @@ class TorchBackend(HuggingFaceFiles):
         if arch in mapping or (arch == "gemma3" and "gemma3_text" in mapping):
             return tf.AutoModelForCausalLM
         return tf.AutoModel
-
-    def hidden_states(self, input_ids: np.ndarray) -> np.ndarray:
-        """``input_ids`` int64 [b, t] -> float32 [L + 1, b, t, d] (index 0: the
-        embedding output; L: the last block after the final norm)."""
-        return self.forward(input_ids, loss=False).hidden
 
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states of ``input_ids`` int64 [b, t] and, with ``loss`` and a

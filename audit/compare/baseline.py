@@ -2,7 +2,8 @@
 compared with.
 
 State machine (``pytest audit/``): no baseline → the baseline items skip, naming
-the command that writes one; ``--audit-update-baseline`` → the report is written
+the command that writes one (under CI they fail, unless the spec sets
+``baseline.required: false``); an unreadable baseline → they fail; ``--audit-update-baseline`` → the report is written
 to ``baselines/<name>.json`` (atomically), whatever its verdict, and the items skip
 saying so; a baseline → this run is compared with it.  A baseline records what it was measured on; comparing
 across a different probe, measure, normalisation, target or token windows is
@@ -13,6 +14,7 @@ expects; different library versions are noted, not refused.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,12 @@ from typing import Any
 from audit.checks import comparison_kind
 from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
                                  largest, loss_check, require_fits, require_paired)
-from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
+from audit.errors import ComparisonError, ReportError
+from audit.internal import safe_read
 from audit.report.data import Comparison, Report
-from audit.report.json_report import read_json, write_json_file
+from audit.report.json_report import write_json_file
 from audit.spec import BaselineSpec, Spec
+from audit.stats.jackknife import jackknife_se
 
 UPDATE_COMMAND = "pytest audit/ --audit-update-baseline -k {name}"
 """How a user writes a missing baseline (in skip messages and docs)."""
@@ -40,6 +43,16 @@ def baseline_path(spec: Spec, folder: str | os.PathLike | None = None) -> Path:
     return Path(folder) / f"{spec.name}.json"
 
 
+def missing_baseline_error(spec: Spec, path: Path) -> ComparisonError:
+    """Under CI, the error of a missing baseline for a spec that requires one."""
+    return ComparisonError(
+        f"no baseline at {os.path.relpath(path)}: under CI (CI=true) a missing baseline fails, "
+        f"so that the gate never passes without a comparison; write it with: "
+        f"{UPDATE_COMMAND.format(name=spec.name)} and commit it, or set "
+        f"`baseline: {{required: false}}` in {spec.source or 'the spec'} to compare only when "
+        f"a baseline exists")
+
+
 def write_baseline(report: Report, path: str | os.PathLike) -> Path:
     """Write ``report`` (without its own comparisons) as a baseline, atomically."""
     plain = dataclasses.replace(report, comparisons=(), checks=tuple(
@@ -47,8 +60,45 @@ def write_baseline(report: Report, path: str | os.PathLike) -> Path:
     return write_json_file(plain, path)
 
 
-def read_baseline(path: str | os.PathLike) -> Report:
-    return read_json(path)
+def read_baseline(path: str | os.PathLike, shown: str | None = None) -> Report:
+    """The baseline at ``path`` (named ``shown`` in messages).  Anything there that
+    is not a readable report (a folder, a dangling link, a FIFO or other special
+    file, bytes that are not UTF-8 JSON, a report of another schema) is a
+    :class:`ComparisonError`: an unreadable baseline fails, it never counts as
+    missing."""
+    path = Path(path)
+    shown = shown or str(path)
+
+    def unreadable(why: str) -> ComparisonError:
+        return ComparisonError(f"the baseline {shown} is unreadable: {why}; an unreadable "
+                               f"baseline fails the comparison: restore it, or delete it and "
+                               f"write it again with: {UPDATE_COMMAND.format(name=path.stem)}")
+
+    if path.is_symlink() and not path.exists():
+        raise unreadable(f"it is a link to {os.readlink(path)}, which does not exist")
+    if path.is_dir():
+        raise unreadable("it is a folder")
+    if path.exists() and not path.is_file():
+        raise unreadable("it is not a regular file")
+    def refused(_field: str | None, _line: int | None, message: str) -> ComparisonError:
+        return unreadable(message)
+
+    try:
+        # opened without blocking and checked on its descriptor: a FIFO swapped in
+        # after the checks above is refused too (audit.internal.safe_read)
+        data = safe_read.read_bytes(path, "baseline", refused)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise unreadable(f"byte {exc.start} is not UTF-8") from None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
+        raise unreadable(f"not JSON ({exc})") from None
+    safe_read.check_depth(parsed, "it", refused)  # before Report.from_dict recurses
+    try:
+        return Report.from_dict(parsed, source=str(path))
+    except (ReportError, RecursionError) as exc:
+        raise unreadable(str(exc)) from None
 
 
 def fingerprint(report: Report) -> dict[str, Any]:

@@ -6,7 +6,7 @@ own value (low = high), or the range spanned by the parent layers a merged layer
 came from.  drift_l = now_l − clip(now_l, low_l, high_l): now − then for a
 baseline, how far the layer lies outside the range for a merge (0 inside).  Its
 standard error is paired: the same formula on each leave-one-shard-out curve of
-both checkpoints, then the jackknife (:func:`audit.jackknife.jackknife_se`).  The
+both checkpoints, then the jackknife (:func:`audit.stats.jackknife.jackknife_se`).  The
 sampling noise of the windows is shared, so a paired difference is far more
 precise than either value.
 
@@ -26,8 +26,9 @@ import numpy as np
 
 from audit.checks import CHECKS, CheckResult, effect_and_sigma
 from audit.errors import ComparisonError
-from audit.jackknife import jackknife_se
+from audit.internal.plus_minus import plus_minus
 from audit.report.data import DriftRow, Report
+from audit.stats.jackknife import jackknife_se
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def judge_layers(now: Report, ref: Reference, check: str, max_drift: float | Non
         then = (f"{ref.low[layer]:.5f}" if ref.low[layer] == ref.high[layer]
                 else f"[{ref.low[layer]:.5f}, {ref.high[layer]:.5f}]")
         shown = f"{value:+.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:+.2e}"
-        message = (f"layer {layer}: {what} {shown}" + ("" if math.isnan(err) else f" ± {err:.2g}")
+        message = (f"layer {layer}: {what} {shown}{plus_minus(err, '.2g')}"
                    + f" (log10 PR {then} → {log10[layer]:.5f}"
                    + (f" from {source}" if source else "") + f"): {why}")
         results.append(CheckResult(check, layer, value, err, max_drift, sigma, max_sigma, passed,
@@ -174,8 +175,7 @@ def increase_check(check: str, now: float, then: float, tolerance: float | None,
         return CheckResult(check, None, increase, stderr, tolerance, math.nan, None, False, False,
                            f"{what} is undefined now ({now!r}) or then ({then!r})")
     passed = increase <= tolerance
-    se = "" if math.isnan(stderr) else f" ± {stderr:.2g}"
-    message = (f"{what} {then:.5g} → {now:.5g}: {increase:+.3g}{se} "
+    message = (f"{what} {then:.5g} → {now:.5g}: {increase:+.3g}{plus_minus(stderr, '.2g')} "
                f"{'<=' if passed else '>'} {key} {tolerance!r}")
     return CheckResult(check, None, increase, stderr, tolerance, math.nan, None, passed, False,
                        message)

@@ -47,12 +47,13 @@ class LawSummary:
 
 @dataclass(frozen=True)
 class LossSummary:
-    """The model's own next-token cross-entropy on the probe windows."""
+    """The model's own next-token cross-entropy on the probe's sequences, as
+    measured and as reported."""
 
     mean: float
-    """Mean nats per predicted token."""
+    """Mean nats per predicted token (every position but each sequence's last)."""
     stderr: float
-    """Jackknife standard error (NaN with one shard)."""
+    """Jackknife standard error over the shards (NaN with one shard)."""
     leave_one_out: tuple[float, ...]
     """The mean with each of the report's ``shard_ids`` left out."""
     tokens: int

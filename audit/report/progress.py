@@ -15,8 +15,13 @@ class RichProgress:
         self._task: Any = None
 
     def start(self, name: str, total_tokens: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]audit {task.description}"), BarColumn(), MofNCompleteColumn(),

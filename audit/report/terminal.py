@@ -9,22 +9,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from audit.internal.plus_minus import plus_minus
 from audit.report.data import Comparison, LayerRow, Report
 
 STATUS_STYLE = {"ok": "green", "violation": "bold red", "expected": "yellow", "unjudged": "dim"}
 PLOT_WIDTH = 28
 
 
-def _pm(value: float, se: float, digits: int = 4) -> str:
+def _value_pm(value: float, se: float, digits: int = 4) -> str:
     """``+0.0123 ± 0.0010``; values too small for ``digits`` decimals (a parity
     difference) in scientific notation."""
     if not math.isfinite(value):
         return "nan"
     small = value != 0 and abs(value) < 10 ** -(digits - 1)
     shown = f"{value:+.2e}" if small else f"{value:+.{digits}f}"
-    if math.isfinite(se):
-        return f"{shown} ± {se:.1e}" if small else f"{shown} ± {se:.{digits}f}"
-    return shown
+    return shown + plus_minus(se, ".1e" if small else f".{digits}f")
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -85,8 +84,8 @@ def _comparison(c: Comparison) -> Any:
         then_text = (_num(row.then_low, 5) if row.then_low == row.then_high
                      else f"{_num(row.then_low, 5)}..{_num(row.then_high, 5)}")
         first = row.layer == c.first_moved_layer
-        table.add_row(str(row.layer), then_text, _num(row.now, 5), _pm(row.drift, row.drift_se),
-                      _num(row.sigma, 1),
+        table.add_row(str(row.layer), then_text, _num(row.now, 5),
+                      _value_pm(row.drift, row.drift_se), _num(row.sigma, 1),
                       Text(row.status + (" ← first moved" if first else ""),
                            style=DRIFT_STYLE.get(row.status, "")),
                       row.sources, style="on grey15" if first else None)
@@ -109,10 +108,10 @@ def render(report: Report, console: Any) -> None:
         f"{report.statistics} statistics, {report.shards} jackknife shards\n",
         f"corpus {report.corpus['name']} sha256 {report.corpus['sha256'][:12]}…, "
         f"{report.corpus['tokens']} tokens, {report.corpus['examples']} examples\n",
-        f"Pearson r {_pm(law.pearson_r, law.pearson_r_se, 4)}   "
-        f"ρ {_num(law.rho, 5)}" + (f" ± {law.rho_se:.5f}" if math.isfinite(law.rho_se) else "") + "   "
+        f"Pearson r {_value_pm(law.pearson_r, law.pearson_r_se, 4)}   "
+        f"ρ {_num(law.rho, 5)}{plus_minus(law.rho_se, '.5f')}   "
         f"PR_{law.first_layer} → PR_{report.model['layers']}: {_num(law.pr_first)} → {_num(law.pr_last)}   "
-        f"mean step {_pm(law.mean_step, law.mean_step_se, 5)}   "
+        f"mean step {_value_pm(law.mean_step, law.mean_step_se, 5)}   "
         f"{report.timing.get('tokens_per_second', float('nan')):.0f} tokens/s",
     )
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -127,8 +126,8 @@ def render(report: Report, console: Any) -> None:
             _num(row.pr, 5),
             _num(row.log10_pr, 5),
             _num(row.fitted, 5),
-            _pm(row.deviation, row.deviation_se),
-            _pm(row.step, row.step_se),
+            _value_pm(row.deviation, row.deviation_se),
+            _value_pm(row.step, row.step_se),
             _kappa(row.condition),
             Text(row.status, style=style),
             Text(_picture(report.layers, row), style=style),

@@ -1,24 +1,24 @@
 """A training trajectory: the law measured at successive steps of one run, on the
-same windows (``reports/<name>.trajectory.json``), as data, JSON and a terminal
-summary.  :mod:`audit.trajectory` measures it; the renderer draws what it holds.
+same windows, as data (:mod:`audit.trajectory` measures it; the file is read and
+written by :mod:`audit.report.trajectory_json`, the table drawn by
+:mod:`audit.report.trajectory_terminal`, from these fields only).
 
-JSON: ``schema`` (``equilaw-trajectory/1``), ``name``, ``spec``, ``run_dir``,
-``windows_sha256`` (every step was measured on these token windows) and
-``steps``, a list sorted by step of objects with ``step``, ``pearson_r``, ``rho``,
+``to_dict()`` / ``from_dict()`` are the JSON form
+(``reports/<name>.trajectory.json``): ``schema`` (``equilaw-trajectory/1``),
+``name``, ``spec``, ``run_dir``, ``windows_sha256`` (every step was measured on
+these token windows) and ``steps``, a list sorted by step of objects with
+``step``, ``pearson_r``, ``rho``,
 ``loss`` (null without a head), ``pr`` (per hidden state 0..L) and ``verdict``.
 NaN is written as null.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from audit.errors import ReportError
-from audit.internal import safe_read
 from audit.report.data import json_floats
 
 SCHEMA = "equilaw-trajectory/1"
@@ -56,9 +56,6 @@ class Trajectory:
             "steps": [{"step": s.step, "pearson_r": s.pearson_r, "rho": s.rho, "loss": s.loss,
                        "pr": list(s.pr), "verdict": s.verdict} for s in self.steps]})
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
     @classmethod
     def from_dict(cls, data: Any, source: str | None = None) -> Trajectory:
         """Read a trajectory; :class:`ReportError` names the file and the field."""
@@ -95,48 +92,3 @@ class Trajectory:
                    run_dir=data.get("run_dir"),
                    windows_sha256=str(need(data, "windows_sha256", "windows_sha256")),
                    steps=tuple(sorted(steps, key=lambda s: s.step)))
-
-
-def read_trajectory(path: str | os.PathLike) -> Trajectory:
-    def error(_field: str | None, _line: int | None, message: str) -> ReportError:
-        return ReportError(f"cannot read trajectory {os.fspath(path)}: {message}")
-
-    data = safe_read.read_json(path, "trajectory", error)
-    return Trajectory.from_dict(data, os.fspath(path))
-
-
-def write_trajectory(trajectory: Trajectory, path: str | os.PathLike) -> None:
-    from audit.internal.files import write_text_atomic
-
-    try:
-        write_text_atomic(path, trajectory.to_json())
-    except OSError as exc:
-        raise ReportError(f"cannot write trajectory {os.fspath(path)}: {exc}") from exc
-
-
-BAR_WIDTH = 20
-
-
-def render(trajectory: Trajectory, console: Any) -> None:
-    """One row per step: r (with a bar: longer is closer to −1), ρ, loss, PR_1 → PR_L."""
-    from rich.table import Table
-    from rich.text import Text
-
-    console.print(Text(f"{trajectory.name}: the law during training "
-                       f"({len(trajectory.steps)} checkpoints)", "bold"))
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for column in ("step", "Pearson r", "", "ρ", "probe loss", "PR_1 → PR_L", "verdict"):
-        table.add_column(column, justify="left" if column in ("", "verdict") else "right",
-                         no_wrap=True)
-    for s in trajectory.steps:
-        r = s.pearson_r
-        # the bar shows how far r is below 0, so the law emerging is a bar growing
-        filled = 0 if not math.isfinite(r) else round(max(0.0, min(1.0, -r)) * BAR_WIDTH)
-        bar = Text("█" * filled + "·" * (BAR_WIDTH - filled), "green" if r <= -0.9 else "yellow")
-        pr = (f"{s.pr[1]:.4f} → {s.pr[-1]:.4f}" if len(s.pr) > 1 and all(map(math.isfinite, s.pr))
-              else "n/a")
-        table.add_row(str(s.step), f"{r:+.4f}" if math.isfinite(r) else "n/a", bar,
-                      f"{s.rho:.5f}" if math.isfinite(s.rho) else "n/a",
-                      f"{s.loss:.3f}" if math.isfinite(s.loss) else "n/a", pr,
-                      Text(s.verdict, "green" if s.verdict == "pass" else "red"))
-    console.print(table)

@@ -8,8 +8,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.accumulators import METHODS as STATISTICS
-from audit.measures import MEASURES, PERMUTATIONS
 from audit.norms import NORM_KINDS, NORMALIZATIONS
 from audit.spec.sections import DTYPES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS, TARGETS
 from audit.spec.values import (
@@ -37,6 +35,8 @@ from audit.spec.values import (
     section,
     spec_name,
 )
+from audit.stats.measures import MEASURES, PERMUTATIONS
+from audit.stats.methods import METHODS as STATISTICS
 
 REQUIRED = dataclasses.MISSING
 """``SpecKey.default`` of a key that must be given."""
@@ -346,6 +346,14 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "standard error (from the per-shard differences). With `max_drift` also set, a "
          "layer fails only when it exceeds both. Needs `probe.shards` >= 2.",
          "baseline:\n  max_drift_sigma: 4", "> 0"),
+    _key("baseline.required", "boolean", boolean,
+         "Under CI (`CI=true`) a missing baseline fails `NAME::baseline-law` and "
+         "`NAME::baseline-loss`, naming the command that writes it, so that a gate never "
+         "passes without a comparison. `false` lets them skip instead (a spec compared "
+         "only when a baseline exists). Outside CI a missing baseline always skips; an "
+         "unreadable one (a folder, a dangling link, bytes that are not a report) always "
+         "fails.",
+         "baseline:\n  required: false"),
     _key("parity", "mapping", section("parity"),
          "Tolerances of `NAME.BACKEND::parity`, the agreement of each backend after the "
          "first with the first when `backend` is a list. A tolerance that is null is not "

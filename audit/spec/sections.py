@@ -94,6 +94,7 @@ class BaselineSpec:
     max_loss_increase: float | None = 0.05
     max_drift: float | None = 0.0008
     max_drift_sigma: float | None = 4.0
+    required: bool = True
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from audit.errors import StatsError
-from audit.stats import LayerStats
+from audit.stats.layer_stats import LayerStats
 
 BREAKS = ("learns_nothing", "loses_information", "scrambled")
 """The kinds of :class:`BrokenLayer`."""
@@ -190,7 +190,7 @@ class SyntheticFeatures:
 
     def stats(self, shards: int = 10, measures=("token_id",), batch_size: int = 4096,
               method: str = "gram", shuffle_seed: int = 0) -> LayerStats:
-        """A :class:`~audit.stats.LayerStats` fed with every example, in order, in
+        """A :class:`~audit.stats.layer_stats.LayerStats` fed with every example, in order, in
         batches of at most ``batch_size`` examples that never straddle a shard
         (:meth:`shard_of`)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \

@@ -1,9 +1,9 @@
 """The statistics cache: a measurement kept on disk, so that re-judging a spec
 (new thresholds, a baseline update) loads no model and tokenizes nothing.
 
-One entry per measurement, ``<key>.npz`` in the cache folder (:func:`default_folder`:
-``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``;
-outside pytest's own cache, so ``-p no:cacheprovider`` keeps it).  The key is the
+One entry per measurement, ``<key>.npz`` in the cache folder
+(:class:`~audit.cache.settings.CacheSettings`; outside pytest's own cache, so
+``-p no:cacheprovider`` keeps it).  The key is the
 sha256 of a canonical JSON of everything the measurement depends on
 (:meth:`StatsCache.key_inputs`), each read from files' bytes and the spec, never
 by tokenizing: the weights' and the tokenizer and config files' sha256, the
@@ -24,20 +24,20 @@ An entry (``np.savez``, read with ``allow_pickle=False``) holds:
   condition numbers (what the report needs);
 - ``stats.*``: the statistics engine's arrays (:meth:`LayerStats.to_arrays`;
   about 0.8 GB for SmolLM2-135M with 10 shards);
-- ``checksum``: the sha256 of ``meta`` and the ``result.*`` arrays.
+- ``checksum``: the sha256 of ``meta`` and the ``result.*`` arrays;
+- ``mac`` (when a cache key is set): the HMAC-SHA256 of ``checksum`` under the key.
 
-Reading checks ``checksum``, the format and the key before anything is used; a
-truncated, corrupt or foreign file is reported (:class:`CacheWarning`) and the
-measurement recomputed and written again.  The statistics arrays are read, and
+Reading checks ``checksum``, the format, the key and, with a cache key, the MAC
+before anything is used; a truncated, corrupt, foreign or unauthenticated file is
+reported (:class:`CacheWarning`) and the measurement recomputed and written
+again.  A checksum alone detects damage, not a rewrite (anyone can recompute
+it); the MAC detects a rewrite by anyone without the key (docs/ci.md).  The statistics arrays are read, and
 checked against their sha256, only when :attr:`Measurement.stats` is first used
 (:class:`StoredStats`): the report does not need them, and reading 0.8 GB
 would cost more than the whole re-judging.  Writes go to a temporary file
 renamed over the entry (atomic).
 
-Hashing a weights file costs about 0.12 s per 100 MB here, so file hashes are
-remembered in ``index.json`` by (resolved path, size, mtime_ns, ctime_ns,
-inode); a file modified less than :data:`SETTLE_SECONDS` before it was hashed is
-not remembered (its timestamp may not move on the next write).
+File hashes go through the folder's file-hash index (:mod:`audit.cache.index`).
 
 numpy and the standard library only: no backend library is imported.
 """
@@ -45,12 +45,10 @@ numpy and the standard library only: no backend library is imported.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import platform
-import re
-import shutil
-import tempfile
 import time
 import warnings
 import weakref
@@ -61,96 +59,77 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit import __version__
-from audit.backends.hf_files import IN_MEMORY, PICKLE_SUFFIXES, sha256_files
+from audit.cache.folder import (TEMP_PREFIX, CacheError, CacheWarning, clear_folder,
+                                prepare_folder)
+from audit.cache.index import FileHashIndex
+from audit.cache.settings import CacheSettings
 from audit.corpus import load_corpus
-from audit.errors import EquilawError
-from audit.stats import LayerStats
+from audit.internal.files import remove_stale_temporaries, write_bytes_atomic
+from audit.stats.layer_stats import LayerStats
+from audit.versions import software_versions
 
 if TYPE_CHECKING:
     from audit.spec import Spec
 
-__all__ = ["FORMAT", "CacheError", "CacheWarning", "StatsCache", "StoredStats",
-           "code_sha256", "default_folder", "off_by_environment", "open_cache"]
+__all__ = ["FORMAT", "CacheWarning", "StatsCache", "StoredStats", "code_sha256", "open_cache"]
 
 FORMAT = 2
 """The entry layout and key recipe; raising it orphans every older entry (2: the
 class-based measures' sums stored as (shard, class) pairs, not dense)."""
-SETTLE_SECONDS = 2.0
-"""A file modified more recently than this before hashing is hashed again next time."""
-TAG_NAME = "CACHEDIR.TAG"
-TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
-       "# This file is a cache directory tag created by equilaw (statistics cache).\n"
-       "# For information about cache directory tags see https://bford.info/cachedir/\n")
-INDEX_NAME = "index.json"
-CONVERTED = "checkpoints"
-"""The subfolder of :mod:`audit.backends.converted` (GGUF files converted once)."""
-_ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
-_TEMP_PREFIX = ".tmp-"
-_INDEXED_BYTES = 1 << 20   # smaller files are hashed every time (cheaper than the index)
-# Files of a model or tokenizer folder that are not read as config or tokenizer:
-# weights (hashed as weights) and pickles (never read).
-_NOT_CONFIG = (".safetensors", ".gguf", ".onnx", ".data", *PICKLE_SUFFIXES)
-
-
-class CacheError(EquilawError):
-    """The statistics cache cannot be used as asked: a folder to clear that is not
-    an equilaw cache (no ``CACHEDIR.TAG`` written by equilaw), or statistics
-    arrays that fail their checksum when first read (the entry is deleted; run
-    again to recompute it)."""
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was unreadable (truncated, corrupt, another key's) and is being
-    recomputed, or a new entry could not be written."""
-
-
-def default_folder() -> Path:
-    """``$EQUILAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/equilaw``, else ``~/.cache/equilaw``."""
-    own = os.environ.get("EQUILAW_CACHE_DIR", "").strip()
-    if own:
-        return Path(own).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    if xdg and os.path.isabs(xdg):   # the XDG spec ignores relative values
-        return Path(xdg) / "equilaw"
-    return Path.home() / ".cache" / "equilaw"
-
-
-def off_by_environment() -> bool:
-    """Whether ``EQUILAW_NO_CACHE`` is set to anything but empty, 0, false or no."""
-    return os.environ.get("EQUILAW_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def open_cache(cache: Any = True) -> StatsCache | None:
-    """The cache that ``cache`` names: ``True`` the default folder (None when
-    ``EQUILAW_NO_CACHE`` is set to anything but 0/false/no), ``False`` or None
-    none, a path that folder, a :class:`StatsCache` itself."""
+    """The cache that ``cache`` names: ``True`` the environment's
+    (:meth:`CacheSettings.from_environment`; None when ``EQUILAW_NO_CACHE`` turns it
+    off), ``False`` or None none, a path that folder, a :class:`CacheSettings` its
+    folder when enabled, a :class:`StatsCache` itself."""
     if isinstance(cache, StatsCache):
         return cache
     if cache is None or cache is False:
         return None
     if cache is True:
-        return None if off_by_environment() else StatsCache(default_folder())
+        cache = CacheSettings.from_environment()
+    if isinstance(cache, CacheSettings):
+        return StatsCache.from_settings(cache) if cache.enabled else None
     if isinstance(cache, (str, os.PathLike)):
         return StatsCache(Path(cache))
-    raise TypeError(f"cache must be True, False, a folder or a StatsCache, got {cache!r}")
+    raise TypeError(f"cache must be True, False, a folder, CacheSettings or a StatsCache, "
+                    f"got {cache!r}")
 
 
 class StatsCache:
     """The entries in ``folder`` (created on the first write).  ``hits``,
     ``stored`` and ``recomputed`` list the entry paths this object loaded, wrote
-    and found unreadable, and ``cleared`` counts what :meth:`clear` deleted, for
-    the plugin's summary line."""
+    and found unreadable, ``authenticated`` the hits whose MAC verified,
+    ``untrusted`` the entries not read because ``require_secret`` and no secret, and
+    ``cleared`` counts what :meth:`clear` deleted, for the plugin's summary line.
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    ``secret`` (the cache key): entries are written with an HMAC-SHA256 of their
+    checksum under it and read only when that verifies (the checksum covers the
+    meta, with the statistics arrays' sha256, and the result arrays: verifying
+    costs one HMAC of 64 bytes, the arrays are hashed as before, lazily).
+    ``require_secret`` without a secret: no entry is read, each spec is measured
+    (and stored)."""
+
+    def __init__(self, folder: str | os.PathLike[str], secret: bytes | None = None,
+                 require_secret: bool = False) -> None:
         self.folder = Path(folder).expanduser()
+        self.secret = secret
+        self.require_secret = require_secret
+        self.authenticated: list[Path] = []
+        self.untrusted: list[Path] = []
         self.hits: list[Path] = []
         self.stored: list[Path] = []
         self.recomputed: list[Path] = []
         self.cleared: int | None = None
         """How many files :meth:`clear` deleted; None before it runs."""
-        self._index: dict[str, list] | None = None
+        self.index = FileHashIndex(self.folder)
         self._inputs: dict[str, dict[str, Any]] = {}
+        self._tidied = False
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings) -> StatsCache:
+        return cls(settings.folder, settings.secret, settings.require_secret)
 
     def __repr__(self) -> str:
         return f"StatsCache({str(self.folder)!r})"
@@ -164,10 +143,9 @@ class StatsCache:
         JSON-able values; None when the model has no file identity (a model handed
         over in memory, a backend without files), which is never cached."""
         info = backend.info()
-        weights = _weight_files(backend, info)
-        if weights is None:
+        files = backend.model_files()
+        if files is None:
             return None
-        config = [p for p in _config_files(backend, info) if p not in weights]  # a GGUF is both
         corpus = load_corpus(spec.probe.corpus)
         model = asdict(spec.model)
         cls = type(backend)
@@ -181,16 +159,14 @@ class StatsCache:
                          "tokenizer": str(getattr(backend, "tokenizer_path", ""))},
             "info": {"architecture": info.architecture, "layers": info.num_layers,
                      "width": info.width, "norm": [info.norm.kind, float(info.norm.eps)]},
-            "weights": [[str(p), self.file_sha256(p)] for p in weights],
-            "config_files": [[str(p), self.file_sha256(p)] for p in config],
+            "weights": [[str(p), self.file_sha256(p)] for p in files.weights],
+            "config_files": [[str(p), self.file_sha256(p)] for p in files.config],
             "corpus": {"name": corpus.name, "sha256": corpus.sha256},
             "probe": asdict(spec.probe),
             "measure": spec.measure,
             "normalization": spec.normalization,
             "target": spec.target,
-            "versions": {"python": platform.python_version(), "machine": platform.machine(),
-                         "numpy": np.__version__, "equilaw": __version__,
-                         **backend.versions()},
+            "versions": {"machine": platform.machine(), **software_versions(backend)},
             "code": code_sha256(),
         }
 
@@ -203,57 +179,30 @@ class StatsCache:
         self._inputs[key] = inputs  # written into the entry's meta by store()
         return key
 
-    # ------------------------------------------------------------- file hashes
     def file_sha256(self, path: Path) -> str:
-        """sha256 of a file's bytes; remembered in ``index.json`` for files of 1 MiB
-        or more, by (resolved path, size, mtime_ns, ctime_ns, inode)."""
-        path = Path(path).resolve()
-        before = path.stat()
-        if before.st_size < _INDEXED_BYTES:
-            return sha256_files([path])
-        stamp = [before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino]
-        index = self._load_index()
-        known = index.get(str(path))
-        if known is not None and known[:4] == stamp:
-            return known[4]
-        digest = sha256_files([path])
-        after = path.stat()
-        settled = time.time_ns() - after.st_mtime_ns > SETTLE_SECONDS * 1e9
-        if settled and [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
-                        after.st_ino] == stamp:
-            index[str(path)] = stamp + [digest]
-            self._save_index(index)
-        return digest
-
-    def _load_index(self) -> dict[str, list]:
-        if self._index is None:
-            try:
-                data = json.loads((self.folder / INDEX_NAME).read_text(encoding="utf-8"))
-                files = data["files"] if data.get("format") == FORMAT else {}
-                self._index = {k: v for k, v in files.items()
-                               if isinstance(v, list) and len(v) == 5}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                self._index = {}   # missing or unreadable: hashes are recomputed
-        return self._index
-
-    def _save_index(self, index: dict[str, list]) -> None:
-        live = {k: v for k, v in index.items() if os.path.exists(k)}
-        try:
-            self._prepare_folder()
-            _atomic_write(self.folder / INDEX_NAME,
-                          json.dumps({"format": FORMAT, "files": live}, indent=0).encode())
-        except OSError:
-            pass  # the index only saves time
+        """sha256 of a file's bytes, through the folder's file-hash index."""
+        return self.index.file_sha256(path)
 
     # -------------------------------------------------------------- read, write
     def load(self, key: str) -> dict[str, Any] | None:
         """The stored parts of the measurement under ``key``: the fields of
         :class:`audit.pipeline.Measurement` but ``spec`` (``loss`` as a dict of
-        :class:`~audit.pipeline.ProbeLoss` fields, or None; ``stats`` a
+        :class:`~audit.report.data.LossSummary` fields, or None; ``stats`` a
         :class:`StoredStats`), or None when there is no entry.  An entry that is
         truncated, corrupt, of another format or of another key gives a
         :class:`CacheWarning` and None (never its numbers)."""
         path = self.path(key)
+        if not self._tidied:   # entries' temporaries left by killed processes (~0.8 GB each)
+            remove_stale_temporaries(self.folder, TEMP_PREFIX)
+            self._tidied = True
+        if self.secret is None and self.require_secret:
+            if path.exists():
+                warnings.warn(CacheWarning(
+                    f"statistics cache entry {path} is not read: under CI an entry is used "
+                    f"only when authenticated, and no key is set (EQUILAW_CACHE_KEY or "
+                    f"EQUILAW_CACHE_KEY_FILE: docs/ci.md); measuring again"), stacklevel=2)
+                self.untrusted.append(path)
+            return None
         try:
             fid = open(path, "rb")
         except FileNotFoundError:
@@ -276,6 +225,14 @@ class StatsCache:
                                  if name.startswith("stats."))
             if stats_names != sorted(meta["stats_arrays"]):
                 raise ValueError("its statistics arrays are not those it lists")
+            if self.secret is not None:
+                if "mac" not in npz.files:
+                    raise ValueError("it carries no MAC (written without the cache key), and "
+                                     "a key is set")
+                mac = npz["mac"].tobytes().decode("ascii")
+                if not hmac.compare_digest(mac, _mac(self.secret, checksum)):
+                    raise ValueError("its MAC does not verify with the cache key (written "
+                                     "with another key, or altered)")
             parts = _parts(meta["records"], results)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
                 UnicodeDecodeError) as exc:
@@ -283,6 +240,8 @@ class StatsCache:
             return self._unreadable(path, f"{type(exc).__name__}: {exc}")
         parts["stats"] = StoredStats(path, fid, npz, stats_names, meta["stats_sha256"])
         self.hits.append(path)
+        if self.secret is not None:
+            self.authenticated.append(path)
         return parts
 
     def _unreadable(self, path: Path, why: str) -> None:
@@ -324,13 +283,16 @@ class StatsCache:
                         "shard_ids": [int(i) for i in m.shard_ids]},
         }
         meta_bytes = json.dumps(meta, sort_keys=True, default=_plain).encode("utf-8")
+        checksum = _digest(meta_bytes, results)
         arrays = {"meta": np.frombuffer(meta_bytes, dtype=np.uint8), **results, **stats,
-                  "checksum": np.frombuffer(_digest(meta_bytes, results).encode("ascii"),
-                                            dtype=np.uint8)}
+                  "checksum": np.frombuffer(checksum.encode("ascii"), dtype=np.uint8)}
+        if self.secret is not None:
+            arrays["mac"] = np.frombuffer(_mac(self.secret, checksum).encode("ascii"),
+                                          dtype=np.uint8)
         path = self.path(key)
         try:
             self._prepare_folder()
-            _atomic_write(path, lambda f: np.savez(f, **arrays))
+            write_bytes_atomic(path, lambda f: np.savez(f, **arrays), prefix=TEMP_PREFIX)
         except OSError as exc:
             warnings.warn(CacheWarning(f"cannot write the statistics cache entry {path}: "
                                        f"{type(exc).__name__}: {exc}"), stacklevel=2)
@@ -340,49 +302,15 @@ class StatsCache:
 
     # ------------------------------------------------------------------ folder
     def _prepare_folder(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tag = self.folder / TAG_NAME
-        if not tag.exists():
-            _atomic_write(tag, TAG.encode())
+        prepare_folder(self.folder)
 
     def clear(self) -> int:
-        """Delete what equilaw wrote here (entries, the index, left-over temporary
-        files, the converted checkpoints of :mod:`audit.backends.converted`) and
-        return how many files and folders went; other files stay.  Raises
-        :class:`CacheError` for a folder that holds anything else without an
-        equilaw ``CACHEDIR.TAG``."""
-        names = [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
-        tag = self.folder / TAG_NAME
-        try:
-            tagged = tag.is_file() and "equilaw" in tag.read_text(encoding="utf-8",
-                                                                   errors="replace")
-        except OSError:
-            tagged = False
-        ours = [name for name in names if _written_here(name)]
-        if not tagged and len(ours) < len(names):
-            raise CacheError(f"refusing to clear {self.folder}: it does not look like an "
-                             f"equilaw statistics cache (no {TAG_NAME} written by equilaw); "
-                             f"point --audit-cache or EQUILAW_CACHE_DIR at the cache folder")
-        removed = 0
-        for name in ours:
-            path = self.folder / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-        self._index = None
+        """Delete what equilaw wrote in the folder (:func:`audit.cache.folder.clear_folder`)
+        and return how many files and folders went; raises :class:`CacheError`."""
+        removed = clear_folder(self.folder)
+        self.index.forget()
         self.cleared = removed
         return removed
-
-
-def _written_here(name: str) -> bool:
-    """Whether a name in the cache folder is one equilaw writes (the tag stays)."""
-    return (bool(_ENTRY.match(name)) or name in (INDEX_NAME, CONVERTED)
-            or name.startswith(_TEMP_PREFIX))
 
 
 class StoredStats(LayerStats):
@@ -436,7 +364,7 @@ class StoredStats(LayerStats):
 def code_sha256() -> str:
     """sha256 of equilaw's own source files (names and bytes; about 3 ms): any
     change of the code re-measures, where the version number might not move."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
@@ -465,6 +393,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-able")
 
 
+def _mac(key: bytes, checksum: str) -> str:
+    """HMAC-SHA256 of an entry's checksum under the cache key."""
+    return hmac.new(key, checksum.encode("ascii"), hashlib.sha256).hexdigest()
+
+
 def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
     """sha256 of ``head`` and each array's name, dtype, shape and bytes, by name."""
     digest = hashlib.sha256(head)
@@ -473,25 +406,6 @@ def _digest(head: bytes, arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
         digest.update(a.reshape(-1).view(np.uint8))
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, content: bytes | Any) -> None:
-    """Write ``content`` (bytes, or a function of a binary file) to a temporary file
-    in ``path``'s folder and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(content, bytes):
-                f.write(content)
-            else:
-                content(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _parts(records: dict[str, Any], results: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -505,40 +419,3 @@ def _parts(records: dict[str, Any], results: dict[str, np.ndarray]) -> dict[str,
         "versions": records["versions"], "timing": records["timing"],
         "backend": records["backend"],
     }
-
-
-def _weight_files(backend: Any, info: Any) -> list[Path] | None:
-    """The files ``backend.weights_sha256()`` hashes (its own file choice, through
-    the same methods), or None for a model without files."""
-    if str(info.path) == IN_MEMORY or getattr(backend, "_given", None) is not None:
-        return None
-    data_files = getattr(backend, "_data_files", None)        # onnx: the file and its data
-    if callable(data_files):
-        return list(data_files())
-    path = Path(str(info.path))
-    if path.is_file():
-        return [path]                                           # GGUF
-    finder = getattr(backend, "_safetensors_files", None)
-    if path.is_dir() and callable(finder):
-        return list(finder(path))
-    return None
-
-
-def _config_files(backend: Any, info: Any) -> list[Path]:
-    """The model folder's and the tokenizer's files other than weights and pickles
-    (config.json, tokenizer files, remote code): a folder's, or a tokenizer file."""
-    places = []
-    model = Path(str(info.path))
-    if model.is_dir():
-        places.append(model)
-    tokenizer = getattr(backend, "tokenizer_path", None)
-    if tokenizer is not None and Path(tokenizer) not in places:
-        places.append(Path(tokenizer))
-    files: list[Path] = []
-    for place in places:
-        if place.is_dir():
-            files += sorted(p for p in place.iterdir() if p.is_file()
-                            and not p.name.lower().endswith(_NOT_CONFIG))
-        elif place.is_file():
-            files.append(place)
-    return files

@@ -1,4 +1,4 @@
-"""Small dense solves on centred scatter matrices, for :mod:`audit.stats`.
+"""Small dense solves on centred scatter matrices, for :mod:`audit.stats.layer_stats`.
 
 The Gram side takes a centred scatter ``S`` (d×d, symmetric positive
 semi-definite, float64) built from streaming sums, and a relative eigenvalue

@@ -2,19 +2,20 @@
 
 :class:`Moments` holds the shifted sums of one layer over a set of shards (all
 of them, or all but one for the jackknife), in either of the two forms an
-accumulator keeps (:mod:`audit.accumulators`): a scatter (``"gram"``) or a
+accumulator keeps (:mod:`audit.stats.accumulator`): a scatter (``"gram"``) or a
 triangular QR factor (``"qr"``).  From them:
 
 * :func:`scatter_value` / :func:`factor_value`: one measure of :data:`MEASURES`
-  (METHOD.md defines them; the docstring of :mod:`audit.stats` summarises them);
+  (docs/method.md defines them; :mod:`audit.stats.layer_stats` summarises them);
 * :func:`scatter_spectrum` / :func:`factor_spectrum`: the singular values
-  behind :meth:`audit.stats.LayerStats.rank` and ``condition``;
+  behind :meth:`audit.stats.layer_stats.LayerStats.rank` and ``condition``;
 * :func:`scatter_rcond` / :func:`factor_rcond`: the relative rank cutoffs;
 * :data:`SCATTER` / :data:`FACTOR`: those three for one form of the moments
   (:class:`Formulas`), which is all an accumulator needs;
-* :func:`shuffled_ids`: the permuted ids of ``shuffled_token_id``.
+* :func:`shuffled_ids`: the permuted ids of ``shuffled_token_id``;
+* :func:`log10_or_nan`: log10 of measure values, NaN where undefined.
 
-The dense solves themselves are in :mod:`audit.internal.linalg`.  Every sum is in
+The dense solves themselves are in :mod:`audit.stats.linalg`.  Every sum is in
 float64, whatever the features' dtype.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.internal import linalg
+from audit.stats import linalg
 
 MEASURES = ("token_id", "shuffled_token_id", "one_hot", "separation")
 """Every measure, in canonical order: the one list of the project."""
@@ -95,17 +96,12 @@ def scatter_rcond(width: int, input_eps: float) -> float:
 
     For float64 features it is float64's own floor, max(d, 32) × eps, which is
     lstsq's answer.  Float32 features carry rounding noise of relative size
-    about eps32 = 1.2e-7 in every direction, and a direction that is exactly
-    empty in exact arithmetic (the mean direction after a LayerNorm, which
-    centres every token) keeps that noise: its eigenvalue, about 5e-15 of the
-    largest on a tiny GPT-2 (d = 32), sits right at float64's cutoff 7e-15, so
-    whether it counts as rank flips with the rounding of the framework that ran
-    the norm, and PR moves by 1e-4 relative (measured: PyTorch against
-    onnxruntime on the same model).  For float32 features the cutoff is
-    therefore ``_ROUNDING_MARGIN`` × max(d, 32) × eps32² on eigenvalues (4.5e-12
-    at d = 32; the square root on singular values), far above that noise and
-    far below any real layer's spread (κ about 200 on SmolLM2 and Gemma-3:
-    eigenvalue ratios about 3e-5)."""
+    about eps32 in every direction, also in directions that are exactly empty in
+    exact arithmetic (the mean direction after a LayerNorm), where float64's
+    cutoff would count or drop it depending on who rounded.  For float32 features
+    the cutoff is therefore ``_ROUNDING_MARGIN`` × max(d, 32) × eps32² on
+    eigenvalues (the square root on singular values): above that noise, below
+    any real layer's spread (README.md, "Precision and limits")."""
     d = max(width, 32)
     return max(d * EPS, _ROUNDING_MARGIN * d * input_eps ** 2)
 
@@ -260,3 +256,14 @@ SCATTER = Formulas(scatter_rcond, scatter_value, scatter_spectrum)
 """For moments with ``sxx`` and ``sxy`` (``method="gram"``)."""
 FACTOR = Formulas(factor_rcond, factor_value, factor_spectrum)
 """For moments with a QR factor ``r`` (``method="qr"``)."""
+
+
+def log10_or_nan(values) -> np.ndarray:
+    """log10 of PR values (any shape), NaN where PR is 0, negative, infinite or NaN:
+    such a PR has no meaningful log, and NaN (not -inf) makes everything downstream
+    say "undefined" the same way.  The law fit and the reports' per-shard values
+    both use it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log10(np.asarray(values, dtype=np.float64))
+    out[~np.isfinite(out)] = np.nan
+    return out

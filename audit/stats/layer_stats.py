@@ -1,136 +1,71 @@
 """Streaming, mergeable, sharded per-layer statistics for the prediction residual.
 
-:class:`LayerStats` keeps only additive sufficient statistics (float64), in
-``shards`` independent parts, so that
+:class:`LayerStats` is the facade of the engine: it checks inputs, holds the
+settings and asks for results.  It keeps only additive sufficient statistics, in
+float64, in ``shards`` independent parts, so that memory does not grow with the
+number of tokens, two accumulators merge exactly (``a + b``), and every measure's
+jackknife uses leave-one-shard-out values taken from the shards' sums (the total
+minus one shard, or with ``"qr"`` a combination of the other shards' factors)
+without refitting.
 
-* memory does not grow with the number of tokens: ``token_id`` keeps
-  shards × layers × d² float64 values (plus vectors of length d; ``"qr"``:
-  (d+2)²), or with ``storage="spill"`` layers × d² (below); the
-  class-based measures add, per layer, d values per distinct (shard, target)
-  pair seen (a target seen in s shards counts s times);
-* two accumulators merge exactly (``a + b``), for extraction split over
-  processes or machines;
-* every measure's jackknife uses leave-one-shard-out values obtained from the
-  shards' statistics (the total minus one shard's sums, or with ``"qr"`` a
-  combination of the other shards' factors), without refitting.
+Measures (docs/method.md defines them; ``residuals(measure)`` gives one value per
+layer, float64 [layers]): ``token_id`` (PR of an in-sample OLS fit with intercept
+from the layer's features to the next-token id, as lstsq computes it),
+``shuffled_token_id`` (the same with the distinct ids permuted:
+:func:`audit.stats.measures.shuffled_ids`, applied from per-class sums when results
+are asked for, so independent of batch order), ``one_hot`` (multi-output OLS on
+the one-hot target) and ``separation`` (fuzziness D = tr(SS_w · SS_b⁺)).
 
-Measures (METHOD.md defines them; ``residuals(measure)`` gives one value per layer):
-
-``token_id``
-    PR = SS_res / SS_tot of an in-sample OLS fit with intercept from the layer's
-    features to the next-token id (the paper's measure; what lstsq or sklearn's
-    ``LinearRegression`` compute).
-``shuffled_token_id``
-    The same with the distinct ids seen (sorted) permuted.  ``permutation="equilaw"``
-    (default): by ``numpy.random.default_rng(shuffle_seed).permutation(k)``, sorted
-    id i maps to ``sorted_ids[perm[i]]``; ``"reference"``: as the authors' code
-    builds its mapping, sorted id i maps to
-    ``numpy.random.RandomState(shuffle_seed).permutation(sorted_ids)[i]``
-    (:func:`audit.measures.shuffled_ids`).  Applied from per-class statistics when
-    results are asked for, so it does not depend on batch order; leave-one-out
-    values use the mapping of the whole accumulator.
-``one_hot``
-    Multi-output OLS on the one-hot target: total SS_res / total SS_tot.
-``separation``
-    Separation fuzziness D = tr(SS_w · SS_b⁺), class-size-weighted SS_b.
-
-Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean)
-so that large means cost no precision; merging accumulators with different
-shifts converts the sums exactly (in exact arithmetic).  Two ways to accumulate
-the feature scatter, chosen with ``method``:
+Numerics.  Sums are taken around a fixed per-layer shift (the first batch's mean),
+so large means cost no precision; merges convert between shifts exactly (in exact
+arithmetic).  ``method`` chooses how the feature scatter is kept, with κ the
+condition number of the centred, column-scaled features (:meth:`condition`):
 
 ``"gram"`` (default)
-    Gram matrices Σ(x−a)(x−a)ᵀ, one symmetric rank-k update per batch and layer
-    (BLAS dsyrk: d² multiply-adds per token and layer, the cost that matters).
-    The solve scales columns to unit variance, uses a Cholesky factorisation and
-    falls back to the minimum-norm least-squares solution (eigendecomposition,
-    relative eigenvalue cutoff ``max(d, 32) × eps``) when the scatter is singular.
-    A Gram matrix squares the condition number κ of the centred, column-scaled
-    features: PR matches ``lstsq`` to about κ² × 1e-16 relative (≤ 1e-8 for
-    κ ≤ 1e3; tests/test_stats.py asserts it).
+    Gram matrices, one symmetric rank-n update per batch and layer; Cholesky
+    solves with a minimum-norm fallback.  PR matches lstsq to about κ² × 1e-16
+    relative.
 ``"qr"``
-    Triangular QR factors of [1 | x−a | y−c], updated per batch by a Householder
-    QR of the factor stacked on the batch (about 2.75× the flops of the Gram
-    update at a third of its speed: about 7× its time, bench/bench_engine.py),
-    combined across shards and accumulators by stacking factors.  Leave-one-out
-    factors come from prefix and suffix combinations (3 small factorisations per
-    shard and layer) since factors cannot be subtracted.  Never forming the
-    scatter, it matches ``lstsq`` to about κ × 1e-16 (≤ 1e-8 for κ ≤ 1e6).  Rank
-    cutoff: singular values at or below ``max(d, 32) × eps × s_max``, as lstsq.
+    Streaming triangular QR factors, slower; PR matches lstsq to about κ × 1e-16.
+    For features whose κ nears 1e4 or more.
 
-:meth:`LayerStats.condition` measures κ per layer.  Hidden states of real models
-are well conditioned (after init-norm, κ ≤ 184 on every layer of SmolLM2-135M
-and ≤ 168 on Gemma-3-270M: bench/bench_audit.py), where ``"gram"`` is accurate to about 1e-12; ``"qr"`` is
-for features whose κ nears 1e4 or more.
+Float32 features are exact in float64 and accumulated in float64; only the rank
+cutoff remembers that they were rounded (:func:`audit.stats.measures.scatter_rcond`).
 
-Precision of float32 features.  They are exact in float64, and both methods
-work in float64, so they get the same precision as float64 features.  A float32
-Gram would be twice as fast and is accurate to about 1e-7, but a cutoff at
-float32's noise floor truncates directions that real hidden states have: on
-SmolLM2 it moved PR by up to 1.4e-3 (layers 0, 1, 30) away from the reference's
-least squares, and sent most solves of Gemma-3 to the eigendecomposition.
+Storage (``storage``).  In memory, every shard's Gram matrices take shards ×
+layers × d² × 8 bytes; ``"spill"`` (``"gram"`` only) keeps the shard being fed in
+memory (layers × d² × 8 bytes) and writes closed shards to a temporary folder
+(``spill_dir``, default the system's), with results bit for bit those of memory
+(:mod:`audit.stats.spilled_gram`); ``"auto"`` (default) spills above
+:data:`AUTO_SPILL_BYTES` with ``"gram"`` and more than one shard; ``"memory"``
+never spills.  Feed shards in contiguous blocks: each switch back to a shard reads
+it from disk.  The folder goes with :meth:`LayerStats.close`, a ``with`` block,
+garbage collection or interpreter exit.  README.md ("Performance") gives the
+measured costs (bench/results.json).
 
-Storage.  Every shard's Gram matrices in memory cost shards × layers × d² × 8
-bytes: 45 GiB for a 7B model (d = 4096, 33 hidden states) at the default 10
-shards.  ``storage="spill"`` (``"gram"`` only) keeps in memory only the shard
-being fed and writes each closed shard's matrices to a temporary folder (upper
-triangles, float64, exact); results then go layer by layer, each layer's total
-read and summed one shard at a time and each left-out scatter formed as the
-total minus one shard.  Memory: layers × d² × 8 bytes (4.1 GiB at the 7B shape)
-plus about 8 × d² × 8 bytes while results are computed (and, as always, the
-caller's batch and a float64 copy of one of its layers); disk: layers ×
-d(d+1)/2 × 8 bytes per closed shard and once more for the cached totals (22 GiB
-at the 7B shape).  Shards should be fed in contiguous blocks (``audit.probe``
-assigns windows so): each switch to a shard fed before reads it back.  Results
-are those of the in-memory storage bit for bit (same sums, same order); merges
-of accumulators fed around different shifts agree to rounding.  The folder
-(``spill_dir``, default the system's temporary folder, which follows
-``TMPDIR``) is removed by :meth:`LayerStats.close`, at the end of a ``with``
-block, when the statistics are garbage-collected, or at interpreter exit.
-``storage="auto"`` (default) spills when the in-memory Gram matrices would
-exceed :data:`AUTO_SPILL_BYTES`, 4 GiB (at 10 shards: from about 1B parameters
-up, e.g. d = 2048 with 17 hidden states, 5.3 GiB; SmolLM2-135M needs 0.8 GiB),
-with ``"gram"`` and more than one shard; ``"memory"`` never spills.
-
-Layers are indexed as in ``hidden_states``: 0 is the embedding output.
-
-Modules.  This one is the facade: it checks inputs, holds the settings and asks
-for results.  The sums are kept by one accumulator per method
-(:mod:`audit.accumulators`: ``GramAccumulator``, ``QRAccumulator``), the measures
-are pure functions of their moments (:mod:`audit.measures`), and standard errors
-come from the project's one jackknife (:func:`audit.jackknife.jackknife_se`).
+Layers are indexed as in ``hidden_states``: 0 is the embedding output.  The sums
+are kept by one accumulator per method and storage (:mod:`audit.stats.gram`,
+:mod:`audit.stats.spilled_gram`, :mod:`audit.stats.qr`, their shared part in
+:mod:`audit.stats.accumulator`); the measures are pure functions of their moments
+(:mod:`audit.stats.measures`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from audit.accumulators import ACCUMULATORS, METHODS, SPILLED, Accumulator, ClassLayout
 from audit.errors import StatsError
-from audit.jackknife import jackknife_se
-from audit.law import log10_or_nan
-from audit.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
-
+from audit.stats.accumulator import Accumulator, ClassLayout
+from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
+from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
 STORAGES = ("auto", "memory", "spill")
 """Where the shards' Gram matrices are kept: see the module docstring."""
 AUTO_SPILL_BYTES = 4 * 2**30
 """``storage="auto"`` spills when shards × layers × d² × 8 bytes exceed this."""
-
-
-@dataclass(frozen=True)
-class StdErr:
-    """Jackknife standard errors over shards, one value per layer (NaN when fewer
-    than two shards hold examples)."""
-
-    pr: np.ndarray
-    """Standard error of the measure's value, float64 [layers]."""
-    log10_pr: np.ndarray
-    """Standard error of log10 of the value, float64 [layers]."""
 
 
 class LayerStats:
@@ -141,8 +76,8 @@ class LayerStats:
     uncertainty off and costs the least memory).  ``shuffle_seed``: seed of the
     ``shuffled_token_id`` permutation.  ``method``: how the feature scatter is
     accumulated, ``"gram"`` (default: Gram matrices, fast, relative error about
-    κ² × 1e-16) or ``"qr"`` (streaming QR factors, about 7× the time, relative
-    error about κ × 1e-16); see the module docstring.  ``permutation``: how
+    κ² × 1e-16) or ``"qr"`` (streaming QR factors, slower, relative error about
+    κ × 1e-16); see the module docstring.  ``permutation``: how
     ``shuffled_token_id`` permutes the ids, ``"equilaw"`` (default) or
     ``"reference"`` (the authors' construction, seed 0..2³²−1); see the module
     docstring.  ``storage``: where the shards' Gram matrices are kept,
@@ -331,9 +266,8 @@ class LayerStats:
             return
         y = y.astype(np.int64, copy=False)
 
-        # max/min propagate NaN and show ±inf: two cheap passes (about 5 ms per
-        # batch of 1024 tokens × 31 × 576) check every value before anything is
-        # added, so a rejected batch leaves no trace.
+        # max/min propagate NaN and show ±inf: two cheap passes check every
+        # value before anything is added, so a rejected batch leaves no trace.
         high = x.max(axis=(*example_axes, -1))
         low = x.min(axis=(*example_axes, -1))
         bad = ~(np.isfinite(high) & np.isfinite(low))
@@ -389,7 +323,7 @@ class LayerStats:
         method, and (when both hold examples) the same layers and width;
         otherwise :class:`StatsError` says which differs.  Sums taken around
         different shifts are converted exactly (in exact arithmetic): see
-        :meth:`audit.accumulators.Accumulator.rebased`.  The result keeps its
+        :meth:`audit.stats.accumulator.Accumulator.rebased`.  The result keeps its
         Gram matrices as this one's settings say (``storage``, ``spill_dir``),
         whatever ``other``'s; spilled sums are copied and merged one shard and
         layer at a time.
@@ -448,7 +382,7 @@ class LayerStats:
 
     def _prepare(self, measure: str) -> tuple[ClassLayout | None, np.ndarray | None]:
         """Check ``measure`` can be computed; return where the class sums go in
-        sorted class order (:class:`~audit.accumulators.ClassLayout`) and, for
+        sorted class order (:class:`~audit.stats.accumulator.ClassLayout`) and, for
         ``shuffled_token_id``, the mapped id of each sorted class (float64 [k])."""
         self._require(measure)
         if not self._classed:
@@ -503,13 +437,6 @@ class LayerStats:
                 out[j, layer] = acc.value(measure, mom, rcond, mapping)
         return out
 
-    def stderr(self, measure: str) -> StdErr:
-        """Jackknife standard errors over the g non-empty shards
-        (:func:`audit.jackknife.jackknife_se` of :meth:`leave_one_out`), for the
-        value and its log10.  NaN when fewer than two shards hold examples."""
-        loo = self.leave_one_out(measure)
-        return StdErr(pr=jackknife_se(loo), log10_pr=jackknife_se(log10_or_nan(loo)))
-
     def rank(self) -> np.ndarray:
         """Numerical rank of the centred features per layer, int64 [layers]:
         constant columns count as lost rank; of the others, scaled to unit norm,
@@ -517,7 +444,7 @@ class LayerStats:
         ``max(d, 32) × eps × s_max²``, the scatter's own noise floor; ``"qr"``:
         s above ``max(d, 32) × eps × s_max``, as lstsq; for float32 features both
         cutoffs sit above float32's rounding noise instead, see
-        :func:`audit.measures.scatter_rcond`)."""
+        :func:`audit.stats.measures.scatter_rcond`)."""
         return self._spectra()[0]
 
     def condition(self) -> np.ndarray:
