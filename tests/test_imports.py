@@ -1,6 +1,6 @@
-"""The shape of the package's imports: no cycle among audit's modules (counting
-every import: inside functions, under ``TYPE_CHECKING``, and the packages'
-``__init__`` files), and entry points that load no heavy library."""
+"""The shape of the house: no cycle among audit's modules (counting every import:
+inside functions, under ``TYPE_CHECKING``, and the packages' ``__init__`` files),
+entry points that load no heavy library, and no module over 800 lines."""
 
 from __future__ import annotations
 
@@ -92,6 +92,17 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 def test_no_import_cycle_in_audit():
     assert [sorted(cycle) for cycle in cycles(import_graph(REPO, "audit"))] == []
+
+
+MAX_MODULE_LINES = 800
+"""A module that would grow past this is split by concern first."""
+
+
+def test_no_module_is_over_800_lines():
+    sizes = {str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
+             for path, _ in module_names(REPO, "audit").values()}
+    assert {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+    assert len(sizes) > 50  # the walk saw the package
 
 
 def test_the_walk_sees_hidden_imports(tmp_path):
