@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from audit.errors import EquilawError
-from audit.outputs import parent_spec_name
+from audit.outputs import check_specs, parent_spec_name
 from audit.report.data import Report
 from audit.spec import Spec, load_specs
 
@@ -121,7 +121,6 @@ class AuditSession:
         """The specs that run: one per spec file, or one per backend of a spec that
         names several (``<name>.<backend>``)."""
         if self._specs is None:
-            from audit.outputs import check_specs
             from audit.spec import per_backend
 
             # load_specs checks that these names are unique; check_specs that no two
