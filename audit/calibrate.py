@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from audit import pipeline
+from audit.backends.locate import command_line_model
 from audit.calibrated_spec import relative_corpus, relative_path, spec_text
 from audit.compare.baseline import baseline_path, write_baseline
 from audit.errors import EquilawError
@@ -57,7 +58,7 @@ def calibrate(checkpoint: str, output: str | os.PathLike, *, name: str | None = 
         if not re.fullmatch(NAME_PATTERN, name):
             raise EquilawError(f"spec name {name!r}, from the output file name, must match "
                                f"{NAME_PATTERN}: rename {out.name} or pass --name")
-    data: dict[str, Any] = {"name": name, "model": {"path": checkpoint},
+    data: dict[str, Any] = {"name": name, "model": command_line_model(checkpoint),
                             "probe": dict(probe or {})}
     if measure is not None:
         data["measure"] = measure

@@ -96,6 +96,8 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
     spec_model = report.spec.get("model", {})
     lines += [f"  device: {_scalar(spec_model.get('device', 'cpu'))}",
               f"  dtype: {_scalar(spec_model.get('dtype', 'float32'))}"]
+    if spec_model.get("allow_package_code"):
+        lines.append("  allow_package_code: true  # assemble:// runs the package's assemble()")
     if spec_model.get("trust_remote_code"):
         lines.append("  trust_remote_code: true")
     if spec_model.get("tokenizer"):

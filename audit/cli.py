@@ -181,6 +181,7 @@ def calibrate(args: argparse.Namespace) -> int:
 def export_onnx(args: argparse.Namespace) -> int:
     """The ``export-onnx`` verb: export, validate, print a summary."""
     from audit.backends import onnx_export
+    from audit.backends.locate import command_line_model
     from audit.spec import load_spec, spec_from_dict
 
     out = Path(args.output)
@@ -188,7 +189,8 @@ def export_onnx(args: argparse.Namespace) -> int:
         spec = load_spec(args.source)
         model, name = spec.model, spec.name
     else:  # the checkpoint argument resolves as calibrate's does; the name only labels errors
-        model = spec_from_dict({"name": "export", "model": {"path": args.source}}).model
+        model = spec_from_dict({"name": "export",
+                                "model": command_line_model(args.source)}).model
         name = out.stem
     tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
     result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,

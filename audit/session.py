@@ -17,12 +17,12 @@ import dataclasses
 import enum
 import importlib.resources
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from audit.errors import EquilawError
+from audit.outputs import check_specs, parent_spec_name
 from audit.report.data import Report
 from audit.spec import Spec, load_specs
 
@@ -38,14 +38,6 @@ def default_spec_paths(rootdir: Path | None) -> list[Path]:
 def strict_environment() -> bool:
     """Under CI a missing model package fails the run instead of skipping."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def parent_spec_name(spec: Spec, label: str) -> str:
-    """The report name of a merge parent: ``<spec>.parent-<label as a file name>``
-    (lowercase, every run of other characters one '-'), so its report stays in the
-    reports folder whatever the label holds."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.") or "parent"
-    return f"{spec.name}.parent-{slug}"
 
 
 class BaselineStatus(enum.Enum):
@@ -108,6 +100,12 @@ class AuditSession:
     cache_settings: Any = None
     """The run's :class:`audit.cache.settings.CacheSettings` that backends get (the
     file-hash index, the converted checkpoints); None: read from the environment."""
+    run_outputs: tuple[Any, ...] = ()
+    """Files the run writes besides the specs' own (:class:`audit.outputs.Output`: the
+    HTML page, the Markdown summary), in the one-owner check."""
+    outputs_refused: EquilawError | None = None
+    """Why the one-owner check refused this run's files: then none is written, the
+    run's own pages included."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
@@ -125,9 +123,15 @@ class AuditSession:
         if self._specs is None:
             from audit.spec import per_backend
 
-            # load_specs checks that these names are unique.
-            self._specs = [one for spec in load_specs(self.spec_paths)
-                           for one in per_backend(spec)]
+            # load_specs checks that these names are unique; check_specs that no two
+            # files the run writes (reports, parents' reports, baselines) are one.
+            specs = [one for spec in load_specs(self.spec_paths) for one in per_backend(spec)]
+            try:
+                check_specs(specs, self.reports_dir, self.baselines_dir, self.run_outputs)
+            except EquilawError as exc:
+                self.outputs_refused = exc
+                raise
+            self._specs = specs
         return self._specs
 
     def parity_reference(self, spec: Spec) -> Spec | None:

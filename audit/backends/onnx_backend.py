@@ -67,7 +67,8 @@ class OnnxBackend(HuggingFaceFiles):
 
     @property
     def onnx_path(self) -> Path:
-        return resolve_model_path(self.spec.onnx, model=self.name)
+        return resolve_model_path(self.spec.onnx, model=self.name,
+                                  allow_package_code=self.spec.allow_package_code)
 
     def _weight_files(self) -> list[Path]:
         """The ONNX file and its external-data files (``<file>.data``, if any)."""

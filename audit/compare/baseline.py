@@ -21,8 +21,9 @@ from typing import Any
 
 from audit.checks import comparison_kind
 from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
-                                 largest, loss_check, require_paired)
+                                 largest, loss_check, require_fits, require_paired)
 from audit.errors import ComparisonError, ReportError
+from audit.internal import safe_read
 from audit.report.data import Comparison, Report
 from audit.report.json_report import write_json_file
 from audit.spec import BaselineSpec, Spec
@@ -79,18 +80,24 @@ def read_baseline(path: str | os.PathLike, shown: str | None = None) -> Report:
         raise unreadable("it is a folder")
     if path.exists() and not path.is_file():
         raise unreadable("it is not a regular file")
+    def refused(_field: str | None, _line: int | None, message: str) -> ComparisonError:
+        return unreadable(message)
+
     try:
-        data = path.read_bytes()
+        # opened without blocking and checked on its descriptor: a FIFO swapped in
+        # after the checks above is refused too (audit.internal.safe_read)
+        data = safe_read.read_bytes(path, "baseline", refused)
         text = data.decode("utf-8")
-    except OSError as exc:
-        raise unreadable(f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise unreadable(f"byte {exc.start} is not UTF-8") from None
     try:
-        return Report.from_dict(json.loads(text), source=str(path))
+        parsed = json.loads(text)
     except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
         raise unreadable(f"not JSON ({exc})") from None
-    except ReportError as exc:
+    safe_read.check_depth(parsed, "it", refused)  # before Report.from_dict recurses
+    try:
+        return Report.from_dict(parsed, source=str(path))
+    except (ReportError, RecursionError) as exc:
         raise unreadable(str(exc)) from None
 
 
@@ -147,6 +154,7 @@ def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
     """``now`` with its comparison against the baseline ``then`` attached."""
     # A baseline from before schema 3 lacks the window hash too: say what to do first.
     require_paired(now, then, f"the baseline {reference}")
+    require_fits(now, then, f"the baseline {reference}")
     check_comparable(now, then, f"the baseline {reference}")
     log10, loo = curve(then)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)

@@ -263,7 +263,7 @@ class Report:
                     for i, c in enumerate(_required(data, "comparisons")))
         except _MissingField as exc:
             raise ReportError(f"{where}report field {exc.args[0]} is missing") from None
-        except (TypeError, AttributeError) as exc:
+        except (TypeError, AttributeError, ValueError) as exc:
             raise ReportError(f"{where}malformed report: {exc}") from None
         return cls(**kwargs)
 

