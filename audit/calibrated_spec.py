@@ -152,7 +152,8 @@ def _law_lines(c: Calibration) -> list[str]:
     elif math.isnan(step.measured):
         rows.append((f"min_step_fraction: {_number(step.value)}", "no undeclared step: the ceiling"))
     else:
-        where = f"layer {step.layer}" if step.layer is not None else f"capped at {_number(CEILING_STEP_FRACTION)}"
+        where = (f"layer {step.layer}" if step.layer is not None
+                 else f"capped at {_number(CEILING_STEP_FRACTION)}")
         rows.append((f"min_step_fraction: {_number(step.value)}",
                      f"lowest undeclared step / |mean step| {step.measured:.2f}"
                      f"{plus_minus(step.stderr, '.2f')} ({where}); margin {step.margin:.2f}"))

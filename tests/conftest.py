@@ -6,13 +6,14 @@ The equilaw plugin is registered by its pytest11 entry point, never here;
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-
-import os
-
 from hypothesis import settings
+
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
+
 
 # Hypothesis profiles.  Tests that set max_examples themselves keep it; the others
 # follow the profile: "ci" when CI is 1/true/yes, else HYPOTHESIS_PROFILE, else "dev".
@@ -67,7 +68,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         else:
             os.environ[name] = value
 
-from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 
 @pytest.fixture(scope="session")

@@ -163,7 +163,8 @@ def test_rounding_never_moves_inward() -> None:
     rng = np.random.default_rng(1)
     for value in rng.normal(0, 3, size=2000):
         for decimals in (2, 3, 4):
-            hi, lo = thresholds._outward(value, decimals, up=True), thresholds._outward(value, decimals, up=False)
+            hi = thresholds._outward(value, decimals, up=True)
+            lo = thresholds._outward(value, decimals, up=False)
             assert lo <= value <= hi and hi - lo <= 10.0 ** -decimals * (1 + 1e-9)
             assert Decimal(repr(hi)) == Decimal(repr(hi)).quantize(Decimal(1).scaleb(-decimals))
 

@@ -3,7 +3,8 @@ compared with.
 
 State machine (``pytest audit/``): no baseline → the baseline items skip, naming
 the command that writes one (under CI they fail, unless the spec sets
-``baseline.required: false``); an unreadable baseline → they fail; ``--audit-update-baseline`` → the report is written
+``baseline.required: false``); an unreadable baseline → they fail;
+``--audit-update-baseline`` → the report is written
 to ``baselines/<name>.json`` (atomically), whatever its verdict, and the items skip
 saying so; a baseline → this run is compared with it.  A baseline records what it was measured on; comparing
 across a different probe, measure, normalisation, target or token windows is
