@@ -54,11 +54,15 @@ def missing_baseline_error(spec: Spec, path: Path) -> ComparisonError:
         f"a baseline exists")
 
 
+def baseline_of(report: Report) -> Report:
+    """``report`` as a baseline holds it: without its own comparisons."""
+    return dataclasses.replace(report, comparisons=(), checks=tuple(
+        c for c in report.checks if comparison_kind(c.check) is None))
+
+
 def write_baseline(report: Report, path: str | os.PathLike) -> Path:
     """Write ``report`` (without its own comparisons) as a baseline, atomically."""
-    plain = dataclasses.replace(report, comparisons=(), checks=tuple(
-        c for c in report.checks if comparison_kind(c.check) is None))
-    return write_json_file(plain, path)
+    return write_json_file(baseline_of(report), path)
 
 
 def read_baseline(path: str | os.PathLike, shown: str | None = None) -> Report:

@@ -22,10 +22,15 @@ def write_json(report: Report, directory: str | os.PathLike) -> Path:
     return write_json_file(report, report_path(directory, report))
 
 
+def report_text(report: Report) -> str:
+    """The report as its JSON file holds it."""
+    return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
 def write_json_file(report: Report, target: str | os.PathLike) -> Path:
     """Write the report to the file ``target`` atomically (see :func:`write_json`)."""
     target = Path(target)
-    text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+    text = report_text(report)
     try:
         return write_text_atomic(target, text)
     except OSError as exc:
