@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit each checkpoint-N subfolder of RUN_DIR (as transformers' Trainer "
                     "writes them) with SPEC's probe and thresholds, in step order, print r and "
                     "rho per step, and write REPORTS/<name>.trajectory.json (the file "
-                    "audit.monitor.EquilawCallback appends to while training).")
+                    "audit.integrations.monitor.EquilawCallback appends to while training).")
     traj.add_argument("spec", metavar="SPEC", help="the spec file (its model.path is replaced "
                                                    "by each checkpoint)")
     traj.add_argument("run_dir", metavar="RUN_DIR", help="the training run's output folder")
@@ -291,7 +291,7 @@ def _progress() -> Any:
 
 def distributed(args: argparse.Namespace) -> int:
     """The ``distributed`` verb: this rank's share of one audit; rank 0 reports."""
-    from audit.distributed import run
+    from audit.integrations.distributed import run
     from audit.report.json_report import write_json
     from audit.spec import load_spec
 

@@ -4,7 +4,7 @@
 subfolder of RUN_DIR (the layout transformers' ``Trainer`` and
 :func:`audit.synthetic.training.train_tiny` write) with the spec's probe and
 thresholds, in step order, and writes ``reports/<name>.trajectory.json``
-(:mod:`audit.report.trajectory`).  :class:`audit.monitor.EquilawCallback` appends
+(:mod:`audit.report.trajectory`).  :class:`audit.integrations.monitor.EquilawCallback` appends
 to the same file from inside a training process.  Every step must be measured on
 the same token windows (the same tokenizer and probe): a step whose windows differ
 is refused, naming the checkpoint.
