@@ -336,9 +336,11 @@ class AuditSession:
         for other in (merged_report, base_report):
             self._write(other)
         # KL(base || adapted) plugs in here: it needs both models' next-token
-        # distributions on these windows (Backend.next_token_logits), not their reports.
-        report = compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
-        return compare_to_base(report, base_report, spec.adapter)
+        # distributions on these windows, not their reports: with the two backends
+        # open, audit.compare.outputs.compare_outputs(adapted, base, windows) gives the
+        # DivergenceResult that judge_divergence judges (one more lockstep pass).
+        report = compare_to_base(report, base_report, spec.adapter)
+        return compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
         from audit.compare.baseline import (

@@ -137,7 +137,7 @@ def test_the_session_judges_the_adapter_against_its_base_and_its_merge(
     names = session.item_names(spec)
     assert names[-3:] == ["adapter-law", "adapter-loss", "adapter-merged-parity"]
     report = session.report(spec)
-    merged, base = report.comparisons
+    base, merged = report.comparisons
     assert (merged.kind, merged.reference, base.kind, base.reference) == (
         "adapter-merged", "tiny-lora.merged", "adapter", "tiny-lora.base")
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
@@ -186,7 +186,7 @@ def test_a_forgetting_adapter_fails_the_loss_item_with_the_figure(
     spec = load_spec(path)
     session = AuditSession([path], None, cache=False)
     report = session.report(spec)
-    base = report.comparisons[-1]
+    base = report.comparisons[0]
     assert base.loss_now - base.loss_then > 0.05
     outcome = session.outcome(spec, "adapter-loss")
     assert outcome.outcome is Outcome.COMPARISON_FAILED

@@ -48,7 +48,7 @@ def test_a_lora_on_smollm2_against_its_base_and_its_merge(smollm2_family, tmp_pa
     spec = load_spec(path)
     session = AuditSession([path], tmp_path / "reports", cache=False)
     report = session.report(spec)
-    merged, against_base = report.comparisons
+    against_base, merged = report.comparisons
 
     bf16 = dataclasses.replace(spec, model=dataclasses.replace(spec.model, dtype="bfloat16"))
     unmerged16 = run(bf16, backend=TorchBackend(bf16.model, bf16.name), cache=False)

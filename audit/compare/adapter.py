@@ -20,10 +20,11 @@ dtype by ``merge_and_unload()``).  The tolerances depend on the dtype:
 
 Where the divergence comparison plugs in: KL(base ‖ adapted) per token needs both
 models' next-token distributions on the same windows, so it cannot come from two
-reports; :func:`compare_to_base` takes the reports and a future ``divergence``
-record measured by the session beside them (the adapted backend's and the base
-backend's ``next_token_logits`` on the same windows) would be attached as one more
-check of the ``adapter`` comparison.
+reports.  The session (``AuditSession._compare_to_base``) holds the adapted spec
+and the base spec; ``audit.compare.outputs.compare_outputs(adapted_backend,
+base_backend, windows)`` in one lockstep pass gives the ``DivergenceResult`` that
+``judge_divergence`` judges, to be attached as one more check of the ``adapter``
+comparison once divergence has its record in :data:`audit.checks.CHECKS`.
 """
 
 from __future__ import annotations
