@@ -5,7 +5,9 @@ hook to it, so the logic is testable without pytest.  A model is opened once per
 spec, its weights loaded only when the first item of that spec runs, and released
 once its report exists.  A merge's parents are opened (their paths resolved, their
 depths read, the layer map checked) before anything is measured, and measured on
-the same windows when the merged spec's first item runs.  The baseline of a spec
+the same windows when the merged spec's first item runs; so are an adapter's base
+(``<spec>.base``, a separate load of ``model.path``, never the model the adapter
+was injected into) and its merge (``<spec>.merged``).  The baseline of a spec
 is read, compared or written (``update_baselines``) right after its report.  The
 session also decides each item's outcome (:meth:`AuditSession.outcome`): passed,
 skipped, a failure of the law, or a failed comparison.
@@ -197,6 +199,8 @@ class AuditSession:
                 report = self._measure(spec)
                 if spec.merge is not None:
                     report = self._compare_to_parents(spec, report)
+                if spec.model.adapter is not None:
+                    report = self._compare_to_base(spec, report)
                 if reference is not None:
                     from audit.compare.parity import compare_backends
 
@@ -211,12 +215,14 @@ class AuditSession:
 
     def item_names(self, spec: Spec) -> list[str]:
         """The spec's items before its layer items: the law's, the baseline's, a
-        merge's and, for a backend after the first, parity."""
+        merge's, an adapter's and, for a backend after the first, parity."""
         from audit.checks import items_of
 
         names = [*items_of("law"), *items_of("baseline")]
         if spec.merge is not None:
             names += items_of("merge")
+        if spec.model.adapter is not None:
+            names += items_of("adapter") + items_of("adapter-merged")
         if self.parity_reference(spec) is not None:
             names += items_of("parity")
         return names
@@ -316,6 +322,29 @@ class AuditSession:
         for parent in parents.values():
             self._write(parent)
         return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
+
+    def _compare_to_base(self, spec: Spec, report: Report) -> Report:
+        """``report`` (the adapter's, unmerged) against its merge and its base, both
+        measured now on the same windows and written beside it.  The base is a
+        separate load: peft changes the model an adapter is loaded into in place."""
+        from audit.backends.torch_backend import MergedAdapterBackend
+        from audit.compare.adapter import compare_to_base, compare_to_merged
+
+        merged = dataclasses.replace(spec, name=f"{spec.name}.merged")
+        self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
+                                                           cache=self.cache_settings)
+        merged_report = self._measure(merged)
+        base = dataclasses.replace(spec, name=f"{spec.name}.base",
+                                   model=dataclasses.replace(spec.model, adapter=None))
+        base_report = self._measure(base)
+        for other in (merged_report, base_report):
+            self._write(other)
+        # KL(base || adapted) plugs in here: it needs both models' next-token
+        # distributions on these windows, not their reports: with the two backends
+        # open, audit.compare.outputs.compare_outputs(adapted, base, windows) gives the
+        # DivergenceResult that judge_divergence judges (one more lockstep pass).
+        report = compare_to_base(report, base_report, spec.adapter)
+        return compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
         from audit.compare.baseline import (

@@ -66,10 +66,11 @@ def test_every_check_a_mutant_can_fail_counts_as_evidence() -> None:
     from audit.checks import CHECKS
 
     # A mutant is judged by the law and against the unmutated model as a baseline or
-    # a merge's parent, never by parity.
+    # a merge's parent, never by parity or an adapter's comparisons.
     evidence = {name: check.evidence for name, check in CHECKS.items()}
     assert {name for name, kind in evidence.items() if kind is None} == {
-        "parity_loss", "parity_log10_pr"}
+        "parity_loss", "parity_log10_pr", "adapter_pearson_r", "adapter_rho", "adapter_loss",
+        "adapter_drift", "adapter_merged_loss", "adapter_merged_log10_pr"}
     assert {name for name, kind in evidence.items() if kind == "drift"} == {
         "drift", "merge_drift"}
     assert {name for name, kind in evidence.items() if kind == "loss"} == {

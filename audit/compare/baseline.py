@@ -154,6 +154,14 @@ def version_notes(now: Report, then: Report) -> tuple[str, ...]:
     return (f"library versions differ: {'; '.join(notes)}",) if notes else ()
 
 
+PAIRED_CHECKS = {
+    "baseline": ("baseline_pearson_r", "baseline_rho", "baseline_loss", "drift"),
+    "adapter": ("adapter_pearson_r", "adapter_rho", "adapter_loss", "adapter_drift"),
+}
+"""The checks (r, ρ, loss, per-layer drift) of each comparison against one
+reference measured on the same windows: a baseline file, or an adapter's base."""
+
+
 def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
                         reference: str) -> Report:
     """``now`` with its comparison against the baseline ``then`` attached."""
@@ -161,26 +169,45 @@ def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
     require_paired(now, then, f"the baseline {reference}")
     require_fits(now, then, f"the baseline {reference}")
     check_comparable(now, then, f"the baseline {reference}")
+    return compare_paired(now, then, tolerances, reference, "baseline")
+
+
+def compare_paired(now: Report, then: Report, tolerances: Any, reference: str,
+                   kind: str) -> Report:
+    """``now`` with a comparison of ``kind`` (a key of :data:`PAIRED_CHECKS`) against
+    ``then``, one checkpoint's report on the same windows, attached: r, ρ and the
+    probe loss may rise by at most the tolerances, and each layer's drift is judged
+    with paired standard errors.  ``tolerances`` has :class:`BaselineSpec`'s five
+    tolerance fields (a ``BaselineSpec`` or an ``AdapterSpec``); messages name them
+    under ``kind``'s section unless it is the baseline's.  Library versions that
+    differ are noted for a baseline only (an adapter's base is measured in the same
+    run, without peft)."""
+    names = PAIRED_CHECKS[kind]
+    section = "" if kind == "baseline" else f"{kind}."
     log10, loo = curve(then)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
-    layer_checks, rows, moved = judge_layers(now, ref, "drift", tolerances.max_drift,
-                                             tolerances.max_drift_sigma)
+    layer_checks, rows, moved = judge_layers(now, ref, names[3], tolerances.max_drift,
+                                             tolerances.max_drift_sigma,
+                                             keys=(f"{section}max_drift",
+                                                   f"{section}max_drift_sigma"))
     loss_now, loss_then, loss_se = _losses(now, then)
     law = [
-        increase_check("baseline_pearson_r", now.law.pearson_r, then.law.pearson_r,
-                       tolerances.max_pearson_r_increase, "pearson_r", "max_pearson_r_increase"),
-        increase_check("baseline_rho", now.law.rho, then.law.rho, tolerances.max_rho_increase,
-                       "rho", "max_rho_increase"),
-        loss_check("baseline_loss", now, loss_now, loss_then, loss_se,
-                    tolerances.max_loss_increase, "the baseline"),
+        increase_check(names[0], now.law.pearson_r, then.law.pearson_r,
+                       tolerances.max_pearson_r_increase, "pearson_r",
+                       f"{section}max_pearson_r_increase"),
+        increase_check(names[1], now.law.rho, then.law.rho, tolerances.max_rho_increase,
+                       "rho", f"{section}max_rho_increase"),
+        loss_check(names[2], now, loss_now, loss_then, loss_se,
+                   tolerances.max_loss_increase, f"the {kind}" if not section else "the base",
+                   section=kind),
     ]
     top, top_layer = largest(rows)
     comparison = Comparison(
-        kind="baseline", reference=reference,
+        kind=kind, reference=reference,
         pearson_r_then=then.law.pearson_r, pearson_r_now=now.law.pearson_r,
         rho_then=then.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
         first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows,
-        notes=version_notes(now, then))
+        notes=version_notes(now, then) if kind == "baseline" else ())
     # different library versions are allowed, and said where every reader looks
     warned = dataclasses.replace(now, warnings=now.warnings + comparison.notes)
     return attach(warned, comparison, tuple(c for c in law if c is not None) + layer_checks)

@@ -202,15 +202,17 @@ def attach(report: Report, comparison, checks: tuple[CheckResult, ...]) -> Repor
 
 
 def loss_check(check: str, now: Report, loss_now: float, loss_then: float, se: float,
-               tolerance: float | None, where: str) -> CheckResult | None:
-    """The loss check, or a failure saying why there is no loss to compare."""
+               tolerance: float | None, where: str, section: str = "baseline",
+               ) -> CheckResult | None:
+    """The loss check, or a failure saying why there is no loss to compare;
+    ``section`` holds its ``max_loss_increase`` key."""
     if tolerance is None:
         return None
     if now.loss is None or loss_then != loss_then:
         why = (f"no probe loss in this run ({now.loss_note})" if now.loss is None
                else f"no probe loss in {where}")
         return CheckResult(check, None, float("nan"), float("nan"), tolerance, float("nan"), None,
-                           False, False, f"probe loss: {why}; set baseline.max_loss_increase: "
+                           False, False, f"probe loss: {why}; set {section}.max_loss_increase: "
                                          f"null to compare without it")
-    return increase_check(check, loss_now, loss_then, tolerance, "probe loss (nats)",
-                          "max_loss_increase", se)
+    key = "max_loss_increase" if section == "baseline" else f"{section}.max_loss_increase"
+    return increase_check(check, loss_now, loss_then, tolerance, "probe loss (nats)", key, se)

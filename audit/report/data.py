@@ -91,9 +91,12 @@ class Comparison:
     """This checkpoint against a reference (a baseline, or a merge's parents)."""
 
     kind: str
-    """``baseline``, ``merge`` or ``parity`` (another backend on the same checkpoint)."""
+    """``baseline``, ``merge``, ``parity`` (another backend on the same checkpoint),
+    ``adapter`` (an adapter against its base) or ``adapter-merged`` (against itself
+    merged into the base)."""
     reference: str
-    """The baseline file, the parents' labels, or the reference backend's name."""
+    """The baseline file, the parents' labels, the reference backend's name, the
+    base's report name, or the merged model's."""
     pearson_r_then: float
     """The reference's r (merge: the worst parent's, the highest)."""
     pearson_r_now: float
@@ -116,11 +119,16 @@ class Comparison:
     @property
     def then_label(self) -> str:
         """What the renderers call the reference's column."""
-        return {"baseline": "baseline", "merge": "parents"}.get(self.kind, self.reference)
+        return {"baseline": "baseline", "merge": "parents", "adapter": "base",
+                "adapter-merged": "merged"}.get(self.kind, self.reference)
 
     @property
     def title(self) -> str:
         """What was compared, in words (``against baseline FILE``, ``parity with torch``)."""
+        if self.kind == "adapter":
+            return f"against the base {self.reference}"
+        if self.kind == "adapter-merged":
+            return f"parity with the merge {self.reference}"
         return (f"parity with {self.reference}" if self.kind == "parity"
                 else f"against {self.kind} {self.reference}")
 

@@ -38,7 +38,7 @@ def comparison_text(comparison: Comparison, fix: str | None = None) -> str:
         lines.append(f"  {fix}")
     listed = [row for row in c.rows if row.status != "ok"]
     if listed:
-        drift = "diff" if c.kind == "parity" else "drift"
+        drift = "diff" if c.kind in ("parity", "adapter-merged") else "drift"
         lines.append(f"  {'layer':>5} {'then':>20} {'now':>9} {drift:>9} {'± se':>8} {'σ':>6}  status")
         for row in listed[:MAX_ROWS]:
             then_text = (_f(row.then_low) if row.then_low == row.then_high

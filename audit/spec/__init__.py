@@ -16,6 +16,7 @@ from audit.spec.sections import (
     ONNX_OPTIMIZATIONS,
     PROBE_MODES,
     TARGETS,
+    AdapterSpec,
     BaselineSpec,
     LawSpec,
     MergeSpec,
@@ -31,7 +32,7 @@ from audit.spec.values import BACKENDS, BUILTIN_CORPORA, MODEL_SCHEMES, NAME_PAT
 __all__ = [
     "BACKENDS", "BUILTIN_CORPORA", "DTYPES", "MODEL_SCHEMES", "NAME_PATTERN",
     "ONNX_OPTIMIZATIONS", "PROBE_MODES", "REQUIRED", "SPEC_KEYS", "TARGETS",
-    "BaselineSpec", "LawSpec", "MergeSpec", "ModelSpec", "ModuleOverride", "OnnxSpec",
+    "AdapterSpec", "BaselineSpec", "LawSpec", "MergeSpec", "ModelSpec", "ModuleOverride", "OnnxSpec",
     "ParitySpec", "ProbeSpec", "Spec", "SpecKey", "check_against_model", "load_spec",
     "load_specs", "per_backend", "spec_from_dict", "spec_reference_markdown",
 ]

@@ -29,6 +29,7 @@ from audit.spec.values import (
     model_section,
     module_path,
     nullable,
+    or_auto,
     parent_paths,
     providers,
     rho_range,
@@ -133,6 +134,17 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "backend: onnx\nmodel:\n  path: ../checkpoints/smollm2\n"
          "  onnx: ../checkpoints/smollm2.onnx",
          "a filesystem path, `pkg://…` or `assemble://…`"),
+    _key("model.adapter", "string or null", nullable(file_path),
+         "A PEFT adapter folder (`adapter_config.json` and `adapter_model.safetensors`, "
+         "as `save_pretrained` writes them; pickled `adapter_model.bin` is refused) applied "
+         "to `model.path`: the audit runs the adapted model unmerged, through `peft` "
+         "(`backend: torch` only). The base (`model.path` alone) is measured in the same "
+         "run on the same windows and is the adapter's reference (items "
+         "`NAME::adapter-law`, `NAME::adapter-loss`, the layer items), and the adapter "
+         "merged into the base (`merge_and_unload()`) is measured too "
+         "(`NAME::adapter-merged-parity`); tolerances under `adapter`. A relative path "
+         "is relative to the spec file's folder.",
+         "model:\n  path: ../checkpoints/smollm2\n  adapter: ../adapters/smollm2-lora"),
     _key("model.norm", "mapping or null", nullable(section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
          "`normalization: init_norm`. Known architectures (docs/architectures.md) need "
@@ -369,6 +381,48 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(when both have a probe loss; a backend without one fails the check unless it "
          "is null).",
          "parity:\n  max_loss_difference: 2.0e-4", "> 0"),
+    _key("adapter", "mapping", section("adapter"),
+         "Tolerances of a spec with `model.adapter`: the adapted model against its base "
+         "(the first five keys, as under `baseline`; the base is measured in the same "
+         "run) and against its own merge (the last two). A tolerance that is null is not "
+         "checked. The defaults of the first five are `baseline`'s: an adapter that moves "
+         "the probe's layers or loss more than a healthy sibling would fails, so set "
+         "them to what the fine-tune is allowed to change (README, \"PEFT adapters\").",
+         "adapter:\n  max_loss_increase: 0.1\n  max_drift: 0.01"),
+    _key("adapter.max_pearson_r_increase", "number or null", nullable(finite_number(lo=0, hi=2)),
+         "Item `NAME::adapter-law`: the Pearson r may rise by at most this against the base.",
+         "adapter:\n  max_pearson_r_increase: 0.02", "in [0, 2]"),
+    _key("adapter.max_rho_increase", "number or null", nullable(finite_number(lo=0, hi=1)),
+         "Item `NAME::adapter-law`: ρ may rise by at most this against the base.",
+         "adapter:\n  max_rho_increase: 0.0005", "in [0, 1]"),
+    _key("adapter.max_loss_increase", "number or null", nullable(finite_number(lo=0, hi=1e6)),
+         "Item `NAME::adapter-loss`, the forgetting figure: the probe loss (cross-entropy "
+         "on the probe's general text) may rise by at most this many nats per token "
+         "against the base.",
+         "adapter:\n  max_loss_increase: 0.05", ">= 0"),
+    _key("adapter.max_drift", "number or null", nullable(finite_number(gt=0)),
+         "Items `NAME::layer-NN`: the effect threshold on the layer's drift from the base "
+         "(log10 PR adapted minus base, on the same windows); `first_moved_layer` is the "
+         "first layer whose |drift| exceeds it.",
+         "adapter:\n  max_drift: 0.0008", "> 0"),
+    _key("adapter.max_drift_sigma", "number or null", nullable(finite_number(gt=0)),
+         "Items `NAME::layer-NN`: the significance threshold on |drift from the base| / "
+         "its paired standard error; with `max_drift` also set, a layer fails only when "
+         "it exceeds both. Needs `probe.shards` >= 2.",
+         "adapter:\n  max_drift_sigma: 4", "> 0"),
+    _key("adapter.max_merged_log10_pr_difference", "number, null or `auto`",
+         or_auto(nullable(finite_number(gt=0))),
+         "Item `NAME::adapter-merged-parity`: per layer 1..L, the largest |log10 PR| "
+         "difference between the adapter unmerged and merged into the base. `auto` takes "
+         "the default of `model.dtype`, measured (README, \"PEFT adapters\"): PEFT "
+         "computes an unmerged adapter in float32 while a merge rounds ΔW into the "
+         "base's dtype, so bfloat16 allows far more.",
+         "adapter:\n  max_merged_log10_pr_difference: 1.0e-5", "> 0, or `auto`"),
+    _key("adapter.max_merged_loss_difference", "number, null or `auto`",
+         or_auto(nullable(finite_number(gt=0))),
+         "Item `NAME::adapter-merged-parity`: the largest |probe loss| difference between "
+         "the adapter unmerged and merged, in nats per token; `auto` as above.",
+         "adapter:\n  max_merged_loss_difference: 1.0e-4", "> 0, or `auto`"),
     _key("merge", "mapping or null", nullable(section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "

@@ -43,6 +43,7 @@ class ModelSpec:
     norm: NormInfo | None = None
     modules: ModuleOverride | None = None
     device_map: str | None = None
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,25 @@ class ParitySpec:
     max_loss_difference: float | None = 2e-4
 
 
+AUTO = "auto"
+"""A tolerance that takes the measured default of the model's dtype."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The ``adapter`` section: tolerances of an adapter against its base and of its
+    merge against itself unmerged; ``None`` switches a check off, ``"auto"`` takes
+    the default of ``model.dtype`` (:data:`audit.compare.adapter.MERGED_TOLERANCES`)."""
+
+    max_pearson_r_increase: float | None = 0.02
+    max_rho_increase: float | None = 0.0005
+    max_loss_increase: float | None = 0.05
+    max_drift: float | None = 0.0008
+    max_drift_sigma: float | None = 4.0
+    max_merged_log10_pr_difference: float | str | None = AUTO
+    max_merged_loss_difference: float | str | None = AUTO
+
+
 @dataclass(frozen=True)
 class MergeSpec:
     """The ``merge`` section."""
@@ -130,6 +150,7 @@ class Spec:
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     merge: MergeSpec | None = None
     parity: ParitySpec = field(default_factory=ParitySpec)
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
     backends: tuple[str, ...] = ()
     """Every backend the spec file names, in order, when it names several (``backend:
     [torch, onnx]``); empty when it names one.  Set by the loader."""
@@ -151,6 +172,7 @@ SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormInfo,
     "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
     "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
+    "adapter": AdapterSpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a
 mapping are that dataclass's fields (less ``INTERNAL_FIELDS``)."""

@@ -276,6 +276,13 @@ def nullable(check: Check) -> Check:
     return nullable
 
 
+def or_auto(check: Check) -> Check:
+    """``check``, or the string ``auto`` (a default chosen when the model is known)."""
+    def or_auto(value: Any, field: str, line: int | None, ctx: Context) -> Any:
+        return "auto" if value == "auto" else check(value, field, line, ctx)
+    return or_auto
+
+
 def section(prefix: str) -> Check:
     """A nested mapping that becomes the dataclass ``SECTIONS[prefix]``."""
     def check(value: Any, field: str, line: int | None, ctx: Context) -> Any:
