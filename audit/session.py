@@ -114,6 +114,7 @@ class AuditSession:
     _errors: dict[str, EquilawError] = field(default_factory=dict)
     _parents: dict[str, dict[str, Spec]] = field(default_factory=dict)
     _layer_maps: dict[str, Any] = field(default_factory=dict)
+    _recipes: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, BaselineState] = field(default_factory=dict)
     parity_errors: dict[str, EquilawError] = field(default_factory=dict)
     """Spec name -> why its parity could not be judged (the first backend failed)."""
@@ -164,7 +165,7 @@ class AuditSession:
         return layers
 
     def _prepare_merge(self, spec: Spec, layers: int) -> None:
-        from audit.compare.merge import resolve_layer_map
+        from audit.compare.merge import resolve_layer_map, resolve_recipe
         from audit.errors import ModelUnavailableError
 
         parents: dict[str, Spec] = {}
@@ -185,6 +186,7 @@ class AuditSession:
         info = self.backend(spec).info()
         folder = Path(info.path) if Path(info.path).is_dir() else None
         self._layer_maps[spec.name] = resolve_layer_map(spec, layers, depths, folder)
+        self._recipes[spec.name] = resolve_recipe(spec, layers, depths, folder)
         self._parents[spec.name] = parents
 
     def report(self, spec: Spec) -> Report:
@@ -321,7 +323,8 @@ class AuditSession:
                    for label, parent in self._parents[spec.name].items()}
         for parent in parents.values():
             self._write(parent)
-        return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
+        return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline,
+                                  self._recipes[spec.name])
 
     def _compare_to_base(self, spec: Spec, report: Report) -> Report:
         """``report`` (the adapter's, unmerged) against its merge and its base, both

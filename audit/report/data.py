@@ -104,7 +104,8 @@ class Comparison:
     """The reference's ρ (merge: the highest parent's; NaN when depth changed)."""
     rho_now: float
     loss_then: float
-    """The reference's probe loss (merge: the worst parent's); NaN when unknown."""
+    """The reference's probe loss (merge: the loss judged against, the recipe's
+    expected loss or the worst parent's); NaN when unknown."""
     loss_now: float
     first_moved_layer: int | None
     """The first layer (1..L) whose |drift| exceeds the effect tolerance alone,
@@ -115,6 +116,11 @@ class Comparison:
     rows: tuple[DriftRow, ...]
     notes: tuple[str, ...] = ()
     """What the reader should know (for example, library versions that differ)."""
+    loss_judge: str = ""
+    """Merge: the rule that judged the loss, ``recipe`` (the expected loss from the
+    config's weights) or ``worst`` (the worst parent); empty for other kinds."""
+    expected_loss: float = math.nan
+    """Merge judged by its recipe: the loss the recipe predicts; NaN otherwise."""
 
     @property
     def then_label(self) -> str:
@@ -364,7 +370,7 @@ _FLOAT_KEYS = {
     "sigma", "load_seconds", "forward_seconds", "stats_seconds", "tokens_per_second",
     "condition", "log10_pr_loo", "mean", "leave_one_out", "loss_seconds", "now", "then_low",
     "then_high", "drift", "drift_se", "pearson_r_then", "pearson_r_now", "rho_then", "rho_now",
-    "loss_then", "loss_now", "largest_drift",
+    "loss_then", "loss_now", "largest_drift", "expected_loss",
 }
 _INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.norms import NORM_KINDS, NORMALIZATIONS
-from audit.spec.sections import DTYPES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS, TARGETS
+from audit.spec.sections import (DTYPES, MERGE_JUDGES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS,
+                                 TARGETS)
 from audit.spec.values import (
     BACKENDS,
     BUILTIN_CORPORA,
@@ -443,6 +444,20 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(`{parent: LABEL, layer: K}`) or the list of those it blends.",
          "merge:\n  parents: {a: ../a}\n"
          "  layer_map: [{parent: a, layer: 1}, {parent: a, layer: 1}]"),
+    _key("merge.judge", "string", choice(MERGE_JUDGES),
+         "What the merge's probe loss is judged against (item `NAME::merge-loss`, tolerance "
+         "`baseline.max_loss_increase`). `recipe`: the loss its mergekit config predicts from "
+         "the parents' losses L_i with the config's normalised weights w_i: "
+         "L_base + Σ w_i (L_i − L_base) for a method with a base model (ties, dare_ties, "
+         "task_arithmetic, ...), Σ w_i L_i otherwise (linear); a passthrough weighs each "
+         "parent by its share of the merged blocks, a slerp gives the second model its mean "
+         "t over the layers. A weight that cannot be read (missing, not a number, weights "
+         "summing to 0, an unknown `merge_method`) is an error naming the config's field: "
+         "the judge never falls back on its own. Without a mergekit config (a `layer_map`, "
+         "or layers index by index) there is no recipe and the worst parent judges. "
+         "`worst`: the worst parent's loss (the highest), which a damaged parent makes "
+         "lenient. Either way, every parent must be named by the config when there is one.",
+         "merge:\n  parents: {a: ../a, b: ../b}\n  judge: worst", _one_of(MERGE_JUDGES)),
 ])
 """Every key of a spec file, in the order of docs/specs.md."""
 

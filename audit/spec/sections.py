@@ -17,6 +17,7 @@ from audit.norms import NormInfo
 
 PROBE_MODES = ("windows", "documents")
 TARGETS = ("previous", "current", "next", "next_next")
+MERGE_JUDGES = ("recipe", "worst")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -132,6 +133,7 @@ class MergeSpec:
     parents: tuple[tuple[str, str], ...]
     config: str | None = None
     layer_map: tuple[Any, ...] | None = None
+    judge: str = "recipe"
 
 
 @dataclass(frozen=True)
