@@ -4,7 +4,9 @@ errors naming the file and field; the comparison says which rule judged."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from audit.report.data import Report
 from audit.spec import BaselineSpec, load_spec
 from audit.stats.jackknife import jackknife_se
 from test_compare import LAYERS, make_report
+from test_plugin import ITEMS, inner  # noqa: F401 (inner: a fixture)
 
 DEPTHS = {"A": 8, "B": 8, "C": 8}
 PARENTS = ["A", "B", "C"]
@@ -210,3 +213,72 @@ def test_the_recipe_judges_where_the_worst_parent_is_lenient() -> None:
     assert back.comparisons[0].loss_judge == "recipe"
     assert back.comparisons[0].expected_loss == pytest.approx(3.55)
     assert math.isnan(Report.from_dict(worst.to_dict()).comparisons[0].expected_loss)
+
+
+TIES = """\
+models:
+  - model: noisy
+    parameters: {weight: 0.5, density: 0.5}
+  - model: damaged
+    parameters: {weight: 0.5, density: 0.5}
+merge_method: ties
+base_model: base
+dtype: float32
+"""
+
+
+def test_a_merge_the_worst_parent_passes_fails_by_its_recipe(
+        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    """A TIES recipe of a base, its 1 %-noise sibling and a copy whose final norm is x8
+    (its loss far above the others'); the merge saved is the damaged copy itself.  The
+    worst parent is that copy, so the worst rule passes every item; the recipe expects
+    the mean of the base's and the damaged copy's losses and fails merge-loss."""
+    from test_merge_session import _variant
+
+    rng = np.random.default_rng(0)
+    root = pytester.path / "models"
+    root.mkdir()
+    noisy = _variant(tiny_model_dir, root / "noisy", lambda w: {
+        k: (v + np.float32(0.01) * v.std() * rng.standard_normal(v.shape).astype(np.float32))
+        for k, v in w.items()})
+    damaged = _variant(tiny_model_dir, root / "damaged", lambda w: {
+        **w, "model.norm.weight": w["model.norm.weight"] * np.float32(8)})
+    merged = _variant(damaged, root / "merged", lambda w: w)
+    (merged / "mergekit_config.yml").write_text(TIES)
+    specs = pytester.path / "specs"
+    specs.mkdir()
+    for judge in ("recipe", "worst"):
+        (specs / f"tiny-{judge}.yaml").write_text(
+            f"name: tiny-{judge}\nmodel: {merged}\nprobe:\n  sequences: 16\n  length: 24\n"
+            f"  shards: 4\nlaw:\n  max_pearson_r: 1.0\nmerge:\n  parents:\n"
+            f"    base: {tiny_model_dir}\n    noisy: {noisy}\n    damaged: {damaged}\n"
+            f"  judge: {judge}\n")
+    result = inner("--audit-spec", str(specs), ITEMS)
+    outcomes = {m.group(2): m.group(1) for line in result.outlines
+                if (m := re.match(r"(PASSED|FAILED|SKIPPED|ERROR) \S*::(tiny-\w+::[\w-]+)", line))}
+    worst = {item: outcome for item, outcome in outcomes.items() if item.startswith("tiny-worst")}
+    assert worst and set(worst.values()) <= {"PASSED", "SKIPPED"}, worst
+    assert worst["tiny-worst::merge-loss"] == "PASSED"
+    assert outcomes["tiny-recipe::merge-loss"] == "FAILED"
+    assert {item for item, outcome in outcomes.items() if outcome == "FAILED"} == {
+        "tiny-recipe::merge-loss"}
+
+    reports = {judge: json.loads((inner.reports / f"tiny-{judge}.json").read_text())
+               for judge in ("recipe", "worst")}
+    losses = {label: json.loads((inner.reports / f"tiny-recipe.parent-{label}.json").read_text())
+              ["loss"]["mean"] for label in ("base", "noisy", "damaged")}
+    expected = losses["base"] + 0.5 * (losses["noisy"] - losses["base"]) + 0.5 * (
+        losses["damaged"] - losses["base"])
+    (recipe,) = reports["recipe"]["comparisons"]
+    (worst_cmp,) = reports["worst"]["comparisons"]
+    assert recipe["loss_judge"] == "recipe" and worst_cmp["loss_judge"] == "worst"
+    assert recipe["expected_loss"] == pytest.approx(expected, abs=1e-12)
+    assert worst_cmp["expected_loss"] is None and worst_cmp["loss_then"] == losses["damaged"]
+    # the damage raises the loss by about 0.3 nats: the merge (the damaged copy) is
+    # half of that above its recipe, beyond the 0.05 tolerance, and level with its worst parent
+    assert losses["damaged"] - losses["base"] > 0.2
+    assert recipe["loss_now"] - expected > 0.1 and recipe["loss_now"] == losses["damaged"]
+    (check,) = [c for c in reports["recipe"]["violations"] if c["check"] == "merge_loss"]
+    assert check["message"].startswith(
+        f"probe loss (nats) judged by its recipe (ties): expected {losses['base']:.5g} (base) + ")
+    assert check["message"].endswith("> max_loss_increase 0.05")
