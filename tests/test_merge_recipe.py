@@ -18,6 +18,8 @@ from audit.compare.merge import compare_to_parents, resolve_recipe
 from audit.compare.recipe import Recipe, read_recipe
 from audit.errors import SpecError
 from audit.report.data import Report
+from audit.report.text import comparison_text
+from audit.report.view import loss_rows
 from audit.spec import BaselineSpec, load_spec
 from audit.stats.jackknife import jackknife_se
 from test_compare import LAYERS, make_report
@@ -209,6 +211,11 @@ def test_the_recipe_judges_where_the_worst_parent_is_lenient() -> None:
     assert cmp.loss_judge == "recipe" and cmp.expected_loss == pytest.approx(3.55)
     assert cmp.loss_then == pytest.approx(3.55) and judged.verdict == "fail"
 
+    assert "  loss judged by the merge's recipe: expected 3.5500\n" in comparison_text(cmp)
+    assert "loss judged" not in comparison_text(worst.comparisons[0])
+    assert [row.label for row in loss_rows(judged)] == ["this checkpoint", "parents (recipe)"]
+    assert loss_rows(worst)[1].label == "parents (worst)"
+
     back = Report.from_dict(judged.to_dict())
     assert back.comparisons[0].loss_judge == "recipe"
     assert back.comparisons[0].expected_loss == pytest.approx(3.55)
@@ -228,7 +235,8 @@ dtype: float32
 
 
 def test_a_merge_the_worst_parent_passes_fails_by_its_recipe(
-        inner, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+        inner, pytester: pytest.Pytester,  # noqa: F811 (inner: the fixture)
+        tiny_model_dir: Path) -> None:
     """A TIES recipe of a base, its 1 %-noise sibling and a copy whose final norm is x8
     (its loss far above the others'); the merge saved is the damaged copy itself.  The
     worst parent is that copy, so the worst rule passes every item; the recipe expects

@@ -5,12 +5,12 @@ The merged model fails when its Pearson r is worse than its worst parent's beyon
 the ``baseline`` tolerances (ρ too, only when the merge keeps the depth), when its
 probe loss exceeds the loss its recipe predicts (:mod:`audit.compare.recipe`; with
 ``merge.judge: worst``, or without a mergekit config, its worst parent's) by more
-than ``baseline.max_loss_increase``, and when a merged layer's log10 PR lies outside the range spanned by the
-parent layers it came from beyond the drift tolerances, in either direction
-(:mod:`audit.compare.drift`).  Where each merged layer came from is a
-:class:`~audit.compare.layer_map.LayerMap`: the spec's ``merge.layer_map``, a
-mergekit configuration (``merge.config``, or the merged folder's own
-``mergekit_config.yml``), or index by index.
+than ``baseline.max_loss_increase``, and when a merged layer's log10 PR lies
+outside the range spanned by the parent layers it came from beyond the drift
+tolerances, in either direction (:mod:`audit.compare.drift`).  Where each merged
+layer came from is a :class:`~audit.compare.layer_map.LayerMap`: the spec's
+``merge.layer_map``, a mergekit configuration (``merge.config``, or the merged
+folder's own ``mergekit_config.yml``), or index by index.
 """
 
 from __future__ import annotations
@@ -22,15 +22,27 @@ from pathlib import Path
 import numpy as np
 
 from audit.compare.baseline import check_comparable
-from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
-                                 largest, loss_check, require_paired)
-from audit.compare.layer_map import (LayerMap, index_layer_map, layer_map_from_entries,
-                                     read_mergekit_config)
+from audit.compare.drift import (
+    Reference,
+    attach,
+    curve,
+    increase_check,
+    judge_layers,
+    largest,
+    loss_check,
+    require_paired,
+)
+from audit.compare.layer_map import (
+    LayerMap,
+    index_layer_map,
+    layer_map_from_entries,
+    read_mergekit_config,
+)
 from audit.compare.recipe import Recipe, config_names, read_recipe
-from audit.stats.jackknife import jackknife_se
 from audit.errors import ComparisonError
 from audit.report.data import Comparison, Report
 from audit.spec import BaselineSpec, Spec
+from audit.stats.jackknife import jackknife_se
 
 MERGEKIT_CONFIG = "mergekit_config.yml"
 

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.compare.layer_map import (Parents, _labels, _last_part, _line, _load, _resolve,
-                                     _Where)
+from audit.compare.layer_map import Parents, _labels, _last_part, _line, _load, _resolve, _Where
 
 BASE_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
                 "breadcrumbs_ties", "della", "della_linear")

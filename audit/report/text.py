@@ -33,6 +33,8 @@ def comparison_text(comparison: Comparison, fix: str | None = None) -> str:
         f"  {'rho':12} {_f(c.rho_then):>16} {_f(c.rho_now):>10}",
         f"  {'loss (nats)':12} {_f(c.loss_then, 4):>16} {_f(c.loss_now, 4):>10}",
     ]
+    if c.loss_judge == "recipe":
+        lines.append(f"  loss judged by the merge's recipe: expected {_f(c.expected_loss, 4)}")
     lines += [f"  note: {note}" for note in c.notes]
     if fix:
         lines.append(f"  {fix}")

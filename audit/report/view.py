@@ -362,7 +362,8 @@ def loss_rows(report: Report) -> tuple[LossRow, ...]:
     now = report.loss.mean
     rows = [LossRow("this checkpoint", math.nan, now, math.nan)]
     for c in report.comparisons:
-        label = "parents (worst)" if c.kind == "merge" else c.then_label
+        label = (f"parents ({c.loss_judge or 'worst'})" if c.kind == "merge"
+                 else c.then_label)
         change = c.loss_now - c.loss_then if _finite(c.loss_then) and _finite(c.loss_now) \
             else math.nan
         rows.append(LossRow(label, c.loss_then, c.loss_now, change))

@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.norms import NORM_KINDS, NORMALIZATIONS
-from audit.spec.sections import (DTYPES, MERGE_JUDGES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS,
-                                 TARGETS)
+from audit.spec.sections import (
+    DTYPES,
+    MERGE_JUDGES,
+    ONNX_OPTIMIZATIONS,
+    PROBE_MODES,
+    SECTIONS,
+    TARGETS,
+)
 from audit.spec.values import (
     BACKENDS,
     BUILTIN_CORPORA,
