@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_compare import LAYERS, make_report
+from test_plugin import ITEMS, inner  # noqa: F401 (inner: a fixture)
 
 from audit.compare.layer_map import index_layer_map
 from audit.compare.merge import compare_to_parents, resolve_recipe
@@ -22,8 +24,6 @@ from audit.report.text import comparison_text
 from audit.report.view import loss_rows
 from audit.spec import BaselineSpec, load_spec
 from audit.stats.jackknife import jackknife_se
-from test_compare import LAYERS, make_report
-from test_plugin import ITEMS, inner  # noqa: F401 (inner: a fixture)
 
 DEPTHS = {"A": 8, "B": 8, "C": 8}
 PARENTS = ["A", "B", "C"]
