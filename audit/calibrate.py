@@ -21,8 +21,8 @@ from audit.calibrated_spec import relative_corpus, relative_path, spec_text
 from audit.compare.baseline import baseline_of, baseline_path
 from audit.errors import EquilawError
 from audit.internal.files import write_together
-from audit.report.json_report import report_text
 from audit.report.data import Report
+from audit.report.json_report import report_text
 from audit.spec import NAME_PATTERN, spec_from_dict
 from audit.thresholds import Calibration, calibrate_thresholds
 

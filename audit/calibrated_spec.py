@@ -17,8 +17,16 @@ from audit.backends.locate import split_scheme
 from audit.internal.plus_minus import plus_minus
 from audit.report.data import Report
 from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
-from audit.thresholds import (CEILING_STEP_FRACTION, DECLARE_MEDIAN_FACTOR, DECLARE_STEP_FACTOR,
-                              DECLARE_STEP_SIGMA, DEVIATION_SIGMA, FLOOR_DEVIATION, Calibration)
+from audit.thresholds import (
+    CEILING_STEP_FRACTION,
+    DECLARE_MEDIAN_FACTOR,
+    DECLARE_STEP_FACTOR,
+    DECLARE_STEP_SIGMA,
+    DEVIATION_SIGMA,
+    FLOOR_DEVIATION,
+    Calibration,
+)
+
 
 def relative_path(path: str, spec_file: str | os.PathLike) -> str:
     """``model.path`` as a spec at ``spec_file`` should spell it: a filesystem path

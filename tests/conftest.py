@@ -14,7 +14,6 @@ from hypothesis import settings
 
 from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
-
 # Hypothesis profiles.  Tests that set max_examples themselves keep it; the others
 # follow the profile: "ci" when CI is 1/true/yes, else HYPOTHESIS_PROFILE, else "dev".
 # `pytest --hypothesis-profile=thorough` picks one on the command line (it wins).
@@ -106,8 +105,9 @@ def smollm2_family(tmp_path_factory: pytest.TempPathFactory):
     removed at the end of the session."""
     import shutil
 
-    from audit.spec import load_spec
     from smollm2_family import SmolLM2Family
+
+    from audit.spec import load_spec
 
     gguf = model_or_skip(load_spec(SPECS_DIR / "smollm2-135m.yaml").model.path)
     pytest.importorskip("transformers")

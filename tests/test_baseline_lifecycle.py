@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_plugin import GENEROUS, ITEMS, inner, write_spec  # noqa: F401 (inner: a fixture)
+
 from audit.synthetic.tiny import TINY_LAYERS
 
 DAMAGED_BLOCK = 1

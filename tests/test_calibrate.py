@@ -32,7 +32,6 @@ from audit.report.build import build_report
 from audit.report.data import Report
 from audit.spec import ProbeSpec, load_spec, spec_from_dict
 from audit.thresholds import Calibration, calibrate_thresholds, declared_layers
-
 from conftest import model_or_skip
 
 L = 12

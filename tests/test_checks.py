@@ -9,8 +9,19 @@ import math
 import numpy as np
 import pytest
 
-from audit.checks import (CHECKS, KINDS, LAYER_ITEM, CheckResult, Verdict, comparison_kind,
-                          evaluate, item_names, item_results, items_of, layer_item_name)
+from audit.checks import (
+    CHECKS,
+    KINDS,
+    LAYER_ITEM,
+    CheckResult,
+    Verdict,
+    comparison_kind,
+    evaluate,
+    item_names,
+    item_results,
+    items_of,
+    layer_item_name,
+)
 from audit.errors import StatsError
 from audit.law import LawFit, fit_law
 from audit.spec import LawSpec

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.integrations.distributed import Part, _pack, _unpack
 from audit.errors import EquilawError
+from audit.integrations.distributed import Part, _pack, _unpack
 from audit.stats.layer_stats import LayerStats
 
 pytest.importorskip("torch")

@@ -23,7 +23,7 @@ from audit.errors import BackendError
 from audit.mutate import mutate
 from audit.report.mutations import CHECK_KINDS
 from audit.spec import spec_from_dict
-from audit.synthetic.damage import RepeatBlocks, ScaleMLP, ZeroBlock, AddNoise
+from audit.synthetic.damage import AddNoise, RepeatBlocks, ScaleMLP, ZeroBlock
 
 PROBE = {"sequences": 16, "length": 24, "shards": 4}
 

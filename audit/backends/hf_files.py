@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
-from audit.backends.base import (MAX_LAYERS, MAX_WIDTH, ModelFiles, ModelInfo,
-                                 dimension_problem)
+from audit.backends.base import MAX_LAYERS, MAX_WIDTH, ModelFiles, ModelInfo, dimension_problem
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError

@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from audit.checks import comparison_kind
-from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
-                                 largest, loss_check, require_fits, require_paired)
+from audit.compare.drift import (
+    Reference,
+    attach,
+    curve,
+    increase_check,
+    judge_layers,
+    largest,
+    loss_check,
+    require_fits,
+    require_paired,
+)
 from audit.errors import ComparisonError, ReportError
 from audit.internal import safe_read
 from audit.report.data import Comparison, Report

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from audit.errors import SpecError
 from audit.internal import yaml_lines
 from audit.internal.safe_read import short_repr
