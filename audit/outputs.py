@@ -10,6 +10,8 @@ A spec ``NAME`` owns, in the reports folder:
 - ``NAME.json``, its report (pytest run, ``python -m audit report``);
 - ``NAME.parent-LABEL.json``, the report of each merge parent (:func:`parent_spec_name`);
 - ``NAME.reference.json``, the report of its reference model;
+- ``NAME.base.json`` and ``NAME.merged.json``, the reports of a PEFT adapter's base
+  and of the adapter merged into it (``model.adapter``);
 - ``NAME.mutations.json`` (``python -m audit mutate``) and ``NAME.trajectory.json``
   (``python -m audit trajectory``);
 
@@ -32,6 +34,7 @@ from audit.errors import EquilawError, SpecError
 from audit.spec import Spec
 
 REPORT_SUFFIXES = {"reference": "report of the reference model",
+                   "base": "report of the adapter's base", "merged": "report of the merged adapter",
                    "mutations": "mutation report", "trajectory": "trajectory"}
 """``NAME.<suffix>.json`` files a spec owns besides its report, and what they hold."""
 

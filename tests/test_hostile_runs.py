@@ -192,6 +192,17 @@ def test_a_spec_named_like_another_specs_mutation_report_is_refused(
         "has one owner; rename one of them")
 
 
+def test_a_spec_named_like_an_adapters_base_report_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    specs = _specs_folder(tmp_path, {"a.yaml": "name: x\nmodel: /models/x\n",
+                                     "b.yaml": "name: x.base\nmodel: /models/x\n"})
+    assert _refused(tmp_path, specs) == (
+        f"{specs / 'b.yaml'}:1: name: reports/x.base.json would be written as the report "
+        "of spec 'x.base' and as the report of the adapter's base of spec 'x': every file a run "
+        "writes has one owner; rename one of them")
+
+
 def test_baselines_in_the_reports_folder_are_refused(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The report would overwrite the baseline it was just compared with."""
@@ -213,7 +224,8 @@ def test_distinct_outputs_pass_and_list_every_file(tmp_path: Path) -> None:
     (spec,) = session.specs()
     outputs = spec_outputs(spec, tmp_path / "reports")
     assert [str(o.path.relative_to(tmp_path)) for o in outputs] == [
-        "reports/m.json", "reports/m.reference.json", "reports/m.mutations.json",
+        "reports/m.json", "reports/m.reference.json", "reports/m.base.json",
+        "reports/m.merged.json", "reports/m.mutations.json",
         "reports/m.trajectory.json", "reports/m.parent-a.json", "reports/m.parent-b-c.json",
         "specs/baselines/m.json"]
     with pytest.raises(SpecError) as err:  # the run's own files (an HTML page) count too
