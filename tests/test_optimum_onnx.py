@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STRICT
 
 from audit.errors import BackendError
 from audit.spec import spec_from_dict
+from conftest import STRICT
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

@@ -122,10 +122,10 @@ class OnnxBackend(HuggingFaceFiles):
             source = with_outputs(proto, found.names)
             hidden = list(enumerate(found.names))
         elif [i for i, _ in hidden] != list(range(expected)):
-            raise BackendError(f"{where} has hidden-state outputs "
-                               f"{[i for i, _ in hidden][:3]}…{hidden[-1][0]} ({len(hidden)} in all), "
-                               f"but the checkpoint's config promises {expected - 1} layers "
-                               f"(hidden_states.0 … hidden_states.{expected - 1})", model=self.name)
+            raise BackendError(f"{where} has hidden-state outputs {[i for i, _ in hidden][:3]}"
+                               f"…{hidden[-1][0]} ({len(hidden)} in all), but the checkpoint's "
+                               f"config promises {expected - 1} layers (hidden_states.0 … "
+                               f"hidden_states.{expected - 1})", model=self.name)
         session = self._open(ort, source, path)
         self._inputs = {i.name: i for i in session.get_inputs()}
         if "input_ids" not in self._inputs:
@@ -174,7 +174,8 @@ class OnnxBackend(HuggingFaceFiles):
 
     def feed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Every input the graph declares, for the token ids ``ids`` [b, t]."""
-        return {name: feedable(arg)(ids) for name, arg in self._inputs.items()}  # type: ignore[misc]
+        return {name: feedable(arg)(ids)  # type: ignore[misc]
+                for name, arg in self._inputs.items()}
 
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``

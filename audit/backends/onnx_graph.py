@@ -152,8 +152,9 @@ class _Search:
         return prefixes.pop(), blocks
 
     def external_inputs(self, scope: str, nodes: list[Any]) -> dict[str, set[str]]:
-        """Tensors a block reads that are made outside it (no constant), each with the sub-modules of the block that read it (``""``: a
-        node directly in the block's scope, such as the residual sum)."""
+        """Tensors a block reads that are made outside it (no constant), each with the
+        sub-modules of the block that read it (``""``: a node directly in the block's
+        scope, such as the residual sum)."""
         inside = {id(node) for node in nodes}
         out: dict[str, set[str]] = {}
         for node in nodes:
