@@ -60,7 +60,17 @@ def default_venv() -> Path:
 
 def ensure_venv(venv: Path) -> float:
     """Build ``venv`` unless it is complete with these pins; seconds spent (0 when
-    reused).  A half-built environment is removed and built again."""
+    reused).  A half-built environment is removed and built again; concurrent runs
+    (pytest-xdist workers) wait for one another on a lock file beside it."""
+    import fcntl
+
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(venv)
+
+
+def _build(venv: Path) -> float:
     marker = venv / PINS_FILE
     wanted = "\n".join(PINS) + "\n"
     if marker.is_file() and marker.read_text(encoding="utf-8") == wanted:
