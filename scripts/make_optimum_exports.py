@@ -65,7 +65,7 @@ def ensure_venv(venv: Path) -> float:
     import fcntl
 
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _build(venv)
 
