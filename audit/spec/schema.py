@@ -42,6 +42,7 @@ from audit.spec.values import (
     rho_range,
     section,
     spec_name,
+    tensor_names,
 )
 from audit.stats.measures import MEASURES, PERMUTATIONS
 from audit.stats.methods import METHODS as STATISTICS
@@ -337,6 +338,17 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("onnx.graph_optimization", "string", choice(ONNX_OPTIMIZATIONS),
          "onnxruntime's graph optimisation level.",
          "onnx:\n  graph_optimization: extended", _one_of(ONNX_OPTIMIZATIONS)),
+    _key("onnx.layers", "mapping or null", nullable(tensor_names),
+         "The tensors of layers 0..L in `model.onnx` (0 = the embedding output, L = the "
+         "final norm's output), for a file without `hidden_states.*` outputs whose layers "
+         "equilaw cannot find itself. Null: a file without them (such as "
+         "`optimum-cli export onnx`'s) has its layers found in the graph from the node "
+         "names (the blocks and final norm of the architectures table, or "
+         "`model.modules`), checked by shape and topology. Either way the tensors become "
+         "outputs of an in-memory copy of the graph; the file is never written.",
+         "onnx:\n  layers:\n    0: /model/embed_tokens/Gather_output_0\n"
+         "    1: /model/layers.0/Add_1_output_0\n    2: /model/norm/Mul_1_output_0",
+         "every layer 0..L, each a tensor of the graph"),
     _key("baseline", "mapping", section("baseline"),
          "Tolerances of the comparison with a baseline (`baselines/NAME.json`, written by "
          "`pytest audit/ --audit-update-baseline`) and with a merge's parents. A "
@@ -378,7 +390,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "first with the first when `backend` is a list. A tolerance that is null is not "
          "checked. The defaults are about 50 and 20 times what PyTorch and its ONNX "
          "export of SmolLM2 differ by on the default probe (1.9e-8 in log10 PR, 8.7e-6 "
-         "nats; README, \"ONNX\"), far below what a baseline calls a change.",
+         "nats; README, \"ONNX\"; optimum's export of it: 1.3e-8 and 8.7e-6), far below "
+         "what a baseline calls a change.",
          "parity:\n  max_log10_pr_difference: 1.0e-6\n  max_loss_difference: 2.0e-4"),
     _key("parity.max_log10_pr_difference", "number or null", nullable(finite_number(gt=0)),
          "Per layer 1..L: the largest |log10 PR| difference from the first backend.",

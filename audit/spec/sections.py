@@ -85,6 +85,8 @@ class OnnxSpec:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     graph_optimization: str = "all"
+    layers: tuple[tuple[int, str], ...] | None = None
+    """(layer, tensor name) pairs, sorted; None: found in the graph."""
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,26 @@ def providers(value: Any, field: str, line: int | None, ctx: Context) -> tuple[s
                  for i, item in enumerate(value))
 
 
+def tensor_names(value: Any, field: str, line: int | None,
+                 ctx: Context) -> tuple[tuple[int, str], ...]:
+    """A mapping of layer index (0 = the embedding output) -> tensor name, stored as
+    sorted pairs; whether it covers 0..L is checked against the model's config when
+    the file is opened."""
+    if not isinstance(value, dict) or not value:
+        got = describe(value) if value != {} else "an empty mapping"
+        raise ctx.error(field, line, f"expected a mapping of layer index (0..L) -> tensor "
+                                     f"name, got {got}")
+    lines = getattr(value, "value_lines", {})
+    out = []
+    for layer, name in value.items():
+        item_line = lines.get(layer, line)
+        if not _is_int(layer) or layer < 0:
+            raise ctx.error(field, item_line, f"layer indexes are integers >= 0, got "
+                                              f"{describe(layer)}")
+        out.append((layer, string(name, f"{field}.{layer}", item_line, ctx)))
+    return tuple(sorted(out))
+
+
 def layer_map(value: Any, field: str, line: int | None, ctx: Context) -> tuple[Any, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error(field, line, "expected a list with one entry per merged layer 1..L "
