@@ -16,11 +16,13 @@ from typing import Any
 import yaml
 
 from audit import pipeline
+from audit.backends.locate import command_line_model
 from audit.calibrated_spec import relative_corpus, relative_path, spec_text
-from audit.compare.baseline import baseline_path, write_baseline
+from audit.compare.baseline import baseline_of, baseline_path
 from audit.errors import EquilawError
-from audit.internal.files import write_text_atomic
+from audit.internal.files import write_together
 from audit.report.data import Report
+from audit.report.json_report import report_text
 from audit.spec import NAME_PATTERN, spec_from_dict
 from audit.thresholds import Calibration, calibrate_thresholds
 
@@ -57,7 +59,7 @@ def calibrate(checkpoint: str, output: str | os.PathLike, *, name: str | None = 
         if not re.fullmatch(NAME_PATTERN, name):
             raise EquilawError(f"spec name {name!r}, from the output file name, must match "
                                f"{NAME_PATTERN}: rename {out.name} or pass --name")
-    data: dict[str, Any] = {"name": name, "model": {"path": checkpoint},
+    data: dict[str, Any] = {"name": name, "model": command_line_model(checkpoint),
                             "probe": dict(probe or {})}
     if measure is not None:
         data["measure"] = measure
@@ -82,10 +84,11 @@ def calibrate(checkpoint: str, output: str | os.PathLike, *, name: str | None = 
         raise EquilawError("calibrated thresholds fail their own measurement (a bug in "
                            "audit.calibrate): " + "; ".join(c.message for c in report.violations))
 
-    try:
-        write_text_atomic(out, text)  # a reader never sees a partial spec
+    try:   # the spec and its baseline land together or not at all
+        write_together({out: text.encode("utf-8"),
+                        baseline: report_text(baseline_of(report)).encode("utf-8")})
     except OSError as exc:
-        raise EquilawError(f"cannot write spec {out}: {exc}") from exc
-    written = write_baseline(report, baseline)
-    return Calibrated(spec_path=out, baseline_path=written, report=report,
+        raise EquilawError(f"cannot write spec {out} and its baseline {baseline}: {exc}; "
+                           f"neither was written") from exc
+    return Calibrated(spec_path=out, baseline_path=baseline, report=report,
                       calibration=calibration)

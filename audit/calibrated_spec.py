@@ -17,8 +17,16 @@ from audit.backends.locate import split_scheme
 from audit.internal.plus_minus import plus_minus
 from audit.report.data import Report
 from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
-from audit.thresholds import (CEILING_STEP_FRACTION, DECLARE_MEDIAN_FACTOR, DECLARE_STEP_FACTOR,
-                              DECLARE_STEP_SIGMA, DEVIATION_SIGMA, FLOOR_DEVIATION, Calibration)
+from audit.thresholds import (
+    CEILING_STEP_FRACTION,
+    DECLARE_MEDIAN_FACTOR,
+    DECLARE_STEP_FACTOR,
+    DECLARE_STEP_SIGMA,
+    DEVIATION_SIGMA,
+    FLOOR_DEVIATION,
+    Calibration,
+)
+
 
 def relative_path(path: str, spec_file: str | os.PathLike) -> str:
     """``model.path`` as a spec at ``spec_file`` should spell it: a filesystem path
@@ -96,6 +104,8 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
     spec_model = report.spec.get("model", {})
     lines += [f"  device: {_scalar(spec_model.get('device', 'cpu'))}",
               f"  dtype: {_scalar(spec_model.get('dtype', 'float32'))}"]
+    if spec_model.get("allow_package_code"):
+        lines.append("  allow_package_code: true  # assemble:// runs the package's assemble()")
     if spec_model.get("trust_remote_code"):
         lines.append("  trust_remote_code: true")
     if spec_model.get("tokenizer"):
@@ -150,7 +160,8 @@ def _law_lines(c: Calibration) -> list[str]:
     elif math.isnan(step.measured):
         rows.append((f"min_step_fraction: {_number(step.value)}", "no undeclared step: the ceiling"))
     else:
-        where = f"layer {step.layer}" if step.layer is not None else f"capped at {_number(CEILING_STEP_FRACTION)}"
+        where = (f"layer {step.layer}" if step.layer is not None
+                 else f"capped at {_number(CEILING_STEP_FRACTION)}")
         rows.append((f"min_step_fraction: {_number(step.value)}",
                      f"lowest undeclared step / |mean step| {step.measured:.2f}"
                      f"{plus_minus(step.stderr, '.2f')} ({where}); margin {step.margin:.2f}"))

@@ -51,7 +51,8 @@ class Check:
     the check has one result per layer, each in that layer's item."""
     kind: str
     """``law`` (the law's own thresholds), or the comparison that makes it
-    (``Comparison.kind``): ``baseline``, ``merge`` or ``parity``."""
+    (``Comparison.kind``): ``baseline``, ``merge``, ``parity``, ``adapter`` or
+    ``adapter-merged``."""
     per_layer: bool
     """One result per layer (``CheckResult.layer`` set), else one per model."""
     evidence: str | None = None
@@ -78,13 +79,21 @@ CHECKS: dict[str, Check] = {check.name: check for check in (
     Check("parity_loss", "parity", "parity", False),
     Check("parity_log10_pr", "parity", "parity", True, None,
           ("log10 PR difference", "difference")),
+    Check("adapter_pearson_r", "adapter-law", "adapter", False),
+    Check("adapter_rho", "adapter-law", "adapter", False),
+    Check("adapter_loss", "adapter-loss", "adapter", False),
+    Check("adapter_drift", LAYER_ITEM, "adapter", True, None, ("drift from the base", "drift")),
+    Check("adapter_merged_loss", "adapter-merged-parity", "adapter-merged", False),
+    Check("adapter_merged_log10_pr", "adapter-merged-parity", "adapter-merged", True, None,
+          ("log10 PR difference from the merge", "difference")),
     Check("divergence", "divergence", "divergence", False, "divergence"),
 )}
-"""Every check, the law's first, then the comparisons' (baseline, merge, parity):
-the one table the plugin, the session, the mutation report and the messages read.
+"""Every check, the law's first, then the comparisons' (baseline, merge, parity,
+an adapter against its base and against its merge, the next-token divergence): the
+one table the plugin, the session, the mutation report and the messages read.
 ``divergence`` judges the next-token distribution against the reference model or
 the stored baseline's token record (:mod:`audit.compare.output_gate`)."""
-KINDS = ("law", "baseline", "merge", "parity", "divergence")
+KINDS = ("law", "baseline", "merge", "parity", "adapter", "adapter-merged", "divergence")
 """``Check.kind``, in the order of :data:`CHECKS`."""
 EVIDENCE = ("law", "drift", "loss", "divergence")
 """What can catch a mutant, in the mutation report's order: the law's own checks on

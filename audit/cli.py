@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit each checkpoint-N subfolder of RUN_DIR (as transformers' Trainer "
                     "writes them) with SPEC's probe and thresholds, in step order, print r and "
                     "rho per step, and write REPORTS/<name>.trajectory.json (the file "
-                    "audit.monitor.EquilawCallback appends to while training).")
+                    "audit.integrations.monitor.EquilawCallback appends to while training).")
     traj.add_argument("spec", metavar="SPEC", help="the spec file (its model.path is replaced "
                                                    "by each checkpoint)")
     traj.add_argument("run_dir", metavar="RUN_DIR", help="the training run's output folder")
@@ -181,6 +181,7 @@ def calibrate(args: argparse.Namespace) -> int:
 def export_onnx(args: argparse.Namespace) -> int:
     """The ``export-onnx`` verb: export, validate, print a summary."""
     from audit.backends import onnx_export
+    from audit.backends.locate import command_line_model
     from audit.spec import load_spec, spec_from_dict
 
     out = Path(args.output)
@@ -188,7 +189,8 @@ def export_onnx(args: argparse.Namespace) -> int:
         spec = load_spec(args.source)
         model, name = spec.model, spec.name
     else:  # the checkpoint argument resolves as calibrate's does; the name only labels errors
-        model = spec_from_dict({"name": "export", "model": {"path": args.source}}).model
+        model = spec_from_dict({"name": "export",
+                                "model": command_line_model(args.source)}).model
         name = out.stem
     tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
     result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,
@@ -289,7 +291,7 @@ def _progress() -> Any:
 
 def distributed(args: argparse.Namespace) -> int:
     """The ``distributed`` verb: this rank's share of one audit; rank 0 reports."""
-    from audit.distributed import run
+    from audit.integrations.distributed import run
     from audit.report.json_report import write_json
     from audit.spec import load_spec
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import CorpusError
+from audit.internal import safe_read
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -161,7 +162,8 @@ def _load_builtin(name: str) -> Corpus:
 
 
 def _load_folder(folder: Path) -> Corpus:
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix in _SUFFIXES),
+    # Not only regular files: a FIFO named *.txt is refused by name, not skipped.
+    files = sorted((p for p in folder.iterdir() if p.suffix in _SUFFIXES and not p.is_dir()),
                    key=lambda p: p.name)
     if not files:
         raise CorpusError(f"{folder}: empty corpus: no .txt or .jsonl files in this folder")
@@ -188,10 +190,9 @@ def folder_sha256(files: Iterable[tuple[str, bytes]]) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    """The file's bytes; a FIFO, device or socket is refused (it could block)."""
+    return safe_read.read_bytes(path, "corpus file",
+                                lambda _field, _line, message: CorpusError(f"{path}: {message}"))
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -229,6 +230,8 @@ def _parse_jsonl(path: Path, data: bytes) -> tuple[str, ...]:
         except json.JSONDecodeError as exc:
             raise CorpusError(
                 f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+        except RecursionError:
+            raise CorpusError(f"{path}:{lineno}: {safe_read.too_deep('the line')}") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             got = ("an object without a string \"text\" field" if isinstance(record, dict)
                    else f"a JSON {type(record).__name__}")

@@ -130,7 +130,7 @@ def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
     :mod:`audit.probe`) and accumulate the statistics (and the probe loss).  Spec
     rules that need the model's depth are checked before any weight is loaded.
 
-    ``part`` (an :class:`audit.distributed.Part`) runs only this process's share
+    ``part`` (an :class:`audit.integrations.distributed.Part`) runs only this process's share
     of the sequences and merges every rank's sums on rank 0, which returns the
     measurement; other ranks return None."""
     if backend is None:

@@ -160,7 +160,19 @@ def pytest_configure(config: pytest.Config) -> None:
         require_baselines=strict_environment(),
         cache=_stats_cache(settings, cleared),
         cache_settings=settings,
+        run_outputs=_run_outputs(config),
     )
+
+
+def _run_outputs(config: pytest.Config) -> tuple[Any, ...]:
+    """The run's own files (the HTML page, the Markdown summary), for the one-owner
+    check of :mod:`audit.outputs`."""
+    from audit.outputs import Output
+
+    named = {"audit_html": "the HTML page of the run",
+             "audit_markdown": "the Markdown summary of the run"}
+    return tuple(Output(path, what) for name, what in named.items()
+                 if (path := _output_path(config, name)) is not None)
 
 
 def _cache_settings(config: pytest.Config, rootdir: Path):
@@ -451,8 +463,11 @@ def _write_pages(session: pytest.Session, audit) -> None:
     """``--audit-html``, ``--audit-markdown`` and GitHub's job summary
     (``$GITHUB_STEP_SUMMARY``, appended to), written once per run by the controller
     at the end, whatever the items' outcomes; a run that audited nothing writes the
-    files asked for by name, not the job summary."""
+    files asked for by name, not the job summary; a run whose files the one-owner
+    check refused (:mod:`audit.outputs`) writes none."""
     config = session.config
+    if audit.outputs_refused is not None:  # two outputs on one path: write neither
+        return
     html, markdown = (_output_path(config, name) for name in ("audit_html", "audit_markdown"))
     job_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     received, _ = config.stash.get(_RECEIVED_KEY, ([], []))

@@ -5,7 +5,9 @@ hook to it, so the logic is testable without pytest.  A model is opened once per
 spec, its weights loaded only when the first item of that spec runs, and released
 once its report exists.  A merge's parents are opened (their paths resolved, their
 depths read, the layer map checked) before anything is measured, and measured on
-the same windows when the merged spec's first item runs.  The baseline of a spec
+the same windows when the merged spec's first item runs; so are an adapter's base
+(``<spec>.base``, a separate load of ``model.path``, never the model the adapter
+was injected into) and its merge (``<spec>.merged``).  The baseline of a spec
 is read, compared or written (``update_baselines``) right after its report.  The
 session also decides each item's outcome (:meth:`AuditSession.outcome`): passed,
 skipped, a failure of the law, or a failed comparison.
@@ -17,12 +19,12 @@ import dataclasses
 import enum
 import importlib.resources
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from audit.errors import EquilawError
+from audit.outputs import check_specs, parent_spec_name
 from audit.report.data import Report
 from audit.spec import Spec, load_specs
 
@@ -38,14 +40,6 @@ def default_spec_paths(rootdir: Path | None) -> list[Path]:
 def strict_environment() -> bool:
     """Under CI a missing model package fails the run instead of skipping."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def parent_spec_name(spec: Spec, label: str) -> str:
-    """The report name of a merge parent: ``<spec>.parent-<label as a file name>``
-    (lowercase, every run of other characters one '-'), so its report stays in the
-    reports folder whatever the label holds."""
-    slug = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.") or "parent"
-    return f"{spec.name}.parent-{slug}"
 
 
 class BaselineStatus(enum.Enum):
@@ -108,12 +102,19 @@ class AuditSession:
     cache_settings: Any = None
     """The run's :class:`audit.cache.settings.CacheSettings` that backends get (the
     file-hash index, the converted checkpoints); None: read from the environment."""
+    run_outputs: tuple[Any, ...] = ()
+    """Files the run writes besides the specs' own (:class:`audit.outputs.Output`: the
+    HTML page, the Markdown summary), in the one-owner check."""
+    outputs_refused: EquilawError | None = None
+    """Why the one-owner check refused this run's files: then none is written, the
+    run's own pages included."""
     _specs: list[Spec] | None = None
     _backends: dict[str, Any] = field(default_factory=dict)
     _reports: dict[str, Report] = field(default_factory=dict)
     _errors: dict[str, EquilawError] = field(default_factory=dict)
     _parents: dict[str, dict[str, Spec]] = field(default_factory=dict)
     _layer_maps: dict[str, Any] = field(default_factory=dict)
+    _recipes: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, BaselineState] = field(default_factory=dict)
     parity_errors: dict[str, EquilawError] = field(default_factory=dict)
     """Spec name -> why its parity could not be judged (the first backend failed)."""
@@ -128,9 +129,15 @@ class AuditSession:
         if self._specs is None:
             from audit.spec import per_backend
 
-            # load_specs checks that these names are unique.
-            self._specs = [one for spec in load_specs(self.spec_paths)
-                           for one in per_backend(spec)]
+            # load_specs checks that these names are unique; check_specs that no two
+            # files the run writes (reports, parents' reports, baselines) are one.
+            specs = [one for spec in load_specs(self.spec_paths) for one in per_backend(spec)]
+            try:
+                check_specs(specs, self.reports_dir, self.baselines_dir, self.run_outputs)
+            except EquilawError as exc:
+                self.outputs_refused = exc
+                raise
+            self._specs = specs
         return self._specs
 
     def parity_reference(self, spec: Spec) -> Spec | None:
@@ -163,7 +170,7 @@ class AuditSession:
         return layers
 
     def _prepare_merge(self, spec: Spec, layers: int) -> None:
-        from audit.compare.merge import resolve_layer_map
+        from audit.compare.merge import resolve_layer_map, resolve_recipe
         from audit.errors import ModelUnavailableError
 
         parents: dict[str, Spec] = {}
@@ -184,6 +191,7 @@ class AuditSession:
         info = self.backend(spec).info()
         folder = Path(info.path) if Path(info.path).is_dir() else None
         self._layer_maps[spec.name] = resolve_layer_map(spec, layers, depths, folder)
+        self._recipes[spec.name] = resolve_recipe(spec, layers, depths, folder)
         self._parents[spec.name] = parents
 
     def report(self, spec: Spec) -> Report:
@@ -199,6 +207,8 @@ class AuditSession:
                 report = self._measure(spec)
                 if spec.merge is not None:
                     report = self._compare_to_parents(spec, report)
+                if spec.model.adapter is not None:
+                    report = self._compare_to_base(spec, report)
                 if reference is not None:
                     from audit.compare.parity import compare_backends
 
@@ -216,12 +226,14 @@ class AuditSession:
 
     def item_names(self, spec: Spec) -> list[str]:
         """The spec's items before its layer items: the law's, the baseline's, a
-        merge's and, for a backend after the first, parity."""
+        merge's, an adapter's and, for a backend after the first, parity."""
         from audit.checks import items_of
 
         names = [*items_of("law"), *items_of("baseline"), *items_of("divergence")]
         if spec.merge is not None:
             names += items_of("merge")
+        if spec.model.adapter is not None:
+            names += items_of("adapter") + items_of("adapter-merged")
         if self.parity_reference(spec) is not None:
             names += items_of("parity")
         return names
@@ -324,7 +336,31 @@ class AuditSession:
                    for label, parent in self._parents[spec.name].items()}
         for parent in parents.values():
             self._write(parent)
-        return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline)
+        return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline,
+                                  self._recipes[spec.name])
+
+    def _compare_to_base(self, spec: Spec, report: Report) -> Report:
+        """``report`` (the adapter's, unmerged) against its merge and its base, both
+        measured now on the same windows and written beside it.  The base is a
+        separate load: peft changes the model an adapter is loaded into in place."""
+        from audit.backends.torch_backend import MergedAdapterBackend
+        from audit.compare.adapter import compare_to_base, compare_to_merged
+
+        merged = dataclasses.replace(spec, name=f"{spec.name}.merged")
+        self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
+                                                           cache=self.cache_settings)
+        merged_report = self._measure(merged)
+        base = dataclasses.replace(spec, name=f"{spec.name}.base",
+                                   model=dataclasses.replace(spec.model, adapter=None))
+        base_report = self._measure(base)
+        for other in (merged_report, base_report):
+            self._write(other)
+        # KL(base || adapted) plugs in here: it needs both models' next-token
+        # distributions on these windows, not their reports: with the two backends
+        # open, audit.compare.outputs.compare_outputs(adapted, base, windows) gives the
+        # DivergenceResult that judge_divergence judges (one more lockstep pass).
+        report = compare_to_base(report, base_report, spec.adapter)
+        return compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
         from audit.compare.baseline import (
@@ -389,7 +425,6 @@ class AuditSession:
         from audit.probe import probe_input
         from audit.report.data import DivergenceRow
 
-        self.num_layers(spec)
         try:
             from audit.compare.baseline import baseline_path
 
@@ -398,8 +433,9 @@ class AuditSession:
             record = None
         stored = record is not None and not self.update_baselines and record.exists()
         wanted = self.update_baselines and record is not None
-        if not (stored or wanted or spec.reference_model or self._parents.get(spec.name)):
+        if not (stored or wanted or spec.reference_model or spec.merge):
             return []
+        self.num_layers(spec)
         model = self.backend(spec)
         model.load()
         if model.head_note is not None:

@@ -4,7 +4,7 @@
 subfolder of RUN_DIR (the layout transformers' ``Trainer`` and
 :func:`audit.synthetic.training.train_tiny` write) with the spec's probe and
 thresholds, in step order, and writes ``reports/<name>.trajectory.json``
-(:mod:`audit.report.trajectory`).  :class:`audit.monitor.EquilawCallback` appends
+(:mod:`audit.report.trajectory`).  :class:`audit.integrations.monitor.EquilawCallback` appends
 to the same file from inside a training process.  Every step must be measured on
 the same token windows (the same tokenizer and probe): a step whose windows differ
 is refused, naming the checkpoint.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from audit.errors import ReportError, SpecError
+from audit.outputs import report_file
 from audit.report.data import Report
 from audit.report.trajectory import Trajectory, TrajectoryStep
 from audit.report.trajectory_json import read_trajectory, write_trajectory
@@ -29,7 +30,7 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 def trajectory_path(spec: Spec, reports_dir: str | os.PathLike = "reports") -> Path:
     """``REPORTS/<name>.trajectory.json``."""
-    return Path(reports_dir) / f"{spec.name}.trajectory.json"
+    return report_file(reports_dir, spec.name, "trajectory")
 
 
 def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).with_name("results.json")
 
 RANK = r"""
 import json, sys
-from audit.distributed import run
+from audit.integrations.distributed import run
 from audit.spec import spec_from_dict
 report = run(spec_from_dict(json.loads(sys.argv[1])))
 if report is not None:

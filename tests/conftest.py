@@ -6,13 +6,13 @@ The equilaw plugin is registered by its pytest11 entry point, never here;
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-
-import os
-
 from hypothesis import settings
+
+from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 # Hypothesis profiles.  Tests that set max_examples themselves keep it; the others
 # follow the profile: "ci" when CI is 1/true/yes, else HYPOTHESIS_PROFILE, else "dev".
@@ -67,7 +67,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         else:
             os.environ[name] = value
 
-from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +88,7 @@ def model_or_skip(path: str) -> Path:
     from audit.errors import ModelUnavailableError
 
     try:
-        return resolve_model_path(path)
+        return resolve_model_path(path, allow_package_code=True)  # the shipped specs' models
     except ModelUnavailableError as exc:
         if STRICT:
             pytest.fail(f"CI=true and a real model is missing: {exc}")
@@ -106,8 +105,9 @@ def smollm2_family(tmp_path_factory: pytest.TempPathFactory):
     removed at the end of the session."""
     import shutil
 
-    from audit.spec import load_spec
     from smollm2_family import SmolLM2Family
+
+    from audit.spec import load_spec
 
     gguf = model_or_skip(load_spec(SPECS_DIR / "smollm2-135m.yaml").model.path)
     pytest.importorskip("transformers")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_or_skip
 
 from audit.backends import BACKENDS, open_backend
 from audit.backends.architectures import ARCHITECTURES
@@ -19,6 +18,7 @@ from audit.errors import BackendError
 from audit.norms import NormInfo
 from audit.spec import ModelSpec, ModuleOverride, Spec
 from audit.synthetic.tiny import causal_lm, config, save_tiny_model
+from conftest import model_or_skip
 
 WORDS = ("def return class import the a of to is in for if else self value list "
          "string number file path model layer token").split()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_plugin import GENEROUS, ITEMS, inner, write_spec  # noqa: F401 (inner: a fixture)
+
 from audit.synthetic.tiny import TINY_LAYERS
 
 DAMAGED_BLOCK = 1
@@ -46,7 +46,7 @@ def _properties(xml: Path, item: str) -> dict[str, str]:
 
 
 @pytest.mark.slow  # five inner pytest runs
-def test_lifecycle(inner, pytester: pytest.Pytester, tiny_model_dir: Path,
+def test_lifecycle(inner, pytester: pytest.Pytester, tiny_model_dir: Path,  # noqa: F811
                    damaged_dir: Path) -> None:
     specs = pytester.path / "specs"
     specs.mkdir()

@@ -32,7 +32,6 @@ from audit.report.build import build_report
 from audit.report.data import Report
 from audit.spec import ProbeSpec, load_spec, spec_from_dict
 from audit.thresholds import Calibration, calibrate_thresholds, declared_layers
-
 from conftest import model_or_skip
 
 L = 12
@@ -163,7 +162,8 @@ def test_rounding_never_moves_inward() -> None:
     rng = np.random.default_rng(1)
     for value in rng.normal(0, 3, size=2000):
         for decimals in (2, 3, 4):
-            hi, lo = thresholds._outward(value, decimals, up=True), thresholds._outward(value, decimals, up=False)
+            hi = thresholds._outward(value, decimals, up=True)
+            lo = thresholds._outward(value, decimals, up=False)
             assert lo <= value <= hi and hi - lo <= 10.0 ** -decimals * (1 + 1e-9)
             assert Decimal(repr(hi)) == Decimal(repr(hi)).quantize(Decimal(1).scaleb(-decimals))
 
@@ -559,3 +559,72 @@ def test_calibrated_smollm2_passes_its_pytest_audit(tmp_path: Path) -> None:
     assert report["verdict"] == "pass" and report["violations"] == []
     baseline = json.loads((spec_path.parent / "baselines" / "smollm2-cal.json").read_text())
     assert report["law"]["pearson_r"] == baseline["law"]["pearson_r"]
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["baseline-unwritable", "interrupt-between-renames"])
+def test_the_spec_and_its_baseline_land_together_or_not_at_all(
+        failure: str, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29.4: a failure or a signal between the two writes used to leave a spec
+    with no baseline (passing with skips, and blocking the rerun)."""
+    probe = {"sequences": 16, "length": 24, "shards": 4}
+    out = tmp_path / "m.yaml"
+    if failure == "baseline-unwritable":
+        (tmp_path / "baselines").write_text("a file where the baselines folder goes")
+        expected: type[BaseException] = EquilawError
+    else:
+        replace, calls = os.replace, []
+
+        def interrupted_second_rename(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:   # the spec is in place, the baseline not yet
+                raise KeyboardInterrupt
+            return replace(src, dst)
+
+        import audit.internal.files as files
+
+        monkeypatch.setattr(files.os, "replace", interrupted_second_rename)
+        expected = KeyboardInterrupt
+    before = _folder_state(tmp_path)
+    with pytest.raises(expected) as err:
+        calibrate(str(tiny_model_dir), out, name="m", probe=probe)
+    monkeypatch.undo()
+    assert _folder_state(tmp_path) == before   # neither file, no temporary
+    if failure == "baseline-unwritable":
+        assert str(err.value).startswith(f"cannot write spec {out} and its baseline "
+                                         f"{tmp_path / 'baselines' / 'm.json'}: ")
+        assert str(err.value).endswith("; neither was written")
+        (tmp_path / "baselines").unlink()
+    result = calibrate(str(tiny_model_dir), out, name="m", probe=probe)   # the rerun works
+    assert result.spec_path.is_file() and result.baseline_path.is_file()
+
+
+def test_files_written_together_put_back_what_was_there(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import audit.internal.files as files
+
+    a, b, c = tmp_path / "a.txt", tmp_path / "sub" / "b.txt", tmp_path / "c.txt"
+    a.write_text("old a")
+    c.write_text("old c")
+    replace, calls = os.replace, []
+
+    def failing_third(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:   # a: aside + in place, b: in place, c: aside, then c fails
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", failing_third)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_together({a: b"new a", b: b"new b", c: b"new c"})
+    monkeypatch.undo()
+    assert a.read_text() == "old a" and c.read_text() == "old c" and not b.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "c.txt", "sub"]
+    assert files.write_together({a: b"new a", b: b"new b"}) == [a, b]
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "b.txt", "c.txt", "sub"]

@@ -9,8 +9,19 @@ import math
 import numpy as np
 import pytest
 
-from audit.checks import (CHECKS, LAYER_ITEM, CheckResult, Verdict, comparison_kind, evaluate,
-                          item_names, item_results, items_of, layer_item_name)
+from audit.checks import (
+    CHECKS,
+    KINDS,
+    LAYER_ITEM,
+    CheckResult,
+    Verdict,
+    comparison_kind,
+    evaluate,
+    item_names,
+    item_results,
+    items_of,
+    layer_item_name,
+)
 from audit.errors import StatsError
 from audit.law import LawFit, fit_law
 from audit.spec import LawSpec
@@ -277,19 +288,22 @@ def test_verdict_helpers():
 # --- pytest items ----------------------------------------------------------------------
 
 def test_the_table_of_checks():
-    assert [items_of(kind) for kind in ("law", "baseline", "merge", "parity")] == [
+    assert [items_of(kind) for kind in KINDS] == [
         ("law-fit", "law-rho"), ("baseline-law", "baseline-loss"), ("merge-law", "merge-loss"),
-        ("parity",)]
+        ("parity",), ("adapter-law", "adapter-loss"), ("adapter-merged-parity",),
+        ("divergence",)]
     assert [name for name, check in CHECKS.items() if check.item == LAYER_ITEM] == [
-        "deviation", "step", "drift", "merge_drift"]
+        "deviation", "step", "drift", "merge_drift", "adapter_drift"]
     assert [name for name, check in CHECKS.items() if check.per_layer] == [
-        "deviation", "step", "drift", "merge_drift", "parity_log10_pr"]
-    assert [comparison_kind(name) for name in ("step", "drift", "merge_rho", "parity_loss")] \
-        == [None, "baseline", "merge", "parity"]
+        "deviation", "step", "drift", "merge_drift", "parity_log10_pr", "adapter_drift",
+        "adapter_merged_log10_pr"]
+    assert [comparison_kind(name) for name in ("step", "drift", "merge_rho", "parity_loss",
+                                               "adapter_loss", "adapter_merged_loss")] \
+        == [None, "baseline", "merge", "parity", "adapter", "adapter-merged"]
     assert items_of("divergence") == ("divergence",) and comparison_kind("divergence") == \
         "divergence"
     assert [name for name, check in CHECKS.items() if check.words] == [
-        "drift", "merge_drift", "parity_log10_pr"]
+        "drift", "merge_drift", "parity_log10_pr", "adapter_drift", "adapter_merged_log10_pr"]
 
 
 def test_item_names_and_results():
@@ -314,7 +328,8 @@ def test_item_names_and_results():
         item_results(verdict, "layer-x")
     assert str(info.value) == ("unknown audit item 'layer-x': expected one of law-fit, law-rho, "
                                "baseline-law, baseline-loss, merge-law, merge-loss, parity, "
-                               "divergence or layer-NN")
+                               "adapter-law, adapter-loss, adapter-merged-parity, divergence or "
+                               "layer-NN")
 
 
 def test_results_are_frozen():

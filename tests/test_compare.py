@@ -11,9 +11,14 @@ import math
 import numpy as np
 import pytest
 
-from audit.compare.baseline import (check_comparable, compare_to_baseline, fingerprint,
-                                    read_baseline, write_baseline)
-from audit.compare.drift import drift, first_moved_layer, Reference, curve
+from audit.compare.baseline import (
+    check_comparable,
+    compare_to_baseline,
+    fingerprint,
+    read_baseline,
+    write_baseline,
+)
+from audit.compare.drift import Reference, curve, drift, first_moved_layer
 from audit.compare.layer_map import LayerMap, LayerSource, index_layer_map
 from audit.compare.merge import compare_to_parents
 from audit.errors import ComparisonError
@@ -220,8 +225,9 @@ def test_failure_text_is_a_small_capped_report() -> None:
 
 
 def test_terminal_shows_the_comparison_and_renders_it_alike_after_json(tmp_path) -> None:
-    from audit.report.json_report import read_json, write_json
     from test_report import _render
+
+    from audit.report.json_report import read_json, write_json
 
     got = compare_to_baseline(make_report("d", bump_at=3, bump=0.01, noise_seed=2), make_report(),
                               TOL, "baselines/m.json")

@@ -76,8 +76,6 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     tokenizer; the second reads them back: same tokens, same vocabulary record,
     bit-identical hidden states and loss; a damaged entry is rebuilt."""
     pytest.importorskip("torch")
-    from conftest import model_or_skip
-
     from safetensors import safe_open
 
     from audit.backends.hf_files import StoredTokenizer
@@ -85,6 +83,7 @@ def test_smollm2_loads_identically_from_the_cache(tmp_path: Path,
     from audit.corpus import load_corpus
     from audit.probe import probe_input
     from audit.spec import load_spec
+    from conftest import model_or_skip
 
     spec = load_spec(Path(__file__).parent.parent / "model_specs" / "smollm2-135m.yaml")
     model_or_skip(spec.model.path)

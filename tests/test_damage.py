@@ -22,9 +22,25 @@ pytest.importorskip("transformers")
 from audit.backends.architectures import ARCHITECTURES  # noqa: E402
 from audit.errors import BackendError  # noqa: E402
 from audit.synthetic.damage import (  # noqa: E402
-    BLOCK_OPERATORS, LAYOUTS, OPERATORS, AddNoise, Damage, Quantize, ReinitBlock, RepeatBlocks,
-    ScaleAttention, ScaleFinalNorm, ScaleMLP, ScaleNorm, SwapBlocks, ZeroBlock, default_blocks,
-    default_spread, depth, layout, quantize_groups,
+    BLOCK_OPERATORS,
+    LAYOUTS,
+    OPERATORS,
+    AddNoise,
+    Damage,
+    Quantize,
+    ReinitBlock,
+    RepeatBlocks,
+    ScaleAttention,
+    ScaleFinalNorm,
+    ScaleMLP,
+    ScaleNorm,
+    SwapBlocks,
+    ZeroBlock,
+    default_blocks,
+    default_spread,
+    depth,
+    layout,
+    quantize_groups,
 )
 from audit.synthetic.tiny import causal_lm, config  # noqa: E402
 
@@ -500,7 +516,6 @@ def family_of_30(tmp_path_factory):
     """A tied-embedding 30-block tiny Llama saved as the SmolLM2 family's ``healthy``
     (base-model keys, like the dequantised GGUF), and the family over it."""
     from safetensors.numpy import save_file
-
     from smollm2_family import SmolLM2Family
 
     model = Tiny("llama", layers=30, tied=True)

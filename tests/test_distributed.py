@@ -1,4 +1,4 @@
-"""Scale-out with torch.distributed (audit/distributed.py): two local processes
+"""Scale-out with torch.distributed (audit/integrations/distributed.py): two local processes
 (gloo, launched by torchrun) give the PR, standard errors and probe loss of one
 process; the share of each rank; the payload's round trip; device_map."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.distributed import Part, _pack, _unpack
 from audit.errors import EquilawError
+from audit.integrations.distributed import Part, _pack, _unpack
 from audit.stats.layer_stats import LayerStats
 
 pytest.importorskip("torch")
@@ -28,7 +28,7 @@ SPECS = {"windows-token-id": {"probe": PROBE},
 
 RANK_SCRIPT = r"""
 import json, sys
-from audit.distributed import run
+from audit.integrations.distributed import run
 from audit.spec import spec_from_dict
 specs = json.loads(sys.argv[1])
 out = {}

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_report import synthetic_report
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from smollm2_family import HEALTHY_LABEL, NOISY_LABEL
 
 from audit.compare.baseline import compare_to_baseline
 from audit.compare.layer_map import read_mergekit_config
 from audit.compare.merge import compare_to_parents
 from audit.spec import BaselineSpec
-from smollm2_family import HEALTHY_LABEL, NOISY_LABEL
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_or_skip
 
 from audit.backends.gguf_meta import SkippedArray, gguf_model_info, read_gguf_metadata
 from audit.errors import BackendError
 from audit.norms import NormInfo
+from conftest import model_or_skip
 
 VOCAB = [f"tok{i}" for i in range(3000)]  # longer than MAX_ARRAY: skipped unless asked for
 

@@ -166,7 +166,7 @@ def test_nan_in_one_leave_one_out_curve_makes_its_se_nan():
         fit = fit_law(kinked(), leave_one_out=rows)
     assert math.isnan(fit.slope_se) and math.isnan(fit.pearson_r_se)
     assert fit.mean_step_se == pytest.approx(0.0, abs=1e-15)  # layers 1 and 4 are intact in every curve
-    assert np.isnan(fit.step_se[3]) and np.isnan(fit.step_se[4]) 
+    assert np.isnan(fit.step_se[3]) and np.isnan(fit.step_se[4])
     assert fit.step_se[2] == pytest.approx(0.0, abs=1e-15)
 
 

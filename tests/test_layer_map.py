@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from audit.compare.layer_map import (LayerMap, LayerSource, index_layer_map, layer_map_from_entries,
-                                     read_mergekit_config)
+from audit.compare.layer_map import (
+    LayerMap,
+    LayerSource,
+    index_layer_map,
+    layer_map_from_entries,
+    read_mergekit_config,
+)
 from audit.errors import SpecError
 from audit.internal import yaml_lines
 

@@ -117,8 +117,8 @@ def assemble():
     p.write_bytes(b"GGUF")
     return p
 """, monkeypatch)
-    assert resolve_model_path("assemble://fake_assembler") == out.resolve()
-    assert resolve_model_path("assemble://fake_assembler") == out.resolve()
+    assert resolve_model_path("assemble://fake_assembler", allow_package_code=True) == out.resolve()
+    assert resolve_model_path("assemble://fake_assembler", allow_package_code=True) == out.resolve()
     assert sys.modules["fake_assembler"].calls == 1
 
 
@@ -126,11 +126,11 @@ def test_assemble_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     _assembler(tmp_path / "site", "def assemble():\n    raise FileNotFoundError('chunk 3 missing')\n",
                monkeypatch)
     with pytest.raises(BackendError) as err:
-        resolve_model_path("assemble://fake_assembler")
+        resolve_model_path("assemble://fake_assembler", allow_package_code=True)
     assert str(err.value) == ("'assemble://fake_assembler': fake_assembler.assemble() failed: "
                               "FileNotFoundError: chunk 3 missing")
     with pytest.raises(BackendError) as err:
-        resolve_model_path("assemble://no_such_pkg_xyz")
+        resolve_model_path("assemble://no_such_pkg_xyz", allow_package_code=True)
     assert str(err.value) == ("'assemble://no_such_pkg_xyz': package 'no_such_pkg_xyz' is not "
                               "installed; install the distribution that provides the import "
                               "name 'no_such_pkg_xyz'")
@@ -139,7 +139,7 @@ def test_assemble_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_assemble_without_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _assembler(tmp_path / "site", "x = 1\n", monkeypatch)
     with pytest.raises(BackendError) as err:
-        resolve_model_path("assemble://fake_assembler")
+        resolve_model_path("assemble://fake_assembler", allow_package_code=True)
     assert str(err.value) == "'assemble://fake_assembler': module 'fake_assembler' has no assemble() function"
 
 

@@ -1,4 +1,4 @@
-"""The training monitor (``audit.monitor.EquilawCallback``): it audits the model in
+"""The training monitor (``audit.integrations.monitor.EquilawCallback``): it audits the model in
 the training process, restores its train/eval mode whatever happens, records no
 gradient, and appends each step to the trajectory file; in a real (short)
 transformers ``Trainer`` run on the built-in corpus, r falls as the law emerges."""
@@ -19,7 +19,7 @@ PROBE = {"sequences": 16, "length": 64, "shards": 4}
 
 
 def _callback(folder: Path, trajectory: Path, **kw):
-    from audit.monitor import EquilawCallback
+    from audit.integrations.monitor import EquilawCallback
 
     spec = spec_from_dict({"name": "tiny-train", "model": str(folder), "probe": PROBE,
                            "law": {"max_pearson_r": 1.0}})

@@ -23,7 +23,7 @@ from audit.errors import BackendError
 from audit.mutate import mutate
 from audit.report.mutations import CHECK_KINDS
 from audit.spec import spec_from_dict
-from audit.synthetic.damage import RepeatBlocks, ScaleMLP, ZeroBlock, AddNoise
+from audit.synthetic.damage import AddNoise, RepeatBlocks, ScaleMLP, ZeroBlock
 
 PROBE = {"sequences": 16, "length": 24, "shards": 4}
 
@@ -72,10 +72,11 @@ def test_every_check_a_mutant_can_fail_counts_as_evidence() -> None:
     from audit.checks import CHECKS
 
     # A mutant is judged by the law and against the unmutated model as a baseline or
-    # a merge's parent, never by parity.
+    # a merge's parent, never by parity or an adapter's comparisons.
     evidence = {name: check.evidence for name, check in CHECKS.items()}
     assert {name for name, kind in evidence.items() if kind is None} == {
-        "parity_loss", "parity_log10_pr"}
+        "parity_loss", "parity_log10_pr", "adapter_pearson_r", "adapter_rho", "adapter_loss",
+        "adapter_drift", "adapter_merged_loss", "adapter_merged_log10_pr"}
     assert evidence["divergence"] == "divergence"
     assert {name for name, kind in evidence.items() if kind == "drift"} == {
         "drift", "merge_drift"}

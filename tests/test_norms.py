@@ -112,14 +112,16 @@ def test_errors():
     x = hidden_states()
     with pytest.raises(StatsError) as info:
         apply_normalization("layernorm", x)
-    assert str(info.value) == "unknown normalization 'layernorm': expected one of init_norm, standardize, none"
+    assert str(info.value) == ("unknown normalization 'layernorm': expected one of init_norm, "
+                               "standardize, none")
     with pytest.raises(StatsError) as info:
         apply_normalization("init_norm", x)
     assert str(info.value) == ("init_norm needs the model's final norm (kind and eps): the backend does "
                                "not know this architecture; set `model.norm: {kind, eps}` in the spec")
     with pytest.raises(StatsError, match=r"^hidden states must be floating point, got dtype int64$"):
         apply_normalization("none", np.ones((2, 3), dtype=np.int64))
-    with pytest.raises(StatsError, match=r"^hidden states must have shape \[layers, \.\.\., d\], got shape \(3,\)$"):
+    with pytest.raises(StatsError,
+                       match=r"^hidden states must have shape \[layers, \.\.\., d\], got shape \(3,\)$"):
         apply_normalization("standardize", np.ones(3))
     with pytest.raises(StatsError, match=r"^unknown norm kind 'batch': expected one of rms, layer$"):
         NormInfo("batch", 1e-5)

@@ -67,7 +67,8 @@ def test_a_file_without_hidden_state_outputs_lists_its_outputs(tiny_model_dir: P
         _backend(tiny_model_dir, path).load()
     assert str(err.value) == (f"model tiny: {str(path)!r} has no hidden-state outputs "
                               f"(hidden_states.0 … hidden_states.L); its outputs are: "
-                              f"last_hidden_state; export with python -m audit export-onnx")
+                              f"last_hidden_state; export with python -m audit export-onnx, or "
+                              f"name the tensors in the spec (onnx.layers)")
 
 
 def test_a_truncated_file_is_named(tiny_model_dir: Path, tiny_onnx: Path, tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ import pytest
 
 from audit.pipeline import run
 from audit.spec import load_spec
-
 from conftest import model_or_skip
 
 pytestmark = pytest.mark.slow

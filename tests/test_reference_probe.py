@@ -16,8 +16,14 @@ import pytest
 from audit.corpus import Corpus, load_corpus, token_windows, tokenize_corpus
 from audit.errors import CorpusError, SpecError
 from audit.norms import NormInfo, apply_normalization
-from audit.probe import (ProbeInput, documents_sha256, example_positions, min_length,
-                         probe_input, windows_sha256)
+from audit.probe import (
+    ProbeInput,
+    documents_sha256,
+    example_positions,
+    min_length,
+    probe_input,
+    windows_sha256,
+)
 from audit.spec import ModelSpec, Spec, load_spec, spec_from_dict
 from audit.synthetic.tiny import TINY_LAYERS, TINY_WIDTH
 

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from smollm2_family import (
-    ATTN_X8_KEY, HEALTHY_LABEL, MLP_X8_KEY, NOISY_LABEL, NORM_X8_KEY, VARIANTS,
-    SmolLM2Family, _restack_config,
+    ATTN_X8_KEY,
+    HEALTHY_LABEL,
+    MLP_X8_KEY,
+    NOISY_LABEL,
+    NORM_X8_KEY,
+    VARIANTS,
+    SmolLM2Family,
+    _restack_config,
 )
 
 pytestmark = pytest.mark.slow

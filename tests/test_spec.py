@@ -17,14 +17,15 @@ from audit.internal import yaml_lines
 from audit.norms import NormInfo
 from audit.spec import (
     SPEC_KEYS,
+    AdapterSpec,
     BaselineSpec,
     DivergenceSpec,
+    LawSpec,
     MergeSpec,
+    ModelSpec,
     ModuleOverride,
     OnnxSpec,
     ParitySpec,
-    LawSpec,
-    ModelSpec,
     ProbeSpec,
     ReferenceModelSpec,
     Spec,
@@ -131,7 +132,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path):
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nx-shared: &probe {sequences: 4, length: 8}\n"
             "probe:\n  <<: *probe\n  length: 16\nlaw:\n  expected_deviations: [3, 4]\n")
     path = write(tmp_path, text)
-    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge, parity, divergence, reference_model"
+    assert error_of(path) == f"{path}:3: x-shared: unknown key; valid keys: name, model, probe, backend, measure, normalization, target, law, onnx, baseline, merge, parity, adapter, divergence, reference_model"
     text = ("name: tiny\nmodel: pkg://m/model.gguf\nprobe: &probe\n  sequences: 4\n  length: 8\n"
             "law:\n  expected_deviations: [3, 4]\n")
     spec = load_spec(write(tmp_path, text))
@@ -617,7 +618,7 @@ def _dataclass_paths(cls, prefix=""):
     types = {"model": ModelSpec, "probe": ProbeSpec, "law": LawSpec, "model.norm": NormInfo,
              "model.modules": ModuleOverride,
              "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec,
-             "parity": ParitySpec, "divergence": DivergenceSpec,
+             "parity": ParitySpec, "adapter": AdapterSpec, "divergence": DivergenceSpec,
              "reference_model": ReferenceModelSpec}
     for f in dataclasses.fields(cls):
         if f.name in ("source", "lines", "backends", "group"):
@@ -680,3 +681,36 @@ def test_docs_contain_the_generated_reference():
     assert generated == spec_reference_markdown(), (
         "docs/specs.md is out of date with audit.spec.SPEC_KEYS: replace the generated block with "
         "the output of: python -c 'from audit.spec import spec_reference_markdown as r; print(r(), end=\"\")'")
+
+
+# -- model.adapter and the adapter section ------------------------------------------
+
+def test_an_adapter_spec_resolves_the_folder_and_takes_auto_merge_tolerances(tmp_path):
+    spec = load_spec(write(tmp_path, "name: a\nmodel:\n  path: base\n  adapter: lora\n"))
+    assert spec.model.adapter == str(tmp_path / "lora")
+    assert spec.adapter == AdapterSpec()
+    assert spec.adapter.max_merged_log10_pr_difference == "auto"
+    spec = load_spec(write(tmp_path, "name: a\nmodel: {path: base, adapter: lora}\nadapter:\n"
+                                     "  max_merged_loss_difference: 1.0e-3\n"
+                                     "  max_merged_log10_pr_difference: null\n"))
+    assert (spec.adapter.max_merged_loss_difference,
+            spec.adapter.max_merged_log10_pr_difference) == (1e-3, None)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: a\nbackend: onnx\nmodel: {path: b, onnx: m.onnx, adapter: lora}\n",
+     "3: model.adapter: a PEFT adapter runs on backend: torch only (peft applies it to the "
+     "PyTorch model), not on onnx"),
+    ("name: a\nmodel: {path: b, adapter: lora}\nmerge: {parents: {x: ../x}}\n",
+     "2: model.adapter: give either model.adapter or merge, not both: an adapter's reference "
+     "is its base"),
+    ("name: a\nmodel: {path: b, adapter: lora}\nadapter:\n  max_merged_loss_difference: autos\n",
+     "4: adapter.max_merged_loss_difference: expected a number, got a string ('autos')"),
+    ("name: a\nmodel: {path: b, adapter: lora}\nprobe: {shards: 1}\nadapter:\n"
+     "  max_drift_sigma: 4\n",
+     "5: adapter.max_drift_sigma: needs probe.shards >= 2 (paired standard errors come from "
+     "the jackknife shards), got probe.shards = 1"),
+])
+def test_adapter_spec_errors_name_the_line_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    assert error_of(path) == f"{path}:{message}"

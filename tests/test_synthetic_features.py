@@ -39,8 +39,13 @@ from audit.spec import LawSpec
 from audit.stats.layer_stats import LayerStats
 from audit.stats.measures import MEASURES
 from audit.stats.methods import METHODS
-from audit.synthetic.features import (BREAKS, BrokenLayer, PlantedLaw, SyntheticFeatures,
-                                      planted_features)
+from audit.synthetic.features import (
+    BREAKS,
+    BrokenLayer,
+    PlantedLaw,
+    SyntheticFeatures,
+    planted_features,
+)
 
 Z = 5.0
 """Standard errors in every derived tolerance (5.7e-7 two-sided per comparison)."""

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trained_fixtures import HELD_OUT, SAVE_STEPS, TRAINED_PROBE
 
 from audit.corpus import token_windows
 from audit.errors import CorpusError
 from audit.spec import ProbeSpec, spec_from_dict
 from audit.synthetic.training import checkpoint_dir, held_out_mask
-from trained_fixtures import HELD_OUT, SAVE_STEPS, TRAINED_PROBE
 
 SHORT = dict(layers=2, hidden=32, steps=3, batch_size=4, length=32)
 """A run of a few steps (under a second once torch is imported)."""

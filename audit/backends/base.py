@@ -17,6 +17,24 @@ if TYPE_CHECKING:  # NormInfo lives with the normalisations that use it.
     from audit.norms import NormInfo
 
 
+MAX_LAYERS = 1024
+"""Most blocks a model may have.  The deepest released language models have 126
+(Llama-3.1-405B) and 96 (GPT-3); equilaw keeps a d x d Gram matrix and a report row
+per layer, so a config claiming 10**8 layers would allocate and loop until killed.
+Eight times the deepest known model leaves room and still fails at once."""
+MAX_WIDTH = 65536
+"""Widest hidden state accepted: four times Llama-3.1-405B's 16384.  One float64
+Gram matrix of this width is 32 GiB; a hostile width must fail before any is made."""
+
+
+def dimension_problem(value: Any, key: str, limit: int) -> str | None:
+    """Why ``value``, read from a model's description as ``key``, is not a layer
+    count or width in 1..``limit`` (None when it is), quoting at most 40 characters."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        return f"{key} must be an integer in 1..{limit}, got {value!r:.40}"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """A model as the audit needs to know it, read without loading weights."""

@@ -204,7 +204,7 @@ def gguf_model_info(path: str | Path, norm: NormInfo | None = None, *,
     model in errors.
     """
     from audit.backends.architectures import final_norm_info
-    from audit.backends.base import ModelInfo
+    from audit.backends.base import MAX_LAYERS, MAX_WIDTH, ModelInfo, dimension_problem
 
     path = Path(path)
     arch_key = "general.architecture"
@@ -217,9 +217,12 @@ def gguf_model_info(path: str | Path, norm: NormInfo | None = None, *,
     # Asking for both epsilon keys would read to the end (one is always absent);
     # the RMSNorm key first keeps the common case at a fraction of a millisecond.
     meta = read_gguf_metadata(path, [*keys, rms_key])
-    for key in keys:
+    for key, limit in zip(keys, (MAX_LAYERS, MAX_WIDTH)):
         if key not in meta:
             raise BackendError(f"GGUF file {str(path)!r} has no {key}", model=model)
+        problem = dimension_problem(meta[key], key, limit)
+        if problem is not None:
+            raise BackendError(f"GGUF file {str(path)!r}: {problem}", model=model)
     eps = meta.get(rms_key)
     if eps is None:
         eps = read_gguf_metadata(path, [ln_key]).get(ln_key)

@@ -8,7 +8,11 @@ Safety rules, enforced here:
   only ``*.bin``/``*.pt``/``*.pth`` is refused;
 - never the hub: ``HF_HUB_OFFLINE=1`` is set before transformers is imported and
   every load passes ``local_files_only=True``;
-- ``trust_remote_code`` is passed only when the spec sets it.
+- ``trust_remote_code`` is passed only when the spec sets it;
+- ``config.json`` is untrusted input: read as a regular file with bounded nesting
+  (:mod:`audit.internal.safe_read`), a JSON object, its layer count and width
+  integers in 1..:data:`~audit.backends.base.MAX_LAYERS` and
+  1..:data:`~audit.backends.base.MAX_WIDTH`.
 
 transformers is imported lazily, inside methods: importing this module costs nothing.
 """
@@ -25,10 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES, architecture, final_norm_info
-from audit.backends.base import ModelFiles, ModelInfo
+from audit.backends.base import MAX_LAYERS, MAX_WIDTH, ModelFiles, ModelInfo, dimension_problem
 from audit.backends.gguf_meta import gguf_model_info
 from audit.backends.locate import resolve_model_path
 from audit.errors import BackendError
+from audit.internal import safe_read
 from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
@@ -110,7 +115,17 @@ class StoredTokenizer:
     def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer
 
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        def error_in(name: str) -> safe_read.ErrorFactory:
+            return lambda _field, _line, message: BackendError(
+                f"stored tokenizer {str(folder / name)!r}: {message}")
+
+        # A cache entry is untrusted: regular files only, nesting bounded.
+        config = safe_read.read_json(folder / "tokenizer_config.json", "tokenizer config",
+                                     error_in("tokenizer_config.json"))
+        if not isinstance(config, dict):
+            raise error_in("tokenizer_config.json")(None, None, "not a JSON object")
+        safe_read.require_regular(folder / "tokenizer.json", "tokenizer file",
+                                  error_in("tokenizer.json"))
         self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.class_name = str(config.get("tokenizer_class") or "TokenizersBackend")
         bos = config.get("bos_token")
@@ -157,7 +172,8 @@ class HuggingFaceFiles:
     def path(self) -> Path:
         """The resolved folder or .gguf file of ``model_spec.path``."""
         if self._path is None:
-            self._path = resolve_model_path(self.spec.path, model=self.name)
+            self._path = resolve_model_path(self.spec.path, model=self.name,
+                                            allow_package_code=self.spec.allow_package_code)
         return self._path
 
     def _is_gguf(self) -> bool:
@@ -199,29 +215,51 @@ class HuggingFaceFiles:
     def _info_from_config(self, config: Any, where: str) -> ModelInfo:
         arch = getattr(config, "model_type", None) or "unknown"
         self._check_known(arch)
-        layers = next((getattr(config, k) for k in _LAYER_KEYS
-                       if getattr(config, k, None) is not None), None)
-        width = next((getattr(config, k) for k in _WIDTH_KEYS
-                      if getattr(config, k, None) is not None), None)
-        if layers is None or width is None:
+        found = {k: getattr(config, k) for k in _LAYER_KEYS + _WIDTH_KEYS
+                 if getattr(config, k, None) is not None}
+        if not any(k in found for k in _LAYER_KEYS) or not any(k in found for k in _WIDTH_KEYS):
             raise BackendError(f"the {arch!r} config names no layer count or width",
                                model=self.name)
+        layers, width = self._dimensions(found, f"the config of {where}")
         norm = self._norm(arch, lambda key: getattr(config, key, None))
-        return ModelInfo(arch, int(layers), int(width), norm, where)
+        return ModelInfo(arch, layers, width, norm, where)
+
+    def _dimensions(self, cfg: dict, where: str) -> tuple[int, int]:
+        """The layer count and width of a config (the first key of each that is set),
+        checked: integers in 1..MAX_LAYERS and 1..MAX_WIDTH."""
+        out = []
+        for keys, limit in ((_LAYER_KEYS, MAX_LAYERS), (_WIDTH_KEYS, MAX_WIDTH)):
+            key = next(k for k in keys if cfg.get(k) is not None)
+            problem = dimension_problem(cfg[key], key, limit)
+            if problem is not None:
+                raise BackendError(f"{where}: {problem}", model=self.name)
+            out.append(cfg[key])
+        return out[0], out[1]
 
     def _info_from_folder(self, folder: Path) -> ModelInfo:
         cfg_file = folder / "config.json"
-        if not cfg_file.is_file():
+        if not os.path.lexists(cfg_file):
             raise BackendError(f"folder {str(folder)!r} has no config.json", model=self.name)
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"cannot read {str(cfg_file)!r}: {exc}", model=self.name) from exc
+
+        def error(_field: str | None, _line: int | None, message: str) -> BackendError:
+            return BackendError(f"{str(cfg_file)!r}: {message}", model=self.name)
+
+        cfg = safe_read.read_json(cfg_file, "config.json", error)
+        if not isinstance(cfg, dict):
+            raise error(None, None, f"expected a JSON object, got a JSON "
+                                    f"{'array' if isinstance(cfg, list) else type(cfg).__name__}")
+        where = repr(str(cfg_file))
         if isinstance(cfg.get("text_config"), dict) and "model_type" in cfg["text_config"]:
             cfg = cfg["text_config"]  # a multimodal wrapper: the text model has the layers
+            where += " text_config"
         arch = cfg.get("model_type")
+        if arch is not None and not isinstance(arch, str):
+            raise error(None, None, f"model_type must be a string, got "
+                                    f"{safe_read.short_repr(arch)}")
         layers = next((cfg[k] for k in _LAYER_KEYS if cfg.get(k) is not None), None)
         width = next((cfg[k] for k in _WIDTH_KEYS if cfg.get(k) is not None), None)
+        if layers is not None and width is not None:
+            layers, width = self._dimensions(cfg, where)
         if arch is not None:
             self._check_known(arch)  # an unknown architecture fails here, clearly
         eps_known = self.spec.norm is not None or (
@@ -230,7 +268,7 @@ class HuggingFaceFiles:
             # config.json left some value at its class default: ask transformers.
             return self._info_from_config(self._auto_config(folder), str(folder))
         norm = self._norm(arch, cfg.get)
-        return ModelInfo(arch, int(layers), int(width), norm, str(folder))
+        return ModelInfo(arch, layers, width, norm, str(folder))
 
     def _auto_config(self, folder: Path) -> Any:
         tf = import_transformers()
@@ -251,7 +289,8 @@ class HuggingFaceFiles:
         folder or .gguf file), else the model's own path."""
         if self.spec.tokenizer is None:
             return self.path
-        return resolve_model_path(self.spec.tokenizer, model=self.name)
+        return resolve_model_path(self.spec.tokenizer, model=self.name,
+                                  allow_package_code=self.spec.allow_package_code)
 
     @property
     def tokenizer(self) -> Any:

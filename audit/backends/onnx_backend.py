@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audit.backends.architectures import architecture
 from audit.backends.base import Forward
 from audit.backends.hf_files import HuggingFaceFiles
 from audit.backends.locate import resolve_model_path
+from audit.backends.onnx_graph import feedable, find_layers, with_outputs
 from audit.errors import BackendError
 from audit.internal.files import sha256_files
 
@@ -55,10 +57,13 @@ class OnnxBackend(HuggingFaceFiles):
         self.options = options or OnnxSpec()
         self._session: Any = None
         self._hidden_names: list[str] = []
-        self._inputs: list[str] = []
+        self._inputs: dict[str, Any] = {}
         self._onnx_sha256: str | None = None
         self.head_note: str | None = None
         """After loading: why there is no probe loss (the file has no logits output)."""
+        self.graph_layers: tuple[str, ...] | None = None
+        """After loading a file without ``hidden_states.*`` outputs: the tensors of
+        layers 0..L found in its graph (or named by ``onnx.layers``)."""
 
     @classmethod
     def from_spec(cls, spec: Spec, model: Any = None,
@@ -67,7 +72,8 @@ class OnnxBackend(HuggingFaceFiles):
 
     @property
     def onnx_path(self) -> Path:
-        return resolve_model_path(self.spec.onnx, model=self.name)
+        return resolve_model_path(self.spec.onnx, model=self.name,
+                                  allow_package_code=self.spec.allow_package_code)
 
     def _weight_files(self) -> list[Path]:
         """The ONNX file and its external-data files (``<file>.data``, if any)."""
@@ -75,55 +81,101 @@ class OnnxBackend(HuggingFaceFiles):
         return [path] + sorted(p for p in path.parent.glob(path.name + "*.data") if p.is_file())
 
     def load(self) -> Any:
-        """Open the inference session once and check the outputs against the config."""
+        """Open the inference session once and check the outputs against the config.
+
+        A file with ``hidden_states.*`` outputs is run as it is.  A file without them
+        (``optimum-cli export onnx``: ``logits`` only), or a spec with ``onnx.layers``,
+        gets its layers found in the graph (:mod:`audit.backends.onnx_graph`) and added
+        as outputs of an in-memory copy of the graph; the file is never written."""
         if self._session is not None:
             return self._session
         try:
+            import onnx
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendError("the onnx backend needs onnxruntime: pip install 'equilaw[onnx]'",
                                model=self.name) from exc
         path = self.onnx_path
+        where = repr(str(path))
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises protobuf's DecodeError and others
+            raise BackendError(f"onnxruntime cannot load {where} (corrupt, truncated or "
+                               f"not an ONNX file?): {type(exc).__name__}: {exc}",
+                               model=self.name) from None
+        outputs = [o.name for o in proto.graph.output]
+        hidden = sorted((int(m.group(1)), name) for name in outputs if (m := HIDDEN.match(name)))
+        info = self.info()
+        expected = info.num_layers + 1
+        source: str | bytes = str(path)
+        if self.options.layers is not None or not hidden:
+            if not hidden and not any(node.name.startswith("/") for node in proto.graph.node):
+                raise BackendError(f"{where} has no hidden-state outputs (hidden_states.0 … "
+                                   f"hidden_states.L); its outputs are: {', '.join(outputs)}; "
+                                   f"export with python -m audit export-onnx, or name the "
+                                   f"tensors in the spec (onnx.layers)", model=self.name)
+            blocks, final_norm = self._module_paths(info.architecture)
+            found = find_layers(proto, blocks, final_norm, info.num_layers, info.width,
+                                where=where, model_name=self.name,
+                                explicit=dict(self.options.layers or ()) or None)
+            self.graph_layers = found.names
+            source = with_outputs(proto, found.names)
+            hidden = list(enumerate(found.names))
+        elif [i for i, _ in hidden] != list(range(expected)):
+            raise BackendError(f"{where} has hidden-state outputs {[i for i, _ in hidden][:3]}"
+                               f"…{hidden[-1][0]} ({len(hidden)} in all), but the checkpoint's "
+                               f"config promises {expected - 1} layers (hidden_states.0 … "
+                               f"hidden_states.{expected - 1})", model=self.name)
+        session = self._open(ort, source, path)
+        self._inputs = {i.name: i for i in session.get_inputs()}
+        if "input_ids" not in self._inputs:
+            raise BackendError(f"{where} has no input_ids input; its inputs are: "
+                               f"{', '.join(self._inputs)}", model=self.name)
+        unknown = [name for name, arg in self._inputs.items() if feedable(arg) is None]
+        if unknown:
+            raise BackendError(f"{where} needs inputs equilaw cannot feed: {', '.join(unknown)} "
+                               f"(it feeds input_ids, attention_mask, position_ids and empty "
+                               f"past_key_values.*)", model=self.name)
+        rows = embedding_rows(proto)
+        if rows is not None:
+            self.check_embedding_rows(rows, where)
+        self._hidden_names = [name for _, name in hidden]
+        self.head_note = None if LOGITS in outputs else f"{where} has no logits output"
+        self._session = session
+        return session
+
+    def _module_paths(self, arch: str) -> tuple[str, str]:
+        """The blocks and the final norm, as module paths: the spec's ``model.modules``
+        (from the model's root, e.g. ``model.layers``) or the architectures table (from
+        the base model, e.g. ``layers``)."""
+        if self.spec.modules is not None:
+            return self.spec.modules.blocks, self.spec.modules.final_norm
+        entry = architecture(arch, model=self.name)
+        return entry.blocks, entry.module
+
+    def _open(self, ort: Any, source: str | bytes, path: Path) -> Any:
+        """An inference session on the file, or on the in-memory graph ``source``
+        (whose external data, if any, stays beside the file)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.options.intra_op_threads
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                                 _LEVELS[self.options.graph_optimization])
         opts.log_severity_level = 3
+        if isinstance(source, bytes):
+            opts.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(path.parent))
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts,
-                                           providers=list(self.options.providers))
+            return ort.InferenceSession(source, sess_options=opts,
+                                        providers=list(self.options.providers))
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             raise BackendError(f"onnxruntime cannot load {str(path)!r} (corrupt, truncated or "
                                f"not an ONNX file?): {type(exc).__name__}: {exc}",
                                model=self.name) from None
-        outputs = [o.name for o in session.get_outputs()]
-        hidden = sorted((int(m.group(1)), name) for name in outputs if (m := HIDDEN.match(name)))
-        expected = self.info().num_layers + 1
-        if not hidden:
-            raise BackendError(f"{str(path)!r} has no hidden-state outputs (hidden_states.0 … "
-                               f"hidden_states.L); its outputs are: {', '.join(outputs)}; "
-                               f"export with python -m audit export-onnx", model=self.name)
-        if [i for i, _ in hidden] != list(range(expected)):
-            raise BackendError(f"{str(path)!r} has hidden-state outputs "
-                               f"{[i for i, _ in hidden][:3]}…{hidden[-1][0]} ({len(hidden)} in all), "
-                               f"but the checkpoint's config promises {expected - 1} layers "
-                               f"(hidden_states.0 … hidden_states.{expected - 1})", model=self.name)
-        self._inputs = [i.name for i in session.get_inputs()]
-        if "input_ids" not in self._inputs:
-            raise BackendError(f"{str(path)!r} has no input_ids input; its inputs are: "
-                               f"{', '.join(self._inputs)}", model=self.name)
-        unknown = [i for i in self._inputs if i not in ("input_ids", "attention_mask")]
-        if unknown:
-            raise BackendError(f"{str(path)!r} needs inputs equilaw cannot feed: "
-                               f"{', '.join(unknown)} (only input_ids and attention_mask)",
-                               model=self.name)
-        rows = embedding_rows(path)
-        if rows is not None:
-            self.check_embedding_rows(rows, repr(str(path)))
-        self._hidden_names = [name for _, name in hidden]
-        self.head_note = None if LOGITS in outputs else f"{str(path)!r} has no logits output"
-        self._session = session
-        return session
+
+    def feed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Every input the graph declares, for the token ids ``ids`` [b, t]."""
+        return {name: feedable(arg)(ids)  # type: ignore[misc]
+                for name, arg in self._inputs.items()}
 
     def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
         """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``
@@ -136,9 +188,7 @@ class OnnxBackend(HuggingFaceFiles):
                                f"{ids.dtype} of shape {ids.shape}", model=self.name)
         session = self.load()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = {"input_ids": ids}
-        if "attention_mask" in self._inputs:
-            feed["attention_mask"] = np.ones_like(ids)
+        feed = self.feed(ids)
         with_logits = loss and self.head_note is None
         names = self._hidden_names + ([LOGITS] if with_logits else [])
         outs = session.run(names, feed)
@@ -179,14 +229,15 @@ class OnnxBackend(HuggingFaceFiles):
         return self._onnx_sha256
 
 
-def embedding_rows(path: Path) -> int | None:
+def embedding_rows(model: Any) -> int | None:
     """Rows of the embedding table: the first dimension of the initializer that a
     ``Gather`` indexes with ``input_ids`` (through any ``Cast``); None when the graph
     has no such node (the check is then left to onnxruntime's own bounds check).
-    Reads the graph, not the external weights."""
-    import onnx
+    ``model`` is a ``ModelProto`` or a path (its external weights are not read)."""
+    if isinstance(model, (str, Path)):
+        import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(model), load_external_data=False)
     graph = model.graph
     ids = {"input_ids"}
     for node in graph.node:  # a Cast of the ids is the ids too

@@ -10,7 +10,10 @@ this module runs the model:
   loss is asked for, window by window, so that no batch's logits outlive it
   (Gemma-3's 262k-word head costs more than its 18 blocks).  A checkpoint whose
   head weights are absent runs without one and says so (``head_note``);
-- everything runs under ``torch.inference_mode()``.
+- everything runs under ``torch.inference_mode()``;
+- ``model.adapter`` (a PEFT folder) is applied to the loaded base through peft,
+  unmerged (:mod:`audit.backends.peft_adapter`); :class:`MergedAdapterBackend`
+  runs the same adapter merged into the base (``merge_and_unload()``).
 
 torch and transformers are imported lazily, inside methods: importing this module
 costs nothing.
@@ -22,15 +25,22 @@ import importlib.util
 import time
 from typing import TYPE_CHECKING, Any
 
+from audit.backends.architectures import ARCHITECTURES
 from audit.backends.base import Forward
 from audit.backends.capture import Capture, LayerModules, layer_modules
-from audit.backends.hf_files import HuggingFaceFiles, import_transformers, quiet_loading, text_config
-from audit.backends.architectures import ARCHITECTURES
+from audit.backends.hf_files import (
+    HuggingFaceFiles,
+    import_transformers,
+    quiet_loading,
+    text_config,
+)
 from audit.errors import BackendError
+from audit.internal.files import sha256_files
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from audit.backends.base import ModelFiles
     from audit.cache.settings import CacheSettings
     from audit.spec import ModelSpec
 
@@ -89,6 +99,9 @@ class TorchBackend(HuggingFaceFiles):
     """
 
     backend_name = "torch"
+    merge_adapter = False
+    """Fold ``model.adapter`` into the base weights (:class:`MergedAdapterBackend`)
+    instead of running it unmerged."""
 
     def __init__(self, model_spec: ModelSpec, name: str, model: Any = None,
                  cache: CacheSettings | None = None) -> None:
@@ -107,6 +120,10 @@ class TorchBackend(HuggingFaceFiles):
         """Seconds the weights took to load (None until loaded, or when given)."""
         self._layers: LayerModules | None = None
         self._mask = True
+        self.peft_model: Any = None
+        """After :meth:`load` with ``model.adapter`` unmerged: the ``PeftModel``."""
+        if model_spec.adapter is not None:
+            self.versioned = (*type(self).versioned, "peft")
 
     def _resolve_device(self, torch: Any) -> Any:
         want = self.spec.device
@@ -163,6 +180,8 @@ class TorchBackend(HuggingFaceFiles):
             raise BackendError(f"{len(missing)} weights were not found in {str(self.path)!r} "
                                f"and would be random: {', '.join(missing[:5])}{more}",
                                model=self.name)
+        if self.spec.adapter is not None and self._given is None:
+            model, head = self._adapt(model, head)
         full = (model if self.spec.device_map is not None else model.to(device)).eval()
         model = _headless(full)
         embedding = model.get_input_embeddings()
@@ -179,14 +198,38 @@ class TorchBackend(HuggingFaceFiles):
                        f"{str(self.path)!r} holds no language-model head weights")
         return model
 
+    def _adapt(self, model: Any, head: Any) -> tuple[Any, Any]:
+        """The loaded base with ``model.adapter`` applied (unmerged, or merged for
+        :class:`MergedAdapterBackend`), and its head (None when the base had none)."""
+        from audit.backends import peft_adapter
+
+        wrapped = peft_adapter.apply_adapter(model, self.spec.adapter, name=self.name)
+        if self.merge_adapter:
+            adapted = peft_adapter.merged_model(wrapped)
+        else:
+            adapted = peft_adapter.inner_model(wrapped)
+            self.peft_model = wrapped
+        return adapted, (adapted if head is not None else None)
+
     def _find_layers(self) -> None:
         """Find the modules whose tensors are the layers (the architecture table or
         ``model.modules``), and whether the base model takes an attention mask."""
         import inspect
 
         info = self.info()
+        override = self.spec.modules
+        if override is not None and self.spec.adapter is not None:
+            # paths from the PeftModel or from the model it wraps: the same modules
+            from dataclasses import replace
+
+            from audit.backends.peft_adapter import strip_wrapped_prefix
+
+            override = replace(override, blocks=strip_wrapped_prefix(override.blocks),
+                               final_norm=strip_wrapped_prefix(override.final_norm),
+                               embedding=(strip_wrapped_prefix(override.embedding)
+                                          if override.embedding else None))
         self._layers = layer_modules(self._full, self._model, info.architecture,
-                                     info.num_layers, self.spec.modules, name=self.name)
+                                     info.num_layers, override, name=self.name)
         entry = ARCHITECTURES.get(info.architecture)
         if entry is not None and self.spec.modules is None:
             self._mask = entry.attention_mask
@@ -247,6 +290,31 @@ class TorchBackend(HuggingFaceFiles):
         self._head = head
         cap = getattr(text_config(full.config), "final_logit_softcapping", None)
         self._softcap = float(cap) if cap else None
+
+    def model_files(self) -> ModelFiles | None:
+        """The base's files (:meth:`HuggingFaceFiles.model_files`) and, with
+        ``model.adapter``, the adapter's weights and config."""
+        files = super().model_files()
+        if files is None or self.spec.adapter is None:
+            return files
+        from audit.backends.base import ModelFiles
+        from audit.backends.peft_adapter import adapter_files
+
+        config, weights = adapter_files(self.spec.adapter, name=self.name)
+        return ModelFiles(files.weights + (weights,), files.config + (config,))
+
+    def weights_sha256(self) -> str:
+        """sha256 of the weights (:meth:`HuggingFaceFiles.weights_sha256`); with
+        ``model.adapter``, of the base's weight files then the adapter's
+        ``adapter_model.safetensors``, concatenated."""
+        if self.spec.adapter is None or self._given is not None:
+            return super().weights_sha256()
+        if self._sha256 is None:
+            from audit.backends.peft_adapter import adapter_files
+
+            _, weights = adapter_files(self.spec.adapter, name=self.name)
+            self._sha256 = sha256_files([*self._weight_files(), weights])
+        return self._sha256
 
     def _from_pretrained(self, tf: Any, kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if self._is_gguf():
@@ -354,3 +422,12 @@ class TorchBackend(HuggingFaceFiles):
             out[row] = torch.nn.functional.cross_entropy(
                 logits, ids[row, 1:].to(logits.device), reduction="none").to(torch.float64).cpu()
         return out.numpy()
+
+
+class MergedAdapterBackend(TorchBackend):
+    """``model.adapter`` merged into the base (peft's ``merge_and_unload()``): the
+    checkpoint a user would ship after merging, measured beside the unmerged adapter
+    for ``NAME::adapter-merged-parity``.  A class of its own, so the statistics
+    cache keys it apart from the unmerged run."""
+
+    merge_adapter = True

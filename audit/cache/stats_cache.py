@@ -59,8 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit.cache.folder import (TEMP_PREFIX, CacheError, CacheWarning, clear_folder,
-                                prepare_folder)
+from audit.cache.folder import TEMP_PREFIX, CacheError, CacheWarning, clear_folder, prepare_folder
 from audit.cache.index import FileHashIndex
 from audit.cache.settings import CacheSettings
 from audit.corpus import load_corpus

@@ -3,7 +3,8 @@ compared with.
 
 State machine (``pytest audit/``): no baseline → the baseline items skip, naming
 the command that writes one (under CI they fail, unless the spec sets
-``baseline.required: false``); an unreadable baseline → they fail; ``--audit-update-baseline`` → the report is written
+``baseline.required: false``); an unreadable baseline → they fail;
+``--audit-update-baseline`` → the report is written
 to ``baselines/<name>.json`` (atomically), whatever its verdict, and the items skip
 saying so; a baseline → this run is compared with it.  A baseline records what it was measured on; comparing
 across a different probe, measure, normalisation, target or token windows is
@@ -20,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from audit.checks import comparison_kind
-from audit.compare.drift import (Reference, attach, curve, increase_check, judge_layers,
-                                 largest, loss_check, require_paired)
+from audit.compare.drift import (
+    Reference,
+    attach,
+    curve,
+    increase_check,
+    judge_layers,
+    largest,
+    loss_check,
+    require_fits,
+    require_paired,
+)
 from audit.errors import ComparisonError, ReportError
+from audit.internal import safe_read
 from audit.report.data import Comparison, Report
 from audit.report.json_report import write_json_file
 from audit.spec import BaselineSpec, Spec
@@ -52,12 +63,16 @@ def missing_baseline_error(spec: Spec, path: Path) -> ComparisonError:
         f"a baseline exists")
 
 
-def write_baseline(report: Report, path: str | os.PathLike) -> Path:
-    """Write ``report`` (without its own comparisons and divergences) as a baseline,
-    atomically."""
-    plain = dataclasses.replace(report, comparisons=(), divergence=(), checks=tuple(
+def baseline_of(report: Report) -> Report:
+    """``report`` as a baseline holds it: without its own comparisons and
+    divergences."""
+    return dataclasses.replace(report, comparisons=(), divergence=(), checks=tuple(
         c for c in report.checks if comparison_kind(c.check) is None))
-    return write_json_file(plain, path)
+
+
+def write_baseline(report: Report, path: str | os.PathLike) -> Path:
+    """Write ``report`` (without its own comparisons) as a baseline, atomically."""
+    return write_json_file(baseline_of(report), path)
 
 
 def read_baseline(path: str | os.PathLike, shown: str | None = None) -> Report:
@@ -80,18 +95,24 @@ def read_baseline(path: str | os.PathLike, shown: str | None = None) -> Report:
         raise unreadable("it is a folder")
     if path.exists() and not path.is_file():
         raise unreadable("it is not a regular file")
+    def refused(_field: str | None, _line: int | None, message: str) -> ComparisonError:
+        return unreadable(message)
+
     try:
-        data = path.read_bytes()
+        # opened without blocking and checked on its descriptor: a FIFO swapped in
+        # after the checks above is refused too (audit.internal.safe_read)
+        data = safe_read.read_bytes(path, "baseline", refused)
         text = data.decode("utf-8")
-    except OSError as exc:
-        raise unreadable(f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise unreadable(f"byte {exc.start} is not UTF-8") from None
     try:
-        return Report.from_dict(json.loads(text), source=str(path))
+        parsed = json.loads(text)
     except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
         raise unreadable(f"not JSON ({exc})") from None
-    except ReportError as exc:
+    safe_read.check_depth(parsed, "it", refused)  # before Report.from_dict recurses
+    try:
+        return Report.from_dict(parsed, source=str(path))
+    except (ReportError, RecursionError) as exc:
         raise unreadable(str(exc)) from None
 
 
@@ -143,32 +164,60 @@ def version_notes(now: Report, then: Report) -> tuple[str, ...]:
     return (f"library versions differ: {'; '.join(notes)}",) if notes else ()
 
 
+PAIRED_CHECKS = {
+    "baseline": ("baseline_pearson_r", "baseline_rho", "baseline_loss", "drift"),
+    "adapter": ("adapter_pearson_r", "adapter_rho", "adapter_loss", "adapter_drift"),
+}
+"""The checks (r, ρ, loss, per-layer drift) of each comparison against one
+reference measured on the same windows: a baseline file, or an adapter's base."""
+
+
 def compare_to_baseline(now: Report, then: Report, tolerances: BaselineSpec,
                         reference: str) -> Report:
     """``now`` with its comparison against the baseline ``then`` attached."""
     # A baseline from before schema 3 lacks the window hash too: say what to do first.
     require_paired(now, then, f"the baseline {reference}")
+    require_fits(now, then, f"the baseline {reference}")
     check_comparable(now, then, f"the baseline {reference}")
+    return compare_paired(now, then, tolerances, reference, "baseline")
+
+
+def compare_paired(now: Report, then: Report, tolerances: Any, reference: str,
+                   kind: str) -> Report:
+    """``now`` with a comparison of ``kind`` (a key of :data:`PAIRED_CHECKS`) against
+    ``then``, one checkpoint's report on the same windows, attached: r, ρ and the
+    probe loss may rise by at most the tolerances, and each layer's drift is judged
+    with paired standard errors.  ``tolerances`` has :class:`BaselineSpec`'s five
+    tolerance fields (a ``BaselineSpec`` or an ``AdapterSpec``); messages name them
+    under ``kind``'s section unless it is the baseline's.  Library versions that
+    differ are noted for a baseline only (an adapter's base is measured in the same
+    run, without peft)."""
+    names = PAIRED_CHECKS[kind]
+    section = "" if kind == "baseline" else f"{kind}."
     log10, loo = curve(then)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
-    layer_checks, rows, moved = judge_layers(now, ref, "drift", tolerances.max_drift,
-                                             tolerances.max_drift_sigma)
+    layer_checks, rows, moved = judge_layers(now, ref, names[3], tolerances.max_drift,
+                                             tolerances.max_drift_sigma,
+                                             keys=(f"{section}max_drift",
+                                                   f"{section}max_drift_sigma"))
     loss_now, loss_then, loss_se = _losses(now, then)
     law = [
-        increase_check("baseline_pearson_r", now.law.pearson_r, then.law.pearson_r,
-                       tolerances.max_pearson_r_increase, "pearson_r", "max_pearson_r_increase"),
-        increase_check("baseline_rho", now.law.rho, then.law.rho, tolerances.max_rho_increase,
-                       "rho", "max_rho_increase"),
-        loss_check("baseline_loss", now, loss_now, loss_then, loss_se,
-                    tolerances.max_loss_increase, "the baseline"),
+        increase_check(names[0], now.law.pearson_r, then.law.pearson_r,
+                       tolerances.max_pearson_r_increase, "pearson_r",
+                       f"{section}max_pearson_r_increase"),
+        increase_check(names[1], now.law.rho, then.law.rho, tolerances.max_rho_increase,
+                       "rho", f"{section}max_rho_increase"),
+        loss_check(names[2], now, loss_now, loss_then, loss_se,
+                   tolerances.max_loss_increase, f"the {kind}" if not section else "the base",
+                   section=kind),
     ]
     top, top_layer = largest(rows)
     comparison = Comparison(
-        kind="baseline", reference=reference,
+        kind=kind, reference=reference,
         pearson_r_then=then.law.pearson_r, pearson_r_now=now.law.pearson_r,
         rho_then=then.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
         first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows,
-        notes=version_notes(now, then))
+        notes=version_notes(now, then) if kind == "baseline" else ())
     # different library versions are allowed, and said where every reader looks
     warned = dataclasses.replace(now, warnings=now.warnings + comparison.notes)
     return attach(warned, comparison, tuple(c for c in law if c is not None) + layer_checks)

@@ -64,6 +64,54 @@ def require_paired(now: Report, then: Report, what: str) -> None:
                               fields=("shard_ids",))
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_fits(now: Report, then: Report, what: str) -> None:
+    """``then``, a report read from a file (a baseline), must fit the model measured
+    now before any array is built from it: the same number of layers, numbers where
+    numbers are compared, one leave-one-shard-out value per shard.  A report of
+    another model or a hand-edited one is a :class:`ComparisonError` naming the first
+    field that does not fit, never a numpy broadcast error.  ``fields`` names it."""
+    def unfit(field: str, problem: str) -> ComparisonError:
+        return ComparisonError(f"{what} does not fit this model: {field} {problem}; "
+                               "regenerate it", fields=(field,))
+
+    for key in ("spec", "probe", "corpus", "versions"):
+        if not isinstance(getattr(then, key), dict):
+            raise unfit(key, f"is {type(getattr(then, key)).__name__}, not a mapping")
+    for key in ("probe", "corpus"):
+        if key in then.spec and not isinstance(then.spec[key], dict):
+            raise unfit(f"spec.{key}", "is not a mapping")
+    if not isinstance(then.probe.get("tokenizer", {}), dict):
+        raise unfit("probe.tokenizer", "is not a mapping")
+    if len(then.layers) != len(now.layers):
+        raise unfit("layers", f"describe {len(then.layers) - 1} layers, this model has "
+                              f"{len(now.layers) - 1}")
+    for key in ("pearson_r", "rho"):
+        if not _is_number(getattr(then.law, key)):
+            raise unfit(f"law.{key}", f"is {getattr(then.law, key)!r:.40}, not a number")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in then.shard_ids):
+        raise unfit("shard_ids", "are not all integers")
+    shards = len(then.shard_ids)
+    for i, row in enumerate(then.layers):
+        if row.index != i:
+            raise unfit(f"layers[{i}].index", f"is {row.index!r:.40}, expected {i}")
+        if not _is_number(row.log10_pr):
+            raise unfit(f"layers[{i}].log10_pr", f"is {row.log10_pr!r:.40}, not a number")
+        loo = row.log10_pr_loo
+        if not isinstance(loo, (list, tuple)) or not all(map(_is_number, loo)):
+            raise unfit(f"layers[{i}].log10_pr_loo", "is not a list of numbers")
+        if len(loo) != shards:
+            raise unfit(f"layers[{i}].log10_pr_loo", f"has {len(loo)} values for {shards} "
+                                                     "shards")
+    loss = then.loss
+    if loss is not None and (not _is_number(loss.mean) or not isinstance(
+            loss.leave_one_out, (list, tuple)) or not all(map(_is_number, loss.leave_one_out))):
+        raise unfit("loss", "holds values that are not numbers")
+
+
 def drift(now: Report, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
     """Drift [L+1] and its paired jackknife standard error [L+1] (index 0 NaN)."""
     log10, loo = curve(now)
@@ -154,15 +202,17 @@ def attach(report: Report, comparison, checks: tuple[CheckResult, ...]) -> Repor
 
 
 def loss_check(check: str, now: Report, loss_now: float, loss_then: float, se: float,
-               tolerance: float | None, where: str) -> CheckResult | None:
-    """The loss check, or a failure saying why there is no loss to compare."""
+               tolerance: float | None, where: str, section: str = "baseline",
+               ) -> CheckResult | None:
+    """The loss check, or a failure saying why there is no loss to compare;
+    ``section`` holds its ``max_loss_increase`` key."""
     if tolerance is None:
         return None
     if now.loss is None or loss_then != loss_then:
         why = (f"no probe loss in this run ({now.loss_note})" if now.loss is None
                else f"no probe loss in {where}")
         return CheckResult(check, None, float("nan"), float("nan"), tolerance, float("nan"), None,
-                           False, False, f"probe loss: {why}; set baseline.max_loss_increase: "
+                           False, False, f"probe loss: {why}; set {section}.max_loss_increase: "
                                          f"null to compare without it")
-    return increase_check(check, loss_now, loss_then, tolerance, "probe loss (nats)",
-                          "max_loss_increase", se)
+    key = "max_loss_increase" if section == "baseline" else f"{section}.max_loss_increase"
+    return increase_check(check, loss_now, loss_then, tolerance, "probe loss (nats)", key, se)

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from audit.errors import SpecError
 from audit.internal import yaml_lines
+from audit.internal.safe_read import short_repr
 
 Parents = Mapping[str, str] | Sequence[str] | Sequence[tuple[str, str]]
 """The parents a spec knows: label -> checkpoint, labels, or (label, checkpoint) pairs
@@ -134,21 +134,24 @@ def _last_part(name: str) -> str:
 def _resolve(name: Any, labels: list[str], where: _Where, field: str, line: int | None) -> str:
     """The parent label a config's model name means: exact, else by last path component."""
     if not isinstance(name, str) or not name:
-        raise where.error(field, line, f"expected a model name, got {name!r}")
+        raise where.error(field, line, f"expected a model name, got {short_repr(name)}")
     if name in labels:
         return name
     matches = [label for label in labels if _last_part(label) == _last_part(name)]
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise where.error(field, line, f"model {name!r} matches several parents by its last path "
+        raise where.error(field, line, f"model {short_repr(name)} matches several parents "
+                                       f"by its last path "
                                        f"component: {', '.join(matches)}; name one of them exactly")
-    raise where.error(field, line, f"unknown model {name!r}; known parents: {', '.join(labels)}")
+    raise where.error(field, line,
+                      f"unknown model {short_repr(name)}; known parents: {', '.join(labels)}")
 
 
 def _slice_rows(slices: Any, labels: list[str], where: _Where, line: int | None) -> list[tuple]:
     if not isinstance(slices, list) or not slices:
-        raise where.error("slices", line, f"expected a non-empty list of slices, got {slices!r}")
+        raise where.error("slices", line,
+                          f"expected a non-empty list of slices, got {short_repr(slices)}")
     rows: list[tuple[LayerSource, ...]] = []
     for i, piece in enumerate(slices):
         field, piece_line = f"slices[{i}]", _line(slices, i, line)
@@ -167,7 +170,8 @@ def _slice_rows(slices: Any, labels: list[str], where: _Where, line: int | None)
             if not (isinstance(span, list) and len(span) == 2 and all(map(_is_int, span))
                     and 0 <= span[0] < span[1]):
                 raise where.error(rfield, rline, f"expected [start, end] with integers 0 <= start < end "
-                                                 f"(blocks, 0-based, end excluded), got {span!r}")
+                                                 f"(blocks, 0-based, end excluded), got "
+                                                 f"{short_repr(span)}")
             depth = where.depth(label)
             if span[1] > depth:
                 raise where.error(rfield, rline, f"slice {i} takes blocks {span[0]}..{span[1] - 1} of "
@@ -186,7 +190,8 @@ def _slice_rows(slices: Any, labels: list[str], where: _Where, line: int | None)
 def _model_rows(data: dict, labels: list[str], where: _Where, root_line: int | None) -> list[tuple]:
     models, line = data["models"], _line(data, "models", root_line)
     if not isinstance(models, list) or not models:
-        raise where.error("models", line, f"expected a non-empty list of models, got {models!r}")
+        raise where.error("models", line,
+                          f"expected a non-empty list of models, got {short_repr(models)}")
     used: dict[str, tuple[str, int | None]] = {}  # label -> (field, line) where first named
     for i, entry in enumerate(models):
         field, entry_line = f"models[{i}]", _line(models, i, line)
@@ -233,7 +238,7 @@ def read_mergekit_config(path: str | os.PathLike, parents: Parents,
     method = data.get("merge_method", "unknown")
     if not isinstance(method, str):
         raise where.error("merge_method", _line(data, "merge_method", root_line),
-                          f"expected a string, got {method!r}")
+                          f"expected a string, got {short_repr(method)}")
     labels = _labels(parents)
     if "slices" in data:
         rows = _slice_rows(data["slices"], labels, where, _line(data, "slices", root_line))
@@ -244,7 +249,8 @@ def read_mergekit_config(path: str | os.PathLike, parents: Parents,
 
 def _entry_source(item: Any, labels: list[str], where: _Where, field: str, line: int | None) -> LayerSource:
     if not isinstance(item, dict):
-        raise where.error(field, line, f"expected {{parent: LABEL, layer: K}}, got {item!r}")
+        raise where.error(field, line,
+                          f"expected {{parent: LABEL, layer: K}}, got {short_repr(item)}")
     for key in [key for key in item if key not in ("parent", "layer")]:
         close = difflib.get_close_matches(str(key), ["parent", "layer"], n=1)
         hint = f"did you mean {close[0]!r}?" if close else "valid keys: parent, layer"
@@ -253,15 +259,16 @@ def _entry_source(item: Any, labels: list[str], where: _Where, field: str, line:
     for key in [key for key in ("parent", "layer") if key not in item]:
         raise where.error(f"{field}.{key}", line, "missing required key")
     label, layer = item["parent"], item["layer"]
-    if label not in labels:
-        close = difflib.get_close_matches(str(label), labels, n=1)
+    if not isinstance(label, str) or label not in labels:
+        close = difflib.get_close_matches(label, labels, n=1) if isinstance(label, str) else []
         hint = f"did you mean {close[0]!r}?" if close else f"known parents: {', '.join(labels)}"
         raise where.error(f"{field}.parent", _line(item, "parent", line),
-                          f"unknown parent {label!r}; {hint}")
+                          f"unknown parent {short_repr(label)}; {hint}")
     depth = where.depth(label)
     if not _is_int(layer) or not 1 <= layer <= depth:
         raise where.error(f"{field}.layer", _line(item, "layer", line),
-                          f"expected an integer in 1..{depth} (layers of {label!r}), got {layer!r}")
+                          f"expected an integer in 1..{depth} (layers of {label!r}), got "
+                          f"{short_repr(layer)}")
     return LayerSource(label, layer)
 
 
@@ -275,7 +282,8 @@ def layer_map_from_entries(entries: Sequence[Any], parents: Parents,
     where, labels = _Where(file, parent_layers), _labels(parents)
     if not isinstance(entries, (list, tuple)) or not entries:
         raise where.error(field, line, "expected a non-empty list, one entry per merged layer: "
-                                       f"{{parent: LABEL, layer: K}} or a list of them, got {entries!r}")
+                                       f"{{parent: LABEL, layer: K}} or a list of them, got "
+                                       f"{short_repr(entries)}")
     rows = []
     for i, entry in enumerate(entries):
         efield, eline = f"{field}[{i}]", _line(entries, i, line)

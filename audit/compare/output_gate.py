@@ -14,16 +14,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 from pathlib import Path
 
 from audit.checks import CheckResult
-from audit.compare.baseline import write_baseline
+from audit.compare.baseline import baseline_of, write_baseline
 from audit.compare.divergence import DivergenceThresholds, judge_divergence
-from audit.compare.token_record import TokenRecord, save_token_record
+from audit.compare.token_record import TokenRecord, token_record_bytes
 from audit.errors import ReportError
-from audit.internal.files import staging_folder
+from audit.internal.files import write_together
 from audit.report.data import DivergenceRow, Report
+from audit.report.json_report import report_text
 from audit.spec import DivergenceSpec
 
 SOURCES = ("reference_model", "baseline")
@@ -83,11 +83,10 @@ def token_record_path(baseline: str | os.PathLike) -> Path:
 
 def write_baseline_with_record(report: Report, path: str | os.PathLike,
                                record: TokenRecord | None) -> Path:
-    """Write the baseline JSON and, when given, its token record beside it: both are
-    written in a staging folder, then renamed into place, the record first; when the
-    JSON's rename fails the record is removed again, so the two land together or
-    not at all.  Without a record, a record left by an earlier baseline is removed
-    (it would describe another model)."""
+    """Write the baseline JSON and, when given, its token record beside it, together
+    or not at all (:func:`audit.internal.files.write_together`: a failure puts back
+    what was there).  Without a record, a record left by an earlier baseline is
+    removed (it would describe another model)."""
     target = Path(path)
     beside = token_record_path(target)
     if record is None:
@@ -95,19 +94,10 @@ def write_baseline_with_record(report: Report, path: str | os.PathLike,
         if os.path.lexists(beside):
             os.unlink(beside)
         return written
-    stage = staging_folder(target.parent, f".{target.stem}.baseline.")
     try:
-        staged_json = write_baseline(report, stage / target.name)
-        staged_record = save_token_record(record, stage / beside.name)
-        os.replace(staged_record, beside)
-        try:
-            os.replace(staged_json, target)
-        except BaseException:
-            os.unlink(beside)
-            raise
+        write_together({target: report_text(baseline_of(report)).encode("utf-8"),
+                        beside: token_record_bytes(record)})
     except OSError as exc:
         raise ReportError(f"cannot write the baseline {target} and its token record "
                           f"{beside.name}: {exc}") from exc
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return target

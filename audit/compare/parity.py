@@ -24,44 +24,57 @@ from audit.spec import ParitySpec
 def compare_backends(now: Report, reference: Report, tolerances: ParitySpec) -> Report:
     """``now`` (one backend's report) with its parity against ``reference`` (the
     first backend's report of the same spec) attached as a ``parity`` comparison."""
-    what = f"the {reference.backend} report {reference.name!r}"
+    return agreement(now, reference, tolerances.max_log10_pr_difference,
+                     tolerances.max_loss_difference, kind="parity", label=reference.backend,
+                     labels=(reference.backend, now.backend),
+                     checks=("parity_log10_pr", "parity_loss"),
+                     keys=("parity.max_log10_pr_difference", "parity.max_loss_difference"))
+
+
+def agreement(now: Report, reference: Report, max_difference: float | None,
+              max_loss: float | None, *, kind: str, label: str, labels: tuple[str, str],
+              checks: tuple[str, str], keys: tuple[str, str]) -> Report:
+    """``now`` with its agreement with ``reference`` (the same checkpoint computed
+    another way, on the same windows) attached as a comparison of ``kind`` named
+    ``label``: the per-layer check ``checks[0]`` (|log10 PR difference| <=
+    ``max_difference``) and the loss check ``checks[1]`` (|probe loss difference| <=
+    ``max_loss``); ``labels`` name the reference and ``now`` in messages, ``keys``
+    the two tolerances."""
+    what = f"the {labels[0]} report {reference.name!r}"
     require_paired(now, reference, what)
     check_comparable(now, reference, what)
     log10, loo = curve(reference)
     ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
-    layer_checks, rows, moved = judge_layers(
-        now, ref, "parity_log10_pr", tolerances.max_log10_pr_difference, None,
-        keys=("parity.max_log10_pr_difference", ""))
+    layer_checks, rows, moved = judge_layers(now, ref, checks[0], max_difference, None,
+                                             keys=(keys[0], ""))
     loss_now = now.loss.mean if now.loss else math.nan
     loss_then = reference.loss.mean if reference.loss else math.nan
-    checks = layer_checks
-    loss = _loss_check(now, reference, loss_now, loss_then, tolerances.max_loss_difference)
-    if loss is not None:
-        checks = (loss,) + checks
+    loss = _loss_check(now, reference, loss_now, loss_then, max_loss, checks[1], keys[1], labels)
     top, top_layer = largest(rows)
     comparison = Comparison(
-        kind="parity", reference=reference.backend,
+        kind=kind, reference=label,
         pearson_r_then=reference.law.pearson_r, pearson_r_now=now.law.pearson_r,
         rho_then=reference.law.rho, rho_now=now.law.rho, loss_then=loss_then, loss_now=loss_now,
         first_moved_layer=moved, largest_drift=top, largest_drift_layer=top_layer, rows=rows)
-    return attach(now, comparison, checks)
+    return attach(now, comparison, ((loss,) if loss is not None else ()) + layer_checks)
 
 
 def _loss_check(now: Report, reference: Report, loss_now: float, loss_then: float,
-                tolerance: float | None) -> CheckResult | None:
+                tolerance: float | None, check: str, key: str,
+                labels: tuple[str, str]) -> CheckResult | None:
     if tolerance is None:
         return None
-    key = "parity.max_loss_difference"
     if math.isnan(loss_now) or math.isnan(loss_then):
-        missing = [f"{r.backend} ({r.loss_note or 'no probe loss'})"
-                   for r, v in ((reference, loss_then), (now, loss_now)) if math.isnan(v)]
-        return CheckResult("parity_loss", None, math.nan, math.nan, tolerance, math.nan, None,
+        sides = ((labels[0], reference, loss_then), (labels[1], now, loss_now))
+        missing = [f"{label} ({r.loss_note or 'no probe loss'})"
+                   for label, r, v in sides if math.isnan(v)]
+        return CheckResult(check, None, math.nan, math.nan, tolerance, math.nan, None,
                            False, False, f"probe loss: missing in {', '.join(missing)}; set "
                                          f"{key}: null to compare without it")
     difference = loss_now - loss_then
     passed = abs(difference) <= tolerance
-    message = (f"probe loss (nats) {reference.backend} {loss_then:.6f}, {now.backend} "
+    message = (f"probe loss (nats) {labels[0]} {loss_then:.6f}, {labels[1]} "
                f"{loss_now:.6f}: |difference| {abs(difference):.3g} "
                f"{'<=' if passed else '>'} {key} {tolerance!r}")
-    return CheckResult("parity_loss", None, difference, math.nan, tolerance, math.nan, None,
+    return CheckResult(check, None, difference, math.nan, tolerance, math.nan, None,
                        passed, False, message)

@@ -29,6 +29,7 @@ e.g. the windows' digest).  Written through a temporary file and a rename.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -228,6 +229,15 @@ def bound_figures(record: TokenRecord, model_logits: np.ndarray) -> TokenFigures
     same = np.argmax(logits, axis=1) == record.top
     return TokenFigures(kld=kld, kld_reverse=rev, same_top=same, dp=dp,
                         nll_ref=-record.target_logp.astype(np.float64), nll_model=nll_model)
+
+
+def token_record_bytes(record: TokenRecord) -> bytes:
+    """The bytes :func:`save_token_record` writes (for files written together)."""
+    arrays = {name: np.ascontiguousarray(getattr(record, name)) for name in _ARRAYS}
+    meta = {**record.meta, "format": RECORD_FORMAT}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    return buffer.getvalue()
 
 
 def save_token_record(record: TokenRecord, path: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -137,6 +138,60 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     return write_bytes_atomic(target, text.encode("utf-8"), public=True)
+
+
+def write_together(files: dict[Path, bytes]) -> list[Path]:
+    """Write several files that belong together (a spec and its baseline, a
+    baseline and its token record) so that they land together or not at all:
+    every file is first written to a temporary beside its target; only when all
+    are written is each renamed into place, the file it replaces kept aside until
+    the last rename has succeeded.  A failure or an interrupt (SIGINT, SIGTERM)
+    at any step puts back what was there before and leaves no temporary.  Only a
+    SIGKILL between two renames (microseconds) can leave one without the other.
+    Creates the folders; raises OSError."""
+    staged: list[tuple[Path, str]] = []
+    moved: list[tuple[Path, str | None]] = []   # (target, where its old file went)
+    try:
+        for target, content in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            base = f".{target.name}."
+            remove_stale_temporaries(target.parent, base)
+            fd, tmp = tempfile.mkstemp(prefix=_owned(base), dir=target.parent)
+            staged.append((target, tmp))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+        for target, tmp in staged:
+            old = None
+            if os.path.lexists(target):
+                old = str(target.parent / f"{_owned(f'.{target.name}.')}{secrets.token_hex(4)}")
+                os.replace(target, old)
+            moved.append((target, old))
+            os.replace(tmp, target)
+    except BaseException:
+        for target, old in reversed(moved):
+            try:
+                if old is not None:
+                    os.replace(old, target)
+                elif os.path.lexists(target):
+                    os.unlink(target)
+            except OSError:
+                pass
+        for _, tmp in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+    for _, old in moved:
+        if old is not None:
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+    return list(files)
 
 
 def staging_folder(parent: Path, prefix: str) -> Path:

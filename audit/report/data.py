@@ -92,9 +92,12 @@ class Comparison:
     """This checkpoint against a reference (a baseline, or a merge's parents)."""
 
     kind: str
-    """``baseline``, ``merge`` or ``parity`` (another backend on the same checkpoint)."""
+    """``baseline``, ``merge``, ``parity`` (another backend on the same checkpoint),
+    ``adapter`` (an adapter against its base) or ``adapter-merged`` (against itself
+    merged into the base)."""
     reference: str
-    """The baseline file, the parents' labels, or the reference backend's name."""
+    """The baseline file, the parents' labels, the reference backend's name, the
+    base's report name, or the merged model's."""
     pearson_r_then: float
     """The reference's r (merge: the worst parent's, the highest)."""
     pearson_r_now: float
@@ -102,7 +105,8 @@ class Comparison:
     """The reference's ρ (merge: the highest parent's; NaN when depth changed)."""
     rho_now: float
     loss_then: float
-    """The reference's probe loss (merge: the worst parent's); NaN when unknown."""
+    """The reference's probe loss (merge: the loss judged against, the recipe's
+    expected loss or the worst parent's); NaN when unknown."""
     loss_now: float
     first_moved_layer: int | None
     """The first layer (1..L) whose |drift| exceeds the effect tolerance alone,
@@ -113,15 +117,25 @@ class Comparison:
     rows: tuple[DriftRow, ...]
     notes: tuple[str, ...] = ()
     """What the reader should know (for example, library versions that differ)."""
+    loss_judge: str = ""
+    """Merge: the rule that judged the loss, ``recipe`` (the expected loss from the
+    config's weights) or ``worst`` (the worst parent); empty for other kinds."""
+    expected_loss: float = math.nan
+    """Merge judged by its recipe: the loss the recipe predicts; NaN otherwise."""
 
     @property
     def then_label(self) -> str:
         """What the renderers call the reference's column."""
-        return {"baseline": "baseline", "merge": "parents"}.get(self.kind, self.reference)
+        return {"baseline": "baseline", "merge": "parents", "adapter": "base",
+                "adapter-merged": "merged"}.get(self.kind, self.reference)
 
     @property
     def title(self) -> str:
         """What was compared, in words (``against baseline FILE``, ``parity with torch``)."""
+        if self.kind == "adapter":
+            return f"against the base {self.reference}"
+        if self.kind == "adapter-merged":
+            return f"parity with the merge {self.reference}"
         return (f"parity with {self.reference}" if self.kind == "parity"
                 else f"against {self.kind} {self.reference}")
 
@@ -313,7 +327,7 @@ class Report:
                     for i, row in enumerate(_required(data, "divergence")))
         except _MissingField as exc:
             raise ReportError(f"{where}report field {exc.args[0]} is missing") from None
-        except (TypeError, AttributeError) as exc:
+        except (TypeError, AttributeError, ValueError) as exc:
             raise ReportError(f"{where}malformed report: {exc}") from None
         return cls(**kwargs)
 
@@ -406,7 +420,7 @@ _FLOAT_KEYS = {
     "sigma", "load_seconds", "forward_seconds", "stats_seconds", "tokens_per_second",
     "condition", "log10_pr_loo", "mean", "leave_one_out", "loss_seconds", "now", "then_low",
     "then_high", "drift", "drift_se", "pearson_r_then", "pearson_r_now", "rho_then", "rho_now",
-    "loss_then", "loss_now", "largest_drift",
+    "loss_then", "loss_now", "largest_drift", "expected_loss",
 }
 _INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from audit.errors import ReportError
+from audit.internal import safe_read
 from audit.internal.files import write_text_atomic
 from audit.report.data import Report
 
@@ -21,10 +22,15 @@ def write_json(report: Report, directory: str | os.PathLike) -> Path:
     return write_json_file(report, report_path(directory, report))
 
 
+def report_text(report: Report) -> str:
+    """The report as its JSON file holds it."""
+    return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
 def write_json_file(report: Report, target: str | os.PathLike) -> Path:
     """Write the report to the file ``target`` atomically (see :func:`write_json`)."""
     target = Path(target)
-    text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+    text = report_text(report)
     try:
         return write_text_atomic(target, text)
     except OSError as exc:
@@ -32,8 +38,12 @@ def write_json_file(report: Report, target: str | os.PathLike) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Report:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"cannot read report {path}: {exc}") from exc
+    """Read a report (a baseline, a parent's report) written by :func:`write_json`.
+    Refuses, with :class:`ReportError` naming the file: a missing or non-regular
+    file (a FIFO would block), invalid JSON, nesting deeper than
+    :data:`~audit.internal.safe_read.MAX_DEPTH`, fields of the wrong type."""
+    def error(_field: str | None, _line: int | None, message: str) -> ReportError:
+        return ReportError(f"cannot read report {path}: {message}")
+
+    data = safe_read.read_json(path, "report", error)
     return Report.from_dict(data, source=str(path))

@@ -9,7 +9,8 @@ written by :mod:`audit.report.mutations_json`, the table drawn by
 objects with ``operator``, ``block``, ``caught``, ``checks``, ``first_moved_layer``,
 ``expected_layer``, ``loss`` and also ``label``, ``params``, ``control``,
 ``localised``, ``pearson_r``, ``rho``, ``failures`` (the first failed checks'
-messages), ``kld_mean`` and ``same_top`` (against the unmutated model).  NaN is written as null (as in every report).
+messages), ``kld_mean`` and ``same_top`` (against the unmutated model).  NaN is
+written as null (as in every report).
 """
 
 from __future__ import annotations

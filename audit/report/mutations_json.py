@@ -15,8 +15,11 @@ from audit.report.mutations import MutantRow, MutationReport
 
 
 def mutations_path(directory: str | os.PathLike, name: str) -> Path:
-    """Where the mutation report of the spec ``name`` goes in ``directory``."""
-    return Path(directory) / f"{name}.mutations.json"
+    """Where the mutation report of the spec ``name`` goes in ``directory``
+    (:func:`audit.outputs.report_file`, which the one-owner check uses too)."""
+    from audit.outputs import report_file
+
+    return report_file(directory, name, "mutations")
 
 
 def write_mutations(report: MutationReport, directory: str | os.PathLike) -> Path:

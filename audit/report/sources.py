@@ -5,12 +5,12 @@ apart by their contents, not their names."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from audit.errors import ReportError
+from audit.internal import safe_read
 from audit.report.data import Report
 from audit.report.mutations import MutationReport
 from audit.report.mutations_json import mutation_report_from_dict
@@ -30,11 +30,11 @@ class PageInputs:
 def read_report_file(path: str | os.PathLike) -> Report | MutationReport | Trajectory:
     """One report file of any of the three kinds."""
     shown = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read report {shown}: {exc}") from None
+    def error(_field: str | None, _line: int | None, message: str) -> ReportError:
+        return ReportError(f"cannot read report {shown}: {message}")
+
+    # untrusted: a regular file, nesting bounded (audit.internal.safe_read)
+    data = safe_read.read_json(path, "report", error)
     if isinstance(data, dict) and data.get("schema") == TRAJECTORY_SCHEMA:
         return Trajectory.from_dict(data, shown)
     if isinstance(data, dict) and "mutants" in data:

@@ -76,7 +76,7 @@ def _comparison(c: Comparison) -> Any:
         f"probe loss {_num(c.loss_then)} → {_num(c.loss_now)} nats"
         + "".join(f"\nnote: {note}" for note in c.notes))
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    drift = "difference" if c.kind == "parity" else "drift"
+    drift = "difference" if c.kind in ("parity", "adapter-merged") else "drift"
     for column in ("layer", f"log10 PR {then}", "now", drift, "σ", "status", "from"):
         table.add_column(column, justify="left" if column in ("status", "from") else "right",
                          no_wrap=True)

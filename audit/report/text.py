@@ -33,12 +33,14 @@ def comparison_text(comparison: Comparison, fix: str | None = None) -> str:
         f"  {'rho':12} {_f(c.rho_then):>16} {_f(c.rho_now):>10}",
         f"  {'loss (nats)':12} {_f(c.loss_then, 4):>16} {_f(c.loss_now, 4):>10}",
     ]
+    if c.loss_judge == "recipe":
+        lines.append(f"  loss judged by the merge's recipe: expected {_f(c.expected_loss, 4)}")
     lines += [f"  note: {note}" for note in c.notes]
     if fix:
         lines.append(f"  {fix}")
     listed = [row for row in c.rows if row.status != "ok"]
     if listed:
-        drift = "diff" if c.kind == "parity" else "drift"
+        drift = "diff" if c.kind in ("parity", "adapter-merged") else "drift"
         lines.append(f"  {'layer':>5} {'then':>20} {'now':>9} {drift:>9} {'± se':>8} {'σ':>6}  status")
         for row in listed[:MAX_ROWS]:
             then_text = (_f(row.then_low) if row.then_low == row.then_high

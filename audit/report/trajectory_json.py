@@ -6,6 +6,7 @@ import json
 import os
 
 from audit.errors import ReportError
+from audit.internal import safe_read
 from audit.internal.files import write_text_atomic
 from audit.report.trajectory import Trajectory
 
@@ -13,11 +14,11 @@ from audit.report.trajectory import Trajectory
 def read_trajectory(path: str | os.PathLike) -> Trajectory:
     """Read a trajectory file; :class:`~audit.errors.ReportError` names the file
     and the field."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read trajectory {os.fspath(path)}: {exc}") from None
+    def error(_field: str | None, _line: int | None, message: str) -> ReportError:
+        return ReportError(f"cannot read trajectory {os.fspath(path)}: {message}")
+
+    # untrusted: a regular file, nesting bounded (audit.internal.safe_read)
+    data = safe_read.read_json(path, "trajectory", error)
     return Trajectory.from_dict(data, os.fspath(path))
 
 

@@ -20,7 +20,8 @@ from audit.report.data import Comparison, Report
 from audit.report.mutations import CHECK_KINDS, MutationReport
 from audit.report.trajectory import Trajectory
 
-DRIFT_CHECK = {"baseline": "drift", "merge": "merge_drift", "parity": "parity_log10_pr"}
+DRIFT_CHECK = {"baseline": "drift", "merge": "merge_drift", "parity": "parity_log10_pr",
+               "adapter": "adapter_drift", "adapter-merged": "adapter_merged_log10_pr"}
 """The per-layer check of each kind of comparison, whose threshold is the tolerance
 band of its drift chart."""
 CHECK_WORDS = {
@@ -32,6 +33,10 @@ CHECK_WORDS = {
     "merge_pearson_r": "Pearson r against the parents", "merge_rho": "ρ against the parents",
     "merge_loss": "probe loss against the parents", "parity_loss": "probe loss across backends",
     "parity_log10_pr": "log10 PR across backends",
+    "adapter_pearson_r": "Pearson r against the base", "adapter_rho": "ρ against the base",
+    "adapter_loss": "probe loss against the base (forgetting)",
+    "adapter_drift": "drift from the base", "adapter_merged_loss": "probe loss, merged or not",
+    "adapter_merged_log10_pr": "log10 PR, merged or not",
     "divergence": "next-token distribution (KLD, same top, Δp)",
 }
 """What each check judges, in words (the banner's list of failing checks)."""
@@ -348,7 +353,7 @@ def drift_chart(report: Report, comparison: Comparison) -> Chart:
     """Per-layer drift ± its paired standard error, the tolerance band, zero, and
     the first moved layer marked."""
     c = comparison
-    word = "difference" if c.kind == "parity" else "drift"
+    word = "difference" if c.kind in ("parity", "adapter-merged") else "drift"
     points = tuple(
         Point(r.layer, r.drift, *_bar(r.drift, r.drift_se), r.status,
               f"layer {r.layer}: {word} {r.drift:+.5f}"
@@ -391,7 +396,8 @@ def loss_rows(report: Report) -> tuple[LossRow, ...]:
     now = report.loss.mean
     rows = [LossRow("this checkpoint", math.nan, now, math.nan)]
     for c in report.comparisons:
-        label = "parents (worst)" if c.kind == "merge" else c.then_label
+        label = (f"parents ({c.loss_judge or 'worst'})" if c.kind == "merge"
+                 else c.then_label)
         change = c.loss_now - c.loss_then if _finite(c.loss_then) and _finite(c.loss_now) \
             else math.nan
         rows.append(LossRow(label, c.loss_then, c.loss_now, change))

@@ -16,6 +16,7 @@ from audit.spec.sections import (
     ONNX_OPTIMIZATIONS,
     PROBE_MODES,
     TARGETS,
+    AdapterSpec,
     BaselineSpec,
     DivergenceSpec,
     LawSpec,
@@ -33,7 +34,8 @@ from audit.spec.values import BACKENDS, BUILTIN_CORPORA, MODEL_SCHEMES, NAME_PAT
 __all__ = [
     "BACKENDS", "BUILTIN_CORPORA", "DTYPES", "MODEL_SCHEMES", "NAME_PATTERN",
     "ONNX_OPTIMIZATIONS", "PROBE_MODES", "REQUIRED", "SPEC_KEYS", "TARGETS",
-    "BaselineSpec", "DivergenceSpec", "LawSpec", "MergeSpec", "ModelSpec", "ModuleOverride", "OnnxSpec",
-    "ParitySpec", "ProbeSpec", "ReferenceModelSpec", "Spec", "SpecKey", "check_against_model", "load_spec",
+    "AdapterSpec", "BaselineSpec", "DivergenceSpec", "LawSpec", "MergeSpec", "ModelSpec",
+    "ModuleOverride", "OnnxSpec", "ParitySpec", "ProbeSpec", "ReferenceModelSpec", "Spec",
+    "SpecKey", "check_against_model", "load_spec",
     "load_specs", "per_backend", "spec_from_dict", "spec_reference_markdown",
 ]

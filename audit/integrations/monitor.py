@@ -2,7 +2,7 @@
 
 ::
 
-    from audit.monitor import EquilawCallback
+    from audit.integrations.monitor import EquilawCallback
     trainer = Trainer(..., callbacks=[EquilawCallback("model_specs/tiny.yaml")])
 
 At each save (and, with ``on_evaluate=True``, each evaluation) the callback runs
