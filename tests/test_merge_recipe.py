@@ -234,6 +234,7 @@ dtype: float32
 """
 
 
+@pytest.mark.slow  # two inner pytest runs on five tiny checkpoints (about 40 s)
 def test_a_merge_the_worst_parent_passes_fails_by_its_recipe(
         inner, pytester: pytest.Pytester,  # noqa: F811 (inner: the fixture)
         tiny_model_dir: Path) -> None:
