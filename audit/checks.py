@@ -60,33 +60,56 @@ class Check:
     (:data:`EVIDENCE`); None for a check that mutants are never judged by."""
     words: tuple[str, str] | None = None
     """A per-layer comparison: how messages name its quantity (long, short)."""
+    title: str = ""
+    """What the check judges, in words (the report's list of failing checks)."""
 
 
 CHECKS: dict[str, Check] = {check.name: check for check in (
-    Check("pearson_r", "law-fit", "law", False, "law"),
-    Check("rho", "law-rho", "law", False, "law"),
-    Check("deviation", LAYER_ITEM, "law", True, "law"),
-    Check("step", LAYER_ITEM, "law", True, "law"),
-    Check("baseline_pearson_r", "baseline-law", "baseline", False, "law"),
-    Check("baseline_rho", "baseline-law", "baseline", False, "law"),
-    Check("baseline_loss", "baseline-loss", "baseline", False, "loss"),
-    Check("drift", LAYER_ITEM, "baseline", True, "drift", ("drift", "drift")),
-    Check("merge_pearson_r", "merge-law", "merge", False, "law"),
-    Check("merge_rho", "merge-law", "merge", False, "law"),
-    Check("merge_loss", "merge-loss", "merge", False, "loss"),
+    Check("pearson_r", "law-fit", "law", False, "law",
+          title="the law's fit (Pearson r)"),
+    Check("rho", "law-rho", "law", False, "law",
+          title="the decay ratio ρ"),
+    Check("deviation", LAYER_ITEM, "law", True, "law",
+          title="deviation from the fitted line"),
+    Check("step", LAYER_ITEM, "law", True, "law",
+          title="step from the previous layer"),
+    Check("baseline_pearson_r", "baseline-law", "baseline", False, "law",
+          title="Pearson r against the baseline"),
+    Check("baseline_rho", "baseline-law", "baseline", False, "law",
+          title="ρ against the baseline"),
+    Check("baseline_loss", "baseline-loss", "baseline", False, "loss",
+          title="probe loss against the baseline"),
+    Check("drift", LAYER_ITEM, "baseline", True, "drift", ("drift", "drift"),
+          title="drift from the baseline"),
+    Check("merge_pearson_r", "merge-law", "merge", False, "law",
+          title="Pearson r against the parents"),
+    Check("merge_rho", "merge-law", "merge", False, "law",
+          title="ρ against the parents"),
+    Check("merge_loss", "merge-loss", "merge", False, "loss",
+          title="probe loss against the parents"),
     Check("merge_drift", LAYER_ITEM, "merge", True, "drift",
-          ("distance outside the parents' range", "drift")),
-    Check("parity_loss", "parity", "parity", False),
+          ("distance outside the parents' range", "drift"),
+          title="distance outside the parents' range"),
+    Check("parity_loss", "parity", "parity", False,
+          title="probe loss across backends"),
     Check("parity_log10_pr", "parity", "parity", True, None,
-          ("log10 PR difference", "difference")),
-    Check("adapter_pearson_r", "adapter-law", "adapter", False),
-    Check("adapter_rho", "adapter-law", "adapter", False),
-    Check("adapter_loss", "adapter-loss", "adapter", False),
-    Check("adapter_drift", LAYER_ITEM, "adapter", True, None, ("drift from the base", "drift")),
-    Check("adapter_merged_loss", "adapter-merged-parity", "adapter-merged", False),
+          ("log10 PR difference", "difference"),
+          title="log10 PR across backends"),
+    Check("adapter_pearson_r", "adapter-law", "adapter", False,
+          title="Pearson r against the base"),
+    Check("adapter_rho", "adapter-law", "adapter", False,
+          title="ρ against the base"),
+    Check("adapter_loss", "adapter-loss", "adapter", False,
+          title="probe loss against the base (forgetting)"),
+    Check("adapter_drift", LAYER_ITEM, "adapter", True, None, ("drift from the base", "drift"),
+          title="drift from the base"),
+    Check("adapter_merged_loss", "adapter-merged-parity", "adapter-merged", False,
+          title="probe loss, merged or not"),
     Check("adapter_merged_log10_pr", "adapter-merged-parity", "adapter-merged", True, None,
-          ("log10 PR difference from the merge", "difference")),
-    Check("divergence", "divergence", "divergence", False, "divergence"),
+          ("log10 PR difference from the merge", "difference"),
+          title="log10 PR, merged or not"),
+    Check("divergence", "divergence", "divergence", False, "divergence",
+          title="next-token distribution (KLD, same top, Δp)"),
 )}
 """Every check, the law's first, then the comparisons' (baseline, merge, parity,
 an adapter against its base and against its merge, the next-token divergence): the
@@ -95,6 +118,12 @@ one table the plugin, the session, the mutation report and the messages read.
 the stored baseline's token record (:mod:`audit.compare.output_gate`)."""
 KINDS = ("law", "baseline", "merge", "parity", "adapter", "adapter-merged", "divergence")
 """``Check.kind``, in the order of :data:`CHECKS`."""
+
+
+def check_title(name: str) -> str:
+    """The check ``name`` in words (:attr:`Check.title`); an unknown name as it is."""
+    check = CHECKS.get(name)
+    return check.title if check is not None else name
 EVIDENCE = ("law", "drift", "loss", "divergence")
 """What can catch a mutant, in the mutation report's order: the law's own checks on
 the mutant or its r and ρ against the unmutated model; the per-layer drift; the

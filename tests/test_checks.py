@@ -15,6 +15,7 @@ from audit.checks import (
     LAYER_ITEM,
     CheckResult,
     Verdict,
+    check_title,
     comparison_kind,
     evaluate,
     item_names,
@@ -300,6 +301,11 @@ def test_the_table_of_checks():
     assert [comparison_kind(name) for name in ("step", "drift", "merge_rho", "parity_loss",
                                                "adapter_loss", "adapter_merged_loss")] \
         == [None, "baseline", "merge", "parity", "adapter", "adapter-merged"]
+    # every check says in words what it judges, each differently (the report's banner)
+    titles = [check.title for check in CHECKS.values()]
+    assert all(titles) and len(set(titles)) == len(titles)
+    assert check_title("baseline_loss") == "probe loss against the baseline"
+    assert check_title("not-a-check") == "not-a-check"
     assert items_of("divergence") == ("divergence",) and comparison_kind("divergence") == \
         "divergence"
     assert [name for name, check in CHECKS.items() if check.words] == [

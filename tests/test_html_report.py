@@ -20,6 +20,7 @@ import pytest
 from test_compare import LAYERS, TOL, make_report
 from test_report import synthetic_report
 
+from audit.checks import CHECKS
 from audit.compare.baseline import compare_to_baseline
 from audit.compare.layer_map import index_layer_map
 from audit.compare.merge import compare_to_parents
@@ -456,7 +457,7 @@ def test_markdown_summary_matches_the_report_numbers(reports, monkeypatch) -> No
     assert rows[1][4] == f"baseline: {cmp.loss_then:.4f} → {cmp.loss_now:.4f}"
     assert rows[1][5] == "baseline: 3"
     first = shown[1].violations[0]
-    assert rows[1][6].startswith(f"{view.CHECK_WORDS[first.check]}: {cell(first.message)}; ")
+    assert rows[1][6].startswith(f"{CHECKS[first.check].title}: {cell(first.message)}; ")
     assert first.check == "baseline_rho" and "; drift from the baseline: layer " in rows[1][6]
     assert len(shown[1].violations) == 2 and " more" not in rows[1][6]
     import audit.report.markdown as md

@@ -18,9 +18,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from audit.checks import check_title
 from audit.errors import ReportError
 from audit.report.data import Report
-from audit.report.view import CHECK_WORDS, divergence_lines
+from audit.report.view import divergence_lines
 
 COLUMNS = ("spec", "verdict", "Pearson r", "ρ", "probe loss then → now (nats)",
            "first moved layer", "failing checks", "KLD / same top")
@@ -61,7 +62,7 @@ def row(report: Report) -> tuple[str, ...]:
         f"{cell(d.source)}: {_num(d.kld_mean, 6)}{' (bound)' if d.bound else ''} / "
         f"{_num(d.same_top_percent, 2)} %" for d in divergence_lines(report)) or "—"
     failing = report.violations
-    checks = "; ".join(f"{cell(CHECK_WORDS.get(c.check, c.check))}: {cell(c.message)}"
+    checks = "; ".join(f"{cell(check_title(c.check))}: {cell(c.message)}"
                        for c in failing[:MAX_CHECKS])
     if len(failing) > MAX_CHECKS:
         checks += f"; and {len(failing) - MAX_CHECKS} more"

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from audit.checks import check_title
 from audit.report.data import Comparison, Report
 from audit.report.mutations import CHECK_KINDS, MutationReport
 from audit.report.trajectory import Trajectory
@@ -24,22 +25,6 @@ DRIFT_CHECK = {"baseline": "drift", "merge": "merge_drift", "parity": "parity_lo
                "adapter": "adapter_drift", "adapter-merged": "adapter_merged_log10_pr"}
 """The per-layer check of each kind of comparison, whose threshold is the tolerance
 band of its drift chart."""
-CHECK_WORDS = {
-    "pearson_r": "the law's fit (Pearson r)", "rho": "the decay ratio ρ",
-    "deviation": "deviation from the fitted line", "step": "step from the previous layer",
-    "drift": "drift from the baseline", "merge_drift": "distance outside the parents' range",
-    "baseline_pearson_r": "Pearson r against the baseline",
-    "baseline_rho": "ρ against the baseline", "baseline_loss": "probe loss against the baseline",
-    "merge_pearson_r": "Pearson r against the parents", "merge_rho": "ρ against the parents",
-    "merge_loss": "probe loss against the parents", "parity_loss": "probe loss across backends",
-    "parity_log10_pr": "log10 PR across backends",
-    "adapter_pearson_r": "Pearson r against the base", "adapter_rho": "ρ against the base",
-    "adapter_loss": "probe loss against the base (forgetting)",
-    "adapter_drift": "drift from the base", "adapter_merged_loss": "probe loss, merged or not",
-    "adapter_merged_log10_pr": "log10 PR, merged or not",
-    "divergence": "next-token distribution (KLD, same top, Δp)",
-}
-"""What each check judges, in words (the banner's list of failing checks)."""
 TRAJECTORY_CURVES = 4
 """How many steps' per-layer curves a trajectory's chart draws."""
 MAX_FAILURES = 20
@@ -138,7 +123,7 @@ class Counts:
 @dataclass(frozen=True)
 class Failure:
     what: str
-    """The check in words (:data:`CHECK_WORDS`)."""
+    """The check in words (:attr:`audit.checks.Check.title`)."""
     message: str
     expected: bool
 
@@ -384,7 +369,7 @@ def counts(report: Report) -> Counts:
 def failures(report: Report) -> tuple[tuple[Failure, ...], int]:
     """The failing checks in words (violations first, then the declared ones), at
     most :data:`MAX_FAILURES`, and how many more there are."""
-    failing = [Failure(CHECK_WORDS.get(c.check, c.check), c.message, c.expected)
+    failing = [Failure(check_title(c.check), c.message, c.expected)
                for c in report.violations + report.expected_failures]
     return tuple(failing[:MAX_FAILURES]), max(0, len(failing) - MAX_FAILURES)
 
