@@ -157,6 +157,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         restore()
+        _cap_cache()
+
+
+def _cap_cache() -> None:
+    """At exit, when this run used the caches: the environment's cache folder under
+    its size cap (:mod:`audit.cache.eviction`; ``EQUILAW_CACHE_MAX_GB``, default 5 GB),
+    this run's entries evicted last."""
+    from audit.cache.eviction import enforce, in_use
+
+    if not in_use():
+        return
+    from audit.cache.settings import CacheSettings
+
+    try:
+        settings = CacheSettings.from_environment()
+    except EquilawError:
+        return   # already reported by the verb that read the same settings
+    if settings.enabled:
+        enforce(settings.folder, settings.max_gb, protect=())
 
 
 def calibrate(args: argparse.Namespace) -> int:

@@ -70,6 +70,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "audit_no_cache; environment: EQUILAW_NO_CACHE=1)")
     group.addoption("--audit-clear-cache", action="store_true", default=False,
                     help="delete the statistics cache's entries before the run")
+    group.addoption("--audit-cache-max-gb", metavar="GB", default=None,
+                    help="cap the cache folder at GB gigabytes (10**9 bytes), least recently "
+                         "used entries evicted; 0 turns the caches off, inf sets no cap "
+                         "(default 5; ini: audit_cache_max_gb; environment: "
+                         "EQUILAW_CACHE_MAX_GB)")
     group.addoption("--audit-html", metavar="PATH", default=None,
                     help="write one self-contained HTML page of every spec's report at the end "
                          "of the run, whatever its outcome (ini: audit_html)")
@@ -82,6 +87,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("audit_cache", default="", help="folder of the statistics cache")
     parser.addini("audit_no_cache", type="bool", default=False,
                   help="turn the statistics cache off")
+    parser.addini("audit_cache_max_gb", default="", help="the cache folder's size cap in GB")
     parser.addini("audit_specs", type="paths", default=[],
                   help="spec files or folders to audit (default: model_specs/)")
     parser.addini("audit_reports", default="reports", help="folder for JSON reports")
@@ -179,7 +185,9 @@ def _cache_settings(config: pytest.Config, rootdir: Path):
     """The session's cache settings, made once from the options, the ini and the
     environment; the cache folder is emptied first with ``--audit-clear-cache`` (by
     the controller only, under xdist).  A folder named on the command line turns the
-    caches on whatever the environment or ini say."""
+    caches on whatever the environment or ini say.  The size cap: the option, else
+    the ini, else ``EQUILAW_CACHE_MAX_GB``, else 5 GB."""
+    from audit.cache.eviction import parse_max_gb
     from audit.cache.folder import CacheError, clear_folder
     from audit.cache.settings import CacheSettings
     from audit.session import strict_environment
@@ -192,8 +200,12 @@ def _cache_settings(config: pytest.Config, rootdir: Path):
                   else rootdir / ini if ini else env.folder)
         off = config.getoption("audit_no_cache") or (
             not cli and (not env.enabled or config.getini("audit_no_cache")))
+        cap_cli = config.getoption("audit_cache_max_gb")
+        cap_ini = config.getini("audit_cache_max_gb").strip()
+        max_gb = (parse_max_gb(cap_cli, "--audit-cache-max-gb") if cap_cli is not None
+                  else parse_max_gb(cap_ini, "audit_cache_max_gb") if cap_ini else env.max_gb)
         settings = CacheSettings(folder, not off, env.secret, env.secret_file,
-                                 env.require_secret)
+                                 env.require_secret, max_gb)
         cleared = None
         if config.getoption("audit_clear_cache") and not hasattr(config, "workerinput"):
             cleared = clear_folder(folder)
@@ -386,11 +398,13 @@ class SpecItem(pytest.Item):
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """On an xdist worker: send this worker's reports, and the report files it
     wrote, to the controller.  Elsewhere: write the run's HTML page and Markdown
-    summary."""
+    summary, and bring the cache folder under its size cap."""
     output = getattr(session.config, "workeroutput", None)
     audit = session.config.stash.get(_SESSION_KEY, None)
     if output is None and audit is not None:
         _write_pages(session, audit)
+        if audit.cache:
+            audit.cache.finish()
     if output is None or audit is None:
         return
     output[_WORKER_REPORTS] = {"reports": [report.to_dict() for report in audit.reports],
@@ -444,7 +458,7 @@ def _cache_summary(terminalreporter, cache) -> None:
     """One line on what the statistics cache did in this process (under xdist the
     workers' caches did the work, and the controller says nothing)."""
     if not cache or not (cache.hits or cache.stored or cache.recomputed or cache.untrusted
-                         or cache.cleared is not None):
+                         or cache.cleared is not None or cache.evicted):
         return
     loaded = f"{len(cache.hits)} loaded"
     if cache.secret is not None:
@@ -456,6 +470,8 @@ def _cache_summary(terminalreporter, cache) -> None:
         parts.append(f"{len(cache.recomputed)} unreadable and recomputed")
     if cache.cleared is not None:
         parts.append(f"{cache.cleared} files cleared first")
+    if cache.evicted:
+        parts.append(f"{len(cache.evicted)} evicted (size cap {cache.max_gb:g} GB)")
     terminalreporter.write_line(f"statistics cache {cache.folder}: {', '.join(parts)}")
 
 

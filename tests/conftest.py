@@ -32,7 +32,7 @@ settings.load_profile(
 pytest_plugins = ["pytester", "trained_fixtures"]
 
 _CACHE_ENV = ("EQUILAW_CACHE_DIR", "EQUILAW_NO_CACHE", "EQUILAW_CACHE_KEY",
-              "EQUILAW_CACHE_KEY_FILE", "CI")
+              "EQUILAW_CACHE_KEY_FILE", "EQUILAW_CACHE_MAX_GB", "CI")
 _saved_cache_env: dict[str, str | None] = {}
 STRICT = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 """Whether the suite runs under CI (real-model tests then fail instead of skipping)."""
@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _saved_cache_env.update((name, os.environ.get(name)) for name in _CACHE_ENV)
     os.environ["EQUILAW_CACHE_DIR"] = tempfile.mkdtemp(prefix="equilaw-cache-")
     os.environ["EQUILAW_NO_CACHE"] = "1"
-    for name in ("EQUILAW_CACHE_KEY", "EQUILAW_CACHE_KEY_FILE", "CI"):
+    for name in ("EQUILAW_CACHE_KEY", "EQUILAW_CACHE_KEY_FILE", "EQUILAW_CACHE_MAX_GB", "CI"):
         os.environ.pop(name, None)
 
 

@@ -24,6 +24,11 @@ deleted, zeroed, a manifest that lists nothing), or that transformers or
 tokenizers cannot load although intact, is removed with a :class:`CacheWarning`
 and built again from the GGUF file: its numbers never reach the statistics.
 
+The converted checkpoints count toward the cache folder's size cap
+(:mod:`audit.cache.eviction`): each part is an entry whose last use is recorded
+when it is found intact or written, and a write evicts the least recently used
+entries beyond the cap (a part this process uses is spared).
+
 Settings that turn the caches off (``EQUILAW_NO_CACHE``, ``--audit-no-cache``)
 turn this one off too: the backend gets no entry (:func:`entry`).
 """
@@ -39,6 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from audit.cache import eviction
 from audit.cache.folder import CONVERTED, MANIFEST, PARTS, TEMP_PREFIX, CacheWarning
 from audit.cache.index import FileHashIndex
 from audit.cache.settings import CacheSettings
@@ -68,16 +74,18 @@ def entry(settings: CacheSettings, gguf_sha256: str, dtype: str) -> ConvertedChe
     folder, or None when the caches are off."""
     if not settings.enabled:
         return None
-    return ConvertedCheckpoint(entry_key(gguf_sha256, dtype), settings.folder)
+    return ConvertedCheckpoint(entry_key(gguf_sha256, dtype), settings.folder, settings.max_gb)
 
 
 class ConvertedCheckpoint:
     """One entry: ``part`` is ``model`` or ``tokenizer``, each stored and found on
     its own (a tokenizer GGUF may be another file than the weights')."""
 
-    def __init__(self, key: str, root: Path) -> None:
-        self.folder = Path(root) / CONVERTED / key
+    def __init__(self, key: str, root: Path, max_gb: float = eviction.DEFAULT_MAX_GB) -> None:
+        self.root = Path(root)
+        self.folder = self.root / CONVERTED / key
         self.index = FileHashIndex(root)
+        self.max_gb = max_gb
 
     def path(self, part: str) -> Path | None:
         """The folder of ``part`` when it is complete and intact: each file the
@@ -93,6 +101,7 @@ class ConvertedCheckpoint:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             why = f"{type(exc).__name__}: {exc}"
         if why is None:
+            eviction.record_use(folder)
             return folder
         self.discard(part, why)
         return None
@@ -146,6 +155,8 @@ class ConvertedCheckpoint:
                 json.dumps({"format": FORMAT, "sizes": sizes, "sha256": digests}),
                 encoding="utf-8")
             os.replace(staging, target)
+            eviction.record_use(target)
+            eviction.enforce(self.root, self.max_gb)
             return target
         except OSError:
             return None

@@ -142,6 +142,49 @@ def _foreign_checkpoints(converted: Path) -> list[Path]:
     return foreign
 
 
+def owned_entries(folder: Path) -> list[Path]:
+    """The entries in ``folder`` that equilaw provably wrote, each removable on its
+    own, by the rules :func:`clear_folder` proves ownership with: statistics entries
+    (``<sha256>.npz``, regular files) and converted parts (``checkpoints/<sha256>/
+    model|tokenizer``, plain folders of plain files that their manifest lists).
+    Links are never followed, and anything else (the tag, the index, temporaries
+    of writes in progress, a user's file) is not an entry.  A name that vanishes
+    during the walk (another run removed it) is skipped."""
+    found: list[Path] = []
+    try:
+        names = sorted(folder.iterdir()) if _is_plain_dir(folder) else []
+    except OSError:
+        return []
+    for path in names:
+        try:
+            if ENTRY.match(path.name) and _is_plain_file(path):
+                found.append(path)
+            elif path.name == CONVERTED and _is_plain_dir(path):
+                found += _owned_parts(path)
+        except OSError:
+            continue
+    return found
+
+
+def _owned_parts(converted: Path) -> list[Path]:
+    parts: list[Path] = []
+    for entry in sorted(converted.iterdir()):
+        if not (_KEY.match(entry.name) and _is_plain_dir(entry)):
+            continue
+        for name in PARTS:
+            part = entry / name
+            try:
+                if not _is_plain_dir(part):
+                    continue
+                files = list(part.iterdir())
+                if all(_is_plain_file(f) for f in files) and _listed(
+                        part, {f.name for f in files}):
+                    parts.append(part)
+            except OSError:
+                continue
+    return parts
+
+
 def _listed(part: Path, names: set[str]) -> bool:
     """Whether ``names`` are a part's manifest and the files it lists."""
     try:

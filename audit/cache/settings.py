@@ -8,7 +8,8 @@ never rewritten: ``EQUILAW_CACHE_DIR`` names the folder, ``EQUILAW_NO_CACHE``
 (any value but empty, 0, false or no) turns the caches off, and
 ``EQUILAW_CACHE_KEY`` (the secret itself) or ``EQUILAW_CACHE_KEY_FILE`` (a file
 holding it, outside the cache folder) authenticates the statistics cache's
-entries (docs/ci.md, "The statistics cache under CI").
+entries (docs/ci.md, "The statistics cache under CI"), and ``EQUILAW_CACHE_MAX_GB``
+caps the folder's size (:mod:`audit.cache.eviction`; default 5 GB).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from audit.cache.eviction import DEFAULT_MAX_GB, max_gb_from_environment
 from audit.cache.folder import CacheError
 
 KEY_VARIABLE = "EQUILAW_CACHE_KEY"
@@ -60,8 +62,16 @@ class CacheSettings:
     """Read no entry that is not authenticated (without a key: none at all).  The
     plugin sets it under CI, where an entry rewritten by anyone who can write the
     folder must not decide a verdict."""
+    max_gb: float = DEFAULT_MAX_GB
+    """The folder's size cap in GB (10**9 bytes), least recently used entries evicted
+    beyond it (:mod:`audit.cache.eviction`); ``inf``: no cap; 0 keeps nothing, so it
+    turns the caches off (``enabled`` becomes False)."""
 
     def __post_init__(self) -> None:
+        if not self.max_gb >= 0:   # NaN too
+            raise CacheError(f"the cache's size cap must be >= 0 GB, got {self.max_gb!r}")
+        if self.max_gb == 0:
+            object.__setattr__(self, "enabled", False)
         if self.secret_file is not None and self.folder.resolve() in (
                 self.secret_file.resolve().parents):
             raise CacheError(f"the cache key file {self.secret_file} is inside the cache folder "
@@ -72,10 +82,11 @@ class CacheSettings:
     def from_environment(cls, environ: Mapping[str, str] | None = None,
                          require_secret: bool = False) -> CacheSettings:
         """:func:`default_folder`, on unless ``EQUILAW_NO_CACHE`` turns it off, with
-        the key of ``EQUILAW_CACHE_KEY`` or ``EQUILAW_CACHE_KEY_FILE``."""
+        the key of ``EQUILAW_CACHE_KEY`` or ``EQUILAW_CACHE_KEY_FILE`` and the cap
+        of ``EQUILAW_CACHE_MAX_GB``."""
         secret, secret_file = read_key(environ)
         return cls(default_folder(environ), not off_by_environment(environ), secret,
-                   secret_file, require_secret)
+                   secret_file, require_secret, max_gb_from_environment(environ))
 
 
 def read_key(environ: Mapping[str, str] | None = None) -> tuple[bytes | None, Path | None]:

@@ -37,6 +37,11 @@ checked against their sha256, only when :attr:`Measurement.stats` is first used
 would cost more than the whole re-judging.  Writes go to a temporary file
 renamed over the entry (atomic).
 
+The folder has a size cap (:mod:`audit.cache.eviction`): each read and write
+records the entry's last use, and each write evicts the least recently used
+entries beyond the cap, sparing those this process uses; :meth:`StatsCache.finish`
+enforces it over all of them at the end of a run.
+
 File hashes go through the folder's file-hash index (:mod:`audit.cache.index`).
 
 numpy and the standard library only: no backend library is imported.
@@ -59,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from audit.cache import eviction
 from audit.cache.folder import TEMP_PREFIX, CacheError, CacheWarning, clear_folder, prepare_folder
 from audit.cache.index import FileHashIndex
 from audit.cache.settings import CacheSettings
@@ -101,7 +107,9 @@ class StatsCache:
     ``stored`` and ``recomputed`` list the entry paths this object loaded, wrote
     and found unreadable, ``authenticated`` the hits whose MAC verified,
     ``untrusted`` the entries not read because ``require_secret`` and no secret, and
-    ``cleared`` counts what :meth:`clear` deleted, for the plugin's summary line.
+    ``cleared`` counts what :meth:`clear` deleted and ``evicted`` lists the entries
+    evicted beyond the size cap ``max_gb`` (:mod:`audit.cache.eviction`), for the
+    plugin's summary line.
 
     ``secret`` (the cache key): entries are written with an HMAC-SHA256 of their
     checksum under it and read only when that verifies (the checksum covers the
@@ -111,10 +119,13 @@ class StatsCache:
     (and stored)."""
 
     def __init__(self, folder: str | os.PathLike[str], secret: bytes | None = None,
-                 require_secret: bool = False) -> None:
+                 require_secret: bool = False,
+                 max_gb: float = eviction.DEFAULT_MAX_GB) -> None:
         self.folder = Path(folder).expanduser()
         self.secret = secret
         self.require_secret = require_secret
+        self.max_gb = max_gb
+        self.evicted: list[Path] = []
         self.authenticated: list[Path] = []
         self.untrusted: list[Path] = []
         self.hits: list[Path] = []
@@ -128,7 +139,8 @@ class StatsCache:
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> StatsCache:
-        return cls(settings.folder, settings.secret, settings.require_secret)
+        return cls(settings.folder, settings.secret, settings.require_secret,
+                   settings.max_gb)
 
     def __repr__(self) -> str:
         return f"StatsCache({str(self.folder)!r})"
@@ -238,6 +250,7 @@ class StatsCache:
             fid.close()
             return self._unreadable(path, f"{type(exc).__name__}: {exc}")
         parts["stats"] = StoredStats(path, fid, npz, stats_names, meta["stats_sha256"])
+        eviction.record_use(path)
         self.hits.append(path)
         if self.secret is not None:
             self.authenticated.append(path)
@@ -297,11 +310,20 @@ class StatsCache:
                                        f"{type(exc).__name__}: {exc}"), stacklevel=2)
             return None
         self.stored.append(path)
+        eviction.record_use(path)
+        self.evicted += eviction.enforce(self.folder, self.max_gb)
         return path
 
     # ------------------------------------------------------------------ folder
     def _prepare_folder(self) -> None:
         prepare_folder(self.folder)
+
+    def finish(self) -> list[Path]:
+        """At the end of a run: evict the least recently used entries beyond the cap,
+        this run's own included (they go last), and return them."""
+        removed = eviction.enforce(self.folder, self.max_gb, protect=())
+        self.evicted += removed
+        return removed
 
     def clear(self) -> int:
         """Delete what equilaw wrote in the folder (:func:`audit.cache.folder.clear_folder`)
