@@ -11,7 +11,8 @@ once and the probe loss off:
   loss are excluded.
 
 Rounds alternate (bare, extraction, bare, ...); the medians give
-``audit.overhead_ratio`` = extraction / bare.  ``audit.flop_efficiency`` is the
+``audit.overhead_ratio`` = extraction / bare.  ``audit.flop_efficiency`` (retired as
+a goal, kept as information: ``audit.retired``) is the
 model's forward FLOPs (2 × non-embedding parameters × tokens) per second of
 extraction over the float32 matmul rate torch reaches at the model's shapes
 ([1024, d] @ [d, intermediate], the MLP's), measured in the same run.  A
@@ -35,6 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results.json")
+RETIRED_FLOP = ("kept as information, retired as a goal (issue 31): the bare forward pass "
+                "reaches only 0.67-0.70 of the matmul rate here, so the ratio measures torch, "
+                "not equilaw")
+"""Written beside ``audit.flop_efficiency`` as ``audit.retired.flop_efficiency``."""
 
 
 def _matmul_rate(torch, d: int, inner: int, rows: int = 1024, seconds: float = 2.0) -> float:
@@ -99,6 +104,7 @@ def main() -> None:
     figures = {
         "overhead_ratio": t_extract / t_bare,
         "flop_efficiency": (flops / t_extract) / rate,
+        "retired": {"flop_efficiency": RETIRED_FLOP},
         "overhead": {
             "spec": spec.name, "tokens": tokens, "rounds": args.rounds,
             "bare_seconds": bares, "extraction_seconds": extractions,
