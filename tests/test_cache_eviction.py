@@ -277,3 +277,22 @@ def test_a_pytest_run_under_a_small_cap(pytester: pytest.Pytester, tiny_model_di
         assert lines[-1].endswith(summary)
         folder = pytester.path / "capped"
         assert 90e3 < eviction.cache_bytes(folder) == folder_bytes(folder) <= 150e3
+
+
+def test_the_command_line_enforces_the_cap_at_exit(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m audit``'s exit brings the environment's folder under its cap,
+    this run's entries included, once the run has used the caches."""
+    from audit import cli
+
+    monkeypatch.setenv("EQUILAW_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("EQUILAW_NO_CACHE", raising=False)
+    monkeypatch.setenv("EQUILAW_CACHE_MAX_GB", str(1500 / 1e9))
+    old, mine = fake_entry(tmp_path, "a", 1000, 1_000), fake_entry(tmp_path, "b", 1000, 2_000)
+    eviction.record_use(mine)
+    cli._cap_cache()
+    assert owned_entries(tmp_path) == [mine] and not old.exists()
+    monkeypatch.setenv("EQUILAW_CACHE_MAX_GB", str(500 / 1e9))
+    # any verb, here one that fails: its exit enforces the cap
+    assert cli.main(["report", str(tmp_path / "absent.json"), "-o", str(tmp_path / "r.html")]) == 2
+    assert owned_entries(tmp_path) == []
