@@ -186,6 +186,17 @@ def test_only_what_equilaw_wrote_is_evicted(tmp_path: Path) -> None:
     assert owned_entries(cache) == []
 
 
+def test_a_cache_folder_reached_through_a_link_is_capped(tmp_path: Path) -> None:
+    """The folder the user names may be a link (``~/.cache`` on another disk)."""
+    real = tmp_path / "real"
+    old = fake_entry(real, "a", 1000, 1_000)
+    new = fake_entry(real, "b", 1000, 2_000)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert eviction.enforce(tmp_path / "link", 1500 / 1e9, protect=()) == [
+        tmp_path / "link" / old.name]
+    assert not old.exists() and new.exists()
+
+
 def test_a_converted_write_evicts_beyond_the_cap(tmp_path: Path) -> None:
     """Converted checkpoints count toward the cap, and their writes evict too."""
     old = fake_entry(tmp_path, "a", 5000, 1_000)

@@ -147,12 +147,13 @@ def owned_entries(folder: Path) -> list[Path]:
     own, by the rules :func:`clear_folder` proves ownership with: statistics entries
     (``<sha256>.npz``, regular files) and converted parts (``checkpoints/<sha256>/
     model|tokenizer``, plain folders of plain files that their manifest lists).
-    Links are never followed, and anything else (the tag, the index, temporaries
-    of writes in progress, a user's file) is not an entry.  A name that vanishes
-    during the walk (another run removed it) is skipped."""
+    Links inside the folder are never followed (the folder itself may be one: the
+    user chose it), and anything else (the tag, the index, temporaries of writes
+    in progress, a user's file) is not an entry.  A name that vanishes during the
+    walk (another run removed it) is skipped."""
     found: list[Path] = []
     try:
-        names = sorted(folder.iterdir()) if _is_plain_dir(folder) else []
+        names = sorted(folder.iterdir()) if folder.is_dir() else []
     except OSError:
         return []
     for path in names:
