@@ -20,6 +20,7 @@ def bench_module():
     return module
 
 
+@pytest.mark.slow   # about 20 s: kept out of the quick lane's 3-minute budget
 def test_the_smoke_run_writes_every_key_elsewhere(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     bench = bench_module()
