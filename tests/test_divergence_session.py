@@ -89,8 +89,13 @@ def test_a_damaged_model_against_a_healthy_reference_fails_with_the_figures(
     assert failures and failures[0].startswith(f"KLD mean {row.result.kld_mean:.6g} ± ")
     done = session.outcome(spec, "divergence")
     assert done.outcome is Outcome.COMPARISON_FAILED
-    assert done.message == "\n".join(f"divergence from reference model {tiny_model_dir}: {line}"
-                                     for line in failures)
+    # the final norm ×8 leaves every layer's log10 PR as it was (PR is scale-free):
+    # the law's per-layer view says the distribution moved without a layer moving
+    assert done.message == "\n".join(
+        [f"divergence from reference model {tiny_model_dir}: {line}" for line in failures]
+        + ["per-layer drift of log10 PR from the reference model (not gated): no layer moved"])
+    assert row.drift.first_moved_layer is None and row.drift.kind == "reference"
+    assert [r.drift for r in row.drift.rows] == [0.0] * 4
     assert report.verdict == "fail"
     page = render_page([report])
     assert "<th>next-token divergence from</th>" in page
