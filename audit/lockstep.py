@@ -82,15 +82,11 @@ def run_together(members: Sequence[Member], consumers: Sequence[Consumer] = (), 
     A required member's :class:`EquilawError` is raised; other errors land in
     ``Member.error`` and ``Consumer.error``."""
     first = members[0]
-    for member in members:
-        if store is not None:
-            check_against_model(member.spec, member.backend.info().num_layers)
-            member.measurement, member._key = from_cache(member.spec, member.backend, store)
     alone: list[Member] = []
     windows = None
     try:
         for member in members:
-            _open(member, progress)
+            _open(member, progress, store)
             if member._collector is not None and member._collector.progress is not None:
                 progress = None
         if first._collector is not None:
@@ -111,19 +107,33 @@ def run_together(members: Sequence[Member], consumers: Sequence[Consumer] = (), 
                 member._collector.stop()
     for member in members:
         if member._collector is not None and member.error is None:
-            if member in alone:
-                member.measurement = collect(member.spec, backend=member.backend)
-            else:
-                member.measurement = member._collector.finish()
-            if member._key is not None:
-                store.store(member._key, member.measurement)
+            _finish(member, member in alone, store)
         member._collector = None
     return windows
 
 
-def _open(member: Member, progress: Progress | None) -> None:
-    """Make the member's collector (measured here) or load it for its logits only."""
+def _finish(member: Member, alone: bool, store: Any) -> None:
+    """The member's measurement (measured now on its own probe when ``alone``),
+    stored in the cache."""
     try:
+        member.measurement = (collect(member.spec, backend=member.backend) if alone
+                              else member._collector.finish())
+    except EquilawError as exc:
+        if member.required:
+            raise
+        member.error = exc
+        return
+    if member._key is not None:
+        store.store(member._key, member.measurement)
+
+
+def _open(member: Member, progress: Progress | None, store: Any) -> None:
+    """Serve the member from the cache, else make its collector (which loads it);
+    served, load it when its logits are needed."""
+    try:
+        if store is not None:
+            check_against_model(member.spec, member.backend.info().num_layers)
+            member.measurement, member._key = from_cache(member.spec, member.backend, store)
         if member.measurement is None:
             member._collector = Collector(member.spec, backend=member.backend,
                                           progress=progress, logits=member.logits)

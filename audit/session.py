@@ -455,7 +455,7 @@ class AuditSession:
             try:
                 same_tokenizer(model.backend, other.backend)
             except EquilawError as exc:
-                consumers[other.name].error = exc
+                consumers[other.name].error, other.logits = exc, False
         vocab = model.backend.tokenizer_info().get("vocab_sha256") if compares else None
         if wanted:
             consumers["record"] = Consumer(("model",), RecordBuilder(spec.divergence.top_k))

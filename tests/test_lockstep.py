@@ -213,3 +213,22 @@ def test_a_merge_and_its_parents_run_once_each(family, tmp_path: Path,  # noqa: 
     assert sorted(counts.values()) == [[2, 0]] * 3          # 16 windows: 2 batches each
     assert len(counts) == 3 and [c.kind for c in report.comparisons] == ["merge"]
     assert len(report.divergence) == 2
+
+
+def test_a_reference_that_fails_to_load_fails_only_the_divergence_item(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    from test_merge_session import _variant
+
+    from audit.session import Outcome
+
+    broken = _variant(tiny_model_dir, tmp_path / "broken",   # a block's weight missing
+                      lambda w: {k: v for k, v in w.items() if "layers.1.mlp.up" not in k})
+    spec = load_spec(div_spec(tmp_path, tiny_model_dir, f"reference_model: {broken}\n"))
+    session = AuditSession([Path(spec.source)], tmp_path / "reports", baselines_dir=tmp_path,
+                           cache=False)
+    report = session.report(spec)
+    assert report.divergence == () and report.verdict == "pass"
+    assert session.outcome(spec, "law-fit").outcome is Outcome.PASSED
+    with pytest.raises(BackendError, match="1 weights were not found"):
+        session.outcome(spec, "divergence")
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["tiny-div.json"]
