@@ -418,7 +418,8 @@ class AuditSession:
         into the token record the baseline gets.  A measurement served from the
         statistics cache has no logits: such a model runs again for its logits only.
         A comparison that cannot be made is kept for the ``divergence`` item; the
-        reference row carries the per-layer drift against the reference's report."""
+        reference row carries the per-layer drift against the reference's report.
+        With nothing to compare, the model is measured alone (:meth:`_measure`)."""
         from audit.cache.stats_cache import open_cache
         from audit.compare.baseline import baseline_path
         from audit.compare.output_gate import reference_drift, token_record_path
@@ -440,9 +441,10 @@ class AuditSession:
         stored = record is not None and not self.update_baselines and record.exists()
         wanted = self.update_baselines and record is not None
         compares = bool(stored or wanted or spec.reference_model or spec.merge)
-        if compares:
-            self.num_layers(spec)
-        model = Member("model", spec, self.backend(spec), logits=compares)
+        if not compares:
+            return self._measure(spec), {}, []
+        self.num_layers(spec)
+        model = Member("model", spec, self.backend(spec), logits=True)
         members, consumers = [model], {}
         if spec.reference_model is not None:
             members.append(Member("reference", self.reference_spec(spec),
@@ -456,7 +458,7 @@ class AuditSession:
                 same_tokenizer(model.backend, other.backend)
             except EquilawError as exc:
                 consumers[other.name].error, other.logits = exc, False
-        vocab = model.backend.tokenizer_info().get("vocab_sha256") if compares else None
+        vocab = model.backend.tokenizer_info().get("vocab_sha256")
         if wanted:
             consumers["record"] = Consumer(("model",), RecordBuilder(spec.divergence.top_k))
         elif stored:
@@ -476,8 +478,6 @@ class AuditSession:
         report = judge(model.measurement)
         parents = {m.name.partition(":")[2]: judge(m.measurement) for m in members
                    if m.name.startswith("parent:")}
-        if not compares:
-            return report, parents, []
         if model.backend.head_note is not None:
             self._divergence_notes[spec.name] = (f"{spec.name}: no next-token distribution to "
                                                  f"compare: {model.backend.head_note}")
