@@ -109,121 +109,171 @@ def measure(spec: Spec, model: Any = None, progress: Progress | None = None,
 
         backend = open_backend(spec)
     check_against_model(spec, backend.info().num_layers)
+    served, key = from_cache(spec, backend, store)
+    if served is not None:
+        return served
+    measurement = collect(spec, progress=progress, backend=backend)
+    if key is not None:
+        store.store(key, measurement)
+    return measurement
+
+
+def from_cache(spec: Spec, backend: Any, store: Any) -> tuple[Measurement | None, str | None]:
+    """(the measurement ``store`` holds for ``spec`` on ``backend``, or None; the key a
+    new measurement is stored under, None when this one cannot be cached)."""
     key = store.key(spec, backend)
     if key is None:
-        return collect(spec, progress=progress, backend=backend)
+        return None, None
     parts = store.load(key)
-    if parts is not None:
-        loss = parts.pop("loss")
-        if loss is not None:
-            loss = LossSummary(mean=loss["mean"], stderr=loss["stderr"],
-                               leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
-        return Measurement(spec=spec, loss=loss, **parts)
-    measurement = collect(spec, progress=progress, backend=backend)
-    store.store(key, measurement)
-    return measurement
+    if parts is None:
+        return None, key
+    loss = parts.pop("loss")
+    if loss is not None:
+        loss = LossSummary(mean=loss["mean"], stderr=loss["stderr"],
+                           leave_one_out=tuple(loss["leave_one_out"]), tokens=loss["tokens"])
+    return Measurement(spec=spec, loss=loss, **parts), key
 
 
 def collect(spec: Spec, model: Any = None, progress: Progress | None = None,
             backend: Any = None, part: Any = None) -> Measurement | None:
     """Run the model over the probe's sequences (windows or documents,
-    :mod:`audit.probe`) and accumulate the statistics (and the probe loss).  Spec
-    rules that need the model's depth are checked before any weight is loaded.
+    :mod:`audit.probe`) and accumulate the statistics (and the probe loss): a
+    :class:`Collector` stepped through its own probe.  Spec rules that need the
+    model's depth are checked before any weight is loaded.
 
     ``part`` (an :class:`audit.integrations.distributed.Part`) runs only this process's share
     of the sequences and merges every rank's sums on rank 0, which returns the
     measurement; other ranks return None."""
-    if backend is None:
-        from audit.backends import open_backend
-
-        backend = open_backend(spec, model=model)
-    info = backend.info()
-    check_against_model(spec, info.num_layers)
-    norm = _norm_info(spec, info)
-
-    corpus = load_corpus(spec.probe.corpus)
-    probe = probe_input(spec, corpus, backend)
-
-    stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
-                       shuffle_seed=spec.probe.seed, method=spec.probe.statistics,
-                       permutation=spec.probe.permutation)
-    t_load = time.perf_counter()
-    backend.load()
-    load_seconds = time.perf_counter() - t_load
-    want_loss = spec.probe.loss and backend.head_note is None
-    loss_sum = np.zeros(spec.probe.shards)      # nats per shard
-    loss_count = np.zeros(spec.probe.shards)    # predicted tokens per shard
-
-    forward_seconds = stats_seconds = loss_seconds = 0.0
-    if progress is not None:
-        progress.start(spec.name, probe.tokens)
+    collector = Collector(spec, model=model, backend=backend, part=part, progress=progress)
     try:
-        for batch in probe.batches(spec.probe.batch_size):
-            ids, shard_of = batch.ids, batch.shards                        # [b, t], [b]
-            if part is not None:                                           # this rank's rows
-                mine = part.owns(shard_of)
-                if not mine.any():
-                    continue
-                ids, shard_of = ids[mine], shard_of[mine]
-            t0 = time.perf_counter()
-            out = backend.forward(ids, loss=want_loss)
-            hidden = out.hidden                                            # [L+1, b, t, d]
-            t1 = time.perf_counter()
-            in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
-            hidden = apply_normalization(spec.normalization, hidden, norm, out=in_place)
-            features_at, targets_at = example_slices(ids.shape[1], spec.target)
-            feats = hidden[:, :, features_at, :]                           # [L+1, b, m, d]
-            targets = ids[:, targets_at]                                   # [b, m]
-            if out.token_nll is not None:                                  # [b, t-1]
-                np.add.at(loss_sum, shard_of, out.token_nll.sum(axis=1))
-                np.add.at(loss_count, shard_of, out.token_nll.shape[1])
-            for shard in np.unique(shard_of):
-                rows = np.flatnonzero(shard_of == shard)                   # contiguous
-                block = slice(int(rows[0]), int(rows[-1]) + 1)
-                stats.update(feats[:, block], targets[block], shard=int(shard))
-            stats_seconds += time.perf_counter() - t1
-            forward_seconds += t1 - t0 - out.loss_seconds
-            loss_seconds += out.loss_seconds
-            if progress is not None:
-                progress.advance(ids.size)
+        for batch in collector.probe.batches(spec.probe.batch_size):
+            collector.step(batch)
     finally:
-        if progress is not None:
-            progress.stop()
+        collector.stop()
+    return collector.finish()
 
-    if part is not None:
-        merged = part.reduce(stats, loss_sum, loss_count)
-        if merged is None:
-            return None
-        stats, loss_sum, loss_count = merged
-    t_fit = time.perf_counter()
-    pr = stats.residuals(spec.measure)
-    shard_ids = stats.filled_shards
-    loo = stats.leave_one_out(spec.measure) if shard_ids else None
-    ranks, conditions = stats.rank(), stats.condition()
-    stats_seconds += time.perf_counter() - t_fit
-    if want_loss:
-        loss, loss_note = _probe_loss(loss_sum, loss_count, shard_ids), None
-    else:
-        loss = None
-        loss_note = "switched off (probe.loss: false)" if not spec.probe.loss else backend.head_note
-    timing = {"load_seconds": load_seconds, "forward_seconds": forward_seconds,
-              "stats_seconds": stats_seconds, "loss_seconds": loss_seconds,
-              "tokens_per_second": probe.tokens / forward_seconds if forward_seconds else float("nan")}
-    return Measurement(
-        spec=spec, stats=stats, pr=pr, leave_one_out=loo, shard_ids=shard_ids,
-        ranks=ranks, conditions=conditions, loss=loss, loss_note=loss_note,
-        model={"path": spec.model.path, "resolved_path": str(info.path),
-               "sha256": backend.weights_sha256(), "architecture": info.architecture,
-               "layers": info.num_layers, "width": info.width},
-        corpus={"name": corpus.name, "sha256": corpus.sha256, "tokens": probe.tokens,
-                **probe.counts, "examples": int(stats.count),
-                "sequences": spec.probe.sequences, "length": spec.probe.length},
-        probe={"mode": probe.mode, "windows_sha256": probe.sha256,
-               "tokenizer": backend.tokenizer_info()},
-        versions=software_versions(backend),
-        timing=timing,
-        backend=getattr(backend, "backend_name", spec.backend),
-    )
+
+class Collector:
+    """One model's statistics pass over the probe, a batch at a time.
+
+    Made, it has checked the spec against the model's depth, built its probe
+    (:attr:`probe`) and loaded the weights.  :meth:`step` runs one batch of that
+    probe through the model, adds its statistics and probe loss, and returns the
+    head's logits of the batch (float32 [b, t - 1, V], from the same forward pass;
+    only with ``logits`` and a head, else None); :meth:`finish` gives the
+    :class:`Measurement`.  :func:`collect` steps one collector through its probe;
+    :mod:`audit.lockstep` steps several models through the same batches, so each
+    goes over the probe once and no batch's logits outlive the batch."""
+
+    def __init__(self, spec: Spec, model: Any = None, backend: Any = None, part: Any = None,
+                 progress: Progress | None = None, logits: bool = False) -> None:
+        if backend is None:
+            from audit.backends import open_backend
+
+            backend = open_backend(spec, model=model)
+        self.spec, self.backend, self.part, self.progress = spec, backend, part, progress
+        self.info = backend.info()
+        check_against_model(spec, self.info.num_layers)
+        self.norm = _norm_info(spec, self.info)
+        self.corpus = load_corpus(spec.probe.corpus)
+        self.probe = probe_input(spec, self.corpus, backend)
+        self.stats = LayerStats(measures=(spec.measure,), shards=spec.probe.shards,
+                                shuffle_seed=spec.probe.seed, method=spec.probe.statistics,
+                                permutation=spec.probe.permutation)
+        t_load = time.perf_counter()
+        backend.load()
+        self.load_seconds = time.perf_counter() - t_load
+        self.want_loss = spec.probe.loss and backend.head_note is None
+        self.logits = logits and backend.head_note is None
+        """Whether :meth:`step` returns logits (asked for, and the model has a head)."""
+        self.loss_sum = np.zeros(spec.probe.shards)      # nats per shard
+        self.loss_count = np.zeros(spec.probe.shards)    # predicted tokens per shard
+        self.forward_seconds = self.stats_seconds = self.loss_seconds = 0.0
+        self._started = False
+
+    def step(self, batch: Any) -> np.ndarray | None:
+        """Add one batch of :attr:`probe` (its ``ids`` [b, t] and ``shards`` [b]);
+        the head's logits [b, t - 1, V] of this process's rows when asked for."""
+        if not self._started and self.progress is not None:
+            self.progress.start(self.spec.name, self.probe.tokens)
+        self._started = True
+        ids, shard_of = batch.ids, batch.shards                            # [b, t], [b]
+        if self.part is not None:                                          # this rank's rows
+            mine = self.part.owns(shard_of)
+            if not mine.any():
+                return None
+            ids, shard_of = ids[mine], shard_of[mine]
+        t0 = time.perf_counter()
+        out = (self.backend.forward(ids, loss=self.want_loss, logits=True) if self.logits
+               else self.backend.forward(ids, loss=self.want_loss))
+        hidden = out.hidden                                                # [L+1, b, t, d]
+        t1 = time.perf_counter()
+        in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
+        hidden = apply_normalization(self.spec.normalization, hidden, self.norm, out=in_place)
+        features_at, targets_at = example_slices(ids.shape[1], self.spec.target)
+        feats = hidden[:, :, features_at, :]                               # [L+1, b, m, d]
+        targets = ids[:, targets_at]                                       # [b, m]
+        if out.token_nll is not None:                                      # [b, t-1]
+            np.add.at(self.loss_sum, shard_of, out.token_nll.sum(axis=1))
+            np.add.at(self.loss_count, shard_of, out.token_nll.shape[1])
+        for shard in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard)                       # contiguous
+            block = slice(int(rows[0]), int(rows[-1]) + 1)
+            self.stats.update(feats[:, block], targets[block], shard=int(shard))
+        self.stats_seconds += time.perf_counter() - t1
+        self.forward_seconds += t1 - t0 - out.loss_seconds
+        self.loss_seconds += out.loss_seconds
+        if self.progress is not None:
+            self.progress.advance(ids.size)
+        return out.logits
+
+    def stop(self) -> None:
+        """Take the progress display down (the pass ended or failed)."""
+        if self._started and self.progress is not None:
+            self.progress.stop()
+
+    def finish(self) -> Measurement | None:
+        """The measurement of the batches stepped (with ``part``: every rank's,
+        merged, on rank 0; None on the others)."""
+        spec, backend, info, probe = self.spec, self.backend, self.info, self.probe
+        stats, loss_sum, loss_count = self.stats, self.loss_sum, self.loss_count
+        if self.part is not None:
+            merged = self.part.reduce(stats, loss_sum, loss_count)
+            if merged is None:
+                return None
+            stats, loss_sum, loss_count = merged
+        t_fit = time.perf_counter()
+        pr = stats.residuals(spec.measure)
+        shard_ids = stats.filled_shards
+        loo = stats.leave_one_out(spec.measure) if shard_ids else None
+        ranks, conditions = stats.rank(), stats.condition()
+        stats_seconds = self.stats_seconds + time.perf_counter() - t_fit
+        if self.want_loss:
+            loss, loss_note = _probe_loss(loss_sum, loss_count, shard_ids), None
+        else:
+            loss = None
+            loss_note = ("switched off (probe.loss: false)" if not spec.probe.loss
+                         else backend.head_note)
+        forward_seconds = self.forward_seconds
+        timing = {"load_seconds": self.load_seconds, "forward_seconds": forward_seconds,
+                  "stats_seconds": stats_seconds, "loss_seconds": self.loss_seconds,
+                  "tokens_per_second": (probe.tokens / forward_seconds if forward_seconds
+                                        else float("nan"))}
+        return Measurement(
+            spec=spec, stats=stats, pr=pr, leave_one_out=loo, shard_ids=shard_ids,
+            ranks=ranks, conditions=conditions, loss=loss, loss_note=loss_note,
+            model={"path": spec.model.path, "resolved_path": str(info.path),
+                   "sha256": backend.weights_sha256(), "architecture": info.architecture,
+                   "layers": info.num_layers, "width": info.width},
+            corpus={"name": self.corpus.name, "sha256": self.corpus.sha256,
+                    "tokens": probe.tokens, **probe.counts, "examples": int(stats.count),
+                    "sequences": spec.probe.sequences, "length": spec.probe.length},
+            probe={"mode": probe.mode, "windows_sha256": probe.sha256,
+                   "tokenizer": backend.tokenizer_info()},
+            versions=software_versions(backend),
+            timing=timing,
+            backend=getattr(backend, "backend_name", spec.backend),
+        )
 
 
 def _probe_loss(total: np.ndarray, count: np.ndarray,

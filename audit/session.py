@@ -203,10 +203,9 @@ class AuditSession:
         if spec.name not in self._reports:
             try:
                 reference = self._parity_reference_report(spec)
-                divergence = self._divergences(spec)
-                report = self._measure(spec)
+                report, parents, divergence = self._measure_together(spec)
                 if spec.merge is not None:
-                    report = self._compare_to_parents(spec, report)
+                    report = self._compare_to_parents(spec, report, parents)
                 if spec.model.adapter is not None:
                     report = self._compare_to_base(spec, report)
                 if reference is not None:
@@ -327,13 +326,12 @@ class AuditSession:
             # The report holds every number the items need: free the model.
             self._backends.pop(spec.name, None)
 
-    def _compare_to_parents(self, spec: Spec, report: Report) -> Report:
+    def _compare_to_parents(self, spec: Spec, report: Report,
+                            parents: dict[str, Report]) -> Report:
+        """``report`` against its parents' reports, measured on the same windows
+        (:meth:`_measure_together`) and written beside it."""
         from audit.compare.merge import compare_to_parents
 
-        if spec.name not in self._layer_maps:
-            self.num_layers(spec)
-        parents = {label: self._measure(parent)
-                   for label, parent in self._parents[spec.name].items()}
         for parent in parents.values():
             self._write(parent)
         return compare_to_parents(report, parents, self._layer_maps[spec.name], spec.baseline,
@@ -410,61 +408,106 @@ class AuditSession:
             raise spec.error("reference_model.path", f"reference model at "
                              f"{spec.reference_model.path}: {exc.reason}") from None
 
-    def _divergences(self, spec: Spec) -> list:
-        """The model's next-token distribution against the reference model (whose own
-        report is measured and written here), each merge parent and the stored
-        baseline's token record, in lockstep on the probe windows while the model's
-        backend is open; under ``update_baselines``, the token record the baseline
-        gets.  A measurement served from the statistics cache has no logits: these
-        always run the models.  A comparison that cannot be made is kept for the
-        ``divergence`` item."""
-        from audit.compare.output_gate import token_record_path
-        from audit.compare.outputs import compare_outputs, compare_with_record, record_reference
+    def _measure_together(self, spec: Spec) -> tuple[Report, dict[str, Report], list]:
+        """The spec's report, its merge parents' reports (by label) and its divergence
+        rows, from one lockstep pass (:func:`audit.lockstep.run_together`): the model,
+        the reference model (whose report is written here) and each parent go over
+        the probe once, both or all loaded, and the logits of each batch's forward
+        passes are compared as they come: the model against the reference and each
+        parent, against the stored baseline's token record, or (``update_baselines``)
+        into the token record the baseline gets.  A measurement served from the
+        statistics cache has no logits: such a model runs again for its logits only.
+        A comparison that cannot be made is kept for the ``divergence`` item; the
+        reference row carries the per-layer drift against the reference's report.
+        With nothing to compare, the model is measured alone (:meth:`_measure`)."""
+        from audit.cache.stats_cache import open_cache
+        from audit.compare.baseline import baseline_path
+        from audit.compare.output_gate import reference_drift, token_record_path
+        from audit.compare.outputs import (
+            PairComparison,
+            RecordBuilder,
+            RecordComparison,
+            same_tokenizer,
+        )
         from audit.compare.token_record import load_token_record
-        from audit.corpus import load_corpus
-        from audit.probe import probe_input
+        from audit.lockstep import Consumer, Member, run_together
+        from audit.pipeline import judge
         from audit.report.data import DivergenceRow
 
         try:
-            from audit.compare.baseline import baseline_path
-
             record = token_record_path(baseline_path(spec, self.baselines_dir))
         except EquilawError:
             record = None
         stored = record is not None and not self.update_baselines and record.exists()
         wanted = self.update_baselines and record is not None
-        if not (stored or wanted or spec.reference_model or spec.merge):
-            return []
+        compares = bool(stored or wanted or spec.reference_model or spec.merge)
+        if not compares:
+            return self._measure(spec), {}, []
         self.num_layers(spec)
-        model = self.backend(spec)
-        model.load()
-        if model.head_note is not None:
-            self._divergence_notes[spec.name] = (f"{spec.name}: no next-token distribution to "
-                                                 f"compare: {model.head_note}")
-            return []
-        windows = probe_input(spec, load_corpus(spec.probe.corpus), model)
-        batch, rows = spec.probe.batch_size, []
+        model = Member("model", spec, self.backend(spec), logits=True)
+        members, consumers = [model], {}
+        if spec.reference_model is not None:
+            members.append(Member("reference", self.reference_spec(spec),
+                                  self.backend(self.reference_spec(spec)), logits=True,
+                                  required=False))
+        members += [Member(f"parent:{label}", parent, self.backend(parent), logits=True)
+                    for label, parent in self._parents.get(spec.name, {}).items()]
+        for other in members[1:]:
+            consumers[other.name] = Consumer((other.name, "model"), PairComparison())
+            try:
+                same_tokenizer(model.backend, other.backend)
+            except EquilawError as exc:
+                consumers[other.name].error, other.logits = exc, False
+        vocab = model.backend.tokenizer_info().get("vocab_sha256")
+        if wanted:
+            consumers["record"] = Consumer(("model",), RecordBuilder(spec.divergence.top_k))
+        elif stored:
+            try:
+                consumers["baseline"] = Consumer(("model",), RecordComparison(
+                    load_token_record(record), vocab))
+            except EquilawError as exc:
+                consumers["baseline"] = Consumer(("model",), None, exc)
+        progress = self.progress_factory() if self.progress_factory else None
         try:
-            if spec.reference_model is not None:
-                reference = self.reference_spec(spec)
-                result = compare_outputs(model, self.backend(reference), windows, batch_size=batch)
-                rows.append(DivergenceRow("reference_model", spec.reference_model.path, True,
-                                          result))
-                self._write(self._measure(reference))
-            for label, parent in self._parents.get(spec.name, {}).items():
-                rows.append(DivergenceRow(f"parent:{label}", parent.model.path, False,
-                                          compare_outputs(model, self.backend(parent), windows,
-                                                          batch_size=batch)))
-            if wanted:
-                self._token_records[spec.name] = record_reference(
-                    model, windows, top_k=spec.divergence.top_k, batch_size=batch)
-            elif stored:
-                result = compare_with_record(model, load_token_record(record), windows,
-                                             batch_size=batch)
-                rows.append(DivergenceRow("baseline", os.path.relpath(record), True, result))
+            run_together(members, list(consumers.values()), store=open_cache(self.cache),
+                         progress=progress)
+        finally:
+            # The reports hold every number the items need: free the models.
+            for member in members:
+                self._backends.pop(member.spec.name, None)
+        report = judge(model.measurement)
+        parents = {m.name.partition(":")[2]: judge(m.measurement) for m in members
+                   if m.name.startswith("parent:")}
+        if model.backend.head_note is not None:
+            self._divergence_notes[spec.name] = (f"{spec.name}: no next-token distribution to "
+                                                 f"compare: {model.backend.head_note}")
+            return report, parents, []
+        rows, errors = [], [c.error for c in consumers.values() if c.error is not None]
+        if spec.reference_model is not None and members[1].error is None:
+            reference = judge(members[1].measurement)
+            self._write(reference)
+            if consumers["reference"].error is None:
+                rows.append(DivergenceRow(
+                    "reference_model", spec.reference_model.path, True,
+                    consumers["reference"].target.result(),
+                    drift=reference_drift(report, reference, spec.baseline)))
+        for member in members:
+            done = consumers.get(member.name)
+            if member.name.startswith("parent:") and done.error is None:
+                rows.append(DivergenceRow(member.name, member.spec.model.path, False,
+                                          done.target.result()))
+        done = consumers.get("record") or consumers.get("baseline")
+        try:
+            if done is not None and done.error is None and wanted:
+                self._token_records[spec.name] = done.target.record(vocab)
+            elif done is not None and done.error is None:
+                rows.append(DivergenceRow("baseline", os.path.relpath(record), True,
+                                          done.target.result()))
         except EquilawError as exc:
-            self._divergence_errors[spec.name] = exc
-        return rows
+            errors.append(exc)
+        if errors:
+            self._divergence_errors[spec.name] = errors[0]
+        return report, parents, rows
 
     def _divergence_outcome(self, spec: Spec, report: Report) -> ItemOutcome | None:
         """The divergence item's skip when nothing gates it, or its error."""

@@ -186,3 +186,19 @@ def test_the_comparison_modules_import_no_heavy_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_the_float32_path_agrees_with_the_float64_path() -> None:
+    ref, mod, y = _pair(n=300, vocab=4000, scale=0.05, seed=3)
+    ref, mod = ref.astype(np.float32), mod.astype(np.float32)
+    fast, exact = token_figures(ref, mod, y), token_figures(ref, mod, y, "float64")
+    np.testing.assert_array_equal(fast.same_top, exact.same_top)
+    for name in ("kld", "kld_reverse", "nll_ref", "nll_model"):
+        mean = getattr(exact, name).mean()
+        assert abs(getattr(fast, name).mean() / mean - 1) < 1e-6, name
+    np.testing.assert_allclose(fast.kld, exact.kld, rtol=1e-4)
+    np.testing.assert_allclose(fast.dp, exact.dp, rtol=0, atol=1e-9)
+    same = token_figures(ref, ref.copy(), y)          # the float32 path: exactly 0
+    assert np.all(same.kld == 0) and np.all(same.kld_reverse == 0) and np.all(same.dp == 0)
+    with pytest.raises(ValueError, match="precision must be float32 or float64, got 'half'"):
+        token_figures(ref, mod, y, "half")

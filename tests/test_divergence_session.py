@@ -89,8 +89,13 @@ def test_a_damaged_model_against_a_healthy_reference_fails_with_the_figures(
     assert failures and failures[0].startswith(f"KLD mean {row.result.kld_mean:.6g} ± ")
     done = session.outcome(spec, "divergence")
     assert done.outcome is Outcome.COMPARISON_FAILED
-    assert done.message == "\n".join(f"divergence from reference model {tiny_model_dir}: {line}"
-                                     for line in failures)
+    # the final norm ×8 leaves every layer's log10 PR as it was (PR is scale-free):
+    # the law's per-layer view says the distribution moved without a layer moving
+    assert done.message == "\n".join(
+        [f"divergence from reference model {tiny_model_dir}: {line}" for line in failures]
+        + ["per-layer drift of log10 PR from the reference model (not gated): no layer moved"])
+    assert row.drift.first_moved_layer is None and row.drift.kind == "reference"
+    assert [r.drift for r in row.drift.rows] == [0.0] * 4
     assert report.verdict == "fail"
     page = render_page([report])
     assert "<th>next-token divergence from</th>" in page
@@ -198,3 +203,43 @@ def test_a_measurement_served_from_the_cache_still_runs_the_models(
     (served,) = again.report(spec).divergence
     assert len(cache.hits) == 2
     assert served == measured and served.result.kld_mean > 0.05
+
+
+def test_the_reference_row_says_where_the_model_moved(tiny_model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    from test_merge_session import _variant
+
+    def damaged(weights):  # block 2 (0-based) produces hidden state 3
+        key = "model.layers.2.mlp.down_proj.weight"
+        return {**weights, key: weights[key] * np.float32(8)}
+
+    model = _variant(tiny_model_dir, tmp_path / "block3-x8", damaged)
+    spec = load_spec(_spec(tmp_path, model, f"reference_model: {tiny_model_dir}\n"))
+    session = AuditSession([Path(spec.source)], tmp_path / "reports", baselines_dir=tmp_path)
+    report = session.report(spec)
+    (row,) = report.divergence
+    drift = row.drift
+    reference = Report.from_dict(json.loads(
+        (tmp_path / "reports" / "tiny-div.reference.json").read_text()))
+    assert (drift.kind, drift.reference, drift.first_moved_layer) == (
+        "reference", str(tiny_model_dir), 3)
+    # layers before the damaged block are the reference's, bit for bit
+    assert [r.drift for r in drift.rows[:2]] == [0.0, 0.0]
+    assert [r.now for r in drift.rows] == [layer.log10_pr for layer in report.layers[1:]]
+    assert [r.then_low for r in drift.rows] == [layer.log10_pr for layer in reference.layers[1:]]
+    assert drift.rows[2].status == "moved" and abs(drift.rows[2].drift) > 0.0008
+    assert {r.status for r in drift.rows} <= {"ok", "moved"}     # reported, never gated
+    assert not [c for c in report.checks if c.check == "drift"]
+    (check,) = [c for c in report.checks if c.check == "divergence"]
+    top = drift.rows[drift.largest_drift_layer - 1]
+    assert check.message.splitlines()[-1] == (
+        "per-layer drift of log10 PR from the reference model (not gated): first moved layer "
+        f"3, largest drift {drift.largest_drift:+.4g} ± {top.drift_se:.2g} at layer "
+        f"{drift.largest_drift_layer}")
+    back = Report.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert back.divergence == report.divergence
+    console = Console(record=True, width=160)
+    render(back, console)
+    shown = console.export_text()
+    assert f"against reference {tiny_model_dir}: first moved layer 3" in shown
+    assert "moved ← first moved" in shown

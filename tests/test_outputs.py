@@ -53,7 +53,19 @@ def _direct(ref: np.ndarray, mod: np.ndarray, y: np.ndarray) -> dict[str, np.nda
             "nll_ref": -np.log(p[r, y]), "nll_model": -np.log(q[r, y])}
 
 
-def test_every_figure_equals_a_direct_softmax(pair) -> None:
+@pytest.fixture
+def exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Comparisons through the float64 path (the backends' float32 logits would
+    otherwise take the float32 one)."""
+    import functools
+
+    from audit.compare import divergence, outputs
+
+    monkeypatch.setattr(outputs, "token_figures",
+                        functools.partial(divergence.token_figures, precision="float64"))
+
+
+def test_every_figure_equals_a_direct_softmax(pair, exact) -> None:
     healthy, noisy, windows = pair
     ref, mod, ys, shards = [], [], [], []
     for batch in windows.batches(5):
@@ -91,7 +103,37 @@ def test_a_model_against_itself_is_zero(pair) -> None:
     assert r.kld_percentiles["max"] == 0.0
 
 
-def test_the_stored_record_bounds_the_exact_comparison(pair) -> None:
+def test_the_float32_path_moves_the_means_by_less_than_1e_6(
+        pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from audit.compare import divergence, outputs
+
+    healthy, noisy, windows = pair
+    fast = compare_outputs(noisy, healthy, windows, batch_size=5)   # float32 logits: float32
+    monkeypatch.setattr(outputs, "token_figures",
+                        functools.partial(divergence.token_figures, precision="float64"))
+    exact = compare_outputs(noisy, healthy, windows, batch_size=5)
+    assert fast != exact                                            # two paths ...
+    for name in ("kld_mean", "kld_reverse_mean", "rms_dp", "nll_ref_mean", "nll_model_mean"):
+        assert getattr(fast, name) == pytest.approx(getattr(exact, name), rel=1e-6), name
+    assert fast.same_top == exact.same_top
+    # means of differences near 0 (6.7e-4 nats, 108 tokens): float32 exp's rounding
+    # (about 5e-8 relative a term) moves them by a few 1e-9 nats
+    assert fast.ln_ppl_ratio == pytest.approx(exact.ln_ppl_ratio, rel=0, abs=1e-8)
+    assert fast.dp_mean == pytest.approx(exact.dp_mean, rel=0, abs=1e-8)
+    ids = next(windows.batches(4)).ids
+    ref = healthy.next_token_logits(ids).reshape(-1, 264)
+    mod = noisy.next_token_logits(ids).reshape(-1, 264)
+    y = ids[:, 1:].reshape(-1)
+    one, two = divergence.token_figures(ref, mod, y), divergence.token_figures(ref, mod, y,
+                                                                                "float64")
+    assert np.array_equal(one.same_top, two.same_top)
+    np.testing.assert_allclose(one.kld, two.kld, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(one.nll_model, two.nll_model, rtol=1e-6)
+
+
+def test_the_stored_record_bounds_the_exact_comparison(pair, exact) -> None:
     healthy, noisy, windows = pair
     exact, bound = compare_outputs_with_bound(noisy, healthy, windows, top_k=8, batch_size=5)
     record = record_reference(healthy, windows, top_k=8, batch_size=5)

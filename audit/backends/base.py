@@ -80,6 +80,10 @@ class Forward:
     language-model head, in nats; None when not asked for or without a head."""
     loss_seconds: float
     """Time spent in the head and the cross-entropy (0 when not computed)."""
+    logits: np.ndarray | None = None
+    """float32 [b, t - 1, V]: the head's logits at the positions ``token_nll``
+    scores (what :meth:`Backend.next_token_logits` gives for the same ids), from
+    this same pass; None when not asked for or without a head."""
 
 
 @runtime_checkable
@@ -118,9 +122,11 @@ class Backend(Protocol):
         calls it too, so calling it first only separates load time from run time."""
         ...
 
-    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
-        """Hidden states of ``input_ids`` and, when ``loss`` is true and the model
-        has a language-model head, the next-token cross-entropy per position."""
+    def forward(self, input_ids: np.ndarray, *, loss: bool, logits: bool = False) -> Forward:
+        """Hidden states of ``input_ids`` and, when the model has a language-model
+        head, with ``loss`` the next-token cross-entropy per position and with
+        ``logits`` the head's logits there (:attr:`Forward.logits`): the head runs
+        once for both, so comparing two models' outputs needs no second pass."""
         ...
 
     def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:

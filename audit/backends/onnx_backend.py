@@ -177,21 +177,17 @@ class OnnxBackend(HuggingFaceFiles):
         return {name: feedable(arg)(ids)  # type: ignore[misc]
                 for name, arg in self._inputs.items()}
 
-    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
-        """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with ``loss``
-        and a logits output, the next-token cross-entropy float64 [b, t-1]."""
+    def forward(self, input_ids: np.ndarray, *, loss: bool, logits: bool = False) -> Forward:
+        """Hidden states float32 [L+1, b, t, d] (a fresh array) and, with a logits
+        output, the next-token cross-entropy float64 [b, t-1] (``loss``) and the
+        logits float32 [b, t-1, V] (``logits``), from one run of the graph."""
         import numpy as np
 
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
-                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        ids = self._ids(input_ids)
         session = self.load()
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = self.feed(ids)
-        with_logits = loss and self.head_note is None
+        with_logits = (loss or logits) and self.head_note is None
         names = self._hidden_names + ([LOGITS] if with_logits else [])
-        outs = session.run(names, feed)
+        outs = session.run(names, self.feed(ids))
         hidden = np.stack(outs[:len(self._hidden_names)]).astype(np.float32, copy=False)
         width = self.info().width
         if hidden.shape[-1] != width:
@@ -200,27 +196,31 @@ class OnnxBackend(HuggingFaceFiles):
         if not with_logits:
             return Forward(hidden, None, 0.0)
         start = time.perf_counter()
-        nll = _token_nll(outs[-1], ids)
-        return Forward(hidden, nll, time.perf_counter() - start)
+        nll = _token_nll(outs[-1], ids) if loss else None
+        out = np.array(outs[-1][:, :-1], dtype=np.float32) if logits else None
+        return Forward(hidden, nll, time.perf_counter() - start, out)
 
     def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
         """float32 [b, t-1, V]: the ``logits`` output at the probe loss's positions
-        (see :class:`~audit.backends.base.Backend`)."""
+        (see :class:`~audit.backends.base.Backend`), fed as :meth:`forward` feeds."""
+        import numpy as np
+
+        ids = self._ids(input_ids)
+        session = self.load()
+        if self.head_note is not None:
+            raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
+        (logits,) = session.run([LOGITS], self.feed(ids))              # [b, t, V]
+        return np.array(logits[:, :-1], dtype=np.float32)
+
+    def _ids(self, input_ids: np.ndarray) -> np.ndarray:
+        """``input_ids`` as contiguous int64 [b, t]; :class:`BackendError` otherwise."""
         import numpy as np
 
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
                                f"{ids.dtype} of shape {ids.shape}", model=self.name)
-        session = self.load()
-        if self.head_note is not None:
-            raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = {"input_ids": ids}
-        if "attention_mask" in self._inputs:
-            feed["attention_mask"] = np.ones_like(ids)
-        (logits,) = session.run([LOGITS], feed)                        # [b, t, V]
-        return np.array(logits[:, :-1], dtype=np.float32)
+        return np.ascontiguousarray(ids, dtype=np.int64)
 
     def weights_sha256(self) -> str:
         """sha256 of the ONNX file and its external data, concatenated in order."""

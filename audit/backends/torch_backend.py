@@ -346,9 +346,10 @@ class TorchBackend(HuggingFaceFiles):
             return tf.AutoModelForCausalLM
         return tf.AutoModel
 
-    def forward(self, input_ids: np.ndarray, *, loss: bool) -> Forward:
-        """Hidden states of ``input_ids`` int64 [b, t] and, with ``loss`` and a
-        head, each position's next-token cross-entropy (see :class:`Forward`)."""
+    def forward(self, input_ids: np.ndarray, *, loss: bool, logits: bool = False) -> Forward:
+        """Hidden states of ``input_ids`` int64 [b, t] and, with a head, each
+        position's next-token cross-entropy (``loss``) and the head's logits
+        (``logits``), from one run of the head (see :class:`Forward`)."""
         import numpy as np
 
         ids = np.asarray(input_ids)
@@ -375,11 +376,11 @@ class TorchBackend(HuggingFaceFiles):
 
         with torch.inference_mode():
             last = self.layer_states(tensor, sink=copy_out)[-1]
-            if not loss or self._head is None:
+            if not (loss or logits) or self._head is None:
                 return Forward(hidden, None, 0.0)
             start = time.perf_counter()
-            nll = self._token_nll(last, tensor)
-            return Forward(hidden, nll, time.perf_counter() - start)
+            nll, out = self._head_outputs(last, tensor, loss=loss, logits=logits)
+            return Forward(hidden, nll, time.perf_counter() - start, out)
 
     def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
         """float32 [b, t-1, V]: the head's logits at the probe loss's positions (see
@@ -398,9 +399,7 @@ class TorchBackend(HuggingFaceFiles):
         tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
         with torch.inference_mode():
             last = self.layer_states(tensor, sink=lambda layer, state: None)[-1]
-            rows = [self._window_logits(last[row, :-1]).cpu().numpy()
-                    for row in range(ids.shape[0])]
-        return np.stack(rows) if rows else np.empty((0, ids.shape[1] - 1, 0), np.float32)
+            return self._head_outputs(last, tensor, loss=False, logits=True)[1]
 
     def _window_logits(self, last: Any) -> Any:
         """float32 logits [t-1, V] of one window's final hidden states [t-1, d]."""
@@ -411,17 +410,28 @@ class TorchBackend(HuggingFaceFiles):
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def _token_nll(self, last: Any, ids: Any) -> np.ndarray:
-        """Next-token cross-entropy, float64 [b, t-1], from the final hidden state
-        [b, t, d]; one window's logits [t, V] at a time."""
+    def _head_outputs(self, last: Any, ids: Any, *, loss: bool, logits: bool
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """From the final hidden state [b, t, d], one window's logits [t-1, V] at a
+        time: the next-token cross-entropy float64 [b, t-1] (``loss``) and the
+        logits float32 [b, t-1, V] (``logits``; :meth:`next_token_logits`'s array)."""
+        import numpy as np
         import torch
 
-        out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64)
+        nll = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64) if loss else None
+        rows = []
         for row in range(ids.shape[0]):
-            logits = self._window_logits(last[row, :-1])                  # [t-1, V]
-            out[row] = torch.nn.functional.cross_entropy(
-                logits, ids[row, 1:].to(logits.device), reduction="none").to(torch.float64).cpu()
-        return out.numpy()
+            window = self._window_logits(last[row, :-1])                  # [t-1, V]
+            if nll is not None:
+                nll[row] = torch.nn.functional.cross_entropy(
+                    window, ids[row, 1:].to(window.device),
+                    reduction="none").to(torch.float64).cpu()
+            if logits:
+                rows.append(window.cpu().numpy())
+        out = None
+        if logits:
+            out = np.stack(rows) if rows else np.empty((0, ids.shape[1] - 1, 0), np.float32)
+        return (None if nll is None else nll.numpy()), out
 
 
 class MergedAdapterBackend(TorchBackend):

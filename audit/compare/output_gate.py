@@ -6,7 +6,8 @@ The session (:class:`audit.session.AuditSession`) runs the models
 (:mod:`audit.compare.outputs`); this module turns the figures into the report's rows
 and the ``divergence`` check (one per gated row, :data:`audit.checks.CHECKS`),
 whose message is :func:`~audit.compare.divergence.judge_divergence`'s: the figure,
-its SE and the tolerance.
+its SE and the tolerance; against the reference model, also where the model moved
+(:func:`reference_drift`, the law's per-layer view beside the divergence).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from pathlib import Path
 from audit.checks import CheckResult
 from audit.compare.baseline import baseline_of, write_baseline
 from audit.compare.divergence import DivergenceThresholds, judge_divergence
+from audit.compare.drift import Reference, curve, judge_layers, largest
 from audit.compare.token_record import TokenRecord, token_record_bytes
 from audit.errors import ReportError
 from audit.internal.files import write_together
-from audit.report.data import DivergenceRow, Report
+from audit.internal.plus_minus import plus_minus
+from audit.report.data import Comparison, DivergenceRow, Report
 from audit.report.json_report import report_text
-from audit.spec import DivergenceSpec
+from audit.spec import BaselineSpec, DivergenceSpec
 
 SOURCES = ("reference_model", "baseline")
 """The gated sources, in the order their checks appear; a merge parent's row is
@@ -60,8 +63,52 @@ def divergence_check(row: DivergenceRow, spec: DivergenceSpec) -> CheckResult:
         message = (f"{head}: KLD mean {r.kld_mean:.6g} ± {r.kld_mean_se:.2g} nats{bound}, "
                    f"same top {100 * r.same_top:.2f} % ± {100 * r.same_top_judged_se:.2g}: "
                    f"within the divergence tolerances")
+    if row.drift is not None:
+        message += "\n" + where_moved(row.drift)
     return CheckResult("divergence", None, r.kld_mean, r.kld_mean_se, spec.max_kld_mean,
                        math.nan, spec.max_sigma, not failures, False, message)
+
+
+def where_moved(drift: Comparison) -> str:
+    """One line: the first layer whose log10 PR moved from the reference's (beyond
+    ``baseline.max_drift``) and the largest drift, with its paired SE."""
+    first = drift.first_moved_layer
+    moved = f"first moved layer {first}" if first is not None else "no layer moved"
+    top = ""
+    if drift.largest_drift_layer is not None and drift.largest_drift != 0:
+        se = next(r.drift_se for r in drift.rows if r.layer == drift.largest_drift_layer)
+        top = (f", largest drift {drift.largest_drift:+.4g}{plus_minus(se, '.2g')} at layer "
+               f"{drift.largest_drift_layer}")
+    return f"per-layer drift of log10 PR from the reference model (not gated): {moved}{top}"
+
+
+def reference_drift(now: Report, reference: Report,
+                    tolerances: BaselineSpec) -> Comparison | None:
+    """The per-layer drift of ``now`` from the reference model's report on the same
+    windows (:mod:`audit.compare.drift`, paired SEs as against a baseline), as a
+    comparison of kind ``reference`` with no check: reported beside the divergence,
+    not gated.  ``tolerances`` (the baseline's ``max_drift`` and ``max_drift_sigma``)
+    give the σ column and the first moved layer; a layer beyond them is ``moved``,
+    never a violation.  None without per-shard values (one
+    shard) or when the depths differ."""
+    if not reference.shard_ids or now.shard_ids != reference.shard_ids \
+            or len(now.layers) != len(reference.layers):
+        return None
+    log10, loo = curve(reference)
+    ref = Reference(low=log10, high=log10, low_loo=loo, high_loo=loo)
+    _, rows, moved = judge_layers(now, ref, "drift", tolerances.max_drift,
+                                  tolerances.max_drift_sigma)
+    rows = tuple(dataclasses.replace(r, status="moved") if r.status == "violation" else r
+                 for r in rows)
+    top, top_layer = largest(rows)
+    loss_then, loss_now = (r.loss.mean if r.loss is not None else math.nan
+                           for r in (reference, now))
+    return Comparison(
+        kind="reference", reference=reference.model.get("path", reference.name),
+        pearson_r_then=reference.law.pearson_r, pearson_r_now=now.law.pearson_r,
+        rho_then=reference.law.rho, rho_now=now.law.rho, loss_then=loss_then,
+        loss_now=loss_now, first_moved_layer=moved, largest_drift=top,
+        largest_drift_layer=top_layer, rows=rows)
 
 
 def attach_divergence(report: Report, rows: list[DivergenceRow], spec: DivergenceSpec) -> Report:

@@ -93,8 +93,9 @@ class Comparison:
 
     kind: str
     """``baseline``, ``merge``, ``parity`` (another backend on the same checkpoint),
-    ``adapter`` (an adapter against its base) or ``adapter-merged`` (against itself
-    merged into the base)."""
+    ``adapter`` (an adapter against its base), ``adapter-merged`` (against itself
+    merged into the base) or ``reference`` (the reference model, inside its
+    :class:`DivergenceRow`; reported, not gated)."""
     reference: str
     """The baseline file, the parents' labels, the reference backend's name, the
     base's report name, or the merged model's."""
@@ -127,7 +128,8 @@ class Comparison:
     def then_label(self) -> str:
         """What the renderers call the reference's column."""
         return {"baseline": "baseline", "merge": "parents", "adapter": "base",
-                "adapter-merged": "merged"}.get(self.kind, self.reference)
+                "adapter-merged": "merged", "reference": "reference"}.get(self.kind,
+                                                                         self.reference)
 
     @property
     def title(self) -> str:
@@ -154,12 +156,21 @@ class DivergenceRow:
     """Judged by the ``divergence`` item (the reference model, the stored baseline);
     a merge's parents are reported, not judged."""
     result: DivergenceResult
+    drift: Comparison | None = None
+    """Against the reference model: the per-layer drift of log10 PR from the
+    reference's own report on the same windows (kind ``reference``, paired
+    standard errors, ``first_moved_layer``), where the model moved; reported, not
+    gated (no check; a row beyond ``baseline.max_drift`` is ``moved``).  None for
+    other sources."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: ``source``, ``reference``, ``gated``, then the result's
-        fields (:meth:`DivergenceResult.to_dict`)."""
-        return {"source": self.source, "reference": self.reference, "gated": self.gated,
-                **self.result.to_dict()}
+        fields (:meth:`DivergenceResult.to_dict`), then ``drift`` when there is one."""
+        out = {"source": self.source, "reference": self.reference, "gated": self.gated,
+               **self.result.to_dict()}
+        if self.drift is not None:
+            out["drift"] = _plain(self.drift)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> DivergenceRow:
@@ -167,6 +178,9 @@ class DivergenceRow:
         head = {key: _required(data, key, where) for key in ("source", "reference", "gated")}
         for key in head:
             del data[key]
+        drift = data.pop("drift", None)
+        if drift is not None:
+            head["drift"] = _comparison_from_dict(drift, f"{where}.drift")
         for key in ("kld_percentiles", "dp_percentiles"):
             data[key] = {k: math.nan if v is None else v
                          for k, v in _required(data, key, where).items()}

@@ -179,6 +179,8 @@ def render(report: Report, console: Any) -> None:
         parts.append(_comparison(comparison))
     for row in report.divergence:
         parts.append(Text(divergence_text(row)))
+        if row.drift is not None:
+            parts.append(_comparison(row.drift))
     if report.warnings:
         parts.append(Text("".join(f"warning: {w}\n" for w in report.warnings), style="magenta"))
     from rich.console import Group
