@@ -500,9 +500,14 @@ def _replaced(base: dict, path: tuple, value) -> str:
     return json.dumps(data)
 
 
+HANG_SECONDS = 60.0
+
+
 def _accepts_or_refuses(call) -> None:
-    """``call()`` returns or raises the project's error, within 5 s and 64 MiB of
-    Python allocations at its peak."""
+    """``call()`` returns or raises the project's error, with at most 64 MiB of
+    Python allocations at its peak, and does not hang (60 s: a guard against a
+    hang or an exponential blow-up, not a speed figure; a normal call takes
+    milliseconds, seconds on a loaded machine)."""
     start = time.perf_counter()
     tracemalloc.start()
     try:
@@ -512,7 +517,7 @@ def _accepts_or_refuses(call) -> None:
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert time.perf_counter() - start < 5.0 and peak < 64 * 2**20
+    assert peak < 64 * 2**20 and time.perf_counter() - start < HANG_SECONDS
 
 
 @settings(deadline=None, suppress_health_check=list(HealthCheck))
