@@ -240,7 +240,6 @@ def test_a_forged_cache_entry_cannot_flip_a_verdict(tiny_model_dir: Path,
     """A failing spec (r must be below -0.999) passes from an entry whose checksum was
     recomputed after its numbers were changed, when nothing authenticates it; with a
     cache key the forgery is detected, the spec measured again, and it fails."""
-    import time
 
     from audit.cache.stats_cache import CacheWarning, StatsCache
     from audit.pipeline import run
@@ -256,10 +255,9 @@ def test_a_forged_cache_entry_cannot_flip_a_verdict(tiny_model_dir: Path,
     honest = run(spec, cache=StatsCache(folder, secret=key))
     assert honest.verdict == "fail"
     [entry] = sorted(folder.glob("*.npz"))
-    start = time.perf_counter()
     store = StatsCache(folder, secret=key)
+    # re-scored from the authenticated entry, not measured again
     assert run(spec, cache=store).verdict == "fail" and store.authenticated == [entry]
-    assert time.perf_counter() - start < 1.0   # re-scoring from the cache stays cheap
     forge(entry)
     unkeyed = StatsCache(folder)   # outside CI, without a key: the forgery is served
     assert run(spec, cache=unkeyed).verdict == "pass" and unkeyed.hits == [entry]
