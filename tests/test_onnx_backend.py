@@ -136,8 +136,8 @@ def test_hidden_states_are_written_in_place_as_the_plain_run_gives_them(
     bound = backend.forward(ids, loss=True)
     assert bound.hidden.shape == (TINY_LAYERS + 1, 3, 19, 32)
     assert np.array_equal(bound.hidden, np.stack(plain))
-    assert np.array_equal(bound.nll, _token_nll(logits, ids))
+    assert np.array_equal(bound.token_nll, _token_nll(logits, ids))
     backend._float32 = dict.fromkeys(names, False)  # the session.run path, for other types
     unbound = backend.forward(ids, loss=True)
     assert np.array_equal(unbound.hidden, bound.hidden)
-    assert np.array_equal(unbound.nll, bound.nll)
+    assert np.array_equal(unbound.token_nll, bound.token_nll)
