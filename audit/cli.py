@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "units of max(1, that layer's max |value|) (default 1e-4)")
     onnx.add_argument("--no-logits", action="store_true",
                       help="hidden states only, no logits output")
+    onnx.add_argument("--no-fuse", action="store_true",
+                      help="keep the graph as torch.onnx writes it, without onnxruntime's fused "
+                           "operators (the default fuses them when the fused graph passes the "
+                           "check)")
     onnx.add_argument("--force", action="store_true", help="overwrite an existing FILE.onnx")
     onnx.set_defaults(func=export_onnx)
     mut = verbs.add_parser(
@@ -213,7 +217,7 @@ def export_onnx(args: argparse.Namespace) -> int:
         name = out.stem
     tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
     result = onnx_export.export_onnx(model, name, out, logits=not args.no_logits,
-                                     overwrite=args.force, **tolerance)
+                                     overwrite=args.force, fuse=not args.no_fuse, **tolerance)
     hidden = [n for n in result.outputs if n != "logits"]
     worst = max(hidden, key=lambda n: result.max_abs_diff[n])
     data = f"; weights in {result.data_path.name}" if result.data_path is not None else ""
@@ -226,6 +230,11 @@ def export_onnx(args: argparse.Namespace) -> int:
     if result.has_logits:
         line += f"; logits {result.max_abs_diff['logits']:.2g}"
     print(line)
+    if result.fusions:
+        print("fused for onnxruntime: " + ", ".join(f"{count} {op}"
+                                                     for op, count in result.fusions.items()))
+    elif result.fusion_note is not None:
+        print(f"not fused: {result.fusion_note}")
     print(f"seconds: export {result.seconds_export:.1f}, validation {result.seconds_validate:.1f}")
     return 0
 

@@ -121,3 +121,23 @@ def test_an_embedding_smaller_than_the_tokenizer_is_refused(tiny_model_dir: Path
         f"model tiny: {str(path)!r}: the embedding table has 200 rows but the tokenizer from "
         f"{str(tiny_model_dir)!r} has 259 tokens (ids up to 258): the model and the tokenizer "
         f"do not belong together (model.tokenizer of the spec names another tokenizer)")
+
+
+def test_hidden_states_are_written_in_place_as_the_plain_run_gives_them(
+        tiny_model_dir: Path, tiny_onnx: Path) -> None:
+    from audit.backends.onnx_backend import _token_nll
+
+    backend = _backend(tiny_model_dir, tiny_onnx)
+    session = backend.load()
+    names = [f"hidden_states.{i}" for i in range(TINY_LAYERS + 1)]
+    assert backend._float32 == dict.fromkeys(names, True)  # all float32: I/O binding
+    ids = np.random.default_rng(3).integers(3, 259, size=(3, 19)).astype(np.int64)
+    *plain, logits = session.run([*names, "logits"], {"input_ids": ids})
+    bound = backend.forward(ids, loss=True)
+    assert bound.hidden.shape == (TINY_LAYERS + 1, 3, 19, 32)
+    assert np.array_equal(bound.hidden, np.stack(plain))
+    assert np.array_equal(bound.token_nll, _token_nll(logits, ids))
+    backend._float32 = dict.fromkeys(names, False)  # the session.run path, for other types
+    unbound = backend.forward(ids, loss=True)
+    assert np.array_equal(unbound.hidden, bound.hidden)
+    assert np.array_equal(unbound.token_nll, bound.token_nll)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
+onnx_ir = pytest.importorskip("onnx_ir")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnx")
 pytest.importorskip("transformers")
@@ -49,6 +50,36 @@ def exports(model_dirs: dict[str, Path], tiny_onnx_export: ExportResult,
             "gpt2": export_onnx(ModelSpec(path=str(model_dirs["gpt2"])), "tiny-gpt2", out)}
 
 
+@pytest.fixture(scope="module")
+def unfused_llama(model_dirs: dict[str, Path],
+                  tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """The tiny Llama exported with fusion asked for, but the fused graph broken (every
+    SkipSimplifiedLayerNormalization's epsilon set to 10): the export keeps the
+    unfused graph and says why."""
+    real = onnx_export._fused
+
+    def broken(model, names):
+        fused, counts = real(model, names)
+        for node in fused.graph.all_nodes():
+            if node.op_type == "SkipSimplifiedLayerNormalization":
+                node.attributes["epsilon"] = onnx_ir.AttrFloat32("epsilon", 10.0)
+        return fused, counts
+
+    out = tmp_path_factory.mktemp("onnx-unfused") / "llama.onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "_fused", broken)
+        return export_onnx(ModelSpec(path=str(model_dirs["llama"])), "tiny-llama", out)
+
+
+def operators(path: Path) -> dict[str, int]:
+    """Operator type -> how many nodes of the file's graph have it."""
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node))
+
+
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -79,6 +110,55 @@ def test_outputs_are_every_hidden_state_then_logits(exports: dict[str, ExportRes
     assert all(0 <= result.max_rel_diff[n] < 1e-5 for n in result.outputs)
     assert result.seconds_export > 0 and result.seconds_validate > 0
     assert result.size_bytes == os.path.getsize(result.path)
+    # Fused for onnxruntime, or unfused with the reason (GPT-2: onnxscript's fusions
+    # leave a Gemm on a rank-3 input that onnxruntime refuses, in onnxscript 0.7.2).
+    assert bool(result.fusions) == (result.fusion_note is None)
+
+
+def test_the_llama_graph_is_fused_and_keeps_every_hidden_state(
+        exports: dict[str, ExportResult]) -> None:
+    result = exports["llama"]
+    fused = {"MultiHeadAttention": TINY_LAYERS, "SimplifiedLayerNormalization": 1,
+             "SkipSimplifiedLayerNormalization": 2 * TINY_LAYERS}
+    assert (result.fusions, result.fusion_note) == (fused, None)
+    ops = operators(result.path)
+    assert {op: ops[op] for op in fused} == fused
+    # the attention and RMSNorm arithmetic is gone: no softmax, no squares, no means
+    assert {"Softmax", "Pow", "ReduceMean", "IsNaN", "Sqrt"}.isdisjoint(ops)
+    assert [o.name for o in session(result.path).get_outputs()] == [*HIDDEN, "logits"]
+
+
+def test_a_fused_graph_that_disagrees_is_not_kept(unfused_llama: ExportResult,
+                                                  exports: dict[str, ExportResult]) -> None:
+    result = unfused_llama
+    assert result.fusions == {}
+    assert result.fusion_note.startswith(
+        "the fused graph was not kept: the exported ONNX graph disagrees with PyTorch: "
+        "hidden_states.")
+    ops = operators(result.path)
+    assert "SkipSimplifiedLayerNormalization" not in ops and ops["Softmax"] == TINY_LAYERS
+    assert max(result.max_abs_diff.values()) < 1e-5
+    # The fused and unfused graphs agree with each other on another shape, every output.
+    ids = random_ids(3, 37, seed=2)
+    fused = session(exports["llama"].path).run(None, {"input_ids": ids})
+    unfused = session(result.path).run(None, {"input_ids": ids})
+    assert len(fused) == len(unfused) == TINY_LAYERS + 2
+    worst = max(float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(b))))
+                for a, b in zip(fused, unfused))
+    assert worst < 1e-5  # measured 1e-6
+
+
+@pytest.mark.parametrize(("fusion", "note"), [
+    (lambda model: (_ for _ in ()).throw(RuntimeError("no pattern for you")),
+     "onnxscript's fusions failed: RuntimeError: no pattern for you"),
+    (lambda model: (model, {}), "no fusion pattern matched the graph")])
+def test_what_fusion_says_when_it_cannot(monkeypatch: pytest.MonkeyPatch, fusion, note: str,
+                                         exports: dict[str, ExportResult]) -> None:
+    from onnxscript.rewriter import ort_fusions
+
+    monkeypatch.setattr(ort_fusions, "optimize_for_ort", fusion)
+    model = onnx_ir.load(str(exports["gpt2"].path))
+    assert onnx_export._fused(model, [*HIDDEN, "logits"]) == note
 
 
 def test_nothing_but_the_onnx_files_is_left_in_the_folder(
@@ -177,6 +257,7 @@ def test_cli_on_a_spec_file_without_logits(model_dirs: dict[str, Path], tmp_path
     assert f"tiny-gpt2: input_ids -> hidden_states.0 .. hidden_states.{TINY_LAYERS} " \
            f"(no logits); {TINY_LAYERS + 1} outputs" in text
     assert "largest difference from PyTorch: hidden_states." in text
+    assert ("\nfused for onnxruntime: " in text) != ("\nnot fused: " in text)
     assert "; logits" not in text
     assert [o.name for o in session(out).get_outputs()] == HIDDEN
 
@@ -190,6 +271,9 @@ def test_cli_on_a_folder_then_refuses_to_overwrite(model_dirs: dict[str, Path], 
     assert f"llama: input_ids -> hidden_states.0 .. hidden_states.{TINY_LAYERS}, logits; " \
            f"{TINY_LAYERS + 2} outputs" in text
     assert "; logits " in text and "seconds: export " in text
+    assert (f"\nfused for onnxruntime: {TINY_LAYERS} MultiHeadAttention, 1 "
+            f"SimplifiedLayerNormalization, {2 * TINY_LAYERS} SkipSimplifiedLayerNormalization\n"
+            in text)
     assert [o.name for o in session(out).get_outputs()] == [*HIDDEN, "logits"]
     assert main(["export-onnx", str(model_dirs["llama"]), "-o", str(out)]) == 2
     assert capsys.readouterr().err == (
@@ -198,10 +282,11 @@ def test_cli_on_a_folder_then_refuses_to_overwrite(model_dirs: dict[str, Path], 
 
 
 def test_a_validation_failure_names_the_worst_output_and_keeps_nothing(
-        exports: dict[str, ExportResult], model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    done = exports["llama"]
-    # The same graph and tokens give the same differences; the worst hidden state is
-    # the largest difference in units of max(1, max |value|) = max(1, diff / rel).
+        unfused_llama: ExportResult, model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    done = unfused_llama
+    # No fused graph passes a tolerance of 0, so the unfused graph is checked last: the
+    # same graph and tokens give the same differences; the worst hidden state is the
+    # largest difference in units of max(1, max |value|) = max(1, diff / rel).
     excess = {n: d / max(1.0, d / done.max_rel_diff[n]) for n, d in done.max_abs_diff.items()
               if n != "logits" and d > 0}
     worst = max(excess, key=excess.get)

@@ -34,6 +34,13 @@ def test_smollm2_exported_to_onnx_tells_the_same_story(smollm2_family, smollm2_r
     assert exported.num_layers == 30 and exported.has_logits
     hidden = [v for k, v in exported.max_rel_diff.items() if k.startswith("hidden_states.")]
     assert max(hidden) < 1e-4  # measured: 2e-6 of the layer's largest |value|
+    # fused for onnxruntime (the default), every hidden state still an output
+    assert exported.fusion_note is None
+    assert {op: exported.fusions.get(op) for op in (
+        "MultiHeadAttention", "SimplifiedLayerNormalization",
+        "SkipSimplifiedLayerNormalization")} == {
+        "MultiHeadAttention": 30, "SimplifiedLayerNormalization": 1,
+        "SkipSimplifiedLayerNormalization": 60}
 
     spec = dataclasses.replace(base, name="healthy", backend="onnx",
                                model=dataclasses.replace(model, onnx=str(exported.path)))

@@ -57,6 +57,7 @@ class OnnxBackend(HuggingFaceFiles):
         self.options = options or OnnxSpec()
         self._session: Any = None
         self._hidden_names: list[str] = []
+        self._float32: dict[str, bool] = {}
         self._inputs: dict[str, Any] = {}
         self._onnx_sha256: str | None = None
         self.head_note: str | None = None
@@ -140,6 +141,7 @@ class OnnxBackend(HuggingFaceFiles):
         if rows is not None:
             self.check_embedding_rows(rows, where)
         self._hidden_names = [name for _, name in hidden]
+        self._float32 = _float32_outputs(session, self._hidden_names)
         self.head_note = None if LOGITS in outputs else f"{where} has no logits output"
         self._session = session
         return session
@@ -186,19 +188,49 @@ class OnnxBackend(HuggingFaceFiles):
         ids = self._ids(input_ids)
         session = self.load()
         with_logits = (loss or logits) and self.head_note is None
-        names = self._hidden_names + ([LOGITS] if with_logits else [])
-        outs = session.run(names, self.feed(ids))
-        hidden = np.stack(outs[:len(self._hidden_names)]).astype(np.float32, copy=False)
-        width = self.info().width
-        if hidden.shape[-1] != width:
-            raise BackendError(f"hidden states have width {hidden.shape[-1]}, the config says "
-                               f"{width}", model=self.name)
+        hidden, out = self._run(session, self.feed(ids), ids.shape, with_logits)
         if not with_logits:
             return Forward(hidden, None, 0.0)
         start = time.perf_counter()
-        nll = _token_nll(outs[-1], ids) if loss else None
-        out = np.array(outs[-1][:, :-1], dtype=np.float32) if logits else None
-        return Forward(hidden, nll, time.perf_counter() - start, out)
+        nll = _token_nll(out, ids) if loss else None
+        kept = np.array(out[:, :-1], dtype=np.float32) if logits else None
+        return Forward(hidden, nll, time.perf_counter() - start, kept)
+
+    def _run(self, session: Any, feed: dict[str, np.ndarray], shape: tuple[int, ...],
+             with_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hidden states float32 [L+1, b, t, d] and, ``with_logits``, the logits.
+
+        When every hidden-state output is float32, onnxruntime writes each straight
+        into its slice of one preallocated array (I/O binding): no copy per output and
+        no stacking afterwards.  Other element types go through ``session.run`` and a
+        conversion."""
+        import numpy as np
+
+        width = self.info().width
+        if not all(self._float32.values()):
+            names = self._hidden_names + ([LOGITS] if with_logits else [])
+            outs = session.run(names, feed)
+            hidden = np.stack(outs[:len(self._hidden_names)]).astype(np.float32, copy=False)
+            if hidden.shape[-1] != width:
+                raise BackendError(f"hidden states have width {hidden.shape[-1]}, the config "
+                                   f"says {width}", model=self.name)
+            return hidden, (outs[-1] if with_logits else None)
+        hidden = np.empty((len(self._hidden_names), *shape, width), dtype=np.float32)
+        binding = session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        for layer, name in enumerate(self._hidden_names):
+            binding.bind_output(name, "cpu", 0, np.float32, hidden[layer].shape,
+                                hidden[layer].ctypes.data)
+        if with_logits:
+            binding.bind_output(LOGITS, "cpu")
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's own exception types; a shape mismatch
+            raise BackendError(f"onnxruntime cannot write the hidden states into arrays of "
+                               f"shape {list(hidden.shape[1:])} (batch, tokens and the config's "
+                               f"width): {type(exc).__name__}: {exc}", model=self.name) from None
+        return hidden, (binding.copy_outputs_to_cpu()[-1] if with_logits else None)
 
     def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
         """float32 [b, t-1, V]: the ``logits`` output at the probe loss's positions
@@ -250,6 +282,14 @@ def embedding_rows(model: Any) -> int | None:
             if dims and len(dims) == 2:
                 return int(dims[0])
     return None
+
+
+def _float32_outputs(session: Any, names: list[str]) -> dict[str, bool]:
+    """Output name -> whether the session declares it float32 (a tensor made an
+    output in memory, :func:`~audit.backends.onnx_graph.with_outputs`, may be
+    undeclared: then False, and it goes through ``session.run``)."""
+    types = {arg.name: arg.type for arg in session.get_outputs()}
+    return {name: types.get(name) == "tensor(float)" for name in names}
 
 
 def _token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -14,8 +14,16 @@ same safety rules hold (safetensors or GGUF only, offline, ``trust_remote_code``
 only when the spec sets it); the export always runs on the CPU in float32, whatever
 the spec's ``device`` and ``dtype``, because onnxruntime's CPU provider checks it.
 
-Right after the export, onnxruntime and PyTorch run the same two windows of 16
-tokens; a hidden state that differs by more than ``tolerance × max(1, max |value|
+Then (``fuse=True``, the default) onnxscript's onnxruntime fusions
+(``onnxscript.rewriter.ort_fusions.optimize_for_ort``) rewrite the graph in memory,
+before it is written: RMSNorm becomes ``SimplifiedLayerNormalization``, each residual
+add with the next norm ``SkipSimplifiedLayerNormalization`` (whose sum output is the
+hidden state), and the attention arithmetic ``MultiHeadAttention``, all onnxruntime
+contrib operators (``com.microsoft``), so the file runs on onnxruntime only.  The
+graph's outputs stay what they were, every hidden state included (checked).
+
+Right after the export (and fusion), onnxruntime and PyTorch run the same two
+windows of 16 tokens; a hidden state that differs by more than ``tolerance × max(1, max |value|
 of that layer)`` fails the export and nothing is kept.  The file is written into a
 temporary folder beside the output and renamed into place only after that check.
 
@@ -88,6 +96,15 @@ class ExportResult:
     """Both forward passes of the check, onnxruntime's session included."""
     has_logits: bool
     """Whether the last output is ``logits``."""
+    fusions: dict[str, int] = dataclasses.field(default_factory=dict)
+    """onnxruntime operator outside the ONNX standard -> how many the fused graph
+    holds, e.g. ``{"MultiHeadAttention": 30, "SimplifiedLayerNormalization": 1,
+    "SkipSimplifiedLayerNormalization": 60}`` for SmolLM2; empty when exported with
+    ``fuse=False`` or when the fused graph was not kept."""
+    fusion_note: str | None = None
+    """With ``fuse=True``: why the file is the unfused graph (no fusion applied, the
+    rewriter failed, or the fused graph did not run or disagreed with PyTorch beyond
+    the tolerance); None when the fused graph was kept or fusion was not asked for."""
 
     @property
     def size_bytes(self) -> int:
@@ -102,7 +119,8 @@ def hidden_state_names(num_layers: int) -> list[str]:
 
 def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
                 logits: bool = True, tolerance: float = 1e-4,
-                external_data: bool | None = None, overwrite: bool = False) -> ExportResult:
+                external_data: bool | None = None, overwrite: bool = False,
+                fuse: bool = True) -> ExportResult:
     """Export the checkpoint ``model_spec.path`` to ``output`` and validate it (see the
     module docstring).
 
@@ -110,7 +128,8 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
     has a head; ``tolerance`` bounds each hidden state's largest absolute difference
     from PyTorch, in units of max(1, that layer's max |value|); ``external_data``
     puts the weights in ``<output>.data`` (None: when they exceed 1.5 GiB);
-    ``overwrite`` replaces an existing output.  Raises :class:`BackendError`, with
+    ``overwrite`` replaces an existing output; ``fuse`` rewrites the graph with
+    onnxruntime's fused operators before it is checked and written.  Raises :class:`BackendError`, with
     nothing written, when the output exists, a package is missing, the checkpoint
     cannot be loaded or exported, or the file disagrees with PyTorch.
     """
@@ -155,11 +174,10 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
     try:
         staged = folder / output.name
         example = ids[:, :_EXAMPLE_LENGTH].copy()  # contiguous: a strided view adds shape guards
-        _export(graph, example, names, staged, external_data, name)
-        seconds_export = time.perf_counter() - start
-        start = time.perf_counter()
-        got = _onnxruntime_outputs(staged, ids, name)
-        seconds_validate = time.perf_counter() - start
+        program = _export(graph, example, names, name)
+        got, fusions, fusion_note, seconds_validate = _write(
+            program, staged, external_data, fuse, ids, reference, names, tolerance, name)
+        seconds_export = time.perf_counter() - start - seconds_validate
         abs_diff, rel_diff = _check(got, reference, names, tolerance, name)
         try:
             data_path = _move_into_place(folder, output)
@@ -169,7 +187,7 @@ def export_onnx(model_spec: ModelSpec, name: str, output: str | os.PathLike, *,
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return ExportResult(output, data_path, num_layers, tuple(names), abs_diff, rel_diff,
-                        seconds_export, seconds_validate, with_logits)
+                        seconds_export, seconds_validate, with_logits, fusions, fusion_note)
 
 
 def _graph_module(backend: Any, head: Any, softcap: float | None) -> Any:
@@ -257,10 +275,9 @@ def _quiet_export():
         logger.setLevel(level)
 
 
-def _export(graph: Any, example: np.ndarray, names: list[str], path: Path,
-            external_data: bool, name: str) -> None:
+def _export(graph: Any, example: np.ndarray, names: list[str], name: str) -> Any:
     """torch.export + ONNX translation (the legacy TorchScript exporter fails on
-    these models), then save to ``path`` (and ``path.data`` with external data)."""
+    these models): the ``ONNXProgram``, its stack traces dropped."""
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
@@ -272,11 +289,95 @@ def _export(graph: Any, example: np.ndarray, names: list[str], path: Path,
                 input_names=["input_ids"], output_names=names,
                 dynamic_shapes={"input_ids": {0: batch, 1: seq}})
             _drop_stack_traces(program.model)
-            program.save(str(path), external_data=external_data)
     except Exception as exc:  # torch.export and onnxscript raise many kinds
-        raise BackendError(f"torch.onnx.export failed: {type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+        raise BackendError(f"torch.onnx.export failed: {_first_line(exc)}", model=name) from exc
+    return program
+
+
+def _save(program: Any, model: Any, path: Path, external_data: bool, name: str) -> None:
+    """Write ``model`` (the program's own graph or its fused copy) to ``path`` (and
+    ``path.data`` with external data), replacing what a previous call wrote."""
+    unfused = program.model
+    program.model = model
+    try:
+        program.save(str(path), external_data=external_data)
+    except Exception as exc:  # onnx_ir raises OSError, ValueError and protobuf's errors
+        raise BackendError(f"cannot save the exported graph: {_first_line(exc)}",
                            model=name) from exc
+    finally:
+        program.model = unfused
+
+
+def _write(program: Any, path: Path, external_data: bool, fuse: bool, ids: np.ndarray,
+           reference: list[np.ndarray], names: list[str], tolerance: float,
+           name: str) -> tuple[list[np.ndarray], dict[str, int], str | None, float]:
+    """Save the graph to ``path``, fused when ``fuse`` and the fused graph runs and
+    passes :func:`_check`, else unfused, and run it on ``ids`` with onnxruntime.
+    Returns its outputs, the fusion counts, why it is unfused despite ``fuse`` (or
+    None) and the seconds spent running onnxruntime."""
+    seconds = 0.0
+    if fuse:
+        fused = _fused(program.model, names)
+        if isinstance(fused, str):
+            note = fused
+        else:
+            model, counts = fused
+            _save(program, model, path, external_data, name)
+            start = time.perf_counter()
+            got, note = _fused_outputs(path, ids, reference, names, tolerance, name)
+            seconds += time.perf_counter() - start
+            if got is not None:
+                return got, counts, None, seconds
+    else:
+        note = None
+    _save(program, program.model, path, external_data, name)
+    start = time.perf_counter()
+    got = _onnxruntime_outputs(path, ids, name)
+    return got, {}, note, seconds + time.perf_counter() - start
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _fused(model: Any, names: list[str]) -> tuple[Any, dict[str, int]] | str:
+    """A copy of the exported ``onnx_ir`` model (weights shared, not copied) rewritten
+    with onnxruntime's fused operators (``optimize_for_ort``) and how many of each
+    operator outside the ONNX standard it holds (onnxruntime's own: those in the
+    ``com.microsoft`` domain, and ``SimplifiedLayerNormalization``); or, as a string,
+    why there is none to keep: the rewriter failed, nothing matched, or the graph's
+    outputs changed."""
+    import collections
+
+    import onnx
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    try:
+        with _quiet_export():
+            fused, _ = optimize_for_ort(model.clone())
+    except Exception as exc:  # onnxscript's rewriter raises many kinds
+        return f"onnxscript's fusions failed: {_first_line(exc)}"
+    counts = collections.Counter(node.op_type for node in fused.graph.all_nodes()
+                                 if not onnx.defs.has(node.op_type, node.domain))
+    if not counts:
+        return "no fusion pattern matched the graph"
+    if [value.name for value in fused.graph.outputs] != names:
+        return "the fusions changed the graph's outputs"
+    return fused, dict(sorted(counts.items()))
+
+
+def _fused_outputs(path: Path, ids: np.ndarray, reference: list[np.ndarray], names: list[str],
+                   tolerance: float, name: str) -> tuple[list[np.ndarray] | None, str | None]:
+    """The fused file's outputs on ``ids`` when onnxruntime runs it and it passes the
+    check against PyTorch (:func:`_check`), else None and why not."""
+    try:
+        got = _onnxruntime_outputs(path, ids, name)
+        _check(got, reference, names, tolerance, name)
+    except BackendError as exc:
+        return None, f"the fused graph was not kept: {exc.reason}"
+    return got, None
 
 
 def _drop_stack_traces(model: Any) -> None:
