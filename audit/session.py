@@ -341,26 +341,54 @@ class AuditSession:
 
     def _compare_to_base(self, spec: Spec, report: Report) -> Report:
         """``report`` (the adapter's, unmerged) against its merge and its base, both
-        measured now on the same windows and written beside it.  The base is a
-        separate load: peft changes the model an adapter is loaded into in place."""
+        measured now on the same windows and written beside it, with the adapted
+        model's next-token divergence from the base (a ``base`` row, reported and not
+        gated: an adapter is meant to change the distribution).  The base is a
+        separate load: peft changes the model an adapter is loaded into in place.  The
+        merge is ``merge_and_unload()``'s, or the checkpoint at ``adapter.merged``."""
         from audit.backends.torch_backend import MergedAdapterBackend
         from audit.compare.adapter import compare_to_base, compare_to_merged
 
         merged = dataclasses.replace(spec, name=f"{spec.name}.merged")
-        self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
-                                                           cache=self.cache_settings)
+        if spec.adapter.merged is not None:
+            merged = dataclasses.replace(merged, model=dataclasses.replace(
+                spec.model, path=spec.adapter.merged, adapter=None))
+        else:
+            self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
+                                                               cache=self.cache_settings)
         merged_report = self._measure(merged)
         base = dataclasses.replace(spec, name=f"{spec.name}.base",
                                    model=dataclasses.replace(spec.model, adapter=None))
+        rows = self._divergence_from(spec, base, "base")
         base_report = self._measure(base)
         for other in (merged_report, base_report):
             self._write(other)
-        # KL(base || adapted) plugs in here: it needs both models' next-token
-        # distributions on these windows, not their reports: with the two backends
-        # open, audit.compare.outputs.compare_outputs(adapted, base, windows) gives the
-        # DivergenceResult that judge_divergence judges (one more lockstep pass).
         report = compare_to_base(report, base_report, spec.adapter)
-        return compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
+        report = compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
+        return dataclasses.replace(report, divergence=report.divergence + rows)
+
+    def _divergence_from(self, spec: Spec, reference: Spec, source: str) -> tuple:
+        """``spec``'s model against ``reference``'s, token by token on the probe
+        windows (:func:`audit.compare.outputs.compare_outputs`), as one divergence row
+        named ``source``, not gated; none when either model has no next-token head.
+        Both backends are opened here; ``spec``'s is released after, ``reference``'s
+        kept for its measurement."""
+        from audit.compare.outputs import compare_outputs
+        from audit.corpus import load_corpus
+        from audit.probe import probe_input
+        from audit.report.data import DivergenceRow
+
+        model, other = self.backend(spec), self.backend(reference)
+        try:
+            for one in (model, other):
+                one.load()
+            if model.head_note is not None or other.head_note is not None:
+                return ()
+            windows = probe_input(spec, load_corpus(spec.probe.corpus), model)
+            result = compare_outputs(model, other, windows, batch_size=spec.probe.batch_size)
+        finally:
+            self._backends.pop(spec.name, None)
+        return (DivergenceRow(source, reference.model.path, False, result),)
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
         from audit.compare.baseline import (

@@ -162,6 +162,24 @@ def test_the_session_judges_the_adapter_against_its_base_and_its_merge(
     assert abs(merged.loss_now - merged.loss_then) < 1e-5
     assert session.outcome(spec, "adapter-merged-parity").outcome is Outcome.PASSED
 
+    # KL(base || adapted) on the same windows: reported beside the drift and the loss,
+    # not gated (the divergence item skips); its NLL difference is the forgetting figure
+    (row,) = report.divergence
+    assert (row.source, row.reference, row.gated) == ("base", str(tiny_model_dir), False)
+    kl = row.result
+    print(f"\nTINY-LORA KL from base {kl.kld_mean:.4g} ± {kl.kld_mean_se:.2g}, same top "
+          f"{kl.same_top:.4f}, loss {base.loss_then:.4f} -> {base.loss_now:.4f}")
+    assert kl.tokens == 16 * 23 and 1e-4 < kl.kld_mean < 1.0 and kl.kld_mean_se > 0
+    assert kl.ln_ppl_ratio == pytest.approx(base.loss_now - base.loss_then, abs=1e-6)
+    assert session.outcome(spec, "divergence").outcome is Outcome.SKIPPED
+    written = json.loads((tmp_path / "reports" / "tiny-lora.json").read_text())
+    assert [(d["source"], d["gated"]) for d in written["divergence"]] == [("base", False)]
+    assert written["divergence"][0]["kld_mean"] == kl.kld_mean
+    from audit.report.terminal import divergence_text
+
+    assert divergence_text(row).startswith(f"divergence from the adapter's base "
+                                           f"{tiny_model_dir} (reported, not gated; 368 tokens")
+
 
 def _plain_spec(spec):
     import dataclasses

@@ -506,6 +506,15 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "Item `NAME::adapter-merged-parity`: the largest |probe loss| difference between "
          "the adapter unmerged and merged, in nats per token; `auto` as above.",
          "adapter:\n  max_merged_loss_difference: 1.0e-4", "> 0, or `auto`"),
+    _key("adapter.merged", "string or null", nullable(model_path),
+         "A merged checkpoint of this adapter as it ships (a folder `merge_and_unload()` "
+         "and `save_pretrained` wrote, or any form `model.path` accepts), compared with the "
+         "adapter unmerged by `NAME::adapter-merged-parity` in place of the merge equilaw "
+         "makes in memory: a merge folded with the wrong scale or missing a module fails, "
+         "naming the layers (docs/artifacts.md). Relative to the spec file's folder.",
+         "model:\n  adapter: ../adapters/smollm2-lora\n"
+         "adapter:\n  merged: ../checkpoints/smollm2-merged",
+         "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("merge", "mapping or null", nullable(section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "

@@ -128,6 +128,9 @@ class AdapterSpec:
     max_drift_sigma: float | None = 4.0
     max_merged_log10_pr_difference: float | str | None = AUTO
     max_merged_loss_difference: float | str | None = AUTO
+    merged: str | None = None
+    """A merged checkpoint (as shipped) to compare with the adapter unmerged, in place
+    of ``merge_and_unload()``'s in-memory merge."""
 
 
 @dataclass(frozen=True)
