@@ -350,9 +350,10 @@ class AuditSession:
         from audit.compare.adapter import compare_to_base, compare_to_merged
 
         merged = dataclasses.replace(spec, name=f"{spec.name}.merged")
-        if spec.adapter.merged is not None:
+        if spec.adapter.merged is not None:   # the base's tokenizer: the same tokens
             merged = dataclasses.replace(merged, model=dataclasses.replace(
-                spec.model, path=spec.adapter.merged, adapter=None))
+                spec.model, path=spec.adapter.merged, adapter=None,
+                tokenizer=spec.model.tokenizer or spec.model.path))
         else:
             self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
                                                                cache=self.cache_settings)
