@@ -216,10 +216,7 @@ class OnnxBackend(HuggingFaceFiles):
         if self.head_note is not None:
             raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feed = {"input_ids": ids}
-        if "attention_mask" in self._inputs:
-            feed["attention_mask"] = np.ones_like(ids)
-        (logits,) = session.run([LOGITS], feed)                        # [b, t, V]
+        (logits,) = session.run([LOGITS], self.feed(ids))              # [b, t, V]
         return np.array(logits[:, :-1], dtype=np.float32)
 
     def weights_sha256(self) -> str:

@@ -402,6 +402,15 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(when both have a probe loss; a backend without one fails the check unless it "
          "is null).",
          "parity:\n  max_loss_difference: 2.0e-4", "> 0"),
+    _key("parity.max_kld_mean", "number or null", nullable(finite_number(gt=0)),
+         "The largest mean KL divergence (nats per token) of this backend's next-token "
+         "distribution from the first backend's, token by token on the probe windows "
+         "(both run once more in lockstep; shown as a `backend:FIRST` divergence row). A "
+         "backend without logits fails the check unless it is null. The default is far "
+         "above what a faithful export differs by and below a damaged one (measured, "
+         "docs/artifacts.md: optimum's tiny Llama exports 1.8e-16, the same file with "
+         "block 1's MLP down projection x 8 5.7e-4).",
+         "parity:\n  max_kld_mean: 1.0e-5", "> 0"),
     _key("divergence", "mapping", section("divergence"),
          "Tolerances of `NAME::divergence`, the comparison of the model's next-token "
          "distribution with a reference's, token by token on the probe windows, as "

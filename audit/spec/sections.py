@@ -109,6 +109,7 @@ class ParitySpec:
 
     max_log10_pr_difference: float | None = 1e-6
     max_loss_difference: float | None = 2e-4
+    max_kld_mean: float | None = 1e-5
 
 
 AUTO = "auto"
