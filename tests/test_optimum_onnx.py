@@ -227,20 +227,51 @@ def test_a_graph_whose_layers_cannot_be_found_is_named(optimum_exports: dict,
 
 
 def test_external_data_stays_beside_the_file(optimum_exports: dict, tmp_path: Path) -> None:
+    """A file stored with external data (optimum's layout for models over 2 GB:
+    ``model.onnx`` + ``model.onnx_data``; the same code path at any size): its layers
+    are added as outputs of the graph read without its weights, onnxruntime reads the
+    weights from beside the shipped file, the hidden states and the audit equal the
+    inline file's, the report's sha256 covers both files, and neither is written."""
     from audit.backends import open_backend
+    from audit.pipeline import run
 
     source, path = _export(optimum_exports, "llama", "text-generation-with-past")
     split = tmp_path / "split" / "model.onnx"
     split.parent.mkdir()
     onnx.save(onnx.load(str(path)), str(split), save_as_external_data=True,
-              location="model.onnx.data", size_threshold=0)
+              location="model.onnx_data", size_threshold=0)
     files = sorted(split.parent.iterdir())
-    before = {p.name: _sha256(p) for p in files}
+    assert [p.name for p in files] == ["model.onnx", "model.onnx_data"]
+    data_bytes = (split.parent / "model.onnx_data").stat().st_size
+    assert data_bytes > 150_000 and split.stat().st_size + 150_000 < path.stat().st_size
+    before = {p.name: (p.stat().st_mtime_ns, _sha256(p)) for p in files}
     backend = open_backend(_spec(source, split))
     ids = np.random.default_rng(2).integers(3, 259, size=(2, 16))
+    inline = open_backend(_spec(source, path))
     np.testing.assert_array_equal(backend.forward(ids, loss=False).hidden,
-                                  open_backend(_spec(source, path)).forward(ids, loss=False).hidden)
-    assert {p.name: _sha256(p) for p in sorted(split.parent.iterdir())} == before
+                                  inline.forward(ids, loss=False).hidden)
+    assert backend.graph_layers == inline.graph_layers
+    report = run(_spec(source, split), cache=False)
+    want = run(_spec(source, path), cache=False)
+    assert [row.pr for row in report.layers] == [row.pr for row in want.layers]
+    assert report.loss.mean == want.loss.mean
+    both = hashlib.sha256(split.read_bytes() + (split.parent / "model.onnx_data").read_bytes())
+    assert report.model["sha256"] == backend.weights_sha256() == both.hexdigest()
+    assert {p.name: (p.stat().st_mtime_ns, _sha256(p))
+            for p in sorted(split.parent.iterdir())} == before
+
+
+def test_missing_external_data_is_named(optimum_exports: dict, tmp_path: Path) -> None:
+    from audit.backends import open_backend
+
+    source, path = _export(optimum_exports, "llama", "text-generation")
+    split = tmp_path / "model.onnx"
+    onnx.save(onnx.load(str(path)), str(split), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(BackendError, match=r"keeps its data in 'weights.bin', which is missing "
+                                           r"beside the file"):
+        open_backend(_spec(source, split)).weights_sha256()
 
 
 def _scaled(path: Path, out: Path, initializer: str, factor: float) -> Path:
