@@ -2,9 +2,10 @@
 KV cache), audited as it is against its PyTorch source on the default probe: the
 parity defaults pass the faithful exports and fail an export of a damaged copy
 (``mlp-x8``: block 14's MLP output projection x 8) audited against the healthy
-source, per layer, for the loss and for the next-token KL divergence.  Marked slow: the optimum environment (about 90 s, once per machine) and
-three SmolLM2 exports (91-114 s each on 2 shared cores) come before three ONNX
-audits (22 min in all, measured while other work shared the cores)."""
+source, per layer, for the loss and for the next-token KL divergence.  Marked
+slow: the optimum environment (about 90 s, once per machine) and three SmolLM2
+exports (91-114 s each on 2 shared cores) come before three ONNX audits (22 min in
+all, measured while other work shared the cores, before the KL passes were added)."""
 
 from __future__ import annotations
 
