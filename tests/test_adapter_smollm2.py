@@ -100,7 +100,8 @@ def test_a_lora_on_smollm2_against_its_base_and_its_merge(smollm2_family, tmp_pa
     assert figures["merged_float32"][0] < figures["merged_bfloat16"][0]
     assert figures["merged_float16"][0] < figures["merged_bfloat16"][0]
     # KL(base || adapted) on the probe: reported, not gated; its NLL difference is the
-    # forgetting figure (bench/bench_artifacts.py on 1,008 tokens: KLD_BENCH)
+    # forgetting figure.  Not yet measured: the floor is set from the +0.68 nats the
+    # loss rises by (a distribution that moved so far is at least 0.05 nats away)
     assert (kl.source, kl.gated) == ("base", False)
     assert kl.result.kld_mean > 0.05
     assert abs(kl.result.ln_ppl_ratio - figures["forgetting_nats"]) < 1e-4
