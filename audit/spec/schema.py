@@ -510,8 +510,8 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "PEFT computes an unmerged adapter in float32 while a merge rounds ΔW into the "
          "base's dtype. Defaults (log10 PR, loss): float32 1e-6 and 1e-5 nats (a SmolLM2 "
          "LoRA: 7.2e-8 and 1.5e-7), bfloat16 5e-3 and 3e-2 (SmolLM2: 7.6e-4 and 6.9e-3), "
-         "float16 1e-3 and 5e-3 (a tiny Llama LoRA: 1.4e-5 and 7.6e-7 against "
-         "bfloat16's 1.5e-4 and 3.3e-5 there).",
+         "float16 5e-3 and 3e-2 (SmolLM2 on 1,008 tokens: 1.05e-3 and 3.9e-4; a tiny "
+         "Llama LoRA: 1.4e-5 and 7.6e-7).",
          "adapter:\n  max_merged_log10_pr_difference: 1.0e-5", "> 0, or `auto`"),
     _key("adapter.max_merged_loss_difference", "number, null or `auto`",
          or_auto(nullable(finite_number(gt=0))),
