@@ -50,7 +50,8 @@ nats in bfloat16, where the unmerged update runs in float32 and the merge rounds
 W + ΔW to bfloat16's 8-bit mantissa: the defaults are about 14 and 67 times the
 float32 figures, 6.6 and 4.3 times the bfloat16 ones.  float16: on 1,008 tokens
 (bench/bench_artifacts.py) the same LoRA's gap is 1.05e-3 and 3.9e-4 nats
-(bfloat16 there: 3.6e-3 and 5.5e-3; a small probe makes the PR gap larger): float16 keeps bfloat16's defaults, 4.8 and 77 times it."""
+(bfloat16 there: 3.6e-3 and 5.5e-3; a small probe makes the PR gap larger):
+float16 keeps bfloat16's defaults, 4.8 and 77 times it."""
 
 
 def merged_tolerances(tolerances: AdapterSpec, dtype: str) -> tuple[float | None, float | None]:
