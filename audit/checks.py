@@ -95,6 +95,8 @@ CHECKS: dict[str, Check] = {check.name: check for check in (
     Check("parity_log10_pr", "parity", "parity", True, None,
           ("log10 PR difference", "difference"),
           title="log10 PR across backends"),
+    Check("parity_kld", "parity", "parity", False,
+          title="next-token KL divergence across backends"),
     Check("adapter_pearson_r", "adapter-law", "adapter", False,
           title="Pearson r against the base"),
     Check("adapter_rho", "adapter-law", "adapter", False,

@@ -203,6 +203,8 @@ class AuditSession:
         if spec.name not in self._reports:
             try:
                 reference = self._parity_reference_report(spec)
+                kld = (self._parity_divergence(spec) if reference is not None
+                       else (None, None))
                 report, parents, divergence = self._measure_together(spec)
                 if spec.merge is not None:
                     report = self._compare_to_parents(spec, report, parents)
@@ -211,7 +213,7 @@ class AuditSession:
                 if reference is not None:
                     from audit.compare.parity import compare_backends
 
-                    report = compare_backends(report, reference, spec.parity)
+                    report = compare_backends(report, reference, spec.parity, *kld)
             except EquilawError as exc:
                 self._errors[spec.name] = exc
                 raise
@@ -313,7 +315,20 @@ class AuditSession:
             return self.report(reference)
         except EquilawError as exc:
             self.parity_errors[spec.name] = exc
+            self._backends.pop(reference.name, None)
             return None
+
+    def _parity_divergence(self, spec: Spec) -> tuple[Any, str | None]:
+        """This backend's next-token distribution against the first backend's (the
+        ``parity_kld`` check), with this backend left open for its measurement; a
+        comparison that cannot be made is a note that fails the check."""
+        first = self.parity_reference(spec)
+        if spec.parity.max_kld_mean is None:
+            return None, None
+        try:
+            return self._divergence_from(spec, first, f"backend:{first.backend}", keep=spec)
+        except EquilawError as exc:
+            return None, str(exc)
 
     def _measure(self, spec: Spec) -> Report:
         from audit.pipeline import judge, measure
@@ -323,8 +338,19 @@ class AuditSession:
             return judge(measure(spec, backend=self.backend(spec), progress=progress,
                                  cache=self.cache))
         finally:
-            # The report holds every number the items need: free the model.
-            self._backends.pop(spec.name, None)
+            # The report holds every number the items need: free the model, unless a
+            # later backend's parity compares next-token distributions with it.
+            if not self._held_for_parity(spec):
+                self._backends.pop(spec.name, None)
+
+    def _held_for_parity(self, spec: Spec) -> bool:
+        """Whether ``spec`` is the first backend of a group whose later backend, not yet
+        reported, compares next-token distributions with it (``parity.max_kld_mean``):
+        its model stays loaded until then, so that it is loaded once."""
+        return spec.group is not None and spec.backend == spec.backends[0] and any(
+            other.group == spec.group and other.name != spec.name
+            and other.name not in self._reports and other.name not in self._errors
+            and other.parity.max_kld_mean is not None for other in self.specs())
 
     def _compare_to_parents(self, spec: Spec, report: Report,
                             parents: dict[str, Report]) -> Report:
@@ -339,26 +365,61 @@ class AuditSession:
 
     def _compare_to_base(self, spec: Spec, report: Report) -> Report:
         """``report`` (the adapter's, unmerged) against its merge and its base, both
-        measured now on the same windows and written beside it.  The base is a
-        separate load: peft changes the model an adapter is loaded into in place."""
+        measured now on the same windows and written beside it, with the adapted
+        model's next-token divergence from the base (a ``base`` row, reported and not
+        gated: an adapter is meant to change the distribution).  The base is a
+        separate load: peft changes the model an adapter is loaded into in place.  The
+        merge is ``merge_and_unload()``'s, or the checkpoint at ``adapter.merged``."""
         from audit.backends.torch_backend import MergedAdapterBackend
         from audit.compare.adapter import compare_to_base, compare_to_merged
 
         merged = dataclasses.replace(spec, name=f"{spec.name}.merged")
-        self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
-                                                           cache=self.cache_settings)
+        if spec.adapter.merged is not None:   # the base's tokenizer: the same tokens
+            merged = dataclasses.replace(merged, model=dataclasses.replace(
+                spec.model, path=spec.adapter.merged, adapter=None,
+                tokenizer=spec.model.tokenizer or spec.model.path))
+        else:
+            self._backends[merged.name] = MergedAdapterBackend(merged.model, merged.name,
+                                                               cache=self.cache_settings)
         merged_report = self._measure(merged)
         base = dataclasses.replace(spec, name=f"{spec.name}.base",
                                    model=dataclasses.replace(spec.model, adapter=None))
+        row, _ = self._divergence_from(spec, base, "base", keep=base)
         base_report = self._measure(base)
         for other in (merged_report, base_report):
             self._write(other)
-        # KL(base || adapted) plugs in here: it needs both models' next-token
-        # distributions on these windows, not their reports: with the two backends
-        # open, audit.compare.outputs.compare_outputs(adapted, base, windows) gives the
-        # DivergenceResult that judge_divergence judges (one more lockstep pass).
         report = compare_to_base(report, base_report, spec.adapter)
-        return compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
+        report = compare_to_merged(report, merged_report, spec.adapter, spec.model.dtype)
+        return dataclasses.replace(report, divergence=report.divergence
+                                   + ((row,) if row is not None else ()))
+
+    def _divergence_from(self, spec: Spec, reference: Spec, source: str,
+                         keep: Spec | None) -> tuple[Any, str | None]:
+        """``spec``'s model against ``reference``'s, token by token on the probe
+        windows (:func:`audit.compare.outputs.compare_outputs`), as a divergence row
+        named ``source``, not gated; or None and why, when a model has no next-token
+        head.  Both backends are opened here; ``keep``'s stays open for its
+        measurement, the other is released (both with ``keep`` None)."""
+        from audit.compare.outputs import compare_outputs
+        from audit.corpus import load_corpus
+        from audit.probe import probe_input
+        from audit.report.data import DivergenceRow
+
+        model, other = self.backend(spec), self.backend(reference)
+        try:
+            for one in (model, other):
+                one.load()
+            notes = [one.head_note for one in (other, model) if one.head_note is not None]
+            if notes:
+                return None, notes[0]
+            windows = probe_input(spec, load_corpus(spec.probe.corpus), model)
+            result = compare_outputs(model, other, windows, batch_size=spec.probe.batch_size)
+        finally:
+            for one in (spec, reference):
+                if keep is None or one.name != keep.name:
+                    self._backends.pop(one.name, None)
+        shown = reference.model.onnx if reference.backend == "onnx" else reference.model.path
+        return DivergenceRow(source, shown, False, result), None
 
     def _baseline(self, spec: Spec, report: Report) -> Report:
         from audit.compare.baseline import (
@@ -472,9 +533,11 @@ class AuditSession:
             run_together(members, list(consumers.values()), store=open_cache(self.cache),
                          progress=progress)
         finally:
-            # The reports hold every number the items need: free the models.
+            # The reports hold every number the items need: free the models (the
+            # model's stays while a later backend's parity compares logits with it).
             for member in members:
-                self._backends.pop(member.spec.name, None)
+                if member is not model or not self._held_for_parity(spec):
+                    self._backends.pop(member.spec.name, None)
         report = judge(model.measurement)
         parents = {m.name.partition(":")[2]: judge(m.measurement) for m in members
                    if m.name.startswith("parent:")}

@@ -88,6 +88,32 @@ def test_merged_and_unmerged_agree_to_the_rounding_of_the_dtype(tiny_model_dir, 
     assert hidden16 > 100 * hidden32                # ΔW rounded into bfloat16 weights
 
 
+
+def test_the_merged_parity_defaults_hold_per_dtype(tiny_model_dir, lora, tmp_path):
+    """The audit's figures (largest |log10 PR difference|, |probe loss difference|)
+    of the adapter unmerged against merge_and_unload(), per dtype, within the
+    defaults of MERGED_TOLERANCES; measured on this tiny LoRA: float32 1.6e-8 and
+    0, bfloat16 and float16 in the figures printed (docs/artifacts.md)."""
+    import dataclasses
+
+    from audit.compare.adapter import MERGED_TOLERANCES, compare_to_merged
+    from audit.pipeline import run
+
+    spec = load_spec(_spec(tmp_path, tiny_model_dir, lora))
+    gaps = {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        one = dataclasses.replace(spec, model=dataclasses.replace(spec.model, dtype=dtype))
+        unmerged = run(one, cache=False)
+        merged = run(dataclasses.replace(one, name=f"{one.name}.merged"), cache=False,
+                     backend=_backend(tiny_model_dir, lora, dtype, merged=True))
+        c = compare_to_merged(unmerged, merged, spec.adapter, dtype).comparisons[-1]
+        gaps[dtype] = (max(abs(r.drift) for r in c.rows), abs(c.loss_now - c.loss_then))
+    print("\nTINY-LORA merged vs unmerged " + ", ".join(
+        f"{dtype}: {pr:.2g} log10 PR, {loss:.2g} nats" for dtype, (pr, loss) in gaps.items()))
+    for dtype, (pr, loss) in gaps.items():
+        assert pr <= MERGED_TOLERANCES[dtype][0] and loss <= MERGED_TOLERANCES[dtype][1], dtype
+    assert gaps["float32"][0] < gaps["float16"][0] < gaps["bfloat16"][0]
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda d: None, "has no adapter_config.json"),
     (lambda d: (d / "adapter_config.json").write_text("{}"), "has no adapter_model.safetensors"),
@@ -162,6 +188,24 @@ def test_the_session_judges_the_adapter_against_its_base_and_its_merge(
     assert abs(merged.loss_now - merged.loss_then) < 1e-5
     assert session.outcome(spec, "adapter-merged-parity").outcome is Outcome.PASSED
 
+    # KL(base || adapted) on the same windows: reported beside the drift and the loss,
+    # not gated (the divergence item skips); its NLL difference is the forgetting figure
+    (row,) = report.divergence
+    assert (row.source, row.reference, row.gated) == ("base", str(tiny_model_dir), False)
+    kl = row.result
+    print(f"\nTINY-LORA KL from base {kl.kld_mean:.4g} ± {kl.kld_mean_se:.2g}, same top "
+          f"{kl.same_top:.4f}, loss {base.loss_then:.4f} -> {base.loss_now:.4f}")
+    assert kl.tokens == 16 * 23 and 1e-4 < kl.kld_mean < 1.0 and kl.kld_mean_se > 0
+    assert kl.ln_ppl_ratio == pytest.approx(base.loss_now - base.loss_then, abs=1e-6)
+    assert session.outcome(spec, "divergence").outcome is Outcome.SKIPPED
+    written = json.loads((tmp_path / "reports" / "tiny-lora.json").read_text())
+    assert [(d["source"], d["gated"]) for d in written["divergence"]] == [("base", False)]
+    assert written["divergence"][0]["kld_mean"] == kl.kld_mean
+    from audit.report.terminal import divergence_text
+
+    assert divergence_text(row).startswith(f"divergence from the adapter's base "
+                                           f"{tiny_model_dir} (reported, not gated; 368 tokens")
+
 
 def _plain_spec(spec):
     import dataclasses
@@ -203,3 +247,82 @@ def test_merged_tolerances_follow_the_dtype_unless_given():
         MERGED_TOLERANCES["float16"][0], None)
     with pytest.raises(ComparisonError, match="no merged-parity tolerances for dtype 'int8'"):
         compare_to_merged(None, None, AdapterSpec(), "int8")
+
+
+# -- a merged checkpoint as shipped (adapter.merged) -----------------------------------
+
+def _save_merge(base: Path, adapter: Path, out: Path, *, alpha_factor: float = 1.0,
+                unmerged: str | None = None) -> Path:
+    """``merge_and_unload()`` of ``adapter`` into ``base``, saved to ``out`` (weights
+    and config, no tokenizer); ``alpha_factor`` folds ΔW with lora_alpha scaled by
+    it, ``unmerged`` names one weight put back to the base's (a module left out of
+    the merge)."""
+    import shutil
+
+    import peft
+    import torch
+    import transformers
+
+    folder = out.with_name(out.name + "-adapter")
+    shutil.copytree(adapter, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["lora_alpha"] *= alpha_factor
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    if unmerged is not None:
+        plain = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        with torch.no_grad():
+            merged.get_parameter(unmerged).copy_(plain.get_parameter(unmerged))
+    merged.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(("damage", "passes", "first"), [
+    ({}, True, None),
+    ({"alpha_factor": 2.0}, False, 1),             # ΔW folded at twice its scale
+    ({"unmerged": "model.layers.2.self_attn.q_proj.weight"}, False, 3),
+])
+def test_a_shipped_merge_is_judged_against_the_adapter(tiny_model_dir, lora, tmp_path, damage,
+                                                       passes, first):
+    """adapter.merged: a merged folder as it ships, audited against the adapter
+    unmerged; a faithful merge passes adapter-merged-parity, one folded with the
+    wrong lora_alpha or with block 2's q_proj left unmerged fails it, the message
+    naming the layers that differ (layer l is block l-1's output: the unmerged
+    q_proj of block 2 first shows at layer 3)."""
+    from audit.session import AuditSession, Outcome
+
+    merged = _save_merge(tiny_model_dir, lora, tmp_path / "merged", **damage)
+    path = _spec(tmp_path, tiny_model_dir, lora, f"adapter:\n  merged: {merged}\n")
+    spec = load_spec(path)
+    assert spec.adapter.merged == str(merged)
+    session = AuditSession([path], None, cache=False)
+    comparison = session.report(spec).comparisons[1]
+    assert (comparison.kind, comparison.reference) == ("adapter-merged", "tiny-lora.merged")
+    drift = [abs(r.drift) for r in comparison.rows]
+    print(f"\nMERGED {damage}: |log10 PR difference| per layer {[f'{d:.2g}' for d in drift]}, "
+          f"loss {comparison.loss_then:.6f} merged, {comparison.loss_now:.6f} unmerged")
+    outcome = session.outcome(spec, "adapter-merged-parity")
+    if passes:
+        assert outcome.outcome is Outcome.PASSED
+        assert max(drift) < 1e-6
+        return
+    assert outcome.outcome is Outcome.COMPARISON_FAILED
+    assert comparison.first_moved_layer == first
+    assert max(drift[:first - 1], default=0.0) < 1e-6 < drift[first - 1]
+    lines = outcome.message.splitlines()
+    assert any(line.startswith(f"layer {first}:") for line in lines), lines
+    assert "adapter.max_merged_log10_pr_difference 1e-06" in outcome.message
+
+
+def test_adapter_merged_needs_an_adapter(tmp_path):
+    from audit.errors import SpecError
+
+    with pytest.raises(SpecError, match="adapter.merged is the merge of model.adapter"):
+        load_spec(_spec_without_adapter(tmp_path))
+
+
+def _spec_without_adapter(folder: Path) -> Path:
+    path = folder / "no-adapter.yaml"
+    path.write_text("name: x\nmodel:\n  path: base\nadapter:\n  merged: merged\n")
+    return path

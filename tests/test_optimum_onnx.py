@@ -227,17 +227,110 @@ def test_a_graph_whose_layers_cannot_be_found_is_named(optimum_exports: dict,
 
 
 def test_external_data_stays_beside_the_file(optimum_exports: dict, tmp_path: Path) -> None:
+    """A file stored with external data (optimum's layout for models over 2 GB:
+    ``model.onnx`` + ``model.onnx_data``; the same code path at any size): its layers
+    are added as outputs of the graph read without its weights, onnxruntime reads the
+    weights from beside the shipped file, the hidden states and the audit equal the
+    inline file's, the report's sha256 covers both files, and neither is written."""
     from audit.backends import open_backend
+    from audit.pipeline import run
 
     source, path = _export(optimum_exports, "llama", "text-generation-with-past")
     split = tmp_path / "split" / "model.onnx"
     split.parent.mkdir()
     onnx.save(onnx.load(str(path)), str(split), save_as_external_data=True,
-              location="model.onnx.data", size_threshold=0)
+              location="model.onnx_data", size_threshold=0)
     files = sorted(split.parent.iterdir())
-    before = {p.name: _sha256(p) for p in files}
+    assert [p.name for p in files] == ["model.onnx", "model.onnx_data"]
+    data_bytes = (split.parent / "model.onnx_data").stat().st_size
+    assert data_bytes > 150_000 and split.stat().st_size + 150_000 < path.stat().st_size
+    before = {p.name: (p.stat().st_mtime_ns, _sha256(p)) for p in files}
     backend = open_backend(_spec(source, split))
     ids = np.random.default_rng(2).integers(3, 259, size=(2, 16))
+    inline = open_backend(_spec(source, path))
     np.testing.assert_array_equal(backend.forward(ids, loss=False).hidden,
-                                  open_backend(_spec(source, path)).forward(ids, loss=False).hidden)
-    assert {p.name: _sha256(p) for p in sorted(split.parent.iterdir())} == before
+                                  inline.forward(ids, loss=False).hidden)
+    assert backend.graph_layers == inline.graph_layers
+    report = run(_spec(source, split), cache=False)
+    want = run(_spec(source, path), cache=False)
+    assert [row.pr for row in report.layers] == [row.pr for row in want.layers]
+    assert report.loss.mean == want.loss.mean
+    both = hashlib.sha256(split.read_bytes() + (split.parent / "model.onnx_data").read_bytes())
+    assert report.model["sha256"] == backend.weights_sha256() == both.hexdigest()
+    assert {p.name: (p.stat().st_mtime_ns, _sha256(p))
+            for p in sorted(split.parent.iterdir())} == before
+
+
+def test_missing_external_data_is_named(optimum_exports: dict, tmp_path: Path) -> None:
+    from audit.backends import open_backend
+
+    source, path = _export(optimum_exports, "llama", "text-generation")
+    split = tmp_path / "model.onnx"
+    onnx.save(onnx.load(str(path)), str(split), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(BackendError, match=r"keeps its data in 'weights.bin', which is missing "
+                                           r"beside the file"):
+        open_backend(_spec(source, split)).weights_sha256()
+
+
+def _scaled(path: Path, out: Path, initializer: str, factor: float) -> Path:
+    """A copy of the graph with one weight multiplied by ``factor`` (a damaged export)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    (init,) = [i for i in model.graph.initializer if i.name == initializer]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, init.name))
+    onnx.save(model, str(out))
+    return out
+
+
+def _mlp_weight(path: Path) -> str:
+    """The initializer block 1's MLP down projection multiplies by."""
+    model = onnx.load(str(path), load_external_data=False)
+    names = {i.name for i in model.graph.initializer}
+    (node,) = [n for n in model.graph.node if n.name == "/model/layers.1/mlp/down_proj/MatMul"]
+    (weight,) = [name for name in node.input if name in names]
+    return weight
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_parity_compares_the_next_token_distributions(optimum_exports: dict, task: str,
+                                                      tmp_path: Path) -> None:
+    """backend: [torch, onnx] on an optimum export: the parity item also judges the mean
+    KL of the file's next-token distribution from PyTorch's (parity.max_kld_mean),
+    shown as a backend:torch divergence row; a damaged export (block 1's MLP down
+    projection x 8) fails it."""
+    from audit.session import AuditSession, Outcome
+
+    source, path = _export(optimum_exports, "llama", task)
+    damaged = _scaled(path, tmp_path / "damaged.onnx", _mlp_weight(path), 8.0)
+    figures = {}
+    for label, file in (("faithful", path), ("damaged", damaged)):
+        spec_file = tmp_path / f"{label}.yaml"
+        spec_file.write_text(f"name: {label}\nbackend: [torch, onnx]\nmodel:\n  path: {source}\n"
+                             f"  onnx: {file}\nonnx:\n  intra_op_threads: 1\nprobe:\n"
+                             f"  sequences: 24\n  length: 32\n  shards: 4\n"
+                             f"law:\n  max_pearson_r: 1.0\n")
+        session = AuditSession([spec_file], tmp_path / "reports", cache=False)
+        spec = session.specs()[1]
+        report = session.report(spec)
+        (row,) = report.divergence
+        assert (row.source, row.reference, row.gated) == ("backend:torch", str(source), False)
+        (check,) = [c for c in report.checks if c.check == "parity_kld"]
+        assert check.value == row.result.kld_mean and check.threshold == 1e-5
+        figures[label] = (row.result.kld_mean, row.result.same_top,
+                          session.outcome(spec, "parity"))
+        written = json.loads((tmp_path / "reports" / f"{label}.onnx.json").read_text())
+        assert [d["source"] for d in written["divergence"]] == ["backend:torch"]
+    print(f"\nOPTIMUM-TINY {task} KLD: faithful {figures['faithful'][0]:.3g}, "
+          f"damaged {figures['damaged'][0]:.3g} (same top {figures['damaged'][1]:.4f})")
+    kld, same_top, outcome = figures["faithful"]
+    assert outcome.outcome is Outcome.PASSED
+    assert kld < 1e-9 and same_top == 1.0     # measured: about 1e-13 nats
+    kld, _, outcome = figures["damaged"]
+    assert outcome.outcome is Outcome.COMPARISON_FAILED
+    assert kld > 1e-4                          # measured: 5.7e-4
+    (line,) = [ln for ln in outcome.message.splitlines() if ln.startswith("next-token KL")]
+    assert line.startswith("next-token KL(torch ‖ onnx) over 744 tokens: mean ")
+    assert line.endswith("> parity.max_kld_mean 1e-05")

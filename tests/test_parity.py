@@ -77,6 +77,41 @@ def test_a_backend_without_loss_fails_the_loss_check_unless_it_is_off() -> None:
     assert off.verdict == "pass" and not [c for c in off.checks if c.check == "parity_loss"]
 
 
+
+def _row(kld: float):
+    import numpy as np
+
+    from audit.compare.divergence import DivergenceAccumulator, TokenFigures
+    from audit.report.data import DivergenceRow
+
+    acc = DivergenceAccumulator(2)
+    n = 10
+    acc.update(TokenFigures(kld=np.full(n, kld), kld_reverse=np.full(n, kld),
+                            same_top=np.ones(n, bool), dp=np.zeros(n), nll_ref=np.ones(n),
+                            nll_model=np.ones(n)), np.arange(n) % 2)
+    return DivergenceRow("backend:torch", "/m", False, acc.result())
+
+
+def test_the_next_token_kld_is_judged_when_the_session_measured_it() -> None:
+    torch_report, onnx_report = make_report(), onnx_of(make_report())
+    assert not [c for c in compare_backends(onnx_report, torch_report, TOL).checks
+                if c.check == "parity_kld"]
+    for kld, passed in ((1e-7, True), (2e-5, False)):
+        got = compare_backends(onnx_report, torch_report, TOL, _row(kld))
+        (check,) = [c for c in got.checks if c.check == "parity_kld"]
+        assert (check.passed, check.value, got.verdict) == (passed, kld,
+                                                            "pass" if passed else "fail")
+        assert check.message.startswith("next-token KL(torch ‖ onnx) over 10 tokens: mean ")
+        assert got.divergence[-1].source == "backend:torch"
+        assert item_results(got.checks, "parity")[-1] is check
+    missing = compare_backends(onnx_report, torch_report, TOL, None, "'m.onnx' has no logits")
+    (check,) = [c for c in missing.checks if c.check == "parity_kld"]
+    assert not check.passed and check.message == (
+        "next-token KL divergence: not measured ('m.onnx' has no logits); set "
+        "parity.max_kld_mean: null to compare without it")
+    off = compare_backends(onnx_report, torch_report, ParitySpec(max_kld_mean=None), _row(1.0))
+    assert off.verdict == "pass" and not off.divergence
+
 def test_other_windows_are_refused() -> None:
     with pytest.raises(ComparisonError, match="windows sha256"):
         compare_backends(onnx_of(make_report(windows="cd" * 32)), make_report(), TOL)

@@ -77,9 +77,10 @@ class OnnxBackend(HuggingFaceFiles):
                                   allow_package_code=self.spec.allow_package_code)
 
     def _weight_files(self) -> list[Path]:
-        """The ONNX file and its external-data files (``<file>.data``, if any)."""
+        """The ONNX file and the external-data files its initializers name (equilaw's
+        ``<file>.data``, optimum's ``model.onnx_data``, ...), in sorted order."""
         path = self.onnx_path
-        return [path] + sorted(p for p in path.parent.glob(path.name + "*.data") if p.is_file())
+        return [path] + external_data_files(path, model_name=self.name)
 
     def load(self) -> Any:
         """Open the inference session once and check the outputs against the config.
@@ -259,6 +260,47 @@ class OnnxBackend(HuggingFaceFiles):
         if self._onnx_sha256 is None:
             self._onnx_sha256 = sha256_files(self._weight_files())
         return self._onnx_sha256
+
+
+def external_data_files(path: Path, *, model_name: str | None = None) -> list[Path]:
+    """The files beside ``path`` that hold its external data (the ``location`` of
+    every initializer stored outside the graph), sorted; [] for a self-contained file
+    or one that is not ONNX (loading it fails later, naming it).  Only the graph is
+    read.  A location outside the file's folder, or a file that is missing, is a
+    :class:`BackendError`."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's DecodeError and others: load() names it
+        return []
+    folder = path.parent.resolve()
+    files: set[Path] = set()
+    for tensor in _tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        data = (path.parent / location).resolve()
+        if not location or folder not in data.parents:
+            raise BackendError(f"{str(path)!r}: initializer {tensor.name!r} keeps its data at "
+                               f"{location!r}, outside the file's folder", model=model_name)
+        if not data.is_file():
+            raise BackendError(f"{str(path)!r}: initializer {tensor.name!r} keeps its data in "
+                               f"{location!r}, which is missing beside the file",
+                               model=model_name)
+        files.add(path.parent / location)
+    return sorted(files)
+
+
+def _tensors(graph: Any) -> Any:
+    """Every initializer of ``graph`` and of its subgraphs (``If``/``Loop`` bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g.node or attribute.g.initializer:
+                yield from _tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _tensors(sub)
 
 
 def embedding_rows(model: Any) -> int | None:

@@ -15,16 +15,14 @@ Against its merge (comparison ``adapter-merged``, item
 ``NAME::adapter-merged-parity``): the agreement machinery of backend parity
 (:func:`audit.compare.parity.agreement`) between the adapter unmerged (peft's
 float32 update beside the base's weights) and merged (ΔW folded into the base's
-dtype by ``merge_and_unload()``).  The tolerances depend on the dtype:
-:data:`MERGED_TOLERANCES`.
+dtype by ``merge_and_unload()``, or the merged checkpoint ``adapter.merged`` names,
+as it ships).  The tolerances depend on the dtype: :data:`MERGED_TOLERANCES`.
 
-Where the divergence comparison plugs in: KL(base ‖ adapted) per token needs both
-models' next-token distributions on the same windows, so it cannot come from two
-reports.  The session (``AuditSession._compare_to_base``) holds the adapted spec
-and the base spec; ``audit.compare.outputs.compare_outputs(adapted_backend,
-base_backend, windows)`` in one lockstep pass gives the ``DivergenceResult`` that
-``judge_divergence`` judges, to be attached as one more check of the ``adapter``
-comparison once divergence has its record in :data:`audit.checks.CHECKS`.
+The adapted model's next-token divergence from its base (KL, same top, Δp) needs
+both models' distributions on the same windows, not their reports: the session
+(``AuditSession._compare_to_base``) runs the two in one lockstep pass
+(:func:`audit.compare.outputs.compare_outputs`) and keeps the result as a ``base``
+divergence row, reported and not gated.
 """
 
 from __future__ import annotations
@@ -44,13 +42,16 @@ MERGED_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 """``model.dtype`` -> default (max |log10 PR difference| per layer, max |probe loss
 difference| in nats) between an adapter unmerged and merged, for the tolerances
-left at ``auto``.  Measured (README, "PEFT adapters"; tests/test_adapter_smollm2.py):
-a LoRA on SmolLM2-135M-Instruct (rank 8, q/v projections, 24 steps) differs from
-its merge by 7.2e-8 in log10 PR and 1.5e-7 nats in float32 (rounding), and by
-7.6e-4 and 6.9e-3 nats in bfloat16, where the unmerged update runs in float32 and
-the merge rounds W + ΔW to bfloat16's 8-bit mantissa: the defaults are about 14
-and 67 times the float32 figures, 6.6 and 4.3 times the bfloat16 ones.  float16
-was not measured: it takes bfloat16's (its 11-bit mantissa rounds finer)."""
+left at ``auto``.  Measured (docs/artifacts.md, "PEFT adapters";
+tests/test_adapter_smollm2.py, tests/test_adapter.py): a LoRA on
+SmolLM2-135M-Instruct (rank 8, q/v projections, 24 steps) differs from its merge by
+7.2e-8 in log10 PR and 1.5e-7 nats in float32 (rounding), and by 7.6e-4 and 6.9e-3
+nats in bfloat16, where the unmerged update runs in float32 and the merge rounds
+W + ΔW to bfloat16's 8-bit mantissa: the defaults are about 14 and 67 times the
+float32 figures, 6.6 and 4.3 times the bfloat16 ones.  float16: on 1,008 tokens
+(bench/bench_artifacts.py) the same LoRA's gap is 1.05e-3 and 3.9e-4 nats
+(bfloat16 there: 3.6e-3 and 5.5e-3; a small probe makes the PR gap larger):
+float16 keeps bfloat16's defaults, 4.8 and 77 times it."""
 
 
 def merged_tolerances(tolerances: AdapterSpec, dtype: str) -> tuple[float | None, float | None]:

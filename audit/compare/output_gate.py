@@ -42,9 +42,14 @@ def thresholds(spec: DivergenceSpec) -> DivergenceThresholds:
 
 
 def source_words(row: DivergenceRow) -> str:
-    """``reference model PATH``, ``baseline token record FILE``, ``parent LABEL``."""
+    """``reference model PATH``, ``baseline token record FILE``, ``parent LABEL``,
+    ``the adapter's base PATH``, ``the BACKEND backend PATH``."""
     if row.source.startswith("parent:"):
         return f"parent {row.source.partition(':')[2]}"
+    if row.source == "base":
+        return f"the adapter's base {row.reference}"
+    if row.source.startswith("backend:"):
+        return f"the {row.source.partition(':')[2]} backend {row.reference}"
     noun = "reference model" if row.source == "reference_model" else "baseline token record"
     return f"{noun} {row.reference}"
 

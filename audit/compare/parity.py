@@ -5,30 +5,68 @@ Each backend after the first is compared with the first, layer by layer: the
 difference of log10 PR (this backend's minus the reference's, with the paired
 jackknife standard error of :mod:`audit.compare.drift`) must stay within
 ``parity.max_log10_pr_difference`` at every layer 1..L, and the probe losses within
-``parity.max_loss_difference``.  Only the effect is judged, not its significance:
-two backends of one checkpoint differ by rounding, which is not sampling noise.
-Pure numpy on report data.
+``parity.max_loss_difference``.  When the session could run both backends' heads
+on the probe windows (:func:`audit.compare.outputs.compare_outputs`), their
+next-token distributions are compared too: the mean KL(reference ‖ this backend)
+must stay within ``parity.max_kld_mean`` (check ``parity_kld``), and the figures
+are kept as a ``backend:<reference>`` divergence row (reported, not gated by the
+``divergence`` item).  Only the effect is judged, not its significance: two
+backends of one checkpoint differ by rounding, which is not sampling noise.  Pure
+numpy on report data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from audit.checks import CheckResult
 from audit.compare.baseline import check_comparable
 from audit.compare.drift import Reference, attach, curve, judge_layers, largest, require_paired
-from audit.report.data import Comparison, Report
+from audit.report.data import Comparison, DivergenceRow, Report
 from audit.spec import ParitySpec
 
 
-def compare_backends(now: Report, reference: Report, tolerances: ParitySpec) -> Report:
+def compare_backends(now: Report, reference: Report, tolerances: ParitySpec,
+                     divergence: DivergenceRow | None = None,
+                     divergence_note: str | None = None) -> Report:
     """``now`` (one backend's report) with its parity against ``reference`` (the
-    first backend's report of the same spec) attached as a ``parity`` comparison."""
-    return agreement(now, reference, tolerances.max_log10_pr_difference,
-                     tolerances.max_loss_difference, kind="parity", label=reference.backend,
-                     labels=(reference.backend, now.backend),
-                     checks=("parity_log10_pr", "parity_loss"),
-                     keys=("parity.max_log10_pr_difference", "parity.max_loss_difference"))
+    first backend's report of the same spec) attached as a ``parity`` comparison;
+    with ``divergence`` (``now``'s next-token distribution against ``reference``'s,
+    same windows) its ``parity_kld`` check and the row, or with ``divergence_note``
+    (why there is none) a failed ``parity_kld`` check saying so."""
+    report = agreement(now, reference, tolerances.max_log10_pr_difference,
+                       tolerances.max_loss_difference, kind="parity", label=reference.backend,
+                       labels=(reference.backend, now.backend),
+                       checks=("parity_log10_pr", "parity_loss"),
+                       keys=("parity.max_log10_pr_difference", "parity.max_loss_difference"))
+    check = _kld_check(divergence, divergence_note, tolerances.max_kld_mean,
+                       (reference.backend, now.backend))
+    if check is None:
+        return report
+    checks = report.checks + (check,)
+    return dataclasses.replace(
+        report, checks=checks, verdict="fail" if any(c.violation for c in checks) else "pass",
+        divergence=report.divergence + ((divergence,) if divergence is not None else ()))
+
+
+def _kld_check(row: DivergenceRow | None, note: str | None, tolerance: float | None,
+               labels: tuple[str, str]) -> CheckResult | None:
+    key = "parity.max_kld_mean"
+    if tolerance is None or (row is None and note is None):
+        return None
+    if row is None:
+        return CheckResult("parity_kld", None, math.nan, math.nan, tolerance, math.nan, None,
+                           False, False, f"next-token KL divergence: not measured ({note}); set "
+                                         f"{key}: null to compare without it")
+    r = row.result
+    passed = r.kld_mean <= tolerance
+    message = (f"next-token KL({labels[0]} ‖ {labels[1]}) over {r.tokens} tokens: mean "
+               f"{r.kld_mean:.3g} ± {r.kld_mean_se:.2g} nats (99th percentile "
+               f"{r.kld_p99:.3g}, same top {100 * r.same_top:.3f} %) "
+               f"{'<=' if passed else '>'} {key} {tolerance!r}")
+    return CheckResult("parity_kld", None, r.kld_mean, r.kld_mean_se, tolerance, math.nan, None,
+                       passed, False, message)
 
 
 def agreement(now: Report, reference: Report, max_difference: float | None,

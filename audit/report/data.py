@@ -149,12 +149,14 @@ class DivergenceRow:
 
     source: str
     """``reference_model``, ``baseline`` (its stored token record: the KLs are lower
-    bounds) or ``parent:<label>`` (a merge's parent)."""
+    bounds), ``parent:<label>`` (a merge's parent), ``base`` (an adapter's base) or
+    ``backend:<name>`` (the first backend, for parity)."""
     reference: str
     """The reference checkpoint's path, or the token record's file."""
     gated: bool
     """Judged by the ``divergence`` item (the reference model, the stored baseline);
-    a merge's parents are reported, not judged."""
+    a merge's parents and an adapter's base are reported, not judged; the first
+    backend's row is judged by the parity item."""
     result: DivergenceResult
     drift: Comparison | None = None
     """Against the reference model: the per-layer drift of log10 PR from the

@@ -34,6 +34,10 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
             raise ctx.error("model.adapter", ctx.lines.get("model.adapter"),
                             "give either model.adapter or merge, not both: an adapter's "
                             "reference is its base")
+    if spec.adapter.merged is not None and spec.model.adapter is None:
+        raise ctx.error("adapter.merged", ctx.lines.get("adapter.merged"),
+                        "adapter.merged is the merge of model.adapter, and there is no "
+                        "model.adapter to compare it with")
     if "adapter.max_drift_sigma" in ctx.lines and spec.adapter.max_drift_sigma is not None \
             and spec.probe.shards < 2:
         raise ctx.error("adapter.max_drift_sigma", ctx.lines.get("adapter.max_drift_sigma"),

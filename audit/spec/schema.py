@@ -402,6 +402,15 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          "(when both have a probe loss; a backend without one fails the check unless it "
          "is null).",
          "parity:\n  max_loss_difference: 2.0e-4", "> 0"),
+    _key("parity.max_kld_mean", "number or null", nullable(finite_number(gt=0)),
+         "The largest mean KL divergence (nats per token) of this backend's next-token "
+         "distribution from the first backend's, token by token on the probe windows "
+         "(both run once more in lockstep; shown as a `backend:FIRST` divergence row). A "
+         "backend without logits fails the check unless it is null. The default is far "
+         "above what a faithful export differs by and below a damaged one (measured, "
+         "docs/artifacts.md: optimum's tiny Llama exports 1.8e-16, the same file with "
+         "block 1's MLP down projection x 8 5.7e-4).",
+         "parity:\n  max_kld_mean: 1.0e-5", "> 0"),
     _key("divergence", "mapping", section("divergence"),
          "Tolerances of `NAME::divergence`, the comparison of the model's next-token "
          "distribution with a reference's, token by token on the probe windows, as "
@@ -497,15 +506,27 @@ SPEC_KEYS: dict[str, SpecKey] = dict([
          or_auto(nullable(finite_number(gt=0))),
          "Item `NAME::adapter-merged-parity`: per layer 1..L, the largest |log10 PR| "
          "difference between the adapter unmerged and merged into the base. `auto` takes "
-         "the default of `model.dtype`, measured (README, \"PEFT adapters\"): PEFT "
-         "computes an unmerged adapter in float32 while a merge rounds ΔW into the "
-         "base's dtype, so bfloat16 allows far more.",
+         "the default of `model.dtype`, measured (docs/artifacts.md, \"PEFT adapters\"): "
+         "PEFT computes an unmerged adapter in float32 while a merge rounds ΔW into the "
+         "base's dtype. Defaults (log10 PR, loss): float32 1e-6 and 1e-5 nats (a SmolLM2 "
+         "LoRA: 7.2e-8 and 1.5e-7), bfloat16 5e-3 and 3e-2 (SmolLM2: 7.6e-4 and 6.9e-3), "
+         "float16 5e-3 and 3e-2 (SmolLM2 on 1,008 tokens: 1.05e-3 and 3.9e-4; a tiny "
+         "Llama LoRA: 1.4e-5 and 7.6e-7).",
          "adapter:\n  max_merged_log10_pr_difference: 1.0e-5", "> 0, or `auto`"),
     _key("adapter.max_merged_loss_difference", "number, null or `auto`",
          or_auto(nullable(finite_number(gt=0))),
          "Item `NAME::adapter-merged-parity`: the largest |probe loss| difference between "
          "the adapter unmerged and merged, in nats per token; `auto` as above.",
          "adapter:\n  max_merged_loss_difference: 1.0e-4", "> 0, or `auto`"),
+    _key("adapter.merged", "string or null", nullable(model_path),
+         "A merged checkpoint of this adapter as it ships (a folder `merge_and_unload()` "
+         "and `save_pretrained` wrote, or any form `model.path` accepts), compared with the "
+         "adapter unmerged by `NAME::adapter-merged-parity` in place of the merge equilaw "
+         "makes in memory: a merge folded with the wrong scale or missing a module fails, "
+         "naming the layers (docs/artifacts.md). Relative to the spec file's folder.",
+         "model:\n  adapter: ../adapters/smollm2-lora\n"
+         "adapter:\n  merged: ../checkpoints/smollm2-merged",
+         "a filesystem path, `pkg://…` or `assemble://…`"),
     _key("merge", "mapping or null", nullable(section("merge")),
          "Describes a merged checkpoint: it is then also judged against its parents, "
          "measured in the same run on the same windows (items `NAME::merge-law`, "

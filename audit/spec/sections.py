@@ -109,6 +109,7 @@ class ParitySpec:
 
     max_log10_pr_difference: float | None = 1e-6
     max_loss_difference: float | None = 2e-4
+    max_kld_mean: float | None = 1e-5
 
 
 AUTO = "auto"
@@ -128,6 +129,9 @@ class AdapterSpec:
     max_drift_sigma: float | None = 4.0
     max_merged_log10_pr_difference: float | str | None = AUTO
     max_merged_loss_difference: float | str | None = AUTO
+    merged: str | None = None
+    """A merged checkpoint (as shipped) to compare with the adapter unmerged, in place
+    of ``merge_and_unload()``'s in-memory merge."""
 
 
 @dataclass(frozen=True)
