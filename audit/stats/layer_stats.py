@@ -59,6 +59,7 @@ import numpy as np
 
 from audit.errors import StatsError
 from audit.stats.accumulator import Accumulator, ClassLayout
+from audit.stats.linalg import Workspace
 from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
 from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
@@ -403,8 +404,9 @@ class LayerStats:
         acc = self._acc
         rcond = acc.rcond(self._input_eps)
         out = np.empty(acc.layers)
+        work = Workspace()
         for layer in range(acc.layers):
-            out[layer] = acc.value(measure, acc.total(layer, classes), rcond, mapping)
+            out[layer] = acc.value(measure, acc.total(layer, classes), rcond, mapping, work)
             if np.isnan(out[layer]):
                 raise StatsError(_ONE_TARGET)
         return out
@@ -432,9 +434,10 @@ class LayerStats:
             return np.zeros((0, acc.layers))
         rcond = acc.rcond(self._input_eps)
         out = np.empty((parts.size, acc.layers))
+        work = Workspace()
         for layer in range(acc.layers):
             for j, mom in enumerate(acc.left_out(layer, classes, parts)):
-                out[j, layer] = acc.value(measure, mom, rcond, mapping)
+                out[j, layer] = acc.value(measure, mom, rcond, mapping, work)
         return out
 
     def rank(self) -> np.ndarray:
@@ -463,8 +466,9 @@ class LayerStats:
             acc = self._acc
             ranks = np.empty(acc.layers, dtype=np.int64)
             conds = np.empty(acc.layers)
+            work = Workspace()
             for layer in range(acc.layers):
-                sv, cut = acc.spectrum(layer, self._input_eps)
+                sv, cut = acc.spectrum(layer, self._input_eps, work)
                 kept = sv > cut * sv[0] if sv.size else sv.astype(bool)
                 ranks[layer] = np.count_nonzero(kept)
                 full = ranks[layer] == acc.width  # no dead column, no lost rank
