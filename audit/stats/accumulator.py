@@ -139,9 +139,11 @@ class Accumulator(ABC):
         """Set the scatter of ``mom`` to that of all shards."""
 
     @abstractmethod
-    def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
+    def _left_out_scatters(self, layer: int, parts: np.ndarray,
+                           total: Moments | None = None) -> Iterator[dict]:
         """For each shard in ``parts``, in order, the scatter of all shards but that
-        one, as the :class:`~audit.stats.measures.Moments` attributes to set (made when
+        one (from ``total``, :meth:`total`'s moments of the layer, when given and
+        the method subtracts), as the :class:`~audit.stats.measures.Moments` attributes to set (made when
         drawn, possibly in the previous one's arrays, so that one is in memory)."""
 
     @abstractmethod
@@ -179,11 +181,14 @@ class Accumulator(ABC):
         ``work`` scratch arrays reused from call to call."""
         return self.formulas.value(measure, mom, rcond, mapping, work)
 
-    def spectrum(self, layer: int, input_eps: float,
-                 work: Workspace | None = None) -> tuple[np.ndarray, float]:
+    def spectrum(self, layer: int, input_eps: float, work: Workspace | None = None,
+                 total: Moments | None = None) -> tuple[np.ndarray, float]:
         """Singular values of the centred, column-scaled features of ``layer``
-        (descending) and the relative cutoff above which they count as rank."""
-        return self.formulas.spectrum(self.total(layer, None), self.rcond(input_eps), work)
+        (descending) and the relative cutoff above which they count as rank;
+        ``total``: :meth:`total` of the layer, if already at hand."""
+        if total is None:
+            total = self.total(layer, None)
+        return self.formulas.spectrum(total, self.rcond(input_eps), work)
 
     # ------------------------------------------------------------------- add
     def add(self, shard: int, x: np.ndarray, y: np.ndarray) -> None:
@@ -397,14 +402,18 @@ class Accumulator(ABC):
         self._total_scatter(mom, layer)
         return mom
 
-    def left_out(self, layer: int, classes: ClassLayout | None,
-                 parts: np.ndarray) -> Iterator[Moments]:
+    def left_out(self, layer: int, classes: ClassLayout | None, parts: np.ndarray,
+                 total: Moments | None = None) -> Iterator[Moments]:
         """Moments of ``layer`` with each shard in ``parts`` left out, in order: the
-        total minus that shard's sums (the method's scatter as it allows).  Each is
-        made when drawn, and its scatter may be overwritten by the next: use one
-        before drawing the next (one is held in memory)."""
-        total = self._shared_total(layer, classes)
-        for i, scatter in zip(parts, self._left_out_scatters(layer, parts)):
+        total minus that shard's sums (the method's scatter as it allows); ``total``:
+        :meth:`total` of the same layer and ``classes``, if already at hand (not
+        summed again).  Each is made when drawn, and its scatter may be
+        overwritten by the next: use one before drawing the next (one is held in
+        memory)."""
+        scatter_total = total
+        if total is None:
+            total = self._shared_total(layer, classes)
+        for i, scatter in zip(parts, self._left_out_scatters(layer, parts, scatter_total)):
             keep = (self.n > 0) & (np.arange(self.shards) != i)
             mom = Moments(n=total.n - int(self.n[i]), sx=total.sx - self.sx[i, layer])
             if self.target:
