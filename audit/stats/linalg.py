@@ -9,7 +9,9 @@ The QR side takes an upper-triangular factor ``R`` of the centred features
 (``RᵀR = S``, from a streaming QR) and a relative singular-value cutoff
 ``rcond``: singular values of the column-scaled factor at or below
 ``rcond × s_max`` count as zero.  It never forms ``S``, whose condition number
-is the square of the features'.  Pure numpy.
+is the square of the features'.  Numpy, and LAPACK's dpotrf and dtrtrs through
+SciPy (imported when first needed) where numpy's Cholesky would copy; a
+:class:`Workspace` keeps the d×d temporaries from solve to solve.
 """
 
 from __future__ import annotations
