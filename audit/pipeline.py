@@ -243,10 +243,10 @@ class Collector:
                 return None
             stats, loss_sum, loss_count = merged
         t_fit = time.perf_counter()
-        pr = stats.residuals(spec.measure)
+        results = stats.results(spec.measure)
+        pr, ranks, conditions = results.values, results.ranks, results.conditions
         shard_ids = stats.filled_shards
-        loo = stats.leave_one_out(spec.measure) if shard_ids else None
-        ranks, conditions = stats.rank(), stats.condition()
+        loo = results.leave_one_out if shard_ids else None
         stats_seconds = self.stats_seconds + time.perf_counter() - t_fit
         if self.want_loss:
             loss, loss_note = _probe_loss(loss_sum, loss_count, shard_ids), None

@@ -45,6 +45,7 @@ from typing import ClassVar
 import numpy as np
 
 from audit.stats import measures
+from audit.stats.linalg import Workspace
 from audit.stats.measures import Moments
 
 _ARRAY_ORDER = ("shift_x", "shift_y", "sx", "r", "sxx", "sy", "syy", "ymin", "ymax", "sxy",
@@ -138,10 +139,12 @@ class Accumulator(ABC):
         """Set the scatter of ``mom`` to that of all shards."""
 
     @abstractmethod
-    def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
+    def _left_out_scatters(self, layer: int, parts: np.ndarray,
+                           total: Moments | None = None) -> Iterator[dict]:
         """For each shard in ``parts``, in order, the scatter of all shards but that
-        one, as the :class:`~audit.stats.measures.Moments` attributes to set (made when
-        drawn, so that a caller holding one at a time holds one in memory)."""
+        one (from ``total``, :meth:`total`'s moments of the layer, when given and
+        the method subtracts), as the :class:`~audit.stats.measures.Moments` attributes to set (made when
+        drawn, possibly in the previous one's arrays, so that one is in memory)."""
 
     @abstractmethod
     def _copy_scatter(self, source: "Accumulator") -> None:
@@ -170,16 +173,22 @@ class Accumulator(ABC):
         for features whose coarsest machine epsilon is ``input_eps``."""
         return self.formulas.rcond(self.width, input_eps)
 
-    def value(self, measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None) -> float:
+    def value(self, measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None,
+              work: Workspace | None = None) -> float:
         """``measure`` from ``mom`` (NaN when undefined), by the method's formulas;
         ``rcond`` from :meth:`rcond`, ``mapping`` from
-        :func:`~audit.stats.measures.shuffled_ids` (``shuffled_token_id`` only)."""
-        return self.formulas.value(measure, mom, rcond, mapping)
+        :func:`~audit.stats.measures.shuffled_ids` (``shuffled_token_id`` only),
+        ``work`` scratch arrays reused from call to call."""
+        return self.formulas.value(measure, mom, rcond, mapping, work)
 
-    def spectrum(self, layer: int, input_eps: float) -> tuple[np.ndarray, float]:
+    def spectrum(self, layer: int, input_eps: float, work: Workspace | None = None,
+                 total: Moments | None = None) -> tuple[np.ndarray, float]:
         """Singular values of the centred, column-scaled features of ``layer``
-        (descending) and the relative cutoff above which they count as rank."""
-        return self.formulas.spectrum(self.total(layer, None), self.rcond(input_eps))
+        (descending) and the relative cutoff above which they count as rank;
+        ``total``: :meth:`total` of the layer, if already at hand."""
+        if total is None:
+            total = self.total(layer, None)
+        return self.formulas.spectrum(total, self.rcond(input_eps), work)
 
     # ------------------------------------------------------------------- add
     def add(self, shard: int, x: np.ndarray, y: np.ndarray) -> None:
@@ -393,13 +402,18 @@ class Accumulator(ABC):
         self._total_scatter(mom, layer)
         return mom
 
-    def left_out(self, layer: int, classes: ClassLayout | None,
-                 parts: np.ndarray) -> Iterator[Moments]:
+    def left_out(self, layer: int, classes: ClassLayout | None, parts: np.ndarray,
+                 total: Moments | None = None) -> Iterator[Moments]:
         """Moments of ``layer`` with each shard in ``parts`` left out, in order: the
-        total minus that shard's sums (the method's scatter as it allows).  Each is
-        made when drawn: use one before drawing the next to hold one in memory."""
-        total = self._shared_total(layer, classes)
-        for i, scatter in zip(parts, self._left_out_scatters(layer, parts)):
+        total minus that shard's sums (the method's scatter as it allows); ``total``:
+        :meth:`total` of the same layer and ``classes``, if already at hand (not
+        summed again).  Each is made when drawn, and its scatter may be
+        overwritten by the next: use one before drawing the next (one is held in
+        memory)."""
+        scatter_total = total
+        if total is None:
+            total = self._shared_total(layer, classes)
+        for i, scatter in zip(parts, self._left_out_scatters(layer, parts, scatter_total)):
             keep = (self.n > 0) & (np.arange(self.shards) != i)
             mom = Moments(n=total.n - int(self.n[i]), sx=total.sx - self.sx[i, layer])
             if self.target:

@@ -121,10 +121,12 @@ class GramAccumulator(Accumulator):
     def _total_scatter(self, mom: Moments, layer: int) -> None:
         mom.sxx, mom.sxy = self._sums(layer)
 
-    def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
-        sxx, sxy = self._sums(layer)
+    def _left_out_scatters(self, layer: int, parts: np.ndarray,
+                           total: Moments | None = None) -> Iterator[dict]:
+        sxx, sxy = self._sums(layer) if total is None else (total.sxx, total.sxy)
+        left = np.empty_like(sxx)  # one d×d array for every left-out shard
         for i in parts:
-            scatter = {"sxx": sxx - self.sxx[i, layer]}
+            scatter = {"sxx": np.subtract(sxx, self.sxx[i, layer], out=left)}
             if self.target:
                 scatter["sxy"] = sxy - self.sxy[i, layer]
             yield scatter

@@ -53,12 +53,14 @@ are kept by one accumulator per method and storage (:mod:`audit.stats.gram`,
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from audit.errors import StatsError
 from audit.stats.accumulator import Accumulator, ClassLayout
+from audit.stats.linalg import Workspace
 from audit.stats.measures import CLASS_MEASURES, EPS, MEASURES, PERMUTATIONS, shuffled_ids
 from audit.stats.methods import ACCUMULATORS, METHODS, SPILLED
 
@@ -403,8 +405,9 @@ class LayerStats:
         acc = self._acc
         rcond = acc.rcond(self._input_eps)
         out = np.empty(acc.layers)
+        work = Workspace()
         for layer in range(acc.layers):
-            out[layer] = acc.value(measure, acc.total(layer, classes), rcond, mapping)
+            out[layer] = acc.value(measure, acc.total(layer, classes), rcond, mapping, work)
             if np.isnan(out[layer]):
                 raise StatsError(_ONE_TARGET)
         return out
@@ -432,10 +435,43 @@ class LayerStats:
             return np.zeros((0, acc.layers))
         rcond = acc.rcond(self._input_eps)
         out = np.empty((parts.size, acc.layers))
+        work = Workspace()
         for layer in range(acc.layers):
             for j, mom in enumerate(acc.left_out(layer, classes, parts)):
-                out[j, layer] = acc.value(measure, mom, rcond, mapping)
+                out[j, layer] = acc.value(measure, mom, rcond, mapping, work)
         return out
+
+    def results(self, measure: str) -> "LayerResults":
+        """:meth:`residuals`, :meth:`leave_one_out`, :meth:`rank` and
+        :meth:`condition` in one pass over the layers, the same numbers as the
+        four calls (and the same errors), each layer's total sums formed once for
+        all of them instead of once per call (a layer's Gram matrices are
+        shards × d² values to add)."""
+        classes, mapping = self._prepare(measure)
+        acc = self._acc
+        parts = self._filled()
+        rcond = acc.rcond(self._input_eps)
+        values = np.empty(acc.layers)
+        loo = np.empty((parts.size if parts.size >= 2 else 0, acc.layers))
+        spectra = None
+        if self._spectra_cache is None:
+            spectra = (np.empty(acc.layers, dtype=np.int64), np.empty(acc.layers))
+        work = Workspace()
+        for layer in range(acc.layers):
+            total = acc.total(layer, classes)
+            values[layer] = acc.value(measure, total, rcond, mapping, work)
+            if np.isnan(values[layer]):
+                raise StatsError(_ONE_TARGET)
+            if loo.shape[0]:
+                for j, mom in enumerate(acc.left_out(layer, classes, parts, total)):
+                    loo[j, layer] = acc.value(measure, mom, rcond, mapping, work)
+            if spectra is not None:
+                spectra[0][layer], spectra[1][layer] = self._rank_condition(
+                    *acc.spectrum(layer, self._input_eps, work, total))
+        if spectra is not None:
+            self._spectra_cache = spectra
+        ranks, conditions = self._spectra()
+        return LayerResults(values, loo, ranks, conditions)
 
     def rank(self) -> np.ndarray:
         """Numerical rank of the centred features per layer, int64 [layers]:
@@ -463,14 +499,20 @@ class LayerStats:
             acc = self._acc
             ranks = np.empty(acc.layers, dtype=np.int64)
             conds = np.empty(acc.layers)
+            work = Workspace()
             for layer in range(acc.layers):
-                sv, cut = acc.spectrum(layer, self._input_eps)
-                kept = sv > cut * sv[0] if sv.size else sv.astype(bool)
-                ranks[layer] = np.count_nonzero(kept)
-                full = ranks[layer] == acc.width  # no dead column, no lost rank
-                conds[layer] = sv[0] / sv[-1] if full else np.inf
+                ranks[layer], conds[layer] = self._rank_condition(
+                    *acc.spectrum(layer, self._input_eps, work))
             self._spectra_cache = (ranks, conds)
         return self._spectra_cache[0].copy(), self._spectra_cache[1].copy()
+
+    def _rank_condition(self, sv: np.ndarray, cut: float) -> tuple[int, float]:
+        """Rank and condition number from a layer's singular values ``sv``
+        (descending) and the relative cutoff ``cut`` on them."""
+        kept = sv > cut * sv[0] if sv.size else sv.astype(bool)
+        rank = int(np.count_nonzero(kept))
+        full = rank == self._acc.width  # no dead column, no lost rank
+        return rank, float(sv[0] / sv[-1]) if full else np.inf
 
     # -------------------------------------------------------------- serialisation
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -535,6 +577,21 @@ class LayerStats:
         return (f"LayerStats(measures={self._measures!r}, shards={self._shards}, "
                 f"method={self._method!r}{permutation}{storage}, count={self.count}, "
                 f"layers={self.layers}, width={self.width}{spilled}{closed})")
+
+
+@dataclass(frozen=True)
+class LayerResults:
+    """One measure's results for every layer (:meth:`LayerStats.results`)."""
+
+    values: np.ndarray
+    """The measure per layer, float64 [layers] (:meth:`LayerStats.residuals`)."""
+    leave_one_out: np.ndarray
+    """The measure with each filled shard left out, float64 [g, layers]
+    (:meth:`LayerStats.leave_one_out`; g = 0 when fewer than two shards hold examples)."""
+    ranks: np.ndarray
+    """Numerical rank per layer, int64 [layers] (:meth:`LayerStats.rank`)."""
+    conditions: np.ndarray
+    """Condition number per layer, float64 [layers] (:meth:`LayerStats.condition`)."""
 
 
 _ONE_TARGET = ("only one distinct target value: the target's total sum of squares "

@@ -9,16 +9,43 @@ The QR side takes an upper-triangular factor ``R`` of the centred features
 (``RᵀR = S``, from a streaming QR) and a relative singular-value cutoff
 ``rcond``: singular values of the column-scaled factor at or below
 ``rcond × s_max`` count as zero.  It never forms ``S``, whose condition number
-is the square of the features'.  Pure numpy.
+is the square of the features'.  Numpy, and LAPACK's dpotrf and dtrtrs through
+SciPy (imported when first needed) where numpy's Cholesky would copy; a
+:class:`Workspace` keeps the d×d temporaries from solve to solve.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-def _scaled(S: np.ndarray, live: np.ndarray,
-            out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class Workspace:
+    """Float64 scratch arrays kept by name and reused across calls: a results call
+    (one measure over every layer, or every left-out shard of every layer) makes
+    its d×d temporaries once instead of once per solve, where a fresh array of
+    that size costs its page faults and a pass of zeros each time.  An array from
+    :meth:`get` is valid until the next :meth:`get` of the same name."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous float64 array of ``shape`` (contents undefined)."""
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self._buffers[name] = np.empty(size)
+        return buf[:size].reshape(shape)
+
+
+def _array(work: Workspace | None, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape) if work is None else work.get(name, shape)
+
+
+def _scaled(S: np.ndarray, live: np.ndarray, out: np.ndarray | None = None,
+            work: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Restrict ``S`` to the live columns and scale them to unit diagonal.
 
     The scaling (Jacobi) makes the answer independent of per-column units, so an
@@ -29,24 +56,52 @@ def _scaled(S: np.ndarray, live: np.ndarray,
     idx = np.flatnonzero(live)
     block = S if idx.size == S.shape[0] else S[np.ix_(idx, idx)]
     scale = 1.0 / np.sqrt(np.diag(block))
-    outer = np.multiply.outer(scale, scale)
+    outer = np.multiply.outer(scale, scale, out=_array(work, "outer", (idx.size, idx.size)))
     if out is None:
         out = outer
     np.multiply(block, outer, out=out)
     return out, idx, scale
 
 
-def _clearly_regular(L: np.ndarray, St: np.ndarray, rcond: float) -> bool:
-    """Whether the Cholesky factor ``L`` of ``St`` shows no eigenvalue near the
-    cutoff.  A pivot L_jj² is the part of column j not explained by the columns
-    before it, an upper bound on λ_min, so a tiny pivot means (near) rank
-    deficiency; ||St||_F bounds λ_max from above, so the test errs towards the
-    eigendecomposition."""
-    return float(np.min(np.diag(L))) ** 2 > 10.0 * rcond * float(np.linalg.norm(St))
+def _cholesky(A: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Cholesky factorisation of the symmetric ``A`` [n, n] (C-contiguous) in
+    place, by LAPACK's dpotrf through SciPy (numpy's ``linalg.cholesky`` copies
+    in and out and zeroes a triangle, several times slower at d ≈ 600).  Returns
+    a view F of A's memory and whether A is positive definite.  F's lower
+    triangle holds the factor L (the numbers of ``numpy.linalg.cholesky(A)``:
+    the same LAPACK call on the same numbers, A.T being Fortran-ordered A); its
+    strict upper triangle still holds A's, so :func:`_restore` gets A back."""
+    from scipy.linalg import lapack  # SciPy loads only when results are asked for
+
+    F, info = lapack.dpotrf(A.T, lower=1, overwrite_a=1, clean=0)
+    return F, info == 0
+
+
+def _restore(F: np.ndarray, diag: np.ndarray) -> np.ndarray:
+    """The symmetric matrix that :func:`_cholesky` overwrote with F, from the
+    strict upper triangle it left and the matrix's diagonal ``diag``: bit for bit
+    the original, which was exactly symmetric."""
+    upper = np.triu(F, 1)
+    out = upper + upper.T
+    out[np.diag_indices_from(out)] = diag
+    return out
+
+
+def _clearly_regular(L: np.ndarray, norm: float, rcond: float) -> bool:
+    """Whether the Cholesky factor ``L`` of a scaled scatter St shows no
+    eigenvalue near the cutoff (``norm`` = ||St||_F).  A pivot L_jj² is the part
+    of column j not explained by the columns before it, an upper bound on
+    λ_min, so a tiny pivot means (near) rank deficiency; ||St||_F bounds λ_max
+    from above, so the test errs towards the eigendecomposition."""
+    return float(np.min(np.diag(L))) ** 2 > 10.0 * rcond * norm
+
+
+def _frobenius(A: np.ndarray) -> float:
+    return float(np.sqrt(np.einsum("ij,ij->", A, A)))
 
 
 def residual_fraction(S: np.ndarray, B: np.ndarray, sst: float, live: np.ndarray,
-                      rcond: float) -> float:
+                      rcond: float, work: Workspace | None = None) -> float:
     """(SS_tot − Σ_j B[:, j]ᵀ S⁺ B[:, j]) / SS_tot: the PR of a least-squares fit.
 
     ``S`` [d, d] is the centred feature scatter, ``B`` [d, m] the centred
@@ -57,33 +112,34 @@ def residual_fraction(S: np.ndarray, B: np.ndarray, sst: float, live: np.ndarray
     the scaled augmented matrix [[S, b], [bᵀ, SS_tot]] gives PR as its last pivot
     squared; with several, a Cholesky solve.  When the pivots show the scatter is
     (near) singular, an eigendecomposition gives the minimum-norm answer.
+    ``work``: scratch arrays to reuse (:class:`Workspace`); ``S`` is not written.
     """
     if not live.any():
         return 1.0
     r = int(np.count_nonzero(live))
-    if B.shape[1] == 1:  # the scaled scatter is written straight into its place in A
-        A = np.empty((r + 1, r + 1))
-        St, idx, scale = _scaled(S, live, out=A[:r, :r])
-    else:
-        St, idx, scale = _scaled(S, live)
+    one = B.shape[1] == 1
+    # the scaled scatter is written straight into its place in A (one output)
+    A = _array(work, "augmented" if one else "scaled", (r + 1, r + 1) if one else (r, r))
+    St, idx, scale = _scaled(S, live, out=A[:r, :r], work=work)
     Bt = B[idx] * scale[:, None] / np.sqrt(sst)
-    if Bt.shape[1] == 1:
+    diag, norm = np.diag(St).copy(), _frobenius(St)
+    if one:
         A[:r, r] = A[r, :r] = Bt[:, 0]
         A[r, r] = 1.0
-        try:
-            L = np.linalg.cholesky(A)
-            if _clearly_regular(L[:r, :r], St, rcond):
-                return float(L[r, r]) ** 2
-        except np.linalg.LinAlgError:
-            pass  # singular scatter, or a perfect fit: decide below
+        F, ok = _cholesky(A)
+        if ok and _clearly_regular(F[:r, :r], norm, rcond):
+            return float(F[r, r]) ** 2
+        # singular scatter, or a perfect fit: decide below
+        St = _restore(F, np.append(diag, 1.0))[:r, :r]
     else:
-        try:
-            L = np.linalg.cholesky(St)
-            if _clearly_regular(L, St, rcond):
-                Z = np.linalg.solve(L, Bt)
+        F, ok = _cholesky(St)
+        if ok and _clearly_regular(F, norm, rcond):
+            from scipy.linalg import lapack
+
+            Z, info = lapack.dtrtrs(F, Bt, lower=1)  # L Z = Bt
+            if info == 0:
                 return max(1.0 - float(np.einsum("ij,ij->", Z, Z)), 0.0)
-        except np.linalg.LinAlgError:
-            pass
+        St = _restore(F, diag)
     w, U = np.linalg.eigh(St)
     keep = w > rcond * w[-1]
     P = U[:, keep].T @ Bt  # [rank, m]
@@ -91,13 +147,14 @@ def residual_fraction(S: np.ndarray, B: np.ndarray, sst: float, live: np.ndarray
     return max(1.0 - float(np.sum(P * P / w[keep][:, None])), 0.0)
 
 
-def scatter_singular_values(S: np.ndarray, live: np.ndarray) -> np.ndarray:
+def scatter_singular_values(S: np.ndarray, live: np.ndarray,
+                            work: Workspace | None = None) -> np.ndarray:
     """Singular values of the features behind the centred scatter ``S``, live
     columns scaled to unit norm, in descending order: square roots of the scaled
     scatter's eigenvalues (negative rounding noise clipped to 0)."""
     if not live.any():
         return np.zeros(0)
-    St, _, _ = _scaled(S, live)
+    St, _, _ = _scaled(S, live, work=work)
     return np.sqrt(np.clip(np.linalg.eigvalsh(St), 0.0, None))[::-1]
 
 

@@ -68,12 +68,13 @@ class Moments:
     nc: np.ndarray | None = None
     sc: np.ndarray | None = None
 
-    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean offset m = Σ(x−a)/n [d], centred scatter S [d, d], and the shifted
-        sum of squares diagonal [d] (for the dead-column test)."""
+    def centred(self, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean offset m = Σ(x−a)/n [d], centred scatter S [d, d] (written into
+        ``out`` when given), and the shifted sum of squares diagonal [d] (for the
+        dead-column test)."""
         m = self.sx / self.n
         r = m * np.sqrt(self.n)
-        S = np.multiply.outer(r, r)  # r_i·r_j keeps S exactly symmetric
+        S = np.multiply.outer(r, r, out=out)  # r_i·r_j keeps S exactly symmetric
         np.subtract(self.sxx, S, out=S)  # one d×d array, not two
         return m, S, np.diag(self.sxx)
 
@@ -124,19 +125,27 @@ def _col_sq(A: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- spectra
-def scatter_spectrum(mom: Moments, rcond: float) -> tuple[np.ndarray, float]:
+def scatter_spectrum(mom: Moments, rcond: float,
+                     work: linalg.Workspace | None = None) -> tuple[np.ndarray, float]:
     """Singular values of the centred features behind a scatter, non-constant
     columns scaled to unit norm, descending [rank ≤ d], and the relative cutoff
     above which they count as rank: ``rcond`` (:func:`scatter_rcond`) is on
-    eigenvalues of the scatter, so its square root on singular values."""
-    _, S, raw = mom.centred()
-    return (linalg.scatter_singular_values(S, _live(np.diag(S), raw)),
+    eigenvalues of the scatter, so its square root on singular values.
+    ``work``: scratch arrays to reuse (:class:`~audit.stats.linalg.Workspace`)."""
+    _, S, raw = mom.centred(_scratch(work, mom))
+    return (linalg.scatter_singular_values(S, _live(np.diag(S), raw), work),
             float(np.sqrt(rcond)))
 
 
-def factor_spectrum(mom: Moments, rcond: float) -> tuple[np.ndarray, float]:
+def _scratch(work: linalg.Workspace | None, mom: Moments) -> np.ndarray | None:
+    """Where :meth:`Moments.centred` may write S: the workspace's, if any."""
+    return None if work is None else work.get("centred", mom.sxx.shape)
+
+
+def factor_spectrum(mom: Moments, rcond: float,
+                    work: linalg.Workspace | None = None) -> tuple[np.ndarray, float]:
     """:func:`scatter_spectrum` from a QR factor: ``rcond`` (:func:`factor_rcond`)
-    is on singular values already."""
+    is on singular values already; ``work`` is not used."""
     _, F, diag, raw = mom.centred_factor()
     d = mom.sx.size
     return linalg.factor_singular_values(F[:d, :d], _live(diag, raw)), rcond
@@ -160,15 +169,17 @@ def shuffled_ids(sorted_ids: np.ndarray, seed: int, permutation: str) -> np.ndar
     return sorted_ids[perm].astype(np.float64)
 
 
-def scatter_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None) -> float:
+def scatter_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None,
+                  work: linalg.Workspace | None = None) -> float:
     """One layer's measure from its moments with a scatter (``gram``); NaN when
     undefined (fewer than two examples or a single distinct target).
     ``rcond``: :func:`scatter_rcond`; ``mapping``: :func:`shuffled_ids` for
-    ``shuffled_token_id``, else None."""
+    ``shuffled_token_id``, else None; ``work``: scratch arrays to reuse
+    (:class:`~audit.stats.linalg.Workspace`)."""
     n = mom.n
     if n < 2:
         return float("nan")
-    m, S, raw = mom.centred()
+    m, S, raw = mom.centred(_scratch(work, mom))
     live = _live(np.diag(S), raw)
     if measure == "token_id":
         if not mom.distinct:
@@ -176,7 +187,7 @@ def scatter_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray 
         ybar = mom.sy / n
         sst = mom.syy - mom.sy * ybar
         sxy = mom.sxy - mom.sx * ybar
-        return linalg.residual_fraction(S, sxy[:, None], sst, live, rcond)
+        return linalg.residual_fraction(S, sxy[:, None], sst, live, rcond, work)
     V, targets = _class_targets(measure, mom, m, mapping)
     if V is None:
         return float("nan")
@@ -185,13 +196,14 @@ def scatter_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray 
         B = V.T @ V  # Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ
         return linalg.trace_pinv(S - B, B, live, rcond)
     B, sst = targets
-    return linalg.residual_fraction(S, B, sst, live, rcond)
+    return linalg.residual_fraction(S, B, sst, live, rcond, work)
 
 
-def factor_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None) -> float:
+def factor_value(measure: str, mom: Moments, rcond: float, mapping: np.ndarray | None,
+                 work: linalg.Workspace | None = None) -> float:
     """:func:`scatter_value` from a QR factor (``qr``; ``rcond``:
     :func:`factor_rcond`): the same quantities, computed without forming the
-    scatter (whose condition number is κ²)."""
+    scatter (whose condition number is κ²); ``work`` is not used."""
     if mom.n < 2:
         return float("nan")
     m, F, diag, raw = mom.centred_factor()
@@ -246,10 +258,11 @@ class Formulas:
 
     rcond: Callable[[int, float], float]
     """(width, input_eps) → the relative rank cutoff of the solves."""
-    value: Callable[[str, Moments, float, np.ndarray | None], float]
-    """(measure, moments, rcond, mapping) → the measure, NaN when undefined."""
-    spectrum: Callable[[Moments, float], tuple[np.ndarray, float]]
-    """(moments, rcond) → singular values and the relative cutoff on them."""
+    value: Callable[..., float]
+    """(measure, moments, rcond, mapping, work) → the measure, NaN when undefined
+    (``work``: a :class:`~audit.stats.linalg.Workspace` or None)."""
+    spectrum: Callable[..., tuple[np.ndarray, float]]
+    """(moments, rcond, work) → singular values and the relative cutoff on them."""
 
 
 SCATTER = Formulas(scatter_rcond, scatter_value, scatter_spectrum)

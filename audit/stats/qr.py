@@ -85,7 +85,8 @@ class QRAccumulator(Accumulator):
             self._factors[layer] = _stack_factor(*self.r[self.n > 0, layer])
         mom.r = self._factors[layer]
 
-    def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
+    def _left_out_scatters(self, layer: int, parts: np.ndarray,
+                           total: Moments | None = None) -> Iterator[dict]:
         # prefix and suffix combinations need every factor of the layer at once
         for factor in _leave_one_out_factors([self.r[i, layer] for i in parts]):
             yield {"r": factor}

@@ -192,9 +192,12 @@ class SpilledGramAccumulator(GramAccumulator):
         mom.sxx = self._total_gram(layer)
         mom.sxy = self.sxy[:, layer].sum(axis=0) if self.target else None
 
-    def _left_out_scatters(self, layer: int, parts: np.ndarray) -> Iterator[dict]:
-        total = self._total_gram(layer)
-        sxy = self.sxy[:, layer].sum(axis=0) if self.target else None
+    def _left_out_scatters(self, layer: int, parts: np.ndarray,
+                           total: Moments | None = None) -> Iterator[dict]:
+        if total is None:
+            total = Moments(n=0, sx=np.zeros(0))
+            self._total_scatter(total, layer)
+        total, sxy = total.sxx, total.sxy
         buf = np.zeros((self.width, self.width))  # its lower triangle stays 0
         for i in parts:
             if i == self.open_shard:
