@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from audit.compare.divergence import DivergenceAccumulator, DivergenceResult, token_figures
-from audit.compare.token_record import TOP_K, TokenRecord, bound_figures, record_tokens
+from audit.compare.token_record import (
+    TOP_K,
+    TOP_MASS,
+    TokenRecord,
+    bound_figures,
+    record_tokens,
+)
 from audit.errors import ComparisonError
 
 
@@ -52,14 +58,14 @@ def _same_tokenizer(model: Any, reference: Any) -> None:
 
 def accumulate_several(models: Mapping[str, Any], reference_backend: Any, windows: Any, *,
                        batch_size: int = 8, shards: int | None = None,
-                       top_k: int | None = None, mass: float | None = None
+                       top_k: int | None = None, mass: float | None = TOP_MASS
                        ) -> dict[str, tuple[DivergenceAccumulator, DivergenceAccumulator | None]]:
     """Every model of ``models`` (name -> backend) against one reference in one
     lockstep pass: each batch's reference logits are computed once.  Per name, the
     exact accumulator and, when ``top_k`` is given, the one against the reference's
     token record at ``top_k`` (its KLs the stored baseline's lower bound; ``mass``:
-    adaptive k, :func:`~audit.compare.token_record.record_tokens`), from the same
-    forward passes."""
+    adaptive k, :func:`~audit.compare.token_record.record_tokens`, None for exactly
+    ``top_k`` ids), from the same forward passes."""
     g = _shard_count(windows, shards)
     for model in models.values():
         _same_tokenizer(model, reference_backend)
@@ -103,7 +109,7 @@ def compare_outputs(model_backend: Any, reference_backend: Any, windows: Any, *,
 
 
 def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windows: Any, *,
-                               top_k: int = TOP_K, mass: float | None = None,
+                               top_k: int = TOP_K, mass: float | None = TOP_MASS,
                                batch_size: int = 8, shards: int | None = None
                                ) -> tuple[DivergenceResult, DivergenceResult]:
     """:func:`compare_outputs` and, from the same forward passes, the comparison
@@ -116,9 +122,11 @@ def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windo
 
 
 def record_reference(reference_backend: Any, windows: Any, *, top_k: int = TOP_K,
-                     mass: float | None = None, batch_size: int = 8) -> TokenRecord:
-    """The reference's token record over ``windows``, in batch order; its ``meta``
-    names the windows (``windows_sha256``) and the tokenizer (``vocab_sha256``)."""
+                     mass: float | None = TOP_MASS, batch_size: int = 8) -> TokenRecord:
+    """The reference's token record over ``windows``, in batch order (by default a
+    baseline's: at least ``top_k`` ids a token, as many as hold ``mass`` of the
+    probability); its ``meta`` names the windows (``windows_sha256``) and the
+    tokenizer (``vocab_sha256``)."""
     parts = [record_tokens(_logits(reference_backend, batch.ids), *_scored(batch), top_k,
                            mass=mass)
              for batch in windows.batches(batch_size)]
