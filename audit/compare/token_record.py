@@ -8,7 +8,7 @@ the correct token and its log-probability, and the top token.  Never the logits:
 about 10 bytes a kept id (uint16 ids where the vocabulary fits, float64
 log-probabilities) and 32 a token.  A baseline's record keeps, per token, as many
 ids as hold ``TOP_MASS`` (95 %) of the probability, at least ``TOP_K`` (32), at
-most ``MAX_K`` (1024): about 310 ids a token on SmolLM2's default probe.
+most ``MAX_K`` (1024): about 350 ids a token on SmolLM2's default probe.
 
 Against a record, with S the stored ids, P the reference's and Q the candidate's
 distributions, the KL is the coarse-grained
@@ -48,13 +48,18 @@ RECORD_FORMAT = "equilaw-token-record/1"
 TOP_K = 32
 """The default k (``divergence.top_k``): the fewest ids a token keeps."""
 TOP_MASS = 0.95
-"""The default ``mass`` of a baseline's record: a token keeps as many ids as hold
-95 % of the reference's probability, at least ``TOP_K``, at most ``MAX_K``.
-Chosen on SmolLM2's catalogue (tests/test_divergence_smollm2.py): k = 32 alone
-gives 0.74 to 0.87 of the exact mean KL, k = 256 0.90 to 0.96; this setting keeps
-about 310 ids a token on average and gives 0.92 to 0.97, every row with an exact
-KL of 0.01 or more at least 0.93 (tail buckets by the reference's probability add
-at most 0.03 on top of any k: the lost KL is spread over thousands of tail ids)."""
+"""The default ``mass`` of a baseline's record: a token keeps as many ids as hold 95 %
+of the reference's probability, at least ``TOP_K``, at most ``MAX_K``. Chosen on
+SmolLM2's catalogue against the healthy model (bench/bench_token_record.py on 2,032
+tokens of the default probe; tests/test_divergence_smollm2.py asserts the whole
+probe): k = 32 alone gives 0.72 to 0.86 of the exact mean KL, k = 256 0.89 to 0.95
+(4 bits 0.905, too close to 0.9); this record keeps 354 ids a token on average and
+gives 0.92 to 0.965 (4 bits 0.930, the passthrough merge 0.928, the lowest of the
+rows with an exact KL of 0.01 or more). Tail buckets do not pay: one cell per decade
+of the reference's probability, which would need every tail id's bucket stored, adds
+up to 0.07 at k = 32 and at most 0.013 here; six vocabulary-wide buckets by the
+probe's token frequency (six floats a token) add up to 0.03 at k = 32. The KL the
+record misses is spread thinly over thousands of tail ids."""
 MAX_K = 1024
 """The most ids a token keeps with adaptive k (``mass``)."""
 _ID_SENTINEL = np.iinfo(np.uint16).max
