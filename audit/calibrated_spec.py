@@ -16,7 +16,7 @@ import yaml
 from audit.backends.locate import split_scheme
 from audit.internal.plus_minus import plus_minus
 from audit.report.data import Report
-from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, ProbeSpec
+from audit.spec import BUILTIN_CORPORA, MODEL_SCHEMES, BaselineSpec, DivergenceSpec, ProbeSpec
 from audit.thresholds import (
     CEILING_STEP_FRACTION,
     DECLARE_MEDIAN_FACTOR,
@@ -130,7 +130,37 @@ def spec_text(name: str, model_path: str, calibration: Calibration, report: Repo
         if f.name == "max_drift_sigma" and probe.shards < 2:
             value = None  # one shard gives no paired standard errors
         lines.append(f"  {f.name}: {'null' if value is None else _number(value)}")
+    lines += _divergence_lines()
     return "\n".join(lines) + "\n"
+
+
+DIVERGENCE_COMMENTS = {
+    "max_kld_mean": "nats: mean KL(reference || model) per scored token",
+    "max_kld_p99": "nats: 99th percentile of the per-token KL",
+    "min_same_top": "fraction of tokens whose top token is the reference's",
+    "max_rms_dp": "RMS change of the correct token's probability",
+    "max_sigma": "fail only beyond a tolerance by more than this many SEs",
+    "top_k": "ids per token the baseline's token record keeps at least",
+}
+"""The comment beside each ``divergence`` key of a calibrated spec (every field of
+:class:`~audit.spec.DivergenceSpec` has one)."""
+
+
+def _divergence_lines() -> list[str]:
+    """The ``divergence`` section at its defaults, each key commented: the
+    tolerances of ``NAME::divergence`` (against ``reference_model`` or the baseline's
+    token record), chosen on SmolLM2's quantisation catalogue, not calibrated on this
+    checkpoint."""
+    rows = []
+    for f in dataclasses.fields(DivergenceSpec):
+        value = getattr(DivergenceSpec(), f.name)
+        text = ("null" if value is None else _number(value) if isinstance(value, float)
+                else str(value))
+        rows.append((f"{f.name}: {text}", DIVERGENCE_COMMENTS[f.name]))
+    width = max(len(key) for key, _ in rows) + 2
+    return (["divergence:  # defaults, chosen on SmolLM2's quantisation catalogue, not "
+             "calibrated here", "  # (docs/specs.md#divergence; README, \"Output divergence\")"]
+            + [f"  {key:<{width}}# {comment}" for key, comment in rows])
 
 
 def _law_lines(c: Calibration) -> list[str]:

@@ -140,6 +140,23 @@ def smollm2_report(smollm2_family):
 
 
 @pytest.fixture(scope="session")
+def smollm2_onnx(smollm2_family, tmp_path_factory: pytest.TempPathFactory):
+    """The family's healthy SmolLM2 exported to ONNX (every hidden state and the
+    logits; about 90 s), once per session: the
+    :class:`~audit.backends.onnx_export.ExportResult`."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import dataclasses
+
+    from audit.backends.onnx_export import export_onnx
+    from audit.spec import load_spec
+
+    model = dataclasses.replace(load_spec(SPECS_DIR / "smollm2-135m.yaml").model,
+                                path=str(smollm2_family.folder("healthy")))
+    return export_onnx(model, "smollm2", tmp_path_factory.mktemp("smollm2-onnx") / "smollm2.onnx")
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The session's tiny Llama exported to ONNX (hidden states and logits): the
     :class:`~audit.backends.onnx_export.ExportResult`, alone in its folder."""

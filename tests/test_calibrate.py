@@ -5,6 +5,7 @@ random Llama; one slow test calibrates real SmolLM2 and audits the result."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -30,7 +31,7 @@ from audit.law import LawFit, fit_law
 from audit.pipeline import run
 from audit.report.build import build_report
 from audit.report.data import Report
-from audit.spec import ProbeSpec, load_spec, spec_from_dict
+from audit.spec import DivergenceSpec, ProbeSpec, load_spec, spec_from_dict
 from audit.thresholds import Calibration, calibrate_thresholds, declared_layers
 from conftest import model_or_skip
 
@@ -348,9 +349,31 @@ def test_each_law_key_carries_the_value_it_came_from(stepped) -> None:
     # every number is written in fixed-point notation (YAML 1.1 reads 1e-05 as a string)
     assert "e-0" not in law_part.split("#")[0]
     # the baseline tolerances are written out, at their defaults, for the user to tune
-    assert baseline_part.splitlines()[1:] == [
+    assert baseline_part.split("\ndivergence:")[0].splitlines()[1:] == [
         "  max_pearson_r_increase: 0.02", "  max_rho_increase: 0.0005",
         "  max_loss_increase: 0.05", "  max_drift: 0.0008", "  max_drift_sigma: 4.0"]
+
+
+def test_the_divergence_tolerances_are_written_at_their_defaults_commented(
+        stepped, tmp_path: Path) -> None:
+    """calibrate writes the ``divergence`` section (the tolerances of
+    ``NAME::divergence``) at the defaults, every key with a comment saying what it
+    bounds; the spec reads them back as the defaults."""
+    _, _, _, text = stepped
+    part = text.split("\ndivergence:")[1].splitlines()
+    assert "defaults" in part[0] and "not calibrated here" in part[0]
+    assert part[1].strip().startswith("# (docs/specs.md#divergence")
+    keyed = {line.split(":")[0].strip(): line for line in part[2:]}
+    assert list(keyed) == [f.name for f in dataclasses.fields(DivergenceSpec)]
+    assert keyed["max_kld_mean"].split("#")[0].strip() == "max_kld_mean: 0.05"
+    assert keyed["min_same_top"].split("#")[0].strip() == "min_same_top: 0.9"
+    assert all("  # " in line for line in part[2:])
+    assert "# nats" in keyed["max_kld_mean"] and "# nats" in keyed["max_kld_p99"]
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "synth.yaml"
+    path.write_text(text)
+    assert load_spec(path).divergence == DivergenceSpec()
+    assert yaml.safe_load(text)["divergence"] == dataclasses.asdict(DivergenceSpec())
 
 
 def test_paths_in_the_spec_are_relative_to_its_folder(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from test_merge_session import family  # noqa: F401 (a fixture)
 
 from audit.compare.divergence import judge_divergence
 from audit.compare.output_gate import thresholds, token_record_path
-from audit.compare.token_record import load_token_record
+from audit.compare.token_record import TOP_MASS, load_token_record
 from audit.errors import ReportError, SpecError
 from audit.report.data import Report
 from audit.report.html import render_page
@@ -132,7 +132,9 @@ def test_the_baseline_token_record_round_trip(tiny_model_dir: Path, tmp_path: Pa
         "tiny-div: baseline token record written to ")
     assert sorted(p.name for p in baselines.iterdir()) == ["tiny-div.json", "tiny-div.tokens.npz"]
     record = load_token_record(baselines / "tiny-div.tokens.npz")
-    assert len(record) == 12 * 15 and record.top_k == 8
+    assert len(record) == 12 * 15 and record.meta["top_k"] == 8
+    assert record.meta["mass"] == TOP_MASS  # a baseline's record is adaptive
+    assert (record.top_ids >= 0).sum(axis=1).min() >= 8
     assert "divergence" not in json.loads((baselines / "tiny-div.json").read_text()) or \
         json.loads((baselines / "tiny-div.json").read_text())["divergence"] == []
     reader = AuditSession([Path(spec.source)], None, baselines_dir=baselines)

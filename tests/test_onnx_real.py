@@ -21,8 +21,7 @@ SPECS_DIR = Path(__file__).resolve().parents[1] / "model_specs"
 
 
 def test_smollm2_exported_to_onnx_tells_the_same_story(smollm2_family, smollm2_report,
-                                                        tmp_path: Path) -> None:
-    from audit.backends.onnx_export import export_onnx
+                                                        smollm2_onnx) -> None:
     from audit.compare.parity import compare_backends
     from audit.pipeline import run
     from audit.spec import ParitySpec, load_spec
@@ -30,7 +29,7 @@ def test_smollm2_exported_to_onnx_tells_the_same_story(smollm2_family, smollm2_r
     folder = smollm2_family.folder("healthy")
     base = load_spec(SPECS_DIR / "smollm2-135m.yaml")
     model = dataclasses.replace(base.model, path=str(folder))
-    exported = export_onnx(model, "smollm2", tmp_path / "smollm2.onnx")
+    exported = smollm2_onnx
     assert exported.num_layers == 30 and exported.has_logits
     hidden = [v for k, v in exported.max_rel_diff.items() if k.startswith("hidden_states.")]
     assert max(hidden) < 1e-4  # measured: 2e-6 of the layer's largest |value|

@@ -156,3 +156,25 @@ def test_adaptive_k_tightens_the_bound_on_flat_distributions(tmp_path) -> None:
     both = TokenRecord.concatenate([record_tokens(ref[:2], y[:2], 0), record.rows(2, 60)])
     assert both.top_k == record.top_k and np.all(both.top_ids[:2, 32:] == -1)
     assert np.all(both.top_logp[:2, 32:] == -np.inf)
+
+
+def test_ids_are_stored_as_uint16_where_the_vocabulary_fits(tmp_path) -> None:
+    """A vocabulary below 65535 ids writes ``top_ids`` as uint16 (padding 65535),
+    a larger one as int32; both read back as int32 with padding -1."""
+    ref, _, y = _pair(n=20, vocab=300, seed=3)
+    ref[:10] *= 0.05                                       # flat rows keep more ids: padding
+    record = record_tokens(ref, y, 0, top_k=4, mass=0.5, max_k=200)
+    assert (record.top_ids == -1).any()
+    path = save_token_record(record, tmp_path / "small.npz")
+    with np.load(path, allow_pickle=False) as archive:
+        assert archive["top_ids"].dtype == np.uint16
+    back = load_token_record(path)
+    assert back.top_ids.dtype == np.int32
+    np.testing.assert_array_equal(back.top_ids, record.top_ids)
+    wide = TokenRecord(**{name: getattr(record, name) for name in (
+        "top_ids", "top_logp", "tail_logp", "target", "target_logp", "top", "shard")},
+                       meta={**record.meta, "vocab_size": 70_000})
+    with np.load(save_token_record(wide, tmp_path / "wide.npz"), allow_pickle=False) as archive:
+        assert archive["top_ids"].dtype == np.int32
+    np.testing.assert_array_equal(load_token_record(tmp_path / "wide.npz").top_ids,
+                                  record.top_ids)

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from audit.compare.divergence import DivergenceAccumulator, DivergenceResult, token_figures
-from audit.compare.token_record import TOP_K, TokenRecord, bound_figures, record_tokens
+from audit.compare.token_record import (
+    TOP_K,
+    TOP_MASS,
+    TokenRecord,
+    bound_figures,
+    record_tokens,
+)
 from audit.errors import ComparisonError
 
 
@@ -96,7 +102,7 @@ class RecordBuilder:
     """A model's token record built batch by batch from its logits (in batch order):
     :meth:`start` with the probe, :meth:`add` each batch, :meth:`record`."""
 
-    def __init__(self, top_k: int = TOP_K, mass: float | None = None) -> None:
+    def __init__(self, top_k: int = TOP_K, mass: float | None = TOP_MASS) -> None:
         self.top_k, self.mass = top_k, mass
         self.parts: list[TokenRecord] = []
         self.windows: Any = None
@@ -159,14 +165,14 @@ class RecordComparison:
 
 def accumulate_several(models: Mapping[str, Any], reference_backend: Any, windows: Any, *,
                        batch_size: int = 8, shards: int | None = None,
-                       top_k: int | None = None, mass: float | None = None
+                       top_k: int | None = None, mass: float | None = TOP_MASS
                        ) -> dict[str, tuple[DivergenceAccumulator, DivergenceAccumulator | None]]:
     """Every model of ``models`` (name -> backend) against one reference in one
     lockstep pass: each batch's reference logits are computed once.  Per name, the
     exact accumulator and, when ``top_k`` is given, the one against the reference's
     token record at ``top_k`` (its KLs the stored baseline's lower bound; ``mass``:
-    adaptive k, :func:`~audit.compare.token_record.record_tokens`), from the same
-    forward passes."""
+    adaptive k, :func:`~audit.compare.token_record.record_tokens`, None for exactly
+    ``top_k`` ids), from the same forward passes."""
     g = _shard_count(windows, shards)
     for model in models.values():
         same_tokenizer(model, reference_backend)
@@ -203,7 +209,7 @@ def compare_outputs(model_backend: Any, reference_backend: Any, windows: Any, *,
 
 
 def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windows: Any, *,
-                               top_k: int = TOP_K, mass: float | None = None,
+                               top_k: int = TOP_K, mass: float | None = TOP_MASS,
                                batch_size: int = 8, shards: int | None = None
                                ) -> tuple[DivergenceResult, DivergenceResult]:
     """:func:`compare_outputs` and, from the same forward passes, the comparison
@@ -216,9 +222,11 @@ def compare_outputs_with_bound(model_backend: Any, reference_backend: Any, windo
 
 
 def record_reference(reference_backend: Any, windows: Any, *, top_k: int = TOP_K,
-                     mass: float | None = None, batch_size: int = 8) -> TokenRecord:
-    """The reference's token record over ``windows``, in batch order; its ``meta``
-    names the windows (``windows_sha256``) and the tokenizer (``vocab_sha256``)."""
+                     mass: float | None = TOP_MASS, batch_size: int = 8) -> TokenRecord:
+    """The reference's token record over ``windows``, in batch order (by default a
+    baseline's: at least ``top_k`` ids a token, as many as hold ``mass`` of the
+    probability); its ``meta`` names the windows (``windows_sha256``) and the
+    tokenizer (``vocab_sha256``)."""
     builder = RecordBuilder(top_k, mass)
     builder.start(windows)
     for batch in windows.batches(batch_size):

@@ -5,7 +5,10 @@ Per scored token (the probe loss's positions, in the probe's batch order) the re
 keeps the reference's k most probable tokens (ids and float64 log-probabilities,
 most probable first), the log of the probability mass outside them (``tail_logp``),
 the correct token and its log-probability, and the top token.  Never the logits:
-about (12 k + 32) bytes a token, a few MB for the default probe at k = 32.
+about 10 bytes a kept id (uint16 ids where the vocabulary fits, float64
+log-probabilities) and 32 a token.  A baseline's record keeps, per token, as many
+ids as hold ``TOP_MASS`` (95 %) of the probability, at least ``TOP_K`` (32), at
+most ``MAX_K`` (1024): about 350 ids a token on SmolLM2's default probe.
 
 Against a record, with S the stored ids, P the reference's and Q the candidate's
 distributions, the KL is the coarse-grained
@@ -43,9 +46,24 @@ from audit.errors import ComparisonError
 
 RECORD_FORMAT = "equilaw-token-record/1"
 TOP_K = 32
-"""The default k (``divergence.top_k``)."""
+"""The default k (``divergence.top_k``): the fewest ids a token keeps."""
+TOP_MASS = 0.95
+"""The default ``mass`` of a baseline's record: a token keeps as many ids as hold 95 %
+of the reference's probability, at least ``TOP_K``, at most ``MAX_K``. Chosen on
+SmolLM2's catalogue against the healthy model (bench/bench_token_record.py on 2,032
+tokens of the default probe; tests/test_divergence_smollm2.py asserts the whole
+probe): k = 32 alone gives 0.72 to 0.86 of the exact mean KL, k = 256 0.89 to 0.95
+(4 bits 0.905, too close to 0.9); this record keeps 354 ids a token on average and
+gives 0.92 to 0.965 (4 bits 0.930, the passthrough merge 0.928, the lowest of the
+rows with an exact KL of 0.01 or more). Tail buckets do not pay: one cell per decade
+of the reference's probability, which would need every tail id's bucket stored, adds
+up to 0.07 at k = 32 and at most 0.013 here; six vocabulary-wide buckets by the
+probe's token frequency (six floats a token) add up to 0.03 at k = 32. The KL the
+record misses is spread thinly over thousands of tail ids."""
 MAX_K = 1024
 """The most ids a token keeps with adaptive k (``mass``)."""
+_ID_SENTINEL = np.iinfo(np.uint16).max
+"""Padding of ``top_ids`` in a file whose vocabulary fits uint16 (ids < 65535)."""
 _ARRAYS = ("top_ids", "top_logp", "tail_logp", "target", "target_logp", "top", "shard")
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -231,12 +249,24 @@ def bound_figures(record: TokenRecord, model_logits: np.ndarray) -> TokenFigures
                         nll_ref=-record.target_logp.astype(np.float64), nll_model=nll_model)
 
 
-def token_record_bytes(record: TokenRecord) -> bytes:
-    """The bytes :func:`save_token_record` writes (for files written together)."""
+def _stored(record: TokenRecord) -> dict[str, np.ndarray]:
+    """The arrays as written: ``top_ids`` as uint16 (padding 65535) when every id fits,
+    which halves the largest array; the rest as they are."""
     arrays = {name: np.ascontiguousarray(getattr(record, name)) for name in _ARRAYS}
+    ids = arrays["top_ids"]
+    vocab = record.meta.get("vocab_size")
+    if isinstance(vocab, int) and vocab <= _ID_SENTINEL:
+        arrays["top_ids"] = np.where(ids >= 0, ids, _ID_SENTINEL).astype(np.uint16)
+    return arrays
+
+
+def token_record_bytes(record: TokenRecord) -> bytes:
+    """The bytes :func:`save_token_record` writes (for files written together): a
+    compressed ``.npz`` of plain arrays and the JSON ``meta``."""
     meta = {**record.meta, "format": RECORD_FORMAT}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta, sort_keys=True)),
+                        **_stored(record))
     return buffer.getvalue()
 
 
@@ -245,13 +275,11 @@ def save_token_record(record: TokenRecord, path: str | os.PathLike) -> Path:
     temporary file and a rename; returns the path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {name: np.ascontiguousarray(getattr(record, name)) for name in _ARRAYS}
-    meta = {**record.meta, "format": RECORD_FORMAT}
+    data = token_record_bytes(record)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npz", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, meta=np.array(json.dumps(meta, sort_keys=True)),
-                                **arrays)
+            handle.write(data)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
@@ -275,4 +303,7 @@ def load_token_record(path: str | os.PathLike) -> TokenRecord:
     if meta.get("format") != RECORD_FORMAT:
         raise ComparisonError(f"{str(path)!r} has token-record format {meta.get('format')!r}, "
                               f"this equilaw reads {RECORD_FORMAT!r}: regenerate the baseline")
+    ids = arrays["top_ids"]
+    if ids.dtype == np.uint16:  # padding 65535 back to -1
+        arrays["top_ids"] = np.where(ids == _ID_SENTINEL, -1, ids.astype(np.int32))
     return TokenRecord(**arrays, meta=meta)
