@@ -440,6 +440,19 @@ def test_sigma_needs_shards(tmp_path):
                               "(standard errors come from the jackknife shards), got probe.shards = 1")
 
 
+def test_drift_sigma_needs_shards(tmp_path):
+    """A baseline's drift in standard errors needs the jackknife too; it is named
+    only where it is written (its default does not make shards: 1 an error)."""
+    path = write(tmp_path, "name: a\nmodel: {path: b}\nprobe: {shards: 1}\n"
+                           "law: {max_deviation_sigma: null}\nbaseline:\n  max_drift_sigma: 4\n")
+    assert error_of(path) == (f"{path}:6: baseline.max_drift_sigma: needs probe.shards >= 2 "
+                              "(paired standard errors come from the jackknife shards), got "
+                              "probe.shards = 1")
+    path.write_text("name: a\nmodel: {path: b}\nprobe: {shards: 1}\n"
+                    "law: {max_deviation_sigma: null}\n")
+    assert load_spec(path).baseline.max_drift_sigma is not None
+
+
 def test_shards_one_without_sigma_is_fine(tmp_path):
     text = EXAMPLE.replace("  batch_size: 8\n", "  batch_size: 8\n  shards: 1\n")
     spec = load_spec(write(tmp_path, text.replace("  max_deviation_sigma: 6\n", "")))

@@ -984,7 +984,7 @@ def test_spilled_equals_in_memory(tmp_path, order, dtype):
     memory, spill = _fed_pair(tmp_path, order=order, dtype=dtype)
     assert spill.spilled and not memory.spilled and spill.storage == "spill"
     files = {f.name for f in spill.spill_folder.iterdir()}
-    assert {"owner", "shard0-layer0.f64", "shard2-layer2.f64"} <= files
+    assert {"shard0-layer0.f64", "shard2-layer2.f64"} <= files
     if order is None:  # the last shard, fed last, stays open: in memory only
         assert "shard3-layer0.f64" not in files
     _assert_same_results(memory, spill)
@@ -1100,11 +1100,14 @@ def test_spill_folder_is_removed(tmp_path):
     assert out.returncode == -9 and _spill_folders(tmp_path) != []  # nothing ran
     _, spill = _fed_pair(tmp_path)  # the next spill folder made there removes it
     assert _spill_folders(tmp_path) == [spill.spill_folder.name]
-    foreign = tmp_path / "equilaw-spill-foreign"  # another host's: left alone
-    foreign.mkdir()
-    (foreign / "owner").write_text("some-other-host 1\n")
+    from audit.internal.files import _HOST
+    kept = ["equilaw-spill-foreign",                      # not a name equilaw gives
+            "equilaw-spill-1@some-other-host~abcd_123",   # another host's, recent
+            f"equilaw-spill-1@{_HOST}~abcd_123"]          # a live process's (pid 1)
+    for name in kept:
+        (tmp_path / name).mkdir()
     _fed_pair(tmp_path)
-    assert foreign.exists()
+    assert [name for name in kept if (tmp_path / name).is_dir()] == kept
 
 
 def test_spill_write_failure_leaves_statistics_unchanged(tmp_path):

@@ -3,7 +3,8 @@ a partial one.
 
 Every atomic write in equilaw goes through here: reports, baselines, specs, the
 statistics cache's entries, index and tag, the converted checkpoints and ONNX
-exports.  A file is written to a temporary name in its target's folder and
+exports.  The spilled statistics' folders (:mod:`audit.stats.spilled_gram`) are
+temporaries of the same kind.  A file is written to a temporary name in its target's folder and
 renamed over the target (``os.replace``, atomic on one file system); a folder of
 several files is staged in a temporary folder (:func:`staging_folder`) and its
 content renamed into place by the caller.
@@ -194,11 +195,18 @@ def write_together(files: dict[Path, bytes]) -> list[Path]:
     return list(files)
 
 
-def staging_folder(parent: Path, prefix: str) -> Path:
-    """A new empty folder in ``parent`` (created with its parents), named from
-    ``prefix`` by process, where files that must appear together are written
-    before the caller renames them into place; the caller removes it.  Stale
-    staging folders of the same prefix there are removed first."""
-    parent.mkdir(parents=True, exist_ok=True)
+def temporary_folder(parent: Path, prefix: str) -> Path:
+    """A new empty folder in the existing ``parent``, named from ``prefix`` by
+    process (see the module's docstring); the caller removes it.  Stale folders
+    of the same prefix there (their writer ended) are removed first.  Raises
+    OSError."""
     remove_stale_temporaries(parent, prefix)
     return Path(tempfile.mkdtemp(prefix=_owned(prefix), dir=parent))
+
+
+def staging_folder(parent: Path, prefix: str) -> Path:
+    """A :func:`temporary_folder` in ``parent`` (created with its parents), where
+    files that must appear together are written before the caller renames them
+    into place; the caller removes it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return temporary_folder(parent, prefix)

@@ -38,24 +38,16 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
         raise ctx.error("adapter.merged", ctx.lines.get("adapter.merged"),
                         "adapter.merged is the merge of model.adapter, and there is no "
                         "model.adapter to compare it with")
-    if "adapter.max_drift_sigma" in ctx.lines and spec.adapter.max_drift_sigma is not None \
-            and spec.probe.shards < 2:
-        raise ctx.error("adapter.max_drift_sigma", ctx.lines.get("adapter.max_drift_sigma"),
-                        f"needs probe.shards >= 2 (paired standard errors come from the "
-                        f"jackknife shards), got probe.shards = {spec.probe.shards}")
+    if "adapter.max_drift_sigma" in ctx.lines and spec.adapter.max_drift_sigma is not None:
+        _needs_shards(spec, ctx, "adapter.max_drift_sigma", "paired standard errors")
     merge = spec.merge
     if merge is not None and merge.config is not None and merge.layer_map is not None:
         raise ctx.error("merge.layer_map", ctx.lines.get("merge.layer_map"),
                         "give either merge.config or merge.layer_map, not both")
-    if "baseline.max_drift_sigma" in ctx.lines and spec.baseline.max_drift_sigma is not None \
-            and spec.probe.shards < 2:
-        raise ctx.error("baseline.max_drift_sigma", ctx.lines.get("baseline.max_drift_sigma"),
-                        f"needs probe.shards >= 2 (paired standard errors come from the "
-                        f"jackknife shards), got probe.shards = {spec.probe.shards}")
-    if spec.law.max_deviation_sigma is not None and spec.probe.shards < 2:
-        raise ctx.error("law.max_deviation_sigma", ctx.lines.get("law.max_deviation_sigma"),
-                        f"needs probe.shards >= 2 (standard errors come from the jackknife "
-                        f"shards), got probe.shards = {spec.probe.shards}")
+    if "baseline.max_drift_sigma" in ctx.lines and spec.baseline.max_drift_sigma is not None:
+        _needs_shards(spec, ctx, "baseline.max_drift_sigma", "paired standard errors")
+    if spec.law.max_deviation_sigma is not None:
+        _needs_shards(spec, ctx, "law.max_deviation_sigma", "standard errors")
     uses = [f"probe.{key}: {value}" for key, value, reference in (
         ("mode", spec.probe.mode, "documents"),
         ("permutation", spec.probe.permutation, "reference"))
@@ -64,6 +56,14 @@ def _check_spec(spec: Spec, ctx: Context) -> None:
         raise ctx.error("probe.seed", ctx.lines.get("probe.seed"),
                         f"must be < 2**32 with {' and '.join(uses)} (numpy's RandomState seeds, "
                         f"as the reference code uses), got {spec.probe.seed}")
+
+
+def _needs_shards(spec: Spec, ctx: Context, key: str, what: str) -> None:
+    """``key`` (set) is judged in jackknife standard errors: it needs two shards."""
+    if spec.probe.shards < 2:
+        raise ctx.error(key, ctx.lines.get(key),
+                        f"needs probe.shards >= 2 ({what} come from the jackknife shards), "
+                        f"got probe.shards = {spec.probe.shards}")
 
 
 def _from_data(data: Any, root_line: int | None, ctx: Context, source: str | None) -> Spec:

@@ -3,9 +3,7 @@ in a temporary folder on disk (:class:`SpillFolder`)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import tempfile
 import weakref
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import StatsError
+from audit.internal.files import temporary_folder
 from audit.stats.accumulator import Accumulator
 from audit.stats.gram import GramAccumulator
 from audit.stats.measures import Moments
@@ -225,9 +224,11 @@ class SpillFolder:
     :meth:`close`, when this object is garbage-collected, or at interpreter exit
     (:func:`weakref.finalize`), so that an exception anywhere leaves nothing
     behind.  A process killed by a signal (SIGTERM, SIGKILL, the kernel's
-    out-of-memory killer) runs no clean-up: each folder names its owner (host and
-    process id, in the file ``owner``), and making a new folder removes those in
-    the same parent whose owner was a process of this host that has ended.
+    out-of-memory killer) runs no clean-up: each folder is named by its process
+    and host (:func:`audit.internal.files.temporary_folder`), and making a new
+    folder removes those in the same parent that no live writer owns, as for
+    every temporary equilaw writes (:func:`audit.internal.files.remove_stale_temporaries`:
+    those of ended processes of this host, another host's after a week).
     Errors of the file system become :class:`~audit.errors.StatsError` naming the
     path."""
 
@@ -249,18 +250,12 @@ class SpillFolder:
                     f"the spill folder's disk ({parent!r}) has {_size(free)} free, but the "
                     f"spilled statistics need up to {_size(self.need)}: free space there or "
                     f"choose spill_dir (or TMPDIR) on a larger disk")
-            _remove_orphans(Path(parent))
             try:
-                path = Path(tempfile.mkdtemp(prefix=_SPILL_PREFIX, dir=parent))
+                path = temporary_folder(Path(parent), _SPILL_PREFIX)
             except OSError as exc:
                 raise StatsError(f"cannot make a spill folder in {parent!r}: {exc}") from None
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(path), ignore_errors=True)
             self.path = path
-            try:
-                (path / "owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
-            except OSError as exc:
-                self.close()
-                raise StatsError(f"cannot write in the spill folder {str(path)!r}: {exc}") from None
         return self.path
 
     def write(self, name: str, matrix: np.ndarray) -> None:
@@ -314,22 +309,6 @@ class SpillFolder:
 
 
 _SPILL_PREFIX = "equilaw-spill-"
-
-
-def _remove_orphans(parent: Path) -> None:
-    """Remove the spill folders in ``parent`` left by ended processes of this host
-    (see :class:`SpillFolder`); anything unreadable or foreign is left alone."""
-    host = socket.gethostname()
-    for folder in parent.glob(_SPILL_PREFIX + "*"):
-        try:
-            owner_host, pid = (folder / "owner").read_text().split()
-            if owner_host != host or int(pid) == os.getpid():
-                continue
-            os.kill(int(pid), 0)  # raises ProcessLookupError once the process has ended
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):  # no owner file yet, not ours to judge, or alive
-            continue
 
 
 def _size(nbytes: int) -> str:
