@@ -75,7 +75,7 @@ def test_every_check_a_mutant_can_fail_counts_as_evidence() -> None:
     # a merge's parent, never by parity or an adapter's comparisons.
     evidence = {name: check.evidence for name, check in CHECKS.items()}
     assert {name for name, kind in evidence.items() if kind is None} == {
-        "parity_loss", "parity_log10_pr", "adapter_pearson_r", "adapter_rho", "adapter_loss",
+        "parity_loss", "parity_log10_pr", "parity_kld", "adapter_pearson_r", "adapter_rho", "adapter_loss",
         "adapter_drift", "adapter_merged_loss", "adapter_merged_log10_pr"}
     assert evidence["divergence"] == "divergence"
     assert {name for name, kind in evidence.items() if kind == "drift"} == {
