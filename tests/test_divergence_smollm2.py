@@ -158,7 +158,7 @@ def measure_catalogue(base, family, report_of, exported=None) -> tuple[dict, dic
         specs[f"q{bits}"] = spec_of(f"q{bits}", healthy_folder)
         models[f"q{bits}"] = healthy.with_model(Quantize(bits, 32).apply(healthy.causal_lm))
     accs = accumulate_several(models, healthy, windows, batch_size=base.probe.batch_size,
-                              top_k=TOP_K, mass=TOP_MASS)
+                              top_k=TOP_K, mass=TOP_MASS, precision="float64")
     record = record_reference(healthy, windows, batch_size=base.probe.batch_size)
 
     healthy_report = report_of("healthy")

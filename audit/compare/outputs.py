@@ -66,15 +66,15 @@ def same_tokenizer(model: Any, reference: Any) -> None:
 
 def add_pair(exact: DivergenceAccumulator, ref: np.ndarray, mod: np.ndarray,
              targets: np.ndarray, shard: np.ndarray, name: str = "model",
-             bound: DivergenceAccumulator | None = None, record: TokenRecord | None = None
-             ) -> None:
+             bound: DivergenceAccumulator | None = None, record: TokenRecord | None = None,
+             precision: str | None = None) -> None:
     """One batch of a comparison: ``mod`` (``name``'s logits [n, V]) against ``ref``
     into ``exact`` and, with ``bound``, against ``record`` (the reference's token
     record of these n tokens)."""
     if ref.shape != mod.shape:
         raise ComparisonError(f"{name}'s logits have {mod.shape[-1]} words, the "
                               f"reference's {ref.shape[-1]}", fields=("vocab_size",))
-    exact.update(token_figures(ref, mod, targets), shard)
+    exact.update(token_figures(ref, mod, targets, precision), shard)
     if bound is not None:
         bound.update(bound_figures(record, mod), shard)
 
@@ -165,14 +165,17 @@ class RecordComparison:
 
 def accumulate_several(models: Mapping[str, Any], reference_backend: Any, windows: Any, *,
                        batch_size: int = 8, shards: int | None = None,
-                       top_k: int | None = None, mass: float | None = TOP_MASS
+                       top_k: int | None = None, mass: float | None = TOP_MASS,
+                       precision: str | None = None
                        ) -> dict[str, tuple[DivergenceAccumulator, DivergenceAccumulator | None]]:
     """Every model of ``models`` (name -> backend) against one reference in one
     lockstep pass: each batch's reference logits are computed once.  Per name, the
     exact accumulator and, when ``top_k`` is given, the one against the reference's
     token record at ``top_k`` (its KLs the stored baseline's lower bound; ``mass``:
     adaptive k, :func:`~audit.compare.token_record.record_tokens`, None for exactly
-    ``top_k`` ids), from the same forward passes."""
+    ``top_k`` ids), from the same forward passes.  ``precision``: the exact figures'
+    arithmetic (:func:`~audit.compare.divergence.token_figures`; ``float64`` to set
+    them against the record's float64 bound token by token)."""
     g = _shard_count(windows, shards)
     for model in models.values():
         same_tokenizer(model, reference_backend)
@@ -186,7 +189,8 @@ def accumulate_several(models: Mapping[str, Any], reference_backend: Any, window
                   else record_tokens(ref, targets, shard, top_k, mass=mass))
         for name, model in models.items():
             exact, bound = accs[name]
-            add_pair(exact, ref, _logits(model, batch.ids), targets, shard, name, bound, record)
+            add_pair(exact, ref, _logits(model, batch.ids), targets, shard, name, bound, record,
+                     precision)
     return accs
 
 
