@@ -50,7 +50,10 @@ class Measurement:
     measurement without running the model again."""
 
     spec: Spec
-    stats: LayerStats
+    stats: LayerStats | None
+    """The sums behind the figures below; None for a mutant measured from its damaged
+    block on (:mod:`audit.resume`: its first layers' figures are the unmutated
+    model's), which is never cached."""
     pr: np.ndarray
     """The measure per hidden state, float64 [L+1]."""
     leave_one_out: np.ndarray | None
@@ -165,8 +168,13 @@ class Collector:
     :mod:`audit.lockstep` steps several models through the same batches, so each
     goes over the probe once and no batch's logits outlive the batch."""
 
+    first_layer = 0
+    """The first layer this collector measures (:class:`audit.resume.ResumedCollector`
+    starts later)."""
+
     def __init__(self, spec: Spec, model: Any = None, backend: Any = None, part: Any = None,
-                 progress: Progress | None = None, logits: bool = False) -> None:
+                 progress: Progress | None = None, logits: bool = False,
+                 keep: tuple[int, ...] = ()) -> None:
         if backend is None:
             from audit.backends import open_backend
 
@@ -189,6 +197,9 @@ class Collector:
         self.loss_sum = np.zeros(spec.probe.shards)      # nats per shard
         self.loss_count = np.zeros(spec.probe.shards)    # predicted tokens per shard
         self.forward_seconds = self.stats_seconds = self.loss_seconds = 0.0
+        self.kept: dict[int, list[np.ndarray]] = {layer: [] for layer in keep}
+        """Per layer of ``keep``: each batch's hidden state there, float32 [b, t, d],
+        as the model gave it (before the normalisation), in batch order."""
         self._started = False
 
     def step(self, batch: Any) -> np.ndarray | None:
@@ -204,9 +215,10 @@ class Collector:
                 return None
             ids, shard_of = ids[mine], shard_of[mine]
         t0 = time.perf_counter()
-        out = (self.backend.forward(ids, loss=self.want_loss, logits=True) if self.logits
-               else self.backend.forward(ids, loss=self.want_loss))
-        hidden = out.hidden                                                # [L+1, b, t, d]
+        out = self._forward(ids)
+        hidden = out.hidden[self.first_layer - out.first_layer:]           # [L+1, b, t, d]
+        for layer, states in self.kept.items():
+            states.append(out.hidden[layer - out.first_layer].copy())
         t1 = time.perf_counter()
         in_place = hidden if hidden.dtype in (np.float32, np.float64) else None
         hidden = apply_normalization(self.spec.normalization, hidden, self.norm, out=in_place)
@@ -226,6 +238,11 @@ class Collector:
         if self.progress is not None:
             self.progress.advance(ids.size)
         return out.logits
+
+    def _forward(self, ids: np.ndarray) -> Any:
+        """The backend's :class:`~audit.backends.base.Forward` of one batch's ids."""
+        return (self.backend.forward(ids, loss=self.want_loss, logits=True) if self.logits
+                else self.backend.forward(ids, loss=self.want_loss))
 
     def stop(self) -> None:
         """Take the progress display down (the pass ended or failed)."""

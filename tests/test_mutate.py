@@ -40,7 +40,9 @@ def test_mutants_against_the_unmutated_model(tiny_model_dir: Path) -> None:
                     [AddNoise(0.01, 0), ScaleMLP(1, 8.0), ZeroBlock(2), RepeatBlocks(0, 2)],
                     log=lines.append)
     assert sorted(os.listdir(tiny_model_dir)) == before  # nothing written beside the weights
-    assert len(lines) == 5 and lines[0].startswith("unmutated: Pearson r ")
+    assert len(lines) == 6 and lines[0].startswith("unmutated: Pearson r ")
+    # ZeroBlock(2) and the repeat resume at block 2, ScaleMLP(1, 8) at block 1
+    assert lines[1].startswith("resuming at blocks 1, 2: checked bit for bit")
     control, scaled, zeroed, repeated = report.mutants
     assert control.control and not control.caught and control.expected_layer is None
     assert report.control_flagged is False

@@ -84,6 +84,9 @@ class Forward:
     """float32 [b, t - 1, V]: the head's logits at the positions ``token_nll``
     scores (what :meth:`Backend.next_token_logits` gives for the same ids), from
     this same pass; None when not asked for or without a head."""
+    first_layer: int = 0
+    """The layer ``hidden[0]`` is: 0, or the block a resumed pass started from
+    (:meth:`audit.backends.torch_backend.TorchBackend.forward_from`)."""
 
 
 @runtime_checkable

@@ -21,8 +21,10 @@ costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from audit.backends.architectures import ARCHITECTURES
@@ -87,6 +89,42 @@ def _save_dequantised(model: Any, folder: Any) -> None:
         name = min(names, key=lambda n: (n.startswith(_HEAD_PREFIXES), n))
         keep[name] = state[name].contiguous()
     save_file(keep, str(Path(folder, "model.safetensors")), metadata={"format": "pt"})
+
+
+_PER_BLOCK_CONFIG = ("layer_types", "no_rope_layers")
+"""Config lists with one entry per block, which a model may index by position."""
+
+
+@contextlib.contextmanager
+def _blocks_from(base: Any, blocks: tuple[Any, ...], position: int) -> Iterator[None]:
+    """While the block holds, ``base``'s list of ``blocks`` holds only
+    ``blocks[position:]`` and its config's depth and per-block lists match; both are
+    put back after, also when the pass fails."""
+    import torch
+
+    holder = next((name for name, module in base.named_modules()
+                   if isinstance(module, torch.nn.ModuleList) and len(module) == len(blocks)
+                   and all(a is b for a, b in zip(module, blocks))), None)
+    if holder is None:
+        raise BackendError("cannot resume: the blocks are not one list of the base model")
+    parent_name, _, attribute = holder.rpartition(".")
+    parent = base.get_submodule(parent_name)
+    original = getattr(parent, attribute)
+    config = text_config(base.config)
+    saved = {key: getattr(config, key) for key in ("num_hidden_layers", *_PER_BLOCK_CONFIG)
+             if isinstance(getattr(config, key, None), (int, list))}
+    try:
+        setattr(parent, attribute, torch.nn.ModuleList(blocks[position:]))
+        for key, value in saved.items():
+            if key == "num_hidden_layers":
+                setattr(config, key, len(blocks) - position)
+            elif len(value) == len(blocks):
+                setattr(config, key, value[position:])
+        yield
+    finally:
+        setattr(parent, attribute, original)
+        for key, value in saved.items():
+            setattr(config, key, value)
 
 
 class TorchBackend(HuggingFaceFiles):
@@ -352,45 +390,73 @@ class TorchBackend(HuggingFaceFiles):
         (``logits``), from one run of the head (see :class:`Forward`)."""
         import numpy as np
 
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
-                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        ids = self._checked_ids(input_ids)
         info = self.info()
         self.load()
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
-        shape = (*ids.shape, info.width)
-        hidden = np.empty((len(self._layers.blocks) + 1, *shape), dtype=np.float32)
-
-        def copy_out(layer: int, state: Any) -> None:
-            # each layer into the batch's array as it is produced (on any device)
-            if state.shape[-1] != info.width:
-                raise BackendError(f"hidden states have width {state.shape[-1]}, the config "
-                                   f"says {info.width}", model=self.name)
-            if tuple(state.shape) != shape:
-                raise BackendError(f"layer {layer} has shape {tuple(state.shape)}, expected "
-                                   f"{shape} for input ids of shape {ids.shape}", model=self.name)
-            hidden[layer] = state.detach().to(torch.float32).cpu().numpy()
-
+        hidden = np.empty((len(self._layers.blocks) + 1, *ids.shape, info.width),
+                          dtype=np.float32)
         with torch.inference_mode():
-            last = self.layer_states(tensor, sink=copy_out)[-1]
+            last = self.layer_states(tensor, sink=self._copier(hidden, ids))[-1]
             if not (loss or logits) or self._head is None:
                 return Forward(hidden, None, 0.0)
             start = time.perf_counter()
             nll, out = self._head_outputs(last, tensor, loss=loss, logits=logits)
             return Forward(hidden, nll, time.perf_counter() - start, out)
 
+    def forward_from(self, position: int, state: np.ndarray, input_ids: np.ndarray, *,
+                     loss: bool, logits: bool = False) -> Forward:
+        """:meth:`forward` from block ``position`` on: ``state`` float32 [b, t, d] is
+        layer ``position`` (that block's input) of ``input_ids`` as an earlier pass
+        gave it, and ``hidden`` holds layers ``position``..L (its index 0 ``state``
+        itself).  The blocks before ``position`` do not run: the base model runs its
+        blocks ``position``.. on ``state`` as its input embeddings, with the config's
+        depth and per-block lists cut to match for the pass (restored after it).
+        Equal to the full pass's layers and logits only where the base model adds
+        nothing to its input embeddings before the first block (GPT-2 adds position
+        embeddings); :mod:`audit.resume` checks that bit for bit before it relies on
+        it."""
+        import numpy as np
+        import torch
+
+        ids = self._checked_ids(input_ids)
+        info = self.info()
+        self.load()
+        blocks = self._layers.blocks
+        if not 0 < position < len(blocks):
+            raise BackendError(f"cannot resume at block {position}: the model has blocks "
+                               f"0..{len(blocks) - 1} and block 0 starts from the embedding",
+                               model=self.name)
+        if tuple(state.shape) != (*ids.shape, info.width):
+            raise BackendError(f"the state to resume from has shape {tuple(state.shape)}, "
+                               f"expected {(*ids.shape, info.width)}", model=self.name)
+        dtype = next(self._model.parameters()).dtype
+        tensor = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device)
+        embeds = torch.from_numpy(np.ascontiguousarray(state)).to(self._device, dtype=dtype)
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "use_cache": False}
+        if self._mask:
+            kwargs["attention_mask"] = torch.ones_like(tensor)
+        modules = LayerModules(blocks[position:], self._layers.final_norm, None,
+                               self._layers.where)
+        hidden = np.empty((len(blocks) + 1 - position, *ids.shape, info.width), np.float32)
+        with torch.inference_mode(), _blocks_from(self._model, blocks, position):
+            with Capture(modules, name=self.name, sink=self._copier(hidden, ids)) as capture:
+                self._model(**kwargs)
+            last = capture.states()[-1]
+            if not (loss or logits) or self._head is None:
+                return Forward(hidden, None, 0.0, first_layer=position)
+            start = time.perf_counter()
+            nll, out = self._head_outputs(last, tensor, loss=loss, logits=logits)
+            return Forward(hidden, nll, time.perf_counter() - start, out, position)
+
     def next_token_logits(self, input_ids: np.ndarray) -> np.ndarray:
         """float32 [b, t-1, V]: the head's logits at the probe loss's positions (see
         :class:`~audit.backends.base.Backend`); only the last hidden state is kept."""
         import numpy as np
 
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
-                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        ids = self._checked_ids(input_ids)
         self.load()
         if self._head is None:
             raise BackendError(f"no logits to compare: {self.head_note}", model=self.name)
@@ -400,6 +466,33 @@ class TorchBackend(HuggingFaceFiles):
         with torch.inference_mode():
             last = self.layer_states(tensor, sink=lambda layer, state: None)[-1]
             return self._head_outputs(last, tensor, loss=False, logits=True)[1]
+
+    def _checked_ids(self, input_ids: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise BackendError(f"input_ids must be an integer array [batch, tokens], got "
+                               f"{ids.dtype} of shape {ids.shape}", model=self.name)
+        return ids
+
+    def _copier(self, hidden: np.ndarray, ids: np.ndarray) -> Any:
+        """A capture's sink that copies each layer into ``hidden`` [layers, b, t, d]
+        (float32, on the host) as it is produced, on any device."""
+        import torch
+
+        width, shape = hidden.shape[-1], hidden.shape[1:]
+
+        def copy_out(layer: int, state: Any) -> None:
+            if state.shape[-1] != width:
+                raise BackendError(f"hidden states have width {state.shape[-1]}, the config "
+                                   f"says {width}", model=self.name)
+            if tuple(state.shape) != shape:
+                raise BackendError(f"layer {layer} has shape {tuple(state.shape)}, expected "
+                                   f"{shape} for input ids of shape {ids.shape}", model=self.name)
+            hidden[layer] = state.detach().to(torch.float32).cpu().numpy()
+
+        return copy_out
 
     def _window_logits(self, last: Any) -> Any:
         """float32 logits [t-1, V] of one window's final hidden states [t-1, d]."""
