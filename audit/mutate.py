@@ -76,8 +76,10 @@ def mutate(spec: Spec, damages: Sequence[Any] | None = None, *,
     rows = []
     with LogitStore() as unmutated_logits:
         collector = Collector(spec, backend=backend, logits=True, keep=positions)
+        backend.reuse_logits = True  # each batch's logits are stored before the next
         base_measurement = _run(collector, lambda i, batch, logits:
                                 unmutated_logits.append(logits))
+        backend.reuse_logits = False
         base = judge(base_measurement)
         say(f"{UNMUTATED}: Pearson r {base.law.pearson_r:.4f}, loss "
             f"{base.loss.mean if base.loss else float('nan'):.3f}")
@@ -135,6 +137,7 @@ def _mutant(spec: Spec, backend: Any, model: Any, damage: Any, base_measurement:
                                                else f"-{damage.block}")
     mutant_spec = dataclasses.replace(spec, name=name)
     mutant = backend.with_model(damage.apply(model))
+    mutant.reuse_logits = True  # each batch's logits are compared before the next
     compare = unmutated_logits is not None
     if damage.block in kept:
         collector = ResumedCollector(mutant_spec, mutant, damage.block, kept[damage.block],

@@ -77,6 +77,30 @@ def test_resuming_needs_a_block_after_the_first_and_a_matching_state(family_dirs
         backend.forward_from(1, state[..., :31], IDS, loss=False)
 
 
+def test_reused_logits_are_the_new_arrays_values_in_one_array(family_dirs) -> None:
+    """``reuse_logits``: every batch's logits, from forward and forward_from, land in
+    one kept array (each valid until the next pass), with the values a new array
+    gets; batches of another shape get a view of the right shape."""
+    backend = TorchBackend(ModelSpec(path=str(family_dirs["llama"])), "tiny")
+    fresh = backend.forward(IDS, loss=True, logits=True)
+    fresh_tail = backend.forward_from(2, fresh.hidden[2], IDS, loss=True, logits=True)
+    backend.reuse_logits = True
+    first = backend.forward(IDS, loss=True, logits=True)
+    assert np.array_equal(first.logits, fresh.logits)
+    assert np.array_equal(first.token_nll, fresh.token_nll)
+    kept = first.logits.copy()
+    tail = backend.forward_from(2, fresh.hidden[2], IDS, loss=True, logits=True)
+    assert np.shares_memory(tail.logits, first.logits)  # the same array, overwritten
+    assert np.array_equal(tail.logits, fresh_tail.logits) and np.array_equal(tail.logits, kept)
+    short = backend.forward(IDS[:2], loss=False, logits=True)
+    assert short.logits.shape == fresh.logits[:2].shape
+    assert np.shares_memory(short.logits, first.logits)
+    assert np.array_equal(short.logits, fresh.logits[:2])
+    backend.reuse_logits = False
+    assert not np.shares_memory(backend.forward(IDS, loss=False, logits=True).logits,
+                                first.logits)
+
+
 def test_the_logit_store_gives_back_each_batch_and_removes_its_folder(tmp_path: Path) -> None:
     parts = [np.random.default_rng(i).normal(size=(2, 5, 7)).astype(np.float32)
              for i in range(3)]

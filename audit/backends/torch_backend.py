@@ -158,6 +158,12 @@ class TorchBackend(HuggingFaceFiles):
         """Seconds the weights took to load (None until loaded, or when given)."""
         self._layers: LayerModules | None = None
         self._mask = True
+        self.reuse_logits = False
+        """Whether every batch's logits (:attr:`Forward.logits`) are written into one
+        array kept from batch to batch instead of a new one: for a caller that is done
+        with a batch's logits before it asks for the next (mutation testing), it
+        spares the fresh memory's page faults, about 0.1 s for each batch of 200 MB."""
+        self._logits_buffer: Any = None
         self.peft_model: Any = None
         """After :meth:`load` with ``model.adapter`` unmerged: the ``PeftModel``."""
         if model_spec.adapter is not None:
@@ -512,7 +518,7 @@ class TorchBackend(HuggingFaceFiles):
         import torch
 
         nll = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64) if loss else None
-        rows = []
+        out = None
         for row in range(ids.shape[0]):
             window = self._window_logits(last[row, :-1])                  # [t-1, V]
             if nll is not None:
@@ -520,11 +526,24 @@ class TorchBackend(HuggingFaceFiles):
                     window, ids[row, 1:].to(window.device),
                     reduction="none").to(torch.float64).cpu()
             if logits:
-                rows.append(window.cpu().numpy())
-        out = None
-        if logits:
-            out = np.stack(rows) if rows else np.empty((0, ids.shape[1] - 1, 0), np.float32)
+                if out is None:  # each window straight into the batch's array: no stack
+                    out = self._logits_array((ids.shape[0], *window.shape))
+                torch.from_numpy(out[row]).copy_(window)
+        if logits and out is None:
+            out = np.empty((0, ids.shape[1] - 1, 0), np.float32)
         return (None if nll is None else nll.numpy()), out
+
+    def _logits_array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of ``shape`` for one batch's logits: a new one, or the
+        kept one (:attr:`reuse_logits`)."""
+        import numpy as np
+
+        if not self.reuse_logits:
+            return np.empty(shape, np.float32)
+        buffer = self._logits_buffer
+        if buffer is None or buffer.size < np.prod(shape):
+            buffer = self._logits_buffer = np.empty(int(np.prod(shape)), np.float32)
+        return buffer[:int(np.prod(shape))].reshape(shape)
 
 
 class MergedAdapterBackend(TorchBackend):
