@@ -140,6 +140,42 @@ def smollm2_report(smollm2_family):
 
 
 @pytest.fixture(scope="session")
+def default_spec_report():
+    """``default_spec_report(name)``: the report of the shipped default spec
+    ``model_specs/<name>.yaml`` as it stands (its GGUF file), measured once per
+    session and shared by the tests that audit it (skipped or failed, under CI,
+    when the model's package is missing)."""
+    from audit.pipeline import run
+    from audit.spec import load_spec
+
+    cache = {}
+
+    def report(name: str):
+        if name not in cache:
+            spec = load_spec(SPECS_DIR / f"{name}.yaml")
+            model_or_skip(spec.model.path)
+            cache[name] = run(spec)
+        return cache[name]
+
+    return report
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_report(smollm2_family, smollm2_onnx):
+    """The ONNX export of the family's healthy SmolLM2 (``smollm2_onnx``) audited by
+    onnxruntime on the default spec's probe (name ``onnx``), once per session."""
+    import dataclasses
+
+    from audit.pipeline import run
+    from audit.spec import load_spec
+
+    base = load_spec(SPECS_DIR / "smollm2-135m.yaml")
+    model = dataclasses.replace(base.model, path=str(smollm2_family.folder("healthy")),
+                                onnx=str(smollm2_onnx.path))
+    return run(dataclasses.replace(base, name="onnx", backend="onnx", model=model))
+
+
+@pytest.fixture(scope="session")
 def smollm2_onnx(smollm2_family, tmp_path_factory: pytest.TempPathFactory):
     """The family's healthy SmolLM2 exported to ONNX (every hidden state and the
     logits; about 90 s), once per session: the

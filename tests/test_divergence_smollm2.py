@@ -109,16 +109,18 @@ def drift_verdict(compared) -> str:
 
 
 @pytest.fixture(scope="module")
-def catalogue(smollm2_family, smollm2_report, request):
+def catalogue(smollm2_family, smollm2_report, default_spec_report, request):
     """Every row's figures and verdicts, and the default record's size
     (:func:`measure_catalogue` on the default spec); the ONNX row when onnxruntime
     and onnxscript are installed."""
+    reports = {"gguf": lambda: default_spec_report("smollm2-135m")}
     try:
         exported = request.getfixturevalue("smollm2_onnx")
+        reports["onnx"] = lambda: request.getfixturevalue("smollm2_onnx_report")
     except pytest.skip.Exception:
         exported = None
     table, sizes = measure_catalogue(load_spec(SPECS / "smollm2-135m.yaml"), smollm2_family,
-                                     smollm2_report, exported)
+                                     smollm2_report, exported, reports)
     out = os.environ.get("EQUILAW_DIVERGENCE_TABLE")
     if out:
         Path(out).write_text(json.dumps({"rows": table, "record": sizes}, indent=1),
@@ -128,13 +130,17 @@ def catalogue(smollm2_family, smollm2_report, request):
     return table, sizes
 
 
-def measure_catalogue(base, family, report_of, exported=None) -> tuple[dict, dict]:
+def measure_catalogue(base, family, report_of, exported=None,
+                      reports=None) -> tuple[dict, dict]:
     """The rows of :data:`ROWS` on ``base``'s probe (``base`` the default SmolLM2
     spec): one lockstep pass of every model against the healthy one for the
     divergence, exact and against the default token record; ``report_of(variant)``
     the family's audits (the law's verdict; the drift from the healthy report);
-    ``exported`` the ONNX export of the healthy folder, or None.  Returns (rows,
-    the record's size)."""
+    ``exported`` the ONNX export of the healthy folder, or None; ``reports``: row
+    name -> a function giving that row's audit where the session already has it
+    (the default spec's, the ONNX export's), the others audited here.  Returns
+    (rows, the record's size)."""
+    reports = reports or {}
     healthy_folder = family.folder("healthy")
 
     def spec_of(name: str, folder: Path):
@@ -172,6 +178,7 @@ def measure_catalogue(base, family, report_of, exported=None) -> tuple[dict, dic
         kld, _, _ = exact_acc.per_token()
         bkld, _, _ = bound_acc.per_token()
         report = (report_of(name) if name in FAMILY
+                  else reports[name]() if name in reports
                   else run(specs[name], backend=models[name]))
         if name == "passthrough":
             layer_map = read_mergekit_config(family.folder(name) / "mergekit_config.yml",

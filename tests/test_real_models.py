@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.pipeline import run
 from audit.spec import load_spec
-from conftest import model_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +28,10 @@ PEARSON_R_TOLERANCE = 0.02
 
 
 @pytest.fixture(scope="module", params=sorted(METHOD_PEARSON_R))
-def default_report(request):
-    spec = load_spec(SPECS / f"{request.param}.yaml")
-    model_or_skip(spec.model.path)
-    return run(spec)
+def default_report(request, default_spec_report):
+    """The shipped spec's report, shared with the session's other tests
+    (``default_spec_report``, tests/conftest.py)."""
+    return default_spec_report(request.param)
 
 
 def test_default_spec_passes_and_matches_method(default_report) -> None:
