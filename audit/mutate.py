@@ -76,10 +76,9 @@ def mutate(spec: Spec, damages: Sequence[Any] | None = None, *,
     rows = []
     with LogitStore() as unmutated_logits:
         collector = Collector(spec, backend=backend, logits=True, keep=positions)
-        backend.reuse_logits = True  # each batch's logits are stored before the next
-        base_measurement = _run(collector, lambda i, batch, logits:
-                                unmutated_logits.append(logits))
-        backend.reuse_logits = False
+        with backend.reusing_logits():  # each batch's logits are stored before the next
+            base_measurement = _run(collector, lambda i, batch, logits:
+                                    unmutated_logits.append(logits))
         base = judge(base_measurement)
         say(f"{UNMUTATED}: Pearson r {base.law.pearson_r:.4f}, loss "
             f"{base.loss.mean if base.loss else float('nan'):.3f}")

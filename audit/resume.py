@@ -81,6 +81,8 @@ def resume_mismatch(backend: Any, ids: np.ndarray, positions: tuple[int, ...]
     pass's state) does not give the full pass's later layers, loss and logits of
     ``ids`` bit for bit; positions where it does are left out."""
     full = backend.forward(ids, loss=True, logits=True)
+    if full.logits is not None:  # a backend that reuses its logits array overwrites it
+        full = dataclasses.replace(full, logits=full.logits.copy())
     why: dict[int, str] = {}
     for position in positions:
         try:

@@ -79,24 +79,41 @@ def test_resuming_needs_a_block_after_the_first_and_a_matching_state(family_dirs
 
 def test_reused_logits_are_the_new_arrays_values_in_one_array(family_dirs) -> None:
     """``reuse_logits``: every batch's logits, from forward and forward_from, land in
-    one kept array (each valid until the next pass), with the values a new array
-    gets; batches of another shape get a view of the right shape."""
+    one kept array, valid until the next pass, with the values a new array gets;
+    batches of another shape get a view of the right shape; the flag is scoped."""
     backend = TorchBackend(ModelSpec(path=str(family_dirs["llama"])), "tiny")
+    other = IDS[:, ::-1].copy()
     fresh = backend.forward(IDS, loss=True, logits=True)
-    fresh_tail = backend.forward_from(2, fresh.hidden[2], IDS, loss=True, logits=True)
-    backend.reuse_logits = True
-    first = backend.forward(IDS, loss=True, logits=True)
-    assert np.array_equal(first.logits, fresh.logits)
-    assert np.array_equal(first.token_nll, fresh.token_nll)
-    kept = first.logits.copy()
-    tail = backend.forward_from(2, fresh.hidden[2], IDS, loss=True, logits=True)
-    assert np.shares_memory(tail.logits, first.logits)  # the same array, overwritten
-    assert np.array_equal(tail.logits, fresh_tail.logits) and np.array_equal(tail.logits, kept)
-    short = backend.forward(IDS[:2], loss=False, logits=True)
-    assert short.logits.shape == fresh.logits[:2].shape
-    assert np.shares_memory(short.logits, first.logits)
-    assert np.array_equal(short.logits, fresh.logits[:2])
-    backend.reuse_logits = False
+    fresh_other = backend.forward(other, loss=True, logits=True)
+    fresh_tail = backend.forward_from(2, fresh_other.hidden[2], other, loss=True, logits=True)
+    assert not np.array_equal(fresh.logits, fresh_other.logits)
+    with backend.reusing_logits():
+        first = backend.forward(IDS, loss=True, logits=True)
+        assert np.array_equal(first.logits, fresh.logits)
+        assert np.array_equal(first.token_nll, fresh.token_nll)
+        tail = backend.forward_from(2, fresh_other.hidden[2], other, loss=True, logits=True)
+        assert np.shares_memory(tail.logits, first.logits)
+        assert np.array_equal(tail.logits, fresh_tail.logits)
+        assert np.array_equal(first.logits, fresh_other.logits)  # overwritten by the next
+        short = backend.forward(IDS[:2], loss=False, logits=True)
+        assert short.logits.shape == fresh.logits[:2].shape
+        assert np.shares_memory(short.logits, first.logits)
+        assert np.array_equal(short.logits, fresh.logits[:2])
+        # the shortcut's check keeps its own copy of the full pass's logits: a resumed
+        # pass whose logits alone are off is still caught when both share the array
+        assert resume_mismatch(backend, IDS, (1, 2, 3)) == {}
+        resumed = backend.forward_from
+
+        def off_by_one(*args, **kwargs):
+            out = resumed(*args, **kwargs)
+            out.logits[...] += 1.0  # in place: the kept array
+            return out
+
+        backend.forward_from = off_by_one
+        why = resume_mismatch(backend, IDS, (2,))
+        del backend.forward_from
+        assert list(why) == [2] and why[2].startswith("the logits differs")
+    assert backend.reuse_logits is False
     assert not np.shares_memory(backend.forward(IDS, loss=False, logits=True).logits,
                                 first.logits)
 

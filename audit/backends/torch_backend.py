@@ -160,9 +160,10 @@ class TorchBackend(HuggingFaceFiles):
         self._mask = True
         self.reuse_logits = False
         """Whether every batch's logits (:attr:`Forward.logits`) are written into one
-        array kept from batch to batch instead of a new one: for a caller that is done
-        with a batch's logits before it asks for the next (mutation testing), it
-        spares the fresh memory's page faults, about 0.1 s for each batch of 200 MB."""
+        array kept from batch to batch instead of a new one, so that each is valid only
+        until the next pass: for a caller that is done with a batch's logits before it
+        asks for the next (mutation testing), it spares a fresh array's page faults
+        (SmolLM2: 200 MB a batch).  :meth:`reusing_logits` turns it on for a block."""
         self._logits_buffer: Any = None
         self.peft_model: Any = None
         """After :meth:`load` with ``model.adapter`` unmerged: the ``PeftModel``."""
@@ -533,17 +534,29 @@ class TorchBackend(HuggingFaceFiles):
             out = np.empty((0, ids.shape[1] - 1, 0), np.float32)
         return (None if nll is None else nll.numpy()), out
 
+    @contextlib.contextmanager
+    def reusing_logits(self) -> Iterator[TorchBackend]:
+        """``with backend.reusing_logits():`` :attr:`reuse_logits` on inside the block,
+        as it was after it."""
+        before, self.reuse_logits = self.reuse_logits, True
+        try:
+            yield self
+        finally:
+            self.reuse_logits = before
+
     def _logits_array(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 array of ``shape`` for one batch's logits: a new one, or the
-        kept one (:attr:`reuse_logits`)."""
+        """A float32 array of ``shape`` for one batch's logits: a new one, or a view
+        of the kept one (:attr:`reuse_logits`), grown when a batch needs more."""
+        import math
+
         import numpy as np
 
+        size = math.prod(shape)
         if not self.reuse_logits:
             return np.empty(shape, np.float32)
-        buffer = self._logits_buffer
-        if buffer is None or buffer.size < np.prod(shape):
-            buffer = self._logits_buffer = np.empty(int(np.prod(shape)), np.float32)
-        return buffer[:int(np.prod(shape))].reshape(shape)
+        if self._logits_buffer is None or self._logits_buffer.size < size:
+            self._logits_buffer = np.empty(size, np.float32)
+        return self._logits_buffer[:size].reshape(shape)
 
 
 class MergedAdapterBackend(TorchBackend):
