@@ -113,10 +113,10 @@ def catalogue(smollm2_family, smollm2_report, default_spec_report, request):
     """Every row's figures and verdicts, and the default record's size
     (:func:`measure_catalogue` on the default spec); the ONNX row when onnxruntime
     and onnxscript are installed."""
-    reports = {"gguf": lambda: default_spec_report("smollm2-135m")}
+    reports = {"gguf": default_spec_report("smollm2-135m")}
     try:
         exported = request.getfixturevalue("smollm2_onnx")
-        reports["onnx"] = lambda: request.getfixturevalue("smollm2_onnx_report")
+        reports["onnx"] = request.getfixturevalue("smollm2_onnx_report")
     except pytest.skip.Exception:
         exported = None
     table, sizes = measure_catalogue(load_spec(SPECS / "smollm2-135m.yaml"), smollm2_family,
@@ -137,8 +137,8 @@ def measure_catalogue(base, family, report_of, exported=None,
     divergence, exact and against the default token record; ``report_of(variant)``
     the family's audits (the law's verdict; the drift from the healthy report);
     ``exported`` the ONNX export of the healthy folder, or None; ``reports``: row
-    name -> a function giving that row's audit where the session already has it
-    (the default spec's, the ONNX export's), the others audited here.  Returns
+    name -> that row's audit where the session already has it (the default spec's,
+    the ONNX export's), the others audited here.  Returns
     (rows, the record's size)."""
     reports = reports or {}
     healthy_folder = family.folder("healthy")
@@ -178,7 +178,7 @@ def measure_catalogue(base, family, report_of, exported=None,
         kld, _, _ = exact_acc.per_token()
         bkld, _, _ = bound_acc.per_token()
         report = (report_of(name) if name in FAMILY
-                  else reports[name]() if name in reports
+                  else reports[name] if name in reports
                   else run(specs[name], backend=models[name]))
         if name == "passthrough":
             layer_map = read_mergekit_config(family.folder(name) / "mergekit_config.yml",
